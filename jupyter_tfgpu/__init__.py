@@ -1,0 +1,17 @@
+"""jupyter-tfgpu: see who holds which GPU and set per-notebook GPU policies from Jupyter."""
+
+from ._version import __version__
+
+__all__ = ["__version__"]
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """Where jupyter_server finds the server extension."""
+    from .extension import TFGPUApp
+
+    return [{"module": "jupyter_tfgpu", "app": TFGPUApp}]
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    """Where JupyterLab finds the prebuilt lab extension."""
+    return [{"src": "labextension", "dest": "jupyter-tfgpu"}]

@@ -1,0 +1,33 @@
+"""GPU backends. Nothing in this package knows about Jupyter."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from .backend import Backend, BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from .nvml import NvmlBackend
+from .simulated import SimulatedBackend
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "DeviceInfo",
+    "GpuLost",
+    "MigInstance",
+    "NvmlBackend",
+    "SimulatedBackend",
+    "make_backend",
+]
+
+
+def make_backend(
+    name: str,
+    simulated_gpus: list[dict[str, Any]] | None = None,
+    pid_source: Callable[[], Iterable[int]] = tuple,
+) -> Backend | None:
+    """The backend for a configured name; ``None`` for "none". ``auto`` starts as NVML."""
+    if name in ("auto", "nvml"):
+        return NvmlBackend()
+    if name == "simulated":
+        return SimulatedBackend(simulated_gpus or [], pid_source=pid_source)
+    return None

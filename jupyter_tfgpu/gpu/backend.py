@@ -1,0 +1,92 @@
+"""The contract every GPU backend meets; the sampler only talks to this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run here; ``reason`` says why in words a user can act on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class GpuLost(Exception):
+    """One GPU stopped answering (fell off the bus, or the driver reports it unknown)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"GPU {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """One MIG slice of a GPU, as read when the backend opens."""
+
+    index: int
+    uuid: str
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+    memory_total: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form used in the REST contract."""
+        return {
+            "index": self.index,
+            "uuid": self.uuid,
+            "gpu_instance_id": self.gpu_instance_id,
+            "compute_instance_id": self.compute_instance_id,
+            "memory_total": self.memory_total,
+        }
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Facts about one GPU that do not change while the server runs."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total: int | None
+    power_limit: float | None = None
+    max_clocks: dict[str, int | None] = field(default_factory=dict)
+    mig_mode: bool | None = None
+    mig_instances: tuple[MigInstance, ...] = ()
+    lost: bool = False  # the device could not even be opened
+
+
+class Backend(Protocol):
+    """What the sampler needs from a source of GPU readings.
+
+    Readings come in groups with very different costs, so the sampler can call each group on
+    its own cadence and time it. Each ``read_*`` returns a dict of contract fields (``None`` for a
+    field the GPU does not support) and raises ``GpuLost`` when that GPU stopped answering.
+    """
+
+    name: str
+    simulated: bool
+
+    def open(self) -> list[DeviceInfo]:
+        """Start the backend and read static facts; raise ``BackendUnavailable`` with the reason."""
+
+    def versions(self) -> dict[str, str | None]:
+        """Driver, library and CUDA versions, where known."""
+
+    def read_fast(self, index: int) -> dict[str, Any]:
+        """Cheap fields read every interval: ``memory``, ``utilization`` (and MIG memory)."""
+
+    def read_slow(self, index: int) -> dict[str, Any]:
+        """Fields that change slowly: ``temperature``, ``power``, ``fan``, ``clocks``."""
+
+    def read_processes(self, index: int) -> list[dict[str, Any]]:
+        """Processes on the GPU: ``pid``, ``used_memory`` (bytes or None), ``type``, ``utilization``."""
+
+    def read_pcie(self, index: int) -> dict[str, Any]:
+        """PCIe throughput ``{"pcie": {"tx": bytes/s, "rx": bytes/s}}``; slow (about 20 ms a call)."""
+
+    def close(self) -> None:
+        """Release the library; safe to call twice."""

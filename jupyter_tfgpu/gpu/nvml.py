@@ -1,0 +1,349 @@
+"""GPU readings from NVIDIA's NVML through nvidia-ml-py (``pynvml``)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, Callable
+
+from .backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+
+# Errors that mean "this field is not available here", not "something broke".
+_UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound")
+# Errors that mean the GPU itself stopped answering.
+_LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown")
+
+
+def _load_pynvml():
+    """Import pynvml at open time, so a missing package is a reason, not an ImportError."""
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError as err:
+        raise BackendUnavailable(f"nvidia-ml-py is not installed ({err})") from err
+
+
+class NvmlBackend:
+    """Reads NVIDIA GPUs through NVML; one instance per server."""
+
+    name = "nvml"
+    simulated = False
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        self._mig_handles: dict[int, list[tuple[int, Any]]] = {}
+        self._infos: list[DeviceInfo] = []
+        # Versioned symbols are probed once, then the working variant is kept.
+        self._memory_v2: bool | None = None
+        self._process_readers: dict[str, list[Callable[[Any], Any]]] = {}
+        self._process_util_ts: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._open = False
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def open(self) -> list[DeviceInfo]:
+        """Initialise NVML and read the facts that do not change."""
+        nvml = _load_pynvml()
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as err:
+            raise BackendUnavailable(str(err)) from err
+        self._nvml = nvml
+        self._open = True
+        self._process_readers = {
+            "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
+            "graphics": self._versioned("nvmlDeviceGetGraphicsRunningProcesses"),
+        }
+        try:
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as err:
+            self.close()
+            raise BackendUnavailable(str(err)) from err
+        self._handles = []
+        self._infos = []
+        for index in range(count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            except nvml.NVMLError:
+                # A GPU that cannot even be opened is reported as lost by the sampler.
+                handle = None
+            self._handles.append(handle)
+            self._infos.append(self._read_info(index, handle))
+        return list(self._infos)
+
+    def close(self) -> None:
+        """Shut NVML down; safe to call twice."""
+        with self._lock:
+            if self._open and self._nvml is not None:
+                try:
+                    self._nvml.nvmlShutdown()
+                except self._nvml.NVMLError:
+                    pass
+            self._open = False
+
+    def versions(self) -> dict[str, str | None]:
+        """Driver, NVML and CUDA driver versions."""
+        def ask(fn: Callable[[], Any]) -> Any:
+            try:
+                return fn()
+            except self._nvml.NVMLError:
+                return None
+
+        cuda = ask(self._nvml.nvmlSystemGetCudaDriverVersion)
+        return {
+            "driver": ask(self._nvml.nvmlSystemGetDriverVersion),
+            "nvml": ask(self._nvml.nvmlSystemGetNVMLVersion),
+            "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
+        }
+
+    # -- error translation -------------------------------------------------------------------
+
+    def _is(self, err: BaseException, names: tuple[str, ...]) -> bool:
+        return any(
+            isinstance(err, cls)
+            for cls in (getattr(self._nvml, name, None) for name in names)
+            if isinstance(cls, type)
+        )
+
+    def _optional(self, index: int | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call one NVML query: unsupported -> None, lost GPU -> GpuLost, else re-raise."""
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as err:
+            if self._is(err, _UNAVAILABLE):
+                return None
+            if index is not None and self._is(err, _LOST):
+                raise GpuLost(index, str(err)) from err
+            raise
+
+    def _mismatch_errors(self) -> tuple[type[BaseException], ...]:
+        mismatch = getattr(self._nvml, "NVMLLibraryMismatchError", None)
+        return (self._nvml.NVMLError, mismatch) if isinstance(mismatch, type) else (self._nvml.NVMLError,)
+
+    def _handle(self, index: int) -> Any:
+        handle = self._handles[index]
+        if handle is None:
+            raise GpuLost(index, "the device could not be opened")
+        return handle
+
+    def _versioned(self, base: str) -> list[Callable[[Any], Any]]:
+        """Newest variant first (v3, v2, then the plain name), skipping ones the binding lacks."""
+        names = [f"{base}_v3", f"{base}_v2", base]
+        return [getattr(self._nvml, n) for n in names if hasattr(self._nvml, n)]
+
+    # -- static facts ------------------------------------------------------------------------
+
+    def _read_info(self, index: int, handle: Any) -> DeviceInfo:
+        nvml = self._nvml
+        if handle is None:
+            return DeviceInfo(index=index, uuid="", name="unavailable", memory_total=None, lost=True)
+        try:
+            memory = self._memory(index, handle)
+            name = self._optional(index, nvml.nvmlDeviceGetName, handle) or f"GPU {index}"
+            uuid = self._optional(index, nvml.nvmlDeviceGetUUID, handle) or ""
+            limit = self._optional(index, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+            max_clocks = {
+                "sm": self._optional(index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_SM),
+                "memory": self._optional(
+                    index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM
+                ),
+            }
+            mig_mode, instances = self._read_mig(index, handle)
+        except GpuLost:
+            self._handles[index] = None
+            return DeviceInfo(index=index, uuid="", name="lost", memory_total=None, lost=True)
+        return DeviceInfo(
+            index=index,
+            uuid=uuid,
+            name=name,
+            memory_total=memory["total"] if memory else None,
+            power_limit=limit / 1000 if limit is not None else None,
+            max_clocks=max_clocks,
+            mig_mode=mig_mode,
+            mig_instances=tuple(instances),
+        )
+
+    def _read_mig(self, index: int, handle: Any) -> tuple[bool | None, list[MigInstance]]:
+        nvml = self._nvml
+        mode = self._optional(index, getattr(nvml, "nvmlDeviceGetMigMode", lambda h: None), handle)
+        if mode is None:
+            return None, []
+        enabled = mode[0] == nvml.NVML_DEVICE_MIG_ENABLE
+        if not enabled:
+            return False, []
+        slots = self._optional(index, nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+        instances: list[MigInstance] = []
+        handles: list[tuple[int, Any]] = []
+        for slot in range(slots):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nvml.NVMLError as err:
+                if self._is(err, ("NVMLError_NotFound",) + _UNAVAILABLE):
+                    continue  # empty slot
+                raise
+            memory = self._memory(index, mig)
+            instances.append(
+                MigInstance(
+                    index=slot,
+                    uuid=self._optional(index, nvml.nvmlDeviceGetUUID, mig) or "",
+                    gpu_instance_id=self._optional(index, nvml.nvmlDeviceGetGpuInstanceId, mig),
+                    compute_instance_id=self._optional(
+                        index, nvml.nvmlDeviceGetComputeInstanceId, mig
+                    ),
+                    memory_total=memory["total"] if memory else None,
+                )
+            )
+            handles.append((slot, mig))
+        self._mig_handles[index] = handles
+        return True, instances
+
+    # -- per-sample readings -----------------------------------------------------------------
+
+    def _memory(self, index: int, handle: Any) -> dict[str, int | None] | None:
+        """Memory with the v2 struct (which separates driver-reserved memory) where present."""
+        nvml = self._nvml
+        if self._memory_v2 is not False and hasattr(nvml, "nvmlMemory_v2"):
+            try:
+                info = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+                self._memory_v2 = True
+                return {
+                    "total": info.total,
+                    "used": info.used,
+                    "free": info.free,
+                    "reserved": info.reserved,
+                }
+            except nvml.NVMLError as err:
+                if not self._is(
+                    err, ("NVMLError_FunctionNotFound", "NVMLError_ArgumentVersionMismatch")
+                ):
+                    if self._is(err, _LOST):
+                        raise GpuLost(index, str(err)) from err
+                    if self._is(err, _UNAVAILABLE):
+                        return None
+                    raise
+                self._memory_v2 = False
+        info = self._optional(index, nvml.nvmlDeviceGetMemoryInfo, handle)
+        if info is None:
+            return None
+        return {"total": info.total, "used": info.used, "free": info.free, "reserved": None}
+
+    def read_fast(self, index: int) -> dict[str, Any]:
+        """Memory and utilization (and per-MIG-instance memory)."""
+        handle = self._handle(index)
+        memory = self._memory(index, handle)
+        rates = self._optional(index, self._nvml.nvmlDeviceGetUtilizationRates, handle)
+        fields: dict[str, Any] = {
+            "memory": memory or {"total": None, "used": None, "free": None, "reserved": None},
+            "utilization": {
+                "gpu": rates.gpu if rates is not None else None,
+                "memory": rates.memory if rates is not None else None,
+            },
+        }
+        if self._mig_handles.get(index):
+            fields["mig_memory"] = {
+                slot: self._memory(index, mig) for slot, mig in self._mig_handles[index]
+            }
+        return fields
+
+    def read_slow(self, index: int) -> dict[str, Any]:
+        """Temperature (C), power (W), fan (%), current clocks (MHz)."""
+        nvml = self._nvml
+        handle = self._handle(index)
+        draw = self._optional(index, nvml.nvmlDeviceGetPowerUsage, handle)
+        limit = self._optional(index, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        return {
+            "temperature": self._optional(
+                index, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
+            ),
+            "power": {
+                "draw": draw / 1000 if draw is not None else None,
+                "limit": limit / 1000 if limit is not None else None,
+            },
+            "fan": self._optional(index, nvml.nvmlDeviceGetFanSpeed, handle),
+            "clocks": {
+                "sm": self._optional(index, nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
+                "memory": self._optional(
+                    index, nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_MEM
+                ),
+            },
+        }
+
+    def read_pcie(self, index: int) -> dict[str, Any]:
+        """PCIe throughput in bytes/s (NVML reports KB/s)."""
+        nvml = self._nvml
+        handle = self._handle(index)
+        tx = self._optional(index, nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
+        rx = self._optional(index, nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
+        return {
+            "pcie": {
+                "tx": tx * 1024 if tx is not None else None,
+                "rx": rx * 1024 if rx is not None else None,
+            }
+        }
+
+    def _process_list(self, index: int, kind: str, handle: Any) -> list[Any] | None:
+        """Run the newest process-list variant that works, remembering the choice."""
+        readers = self._process_readers[kind]
+        while readers:
+            try:
+                return readers[0](handle)
+            except self._mismatch_errors() as err:
+                # The unversioned binding raises NVMLLibraryMismatchError (not an NVMLError)
+                # when its symbol is missing; both mean "try the older variant".
+                missing = not isinstance(err, self._nvml.NVMLError) or self._is(
+                    err, ("NVMLError_FunctionNotFound",)
+                )
+                if missing and len(readers) > 1:
+                    readers.pop(0)
+                    continue
+                if missing or self._is(err, _UNAVAILABLE):
+                    return None
+                if self._is(err, _LOST):
+                    raise GpuLost(index, str(err)) from err
+                raise
+        return None
+
+    def read_processes(self, index: int) -> list[dict[str, Any]]:
+        """Compute and graphics processes, one row per PID, with per-process utilization."""
+        handle = self._handle(index)
+        targets: list[tuple[int | None, Any]] = [(None, handle)]
+        targets += self._mig_handles.get(index, [])
+        by_pid: dict[int, dict[str, Any]] = {}
+        for mig_slot, target in targets:
+            for kind in ("compute", "graphics"):
+                for proc in self._process_list(index, kind, target) or []:
+                    row = by_pid.setdefault(
+                        proc.pid,
+                        {"pid": proc.pid, "used_memory": None, "type": kind, "mig": mig_slot},
+                    )
+                    if row["type"] != kind:
+                        row["type"] = "compute+graphics"
+                    used = proc.usedGpuMemory
+                    if used is not None:
+                        # A PID seen in both lists reports the same allocation twice.
+                        row["used_memory"] = max(row["used_memory"] or 0, used)
+        utilization = self._process_utilization(index, handle)
+        for pid, row in by_pid.items():
+            row["utilization"] = utilization.get(pid)
+        return list(by_pid.values())
+
+    def _process_utilization(self, index: int, handle: Any) -> dict[int, dict[str, int]]:
+        nvml = self._nvml
+        fn = getattr(nvml, "nvmlDeviceGetProcessUtilization", None)
+        if fn is None:
+            return {}
+        since = self._process_util_ts.get(index, 0)
+        try:
+            samples = fn(handle, since)
+        except nvml.NVMLError as err:
+            if self._is(err, _LOST):
+                raise GpuLost(index, str(err)) from err
+            return {}  # NotFound (no samples yet), NotSupported, ...
+        latest: dict[int, Any] = {}
+        for sample in samples:
+            if sample.pid not in latest or sample.timeStamp >= latest[sample.pid].timeStamp:
+                latest[sample.pid] = sample
+        if latest:
+            self._process_util_ts[index] = max(s.timeStamp for s in latest.values())
+        return {pid: {"sm": s.smUtil, "memory": s.memUtil} for pid, s in latest.items()}

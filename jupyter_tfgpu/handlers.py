@@ -1,0 +1,172 @@
+"""Thin tornado handlers: translate HTTP and websockets to the sampler and back."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .extension import TFGPUApp
+    from .sampler import Sampler, Snapshot
+
+AUTH_RESOURCE = "tfgpu"
+API_PREFIX = "tfgpu/api"
+
+
+class TFGPUAPIHandler(APIHandler):
+    """Base for every REST handler: JSON answers (errors too), resource ``tfgpu``."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def tfgpu(self) -> TFGPUApp:
+        """The extension's services."""
+        return self.settings["tfgpu"]
+
+    @property
+    def sampler(self) -> Sampler:
+        """The server's one sampler."""
+        return self.tfgpu.sampler
+
+    def write_json(self, data: Any) -> None:
+        """Finish with a JSON body."""
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def bad_request(self, field: str, why: str) -> web.HTTPError:
+        """A 400 that names the field and says why."""
+        return web.HTTPError(400, f"{field}: {why}", reason=f"invalid {field}")
+
+
+class StatusHandler(TFGPUAPIHandler):
+    """GET status: which backend, whether it works, and what the sampler measured."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """Describe the backend and sampler."""
+        sampler = self.sampler
+        backend = sampler.backend.name if sampler.backend is not None and sampler.available else "none"
+        self.write_json(
+            {
+                "backend": backend,
+                "configured_backend": self.tfgpu.config_traits.backend,
+                "available": sampler.available,
+                "reason": sampler.reason,
+                "simulated": sampler.simulated,
+                "device_count": sampler.device_count,
+                "sample_interval": sampler.interval,
+                "history_seconds": sampler.history_seconds,
+                "versions": {"extension": __version__, **sampler.versions},
+                "sampler": sampler.describe(),
+            }
+        )
+
+
+class GpusHandler(TFGPUAPIHandler):
+    """GET gpus: the latest snapshot, served from memory."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """The last snapshot; ``?pcie=true`` turns PCIe sampling on for a while."""
+        if self.get_query_argument("pcie", "false").lower() in ("1", "true", "yes"):
+            self.sampler.request_pcie()
+        self.set_header("Content-Type", "application/json")
+        self.finish(self.sampler.latest.text)
+
+
+class HistoryHandler(TFGPUAPIHandler):
+    """GET gpus/history?seconds=N: compact time series from the server's ring buffer."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """The last N seconds (default 300, at most ``history_seconds``)."""
+        raw = self.get_query_argument("seconds", "300")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise self.bad_request("seconds", f"expected a number of seconds, got {raw!r}") from None
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise self.bad_request("seconds", "must be a positive number")
+        seconds = min(seconds, float(self.sampler.history_seconds))
+        self.write_json({"seconds": seconds, **self.sampler.history(seconds)})
+
+
+class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+    """WS stream: pushes every snapshot as it is taken (the same JSON as GET gpus).
+
+    A client may send ``{"pcie": true}`` to have PCIe throughput sampled while it watches.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    @ws_authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Authorize, then upgrade to a websocket."""
+        if not self.authorizer.is_authorized(self, self.current_user, "read", AUTH_RESOURCE):
+            raise web.HTTPError(403)
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        """Send the latest snapshot at once, then every new one."""
+        super().open(*args, **kwargs)
+        sampler: Sampler = self.settings["tfgpu"].sampler
+        self._release_pcie = None
+        self._unsubscribe = sampler.subscribe(self._send)
+        self._send(sampler.latest)
+
+    def _send(self, snapshot: Snapshot) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        try:
+            self.write_message(snapshot.text)
+        except WebSocketClosedError:
+            pass
+
+    def on_message(self, message: str | bytes) -> None:
+        """``{"pcie": bool}`` turns PCIe sampling on or off for this client."""
+        try:
+            request = json.loads(message)
+        except ValueError:
+            return
+        if not isinstance(request, dict) or "pcie" not in request:
+            return
+        sampler: Sampler = self.settings["tfgpu"].sampler
+        if request["pcie"] and self._release_pcie is None:
+            self._release_pcie = sampler.watch_pcie()
+        elif not request["pcie"] and self._release_pcie is not None:
+            self._release_pcie()
+            self._release_pcie = None
+
+    def on_close(self) -> None:
+        """Stop sending; release PCIe sampling."""
+        if getattr(self, "_unsubscribe", None):
+            self._unsubscribe()
+        if getattr(self, "_release_pcie", None):
+            self._release_pcie()
+            self._release_pcie = None
+
+
+ROUTES: list[tuple[str, type]] = [
+    ("status", StatusHandler),
+    ("gpus", GpusHandler),
+    ("gpus/history", HistoryHandler),
+    ("stream", StreamHandler),
+]
+
+
+def route_patterns() -> list[tuple[str, type]]:
+    """Every route under ``tfgpu/api/`` (the extension app joins them onto base_url)."""
+    return [(url_path_join(API_PREFIX, path), cls) for path, cls in ROUTES]

@@ -1,0 +1,452 @@
+"""One sampler per server: reads the backend off the event loop, within a driver-time budget.
+
+Every client (REST, websocket, metrics, enforcement) reads what the sampler last took, so the
+number of backend calls per second does not depend on how many clients listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
+from .history import History
+
+# Reading groups, cheapest and most wanted first. Each gets a share of the driver-time budget;
+# a share a group does not need passes to the others.
+GROUPS = ("fast", "processes", "slow", "pcie")
+SHARES = {"fast": 0.4, "processes": 0.3, "slow": 0.2, "pcie": 0.1}
+# A lost GPU is probed again this often, in case it comes back (e.g. after a reset).
+LOST_RETRY_SECONDS = 30.0
+# How long a REST request for PCIe figures keeps PCIe sampling on.
+PCIE_REQUEST_SECONDS = 30.0
+
+Subscriber = Callable[["Snapshot"], None]
+
+
+@dataclass
+class Snapshot:
+    """One sample of every GPU, as the API serves it, and its JSON text made once."""
+
+    data: dict[str, Any]
+    text: str = ""
+    taken: float = 0.0
+
+
+@dataclass
+class GroupStats:
+    """What the sampler measured for one reading group."""
+
+    desired: float
+    interval: float
+    cost: float = 0.0  # seconds inside the backend per round over all GPUs (moving average)
+    calls: int = 0
+    seconds: float = 0.0  # total seconds inside the backend
+    next_due: float = 0.0
+
+    def record(self, seconds: float) -> None:
+        """Fold one round's measured cost into the moving average."""
+        self.calls += 1
+        self.seconds += seconds
+        self.cost = seconds if self.calls == 1 else 0.8 * self.cost + 0.2 * seconds
+
+
+def plan_intervals(
+    costs: dict[str, float], desired: dict[str, float], budget: float
+) -> dict[str, float]:
+    """Stretch each group's interval so the total time inside the backend stays within budget.
+
+    ``costs`` are seconds per round, ``desired`` the configured intervals, ``budget`` a
+    fraction of wall time. Each group may use its share of the budget; shares a group
+    leaves unused are handed to the groups that need more, in ``GROUPS`` order.
+    """
+    groups = [g for g in GROUPS if g in desired]
+    allowance = {g: SHARES[g] * budget for g in groups}
+    for _ in range(len(groups)):
+        spare = 0.0
+        needy = []
+        for g in groups:
+            want = costs.get(g, 0.0) / desired[g]
+            if want <= allowance[g]:
+                spare += allowance[g] - want
+                allowance[g] = want
+            else:
+                needy.append(g)
+        if not needy or spare <= 1e-12:
+            break
+        weight = sum(SHARES[g] for g in needy)
+        for g in needy:
+            allowance[g] += spare * SHARES[g] / weight
+    planned = {}
+    for g in groups:
+        cost = costs.get(g, 0.0)
+        planned[g] = desired[g] if cost <= 0 else max(desired[g], cost / max(allowance[g], 1e-9))
+    return planned
+
+
+@dataclass
+class _GpuState:
+    info: DeviceInfo
+    fields: dict[str, Any] = field(default_factory=dict)
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    lost: bool = False
+    lost_reason: str | None = None
+    retry_at: float = 0.0
+
+
+class Sampler:
+    """Polls a backend in one worker thread and fans snapshots out on the event loop."""
+
+    def __init__(
+        self,
+        backend: Backend | None,
+        *,
+        interval: float = 1.0,
+        history_seconds: int = 3600,
+        budget: float = 0.02,
+        slow_interval: float = 5.0,
+        process_interval: float = 5.0,
+        pcie_interval: float = 2.0,
+        unavailable_reason: str | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.backend = backend
+        self.interval = interval
+        self.history_seconds = history_seconds
+        self.budget = budget
+        self.log = log or logging.getLogger(__name__)
+        self.available = False
+        self.reason = unavailable_reason
+        self.versions: dict[str, str | None] = {"driver": None, "nvml": None, "cuda": None}
+        self.stats = {
+            "fast": GroupStats(interval, interval),
+            "processes": GroupStats(process_interval, process_interval),
+            "slow": GroupStats(slow_interval, slow_interval),
+            "pcie": GroupStats(pcie_interval, pcie_interval),
+        }
+        self.annotators: list[Callable[[dict[str, Any]], None]] = []
+        self.rounds = 0
+        self._gpus: list[_GpuState] = []
+        self._history = History(0, 0)
+        self._latest = Snapshot({"timestamp": None, "simulated": self.simulated, "gpus": []})
+        self._latest.text = json.dumps(self._latest.data)
+        self._subscribers: list[Subscriber] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._refresh_processes = threading.Event()
+        self._pcie_watchers = 0
+        self._pcie_until = 0.0
+        self._started_at = time.monotonic()
+        self._warned: set[str] = set()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the GPUs shown are simulated."""
+        return bool(self.backend is not None and self.backend.simulated)
+
+    @property
+    def device_count(self) -> int:
+        """Number of GPUs the backend found."""
+        return len(self._gpus)
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        """Static facts of each GPU."""
+        return [g.info for g in self._gpus]
+
+    def open(self) -> None:
+        """Open the backend; on failure stay up with ``available = False`` and the reason."""
+        if self.backend is None:
+            self.available = False
+            self.reason = self.reason or "GPU monitoring is turned off (TFGPU.backend = 'none')"
+            return
+        try:
+            infos = self.backend.open()
+        except BackendUnavailable as err:
+            self.available = False
+            self.reason = err.reason
+            self.log.info("GPU backend %s unavailable: %s", self.backend.name, err.reason)
+            return
+        try:
+            self.versions = self.backend.versions()
+        except Exception:  # noqa: BLE001 - versions are informative only
+            self.log.debug("could not read GPU versions", exc_info=True)
+        self.available = True
+        self.reason = None if infos else "no GPU found"
+        self._gpus = [_GpuState(info) for info in infos]
+        for gpu in self._gpus:
+            if gpu.info.lost:
+                gpu.lost, gpu.lost_reason = True, "the device could not be opened"
+        capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
+        self._history = History(capacity, len(self._gpus))
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Open the backend and start the worker thread."""
+        self._loop = loop
+        self.open()
+        if not self.available or not self._gpus:
+            self._publish_round(time.monotonic())
+            return
+        self._thread = threading.Thread(target=self._run, name="tfgpu-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker and release the backend."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self.backend is not None and self.available:
+            self.backend.close()
+
+    # -- what clients use --------------------------------------------------------------------
+
+    @property
+    def latest(self) -> Snapshot:
+        """The last snapshot taken (never blocks, never calls the backend)."""
+        return self._latest
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(snapshot)`` on the event loop after every sample."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def history(self, seconds: float) -> dict[str, Any]:
+        """The last ``seconds`` of the per-GPU series."""
+        cutoff = time.time() - seconds
+        data = self._history.since(cutoff)
+        for series, gpu in zip(data["gpus"], self._gpus):
+            series["uuid"] = gpu.info.uuid
+        return {"interval": self.interval, "simulated": self.simulated, **data}
+
+    def history_bytes(self) -> int:
+        """Memory held by the history buffers."""
+        return self._history.nbytes()
+
+    def refresh_processes(self) -> None:
+        """Read process lists at the next round (after a kernel starts, restarts or stops)."""
+        self._refresh_processes.set()
+        self._wake.set()
+
+    def watch_pcie(self) -> Callable[[], None]:
+        """Keep PCIe sampling on until the returned function is called."""
+        self._pcie_watchers += 1
+        self._wake.set()
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._pcie_watchers -= 1
+
+        return release
+
+    def request_pcie(self) -> None:
+        """Keep PCIe sampling on for a while because a REST client asked for it."""
+        first = time.monotonic() > self._pcie_until
+        self._pcie_until = time.monotonic() + PCIE_REQUEST_SECONDS
+        if first:
+            self._wake.set()
+
+    def pcie_wanted(self) -> bool:
+        """Whether anybody currently asks for PCIe figures."""
+        return self._pcie_watchers > 0 or time.monotonic() < self._pcie_until
+
+    def describe(self) -> dict[str, Any]:
+        """What the sampler measured, for ``GET status``."""
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        inside = sum(s.seconds for s in self.stats.values())
+        return {
+            "nvml_budget": self.budget,
+            "backend_time_fraction": round(inside / elapsed, 6),
+            "rounds": self.rounds,
+            "history_bytes": self.history_bytes(),
+            "groups": {
+                name: {
+                    "interval": round(s.interval, 3),
+                    "configured_interval": s.desired,
+                    "cost_ms": round(s.cost * 1000, 3),
+                    "calls": s.calls,
+                }
+                for name, s in self.stats.items()
+            },
+            "pcie_watched": self.pcie_wanted(),
+        }
+
+    # -- worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                self._sample_round(now)
+            except Exception:  # noqa: BLE001 - the sampler must outlive any one bad reading
+                self.log.exception("GPU sampling round failed")
+            next_tick = max(next_tick + self.stats["fast"].interval, time.monotonic() + 0.001)
+            self._wake.clear()
+            while not self._stop.is_set():
+                left = next_tick - time.monotonic()
+                if left <= 0:
+                    break
+                if self._wake.wait(left):
+                    self._wake.clear()
+                    if self._refresh_processes.is_set() or self._pcie_first_due():
+                        break
+
+    def _pcie_first_due(self) -> bool:
+        stats = self.stats["pcie"]
+        return self.pcie_wanted() and stats.next_due <= time.monotonic()
+
+    def _due(self, now: float) -> list[str]:
+        due = []
+        for name in GROUPS:
+            stats = self.stats[name]
+            if name == "fast":
+                due.append(name)
+            elif name == "processes" and self._refresh_processes.is_set():
+                self._refresh_processes.clear()
+                due.append(name)
+            elif name == "pcie" and not self.pcie_wanted():
+                continue
+            elif now >= stats.next_due:
+                due.append(name)
+        return due
+
+    def _sample_round(self, now: float) -> None:
+        due = self._due(now)
+        spent = dict.fromkeys(due, 0.0)
+        for gpu in self._gpus:
+            if gpu.lost and now < gpu.retry_at:
+                continue
+            try:
+                for name in due:
+                    started = time.perf_counter()
+                    try:
+                        self._read_group(gpu, name)
+                    finally:
+                        spent[name] += time.perf_counter() - started
+                if gpu.lost:
+                    self.log.warning("GPU %d answers again", gpu.info.index)
+                gpu.lost, gpu.lost_reason = False, None
+            except GpuLost as err:
+                if not gpu.lost:
+                    self.log.error("GPU %d is lost: %s", gpu.info.index, err.reason)
+                gpu.lost, gpu.lost_reason = True, err.reason
+                gpu.retry_at = now + LOST_RETRY_SECONDS
+            except Exception as err:  # noqa: BLE001
+                key = f"{gpu.info.index}:{type(err).__name__}"
+                if key not in self._warned:
+                    self._warned.add(key)
+                    self.log.warning("GPU %d reading failed: %s", gpu.info.index, err)
+        for name in due:
+            stats = self.stats[name]
+            stats.record(spent[name])
+            stats.next_due = now + stats.interval
+        planned = plan_intervals(
+            {n: s.cost for n, s in self.stats.items()},
+            {n: s.desired for n, s in self.stats.items()},
+            self.budget,
+        )
+        for name, interval in planned.items():
+            self.stats[name].interval = interval
+        self.rounds += 1
+        self._publish_round(now)
+
+    def _read_group(self, gpu: _GpuState, name: str) -> None:
+        index = gpu.info.index
+        backend = self.backend
+        assert backend is not None
+        if name == "fast":
+            gpu.fields.update(backend.read_fast(index))
+        elif name == "slow":
+            gpu.fields.update(backend.read_slow(index))
+        elif name == "pcie":
+            gpu.fields.update(backend.read_pcie(index))
+        elif name == "processes":
+            gpu.processes = backend.read_processes(index)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def _gpu_row(self, gpu: _GpuState, pcie_on: bool) -> dict[str, Any]:
+        info, f = gpu.info, gpu.fields
+        memory = dict(f.get("memory") or {"total": info.memory_total, "used": None, "free": None})
+        memory.setdefault("reserved", None)
+        clocks = dict(f.get("clocks") or {"sm": None, "memory": None})
+        clocks["sm_max"] = info.max_clocks.get("sm")
+        clocks["memory_max"] = info.max_clocks.get("memory")
+        mig_memory = f.get("mig_memory") or {}
+        mig = None
+        if info.mig_mode is not None:
+            mig = {
+                "enabled": info.mig_mode,
+                "instances": [
+                    {**inst.to_json(), "memory": mig_memory.get(inst.index)}
+                    for inst in info.mig_instances
+                ],
+            }
+        power = dict(f.get("power") or {"draw": None, "limit": info.power_limit})
+        return {
+            "index": info.index,
+            "uuid": info.uuid,
+            "name": info.name,
+            "lost": gpu.lost,
+            "lost_reason": gpu.lost_reason,
+            "memory": memory,
+            "utilization": f.get("utilization") or {"gpu": None, "memory": None},
+            "temperature": f.get("temperature"),
+            "power": power,
+            "fan": f.get("fan"),
+            "clocks": clocks,
+            "pcie": (f.get("pcie") if pcie_on else None) or {"tx": None, "rx": None},
+            "mig": mig,
+            "processes": [
+                {"kernel_id": None, "notebook": None, **proc} for proc in gpu.processes
+            ],
+        }
+
+    def _publish_round(self, now: float) -> None:
+        pcie_on = self.pcie_wanted()
+        data = {
+            "timestamp": time.time(),
+            "simulated": self.simulated,
+            "gpus": [self._gpu_row(g, pcie_on) for g in self._gpus],
+        }
+        for annotate in self.annotators:
+            try:
+                annotate(data)
+            except Exception:  # noqa: BLE001
+                self.log.exception("snapshot annotator failed")
+        self._history.append(data["timestamp"], data["gpus"])
+        snapshot = Snapshot(data, json.dumps(data, separators=(",", ":")), now)
+        self._latest = snapshot
+        loop = self._loop
+        if loop is not None and self._subscribers:
+            try:
+                loop.call_soon_threadsafe(self._fan_out, snapshot)
+            except RuntimeError:
+                pass  # the loop is closing with the server
+
+    def _fan_out(self, snapshot: Snapshot) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(snapshot)
+            except Exception:  # noqa: BLE001
+                self.log.exception("snapshot subscriber failed")
