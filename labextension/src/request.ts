@@ -15,16 +15,15 @@ export async function requestAPI<T>(
     throw new ServerConnection.NetworkError(error as TypeError);
   }
   const text = await response.text();
-  let data: any = text;
-  if (text.length > 0) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      // Not JSON (e.g. a proxy's HTML error page): keep the text for the message.
-    }
+  let data: any = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    // Not JSON (e.g. a proxy's HTML error page): the status line makes a better message.
   }
   if (!response.ok) {
-    throw new ServerConnection.ResponseError(response, data?.message ?? text);
+    const message = data?.message ?? `${response.status} ${response.statusText}`.trim();
+    throw new ServerConnection.ResponseError(response, message);
   }
   return data as T;
 }

@@ -56,7 +56,7 @@ export class GpuStatusItem extends Widget {
     } catch (error) {
       // The server may have restarted with another backend: ask for status again.
       this._status = null;
-      this._show('GPU: error', String((error as Error)?.message ?? error), false);
+      this._show('GPU: error', explain(error), false);
       throw error;
     }
   }
@@ -86,6 +86,14 @@ export class GpuStatusItem extends Widget {
   private _poll: Poll;
   private _text = document.createElement('span');
   private _label = document.createElement('span');
+}
+
+/** A tooltip for a failed request. */
+function explain(error: unknown): string {
+  if (error instanceof ServerConnection.ResponseError && error.response.status === 404) {
+    return 'The jupyter-tfgpu server extension is not enabled on this server';
+  }
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** One tooltip line for a GPU. */

@@ -1,0 +1,693 @@
+"""NvmlBackend (and a Sampler over it) against the fake pynvml: units, errors, fallbacks."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pynvml
+import pytest
+
+from jupyter_tfgpu.gpu import BackendUnavailable, GpuLost, NvmlBackend
+from jupyter_tfgpu.sampler import Sampler
+from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
+
+GIB = 2**30
+MIB = 2**20
+
+
+@pytest.fixture
+def install(monkeypatch):
+    """Build a FakeNvml and make it the `pynvml` the backend imports."""
+
+    def _install(**kwargs) -> FakeNvml:
+        fake = FakeNvml(**kwargs)
+        monkeypatch.setitem(sys.modules, "pynvml", fake.module)
+        return fake
+
+    return _install
+
+
+def sampled(sampler: Sampler) -> dict:
+    """Run one sampler round in this thread and return the snapshot's data."""
+    sampler._sample_round(time.monotonic())
+    return sampler.latest.data
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met within the time allowed")
+        time.sleep(0.01)
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def test_missing_library_is_a_reason_not_a_crash(install):
+    """LIBRARY_NOT_FOUND at init becomes BackendUnavailable with NVML's own words."""
+    # Given a host without libnvidia-ml
+    install(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    # When the backend opens
+    with pytest.raises(BackendUnavailable) as err:
+        NvmlBackend().open()
+
+    # Then the reason says what is missing
+    assert err.value.reason == "NVML Shared Library Not Found"
+
+
+def test_driver_not_loaded_is_a_reason(install):
+    """DRIVER_NOT_LOADED at init becomes BackendUnavailable, and nothing stays initialised."""
+    # Given a host with the library but no kernel driver
+    fake = install(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    # When the backend opens
+    with pytest.raises(BackendUnavailable) as err:
+        NvmlBackend().open()
+
+    # Then
+    assert err.value.reason == "Driver Not Loaded"
+    assert not fake.initialized
+
+
+def test_sampler_over_missing_library_stays_up_unavailable(install):
+    """A Sampler whose backend cannot open reports available=False with the reason."""
+    # Given
+    install(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+
+    # When
+    sampler.start()
+
+    # Then
+    try:
+        assert sampler.available is False
+        assert sampler.reason == "NVML Shared Library Not Found"
+        assert sampler.latest.data["gpus"] == []
+        assert sampler.latest.data["simulated"] is False
+    finally:
+        sampler.stop()
+
+
+def test_zero_gpus(install):
+    """A driver with no GPU opens to an empty list; the sampler says so and serves no rows."""
+    # Given
+    fake = install(gpus=[])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+
+    # When
+    sampler.start()
+
+    # Then
+    try:
+        assert sampler.device_count == 0
+        assert sampler.reason == "no GPU found"
+        assert sampler.latest.data["gpus"] == []
+        assert sampler._thread is None  # nothing to poll
+    finally:
+        sampler.stop()
+    assert not fake.initialized
+
+
+def test_static_facts_of_eight_gpus(install):
+    """Open reads name, UUID, memory total, power limit (W) and max clocks of every GPU."""
+    # Given
+    gpus = [FakeGpu(name=f"NVIDIA H100 80GB HBM3 #{i}", power_limit_mw=700_000) for i in range(8)]
+    fake = install(gpus=gpus)
+
+    # When
+    infos = NvmlBackend().open()
+
+    # Then
+    assert [i.index for i in infos] == list(range(8))
+    assert [i.uuid for i in infos] == [g.uuid for g in fake.gpus]
+    assert len({i.uuid for i in infos}) == 8
+    assert infos[3].name == "NVIDIA H100 80GB HBM3 #3"
+    assert infos[0].memory_total == 80 * GIB
+    assert infos[0].power_limit == 700.0
+    assert infos[0].max_clocks == {"sm": 1410, "memory": 1593}
+    assert infos[0].mig_mode is False
+    assert not any(i.lost for i in infos)
+
+
+def test_versions(install):
+    """Driver, NVML and CUDA versions in their usual spelling."""
+    # Given
+    install(cuda_driver_version=12040)
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    versions = backend.versions()
+
+    # Then
+    assert versions == {"driver": "550.54.15", "nvml": "12.550.54.15", "cuda": "12.4"}
+
+
+# -- readings in contract units ------------------------------------------------------------
+
+
+def test_eight_gpus_every_field_in_contract_units(install):
+    """Bytes for memory, W from mW for power, bytes/s from KB/s for PCIe, MHz for clocks."""
+    # Given eight GPUs with distinct readings
+    gpus = [
+        FakeGpu(
+            memory_used=(i + 1) * GIB,
+            memory_reserved=512 * MIB,
+            util_gpu=10 * i,
+            util_memory=5 * i,
+            temperature=40 + i,
+            power_draw_mw=100_000 + 1_500 * i,
+            power_limit_mw=400_000,
+            fan=30 + i,
+            clocks_sm=1000 + i,
+            clocks_mem=1500 + i,
+            pcie_tx_kb=1000 + i,
+            pcie_rx_kb=2000 + i,
+        )
+        for i in range(8)
+    ]
+    install(gpus=gpus)
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+    sampler.request_pcie()
+
+    # When one round is taken
+    data = sampled(sampler)
+
+    # Then every row carries every field, converted
+    rows = data["gpus"]
+    assert len(rows) == 8
+    assert data["simulated"] is False
+    for i, row in enumerate(rows):
+        assert row["index"] == i
+        assert row["lost"] is False
+        assert row["memory"] == {
+            "total": 80 * GIB,
+            "used": (i + 1) * GIB,
+            "free": 80 * GIB - (i + 1) * GIB - 512 * MIB,
+            "reserved": 512 * MIB,
+        }
+        assert row["utilization"] == {"gpu": 10 * i, "memory": 5 * i}
+        assert row["temperature"] == 40 + i
+        assert row["power"] == {"draw": 100.0 + 1.5 * i, "limit": 400.0}
+        assert row["fan"] == 30 + i
+        assert row["clocks"] == {"sm": 1000 + i, "memory": 1500 + i, "sm_max": 1410, "memory_max": 1593}
+        assert row["pcie"] == {"tx": (1000 + i) * 1024, "rx": (2000 + i) * 1024}
+        assert row["mig"] == {"enabled": False, "instances": []}
+        assert row["processes"] == []
+    sampler.stop()
+
+
+def test_pcie_is_not_read_unless_asked(install):
+    """PCIe throughput (20 ms a call on real drivers) is not read while nobody watches it."""
+    # Given
+    fake = install(gpus=[FakeGpu(pcie_tx_kb=5)])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+
+    # When
+    data = sampled(sampler)
+
+    # Then
+    assert fake.calls["nvmlDeviceGetPcieThroughput"] == 0
+    assert data["gpus"][0]["pcie"] == {"tx": None, "rx": None}
+    sampler.stop()
+
+
+@pytest.mark.parametrize("error_set", ["not_supported", "no_permission"])
+def test_unavailable_field_is_null_and_the_rest_is_read(install, error_set):
+    """NotSupported / NoPermission on one query nulls that field only."""
+    # Given a datacenter GPU without a fan and whose power reading is refused
+    gpu = FakeGpu(fan=55, temperature=61, power_draw_mw=250_000, util_gpu=77)
+    getattr(gpu, error_set).update({"nvmlDeviceGetFanSpeed", "nvmlDeviceGetPowerUsage"})
+    install(gpus=[gpu])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+
+    # When
+    row = sampled(sampler)["gpus"][0]
+
+    # Then only those fields are null; the GPU is not lost
+    assert row["fan"] is None
+    assert row["power"] == {"draw": None, "limit": 400.0}
+    assert row["temperature"] == 61
+    assert row["utilization"]["gpu"] == 77
+    assert row["memory"]["total"] == 80 * GIB
+    assert row["lost"] is False
+    sampler.stop()
+
+
+def test_datacenter_gpu_has_no_fan(install):
+    """The fake's default SXM board answers NotSupported for the fan: null, not an error."""
+    # Given
+    install(gpus=[FakeGpu()])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    slow = backend.read_slow(0)
+
+    # Then
+    assert slow["fan"] is None
+    assert slow["temperature"] == 35
+
+
+def test_unsupported_memory_info_gives_null_memory(install):
+    """Memory info NotSupported leaves memory figures null without losing the GPU."""
+    # Given
+    install(gpus=[FakeGpu(not_supported={"nvmlDeviceGetMemoryInfo"}, util_gpu=3)])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    fast = backend.read_fast(0)
+
+    # Then
+    assert fast["memory"] == {"total": None, "used": None, "free": None, "reserved": None}
+    assert fast["utilization"] == {"gpu": 3, "memory": 0}
+
+
+# -- lost GPUs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["lost", "unknown"])
+def test_backend_raises_gpu_lost(install, failure):
+    """GPU_IS_LOST and UNKNOWN from any reading become GpuLost for that index."""
+    # Given
+    fake = install(gpus=[FakeGpu(), FakeGpu()])
+    backend = NvmlBackend()
+    backend.open()
+    setattr(fake.gpus[1], failure, True)
+
+    # When / Then
+    for read in (backend.read_fast, backend.read_slow, backend.read_processes, backend.read_pcie):
+        with pytest.raises(GpuLost) as err:
+            read(1)
+        assert err.value.index == 1
+    assert backend.read_fast(0)["memory"]["total"] == 80 * GIB
+
+
+def test_gpu_lost_before_open_is_a_lost_row(install):
+    """A GPU whose handle cannot be opened is a lost row; the others are read."""
+    # Given
+    install(gpus=[FakeGpu(), FakeGpu(lost=True), FakeGpu(temperature=50)])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+
+    # When
+    rows = sampled(sampler)["gpus"]
+
+    # Then
+    assert [r["lost"] for r in rows] == [False, True, False]
+    assert rows[1]["lost_reason"]
+    assert rows[2]["temperature"] == 50
+    sampler.stop()
+
+
+@pytest.mark.parametrize("failure", ["lost", "unknown"])
+def test_gpu_lost_mid_run(install, failure):
+    """The running sampler marks the lost GPU, keeps running and keeps reading the others."""
+    # Given a running sampler over three GPUs
+    fake = install(gpus=[FakeGpu(util_gpu=1), FakeGpu(util_gpu=1), FakeGpu(util_gpu=1)])
+    sampler = Sampler(NvmlBackend(), interval=0.05)
+    sampler.start()
+    try:
+        wait_for(lambda: sampler.rounds >= 2)
+
+        # When GPU 1 falls off the bus (or goes into an unknown state)
+        setattr(fake.gpus[1], failure, True)
+        wait_for(lambda: sampler.latest.data["gpus"][1]["lost"])
+
+        # Then the others keep reporting fresh readings and the worker keeps going
+        fake.gpus[0].util_gpu = 42
+        fake.gpus[2].util_gpu = 43
+        rounds = sampler.rounds
+        wait_for(lambda: sampler.rounds >= rounds + 3)
+        rows = sampler.latest.data["gpus"]
+        assert [r["lost"] for r in rows] == [False, True, False]
+        assert rows[1]["lost_reason"]
+        assert rows[0]["utilization"]["gpu"] == 42
+        assert rows[2]["utilization"]["gpu"] == 43
+        assert sampler._thread is not None and sampler._thread.is_alive()
+    finally:
+        sampler.stop()
+
+
+def test_lost_gpu_is_not_polled_until_its_retry(install):
+    """Once lost, a GPU is left alone until its retry time instead of being hammered."""
+    # Given a sampler whose GPU 1 was just lost
+    fake = install(gpus=[FakeGpu(), FakeGpu()])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+    sampled(sampler)
+    fake.gpus[1].lost = True
+    assert sampled(sampler)["gpus"][1]["lost"] is True
+    fake.reset_counters()
+
+    # When more rounds run before the retry is due
+    sampled(sampler)
+    sampled(sampler)
+
+    # Then only GPU 0 was asked: one memory and one utilization call per round
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 2
+    sampler.stop()
+
+
+# -- MIG ---------------------------------------------------------------------------------------
+
+
+def mig_fake(install) -> FakeNvml:
+    """One MIG GPU with two instances (slot 1 empty) and a process in each."""
+    gpu = FakeGpu(
+        mig_enabled=True,
+        mig_devices=[
+            FakeMig(memory_total=10 * GIB, memory_used=GIB, gpu_instance_id=1),
+            None,
+            FakeMig(memory_total=20 * GIB, memory_used=3 * GIB, gpu_instance_id=2, profile="2g.20gb"),
+        ],
+        processes=[
+            FakeProcess(pid=101, used_memory=GIB, gpu_instance_id=1, compute_instance_id=0),
+            FakeProcess(pid=202, used_memory=3 * GIB, gpu_instance_id=2, compute_instance_id=0),
+        ],
+    )
+    return install(gpus=[gpu, FakeGpu()])
+
+
+def test_mig_instances_are_listed_with_uuids(install):
+    """A MIG-enabled GPU lists its instances with UUIDs, ids and memory per instance."""
+    # Given
+    fake = mig_fake(install)
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+
+    # When
+    rows = sampled(sampler)["gpus"]
+
+    # Then
+    mig = rows[0]["mig"]
+    assert mig["enabled"] is True
+    migs = fake.gpus[0].mig_devices
+    assert [i["index"] for i in mig["instances"]] == [0, 2]
+    assert [i["uuid"] for i in mig["instances"]] == [migs[0].uuid, migs[2].uuid]
+    assert all(i["uuid"].startswith("MIG-") for i in mig["instances"])
+    assert [i["gpu_instance_id"] for i in mig["instances"]] == [1, 2]
+    assert [i["compute_instance_id"] for i in mig["instances"]] == [0, 0]
+    assert [i["memory_total"] for i in mig["instances"]] == [10 * GIB, 20 * GIB]
+    assert mig["instances"][0]["memory"]["used"] == GIB
+    assert mig["instances"][1]["memory"] == {
+        "total": 20 * GIB, "used": 3 * GIB, "free": 17 * GIB, "reserved": 0
+    }  # fmt: skip
+    assert rows[1]["mig"] == {"enabled": False, "instances": []}
+    sampler.stop()
+
+
+def test_mig_memory_follows_the_instances(install):
+    """Per-instance memory is read again every fast round."""
+    # Given
+    fake = mig_fake(install)
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+    sampled(sampler)
+
+    # When
+    fake.gpus[0].mig_devices[2].memory_used = 5 * GIB
+    instances = sampled(sampler)["gpus"][0]["mig"]["instances"]
+
+    # Then
+    assert instances[1]["memory"]["used"] == 5 * GIB
+
+
+def test_processes_on_mig_instances_are_found(install):
+    """Processes inside MIG instances are listed, each with the instance it runs in."""
+    # Given
+    mig_fake(install)
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = {p["pid"]: p for p in backend.read_processes(0)}
+
+    # Then
+    assert set(rows) == {101, 202}
+    assert rows[101]["used_memory"] == GIB
+    assert rows[202]["used_memory"] == 3 * GIB
+    assert rows[101]["mig"] == 0
+    assert rows[202]["mig"] == 2
+
+
+def test_mig_processes_found_when_parent_lists_refuse(install, monkeypatch):
+    """Where the whole-GPU process list needs privileges, the MIG handles still find them."""
+    # Given a parent handle whose process lists answer NoPermission (unprivileged, MIG mode)
+    fake = mig_fake(install)
+    backend = NvmlBackend()
+    backend.open()
+    real_v3 = fake.module.nvmlDeviceGetComputeRunningProcesses_v3
+    parent = backend._handles[0]
+
+    def v3(handle):
+        if handle is parent:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        return real_v3(handle)
+
+    backend._process_readers["compute"] = [v3]
+
+    # When
+    rows = {p["pid"]: p for p in backend.read_processes(0)}
+
+    # Then
+    assert {pid: r["mig"] for pid, r in rows.items()} == {101: 0, 202: 2}
+
+
+# -- versioned symbols -------------------------------------------------------------------------
+
+
+def test_missing_v3_process_lists_fall_back_to_v2_once(install):
+    """Without the _v3 process lists, _v2 answers; the probe is not repeated next round."""
+    # Given an older driver and two GPUs with processes
+    missing = {
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    }
+    gpus = [FakeGpu(processes=[FakeProcess(pid=10 + i, used_memory=GIB)]) for i in range(2)]
+    fake = install(gpus=gpus, missing_symbols=missing)
+    backend = NvmlBackend()
+    backend.open()
+
+    # When two rounds read the process lists
+    first = [backend.read_processes(i) for i in range(2)]
+    v3_calls = fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"]
+    second = [backend.read_processes(i) for i in range(2)]
+
+    # Then v3 was probed once in all, v2 answered every time
+    assert [[p["pid"] for p in rows] for rows in first] == [[10], [11]]
+    assert first == second
+    assert v3_calls == 1
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+    assert fake.calls["nvmlDeviceGetGraphicsRunningProcesses_v3"] == 1
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v2"] == 4
+    assert fake.calls["nvmlDeviceGetGraphicsRunningProcesses_v2"] == 4
+
+
+def test_missing_v3_and_v2_falls_back_to_the_plain_name(install):
+    """Without any versioned symbol the unversioned binding is used; its mismatch error too."""
+    # Given a binding that has only the plain names
+    fake = install(gpus=[FakeGpu(processes=[FakeProcess(pid=7, used_memory=GIB)])])
+    for name in list(vars(fake.module)):
+        if name.startswith("nvmlDevice") and name.endswith(("RunningProcesses_v3", "RunningProcesses_v2")):
+            delattr(fake.module, name)
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = backend.read_processes(0)
+
+    # Then the alias (which goes through v3 inside the fake) answered
+    assert [(r["pid"], r["used_memory"]) for r in rows] == [(7, GIB)]
+
+
+def test_missing_memory_v2_falls_back_to_v1_without_error(install, monkeypatch):
+    """Without memory info v2, v1 answers (reserved unknown) and v2 is not asked again."""
+    # Given
+    fake = install(
+        gpus=[FakeGpu(memory_used=GIB, memory_reserved=512 * MIB), FakeGpu()],
+        missing_symbols={"nvmlDeviceGetMemoryInfo_v2"},
+    )
+    versions_asked = []
+    memory_info = fake.module.nvmlDeviceGetMemoryInfo
+
+    def spy(handle, version=None):
+        versions_asked.append(version)
+        return memory_info(handle, version=version)
+
+    monkeypatch.setattr(fake.module, "nvmlDeviceGetMemoryInfo", spy)
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()  # reads memory totals: the v2 probe happens here
+
+    # When two rounds run
+    asked_at_open = list(versions_asked)
+    sampled(sampler)
+    row = sampled(sampler)["gpus"][0]
+
+    # Then v1 figures (used counts the driver's reserve), no error, one v2 probe in all
+    assert row["memory"] == {
+        "total": 80 * GIB,
+        "used": GIB + 512 * MIB,
+        "free": 80 * GIB - GIB - 512 * MIB,
+        "reserved": None,
+    }
+    assert row["lost"] is False
+    assert asked_at_open[0] == pynvml.nvmlMemory_v2
+    assert sum(v is not None for v in versions_asked) == 1
+    assert versions_asked[-4:] == [None, None, None, None]
+    sampler.stop()
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def test_unknown_process_memory_is_null_not_zero(install):
+    """usedGpuMemory None (NVML_VALUE_NOT_AVAILABLE, e.g. under WDDM or in containers) -> null."""
+    # Given
+    install(gpus=[FakeGpu(processes=[FakeProcess(pid=5, used_memory=None), FakeProcess(pid=6)])])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = {p["pid"]: p for p in backend.read_processes(0)}
+
+    # Then
+    assert rows[5]["used_memory"] is None
+    assert rows[6]["used_memory"] == 0
+
+
+def test_pid_in_compute_and_graphics_lists_is_one_row(install):
+    """A PID in both lists is one row, typed compute+graphics, its memory counted once."""
+    # Given
+    gpu = FakeGpu(
+        processes=[FakeProcess(pid=9, used_memory=2 * GIB), FakeProcess(pid=10, used_memory=GIB)],
+        graphics_processes=[FakeProcess(pid=9, used_memory=2 * GIB), FakeProcess(pid=11, used_memory=MIB)],
+    )
+    install(gpus=[gpu])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = backend.read_processes(0)
+
+    # Then
+    assert sorted(r["pid"] for r in rows) == [9, 10, 11]
+    by_pid = {r["pid"]: r for r in rows}
+    assert by_pid[9]["type"] == "compute+graphics"
+    assert by_pid[9]["used_memory"] == 2 * GIB
+    assert by_pid[10]["type"] == "compute"
+    assert by_pid[11]["type"] == "graphics"
+
+
+def test_per_process_utilization_when_supported(install):
+    """Per-process SM and memory utilization come with each row when NVML has samples."""
+    # Given
+    gpu = FakeGpu(
+        processes=[FakeProcess(pid=21, used_memory=GIB), FakeProcess(pid=22, used_memory=GIB)],
+        process_utilization=[(21, 80, 35)],
+    )
+    install(gpus=[gpu])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = {p["pid"]: p for p in backend.read_processes(0)}
+
+    # Then
+    assert rows[21]["utilization"] == {"sm": 80, "memory": 35}
+    assert rows[22]["utilization"] is None
+
+
+def test_per_process_utilization_not_supported(install):
+    """NotSupported per-process utilization leaves utilization null and the list intact."""
+    # Given
+    gpu = FakeGpu(
+        processes=[FakeProcess(pid=21, used_memory=GIB)],
+        process_utilization=[(21, 80, 35)],
+        not_supported={"nvmlDeviceGetProcessUtilization"},
+    )
+    install(gpus=[gpu])
+    backend = NvmlBackend()
+    backend.open()
+
+    # When
+    rows = backend.read_processes(0)
+
+    # Then
+    assert [(r["pid"], r["used_memory"], r["utilization"]) for r in rows] == [(21, GIB, None)]
+
+
+def test_processes_in_the_sampler_snapshot(install):
+    """The snapshot's process rows carry the contract fields, attribution still empty."""
+    # Given
+    install(gpus=[FakeGpu(processes=[FakeProcess(pid=31, used_memory=GIB)])])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+
+    # When
+    processes = sampled(sampler)["gpus"][0]["processes"]
+
+    # Then
+    assert len(processes) == 1
+    assert processes[0]["pid"] == 31
+    assert processes[0]["used_memory"] == GIB
+    assert processes[0]["kernel_id"] is None
+    assert processes[0]["notebook"] is None
+    sampler.stop()
+
+
+# -- closing -----------------------------------------------------------------------------------
+
+
+def test_close_shuts_nvml_down_and_is_safe_twice(install):
+    """close() calls nvmlShutdown once, and again is harmless."""
+    # Given
+    fake = install()
+    backend = NvmlBackend()
+    backend.open()
+    assert fake.initialized
+
+    # When
+    backend.close()
+    backend.close()
+
+    # Then
+    assert fake.calls["nvmlShutdown"] == 1
+    assert not fake.initialized
+
+
+def test_close_before_open_is_harmless(install):
+    """close() on a backend that never opened does nothing."""
+    # Given
+    fake = install()
+
+    # When
+    NvmlBackend().close()
+
+    # Then
+    assert fake.calls["nvmlShutdown"] == 0
+
+
+def test_sampler_stop_shuts_nvml_down(install):
+    """Stopping a running sampler stops its worker and shuts NVML down."""
+    # Given
+    fake = install(gpus=[FakeGpu(), FakeGpu()])
+    sampler = Sampler(NvmlBackend(), interval=0.05)
+    sampler.start()
+    wait_for(lambda: sampler.rounds >= 1)
+
+    # When
+    sampler.stop()
+
+    # Then
+    assert sampler._thread is None
+    assert fake.calls["nvmlShutdown"] == 1
+    assert not fake.initialized
