@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Dict, Enum, Float, Int, List, TraitError, default, validate
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import Configurable
+
+from .policy.model import PolicyError, validate_policy
 
 DEFAULT_SIMULATED_GPUS = [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count": 2}]
 
@@ -96,3 +99,65 @@ class TFGPU(Configurable):
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 64:
                 raise TraitError(f"{where}.count must be an integer from 0 to 64")
         return proposal["value"]
+
+    # -- policies ----------------------------------------------------------------------------
+
+    default_policy = Dict(
+        {},
+        help="""Policy applied to every notebook that does not set a field itself, e.g.
+        {"memory_growth": true} so no TensorFlow kernel maps a whole GPU by default.
+        Fields: memory_growth (bool), memory_limit_mb (MiB), devices (GPU indices or UUIDs;
+        [] = CPU only), allocator ("default" or "cuda_malloc_async").""",
+    ).tag(config=True)
+
+    @validate("default_policy")
+    def _validate_default_policy(self, proposal):
+        try:
+            return validate_policy(proposal["value"])
+        except PolicyError as err:
+            raise TraitError(f"TFGPU.default_policy: {err}") from err
+
+    max_memory_mb = Int(
+        None,
+        allow_none=True,
+        min=1,
+        help="""Most GPU memory (MiB, per visible GPU) any kernel may use. Kernels without
+        a limit get this one; a notebook asking for more is refused with 403.""",
+    ).tag(config=True)
+
+    allowed_devices = List(
+        Union([Int(min=0), Unicode()]),
+        default_value=None,
+        allow_none=True,
+        help="""GPUs (indices or UUIDs) kernels may see; None allows every GPU. Kernels
+        whose notebook names no GPUs see exactly these.""",
+    ).tag(config=True)
+
+    force_memory_growth = Bool(
+        False,
+        help="""Turn memory growth on for every kernel, whatever the notebook asks
+        (TensorFlow then allocates as needed; JAX does not preallocate).""",
+    ).tag(config=True)
+
+    allow_user_policies = Bool(
+        True,
+        help="""Whether users may set per-notebook policies. When False only
+        default_policy and the caps apply, and writes answer 403.""",
+    ).tag(config=True)
+
+    policy_store_path = Unicode(
+        help="""File holding the per-notebook policies (JSON, written atomically).
+        Default: <Jupyter data dir>/tfgpu/policies.json.""",
+    ).tag(config=True)
+
+    @default("policy_store_path")
+    def _default_policy_store_path(self):
+        return os.path.join(jupyter_data_dir(), "tfgpu", "policies.json")
+
+    use_provisioner = Bool(
+        True,
+        help="""Make the tfgpu-provisioner the default kernel provisioner when the
+        extension loads, so kernels start with their notebook's policy. Kernelspecs that
+        name another provisioner keep it (and get no policy). Left alone when an admin
+        already chose another default provisioner.""",
+    ).tag(config=True)

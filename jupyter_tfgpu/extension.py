@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import PeriodicCallback
+from traitlets import Any as AnyTrait
+from traitlets import Dict as DictTrait
 from traitlets import Instance
 
+from .attribution import Attribution
 from .config import TFGPU
 from .gpu import make_backend
 from .handlers import route_patterns
+from .kernels import KernelRegistry
+from .policy import AdminPolicy, PolicyError, PolicyService, PolicyStore, normalize_notebook_path
+from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from .sampler import Sampler
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+CONTENTS_ACTIONS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 
 class TFGPUApp(ExtensionApp):
@@ -25,14 +36,21 @@ class TFGPUApp(ExtensionApp):
 
     config_traits = Instance(TFGPU, allow_none=True)
     sampler = Instance(Sampler, allow_none=True)
+    policies = Instance(PolicyService, allow_none=True)
+    kernels = Instance(KernelRegistry, allow_none=True)
+    attribution = Instance(Attribution, allow_none=True)
+    provisioner_state = DictTrait()
+    _refresher = AnyTrait(allow_none=True)
 
     def initialize_settings(self) -> None:
-        """Build the config, backend and sampler, and start sampling."""
+        """Build config, sampler, policies and kernel registry; start sampling."""
         # Settings live in the server's config so `--TFGPU.x=...` and
         # `c.TFGPU.x = ...` in jupyter_server_config.py both reach them.
-        self.config_traits = TFGPU(parent=self.serverapp)
-        cfg = self.config_traits
-        backend = make_backend(cfg.backend, cfg.simulated_gpus, pid_source=self._kernel_pids)
+        self.config_traits = cfg = TFGPU(parent=self.serverapp)
+        self.attribution = Attribution()
+        backend = make_backend(
+            cfg.backend, cfg.simulated_gpus, pid_source=self.attribution.kernel_pids
+        )
         self.sampler = Sampler(
             backend,
             interval=cfg.sample_interval,
@@ -43,11 +61,37 @@ class TFGPUApp(ExtensionApp):
             pcie_interval=cfg.pcie_interval,
             log=self.log,
         )
+        self.sampler.annotators.append(self.attribution.annotate)
+        self.policies = PolicyService(
+            PolicyStore(cfg.policy_store_path, log=self.log),
+            AdminPolicy(
+                default=cfg.default_policy,
+                max_memory_mb=cfg.max_memory_mb,
+                allowed_devices=tuple(cfg.allowed_devices) if cfg.allowed_devices is not None else None,
+                force_memory_growth=cfg.force_memory_growth,
+                allow_user_policies=cfg.allow_user_policies,
+            ),
+            devices=lambda: self.sampler.devices,
+            devices_known=lambda: self.sampler.available,
+            root_dir=self.serverapp.root_dir,
+        )
+        report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
+        self.kernels = KernelRegistry(
+            self.serverapp.kernel_manager,
+            self.serverapp.session_manager,
+            self.policies,
+            self.sampler,
+            self.attribution,
+            report_root,
+            log=self.log,
+        )
+        self._install_provisioner(cfg, report_root)
         self.sampler.start(loop=self._event_loop())
         self.settings["tfgpu"] = self
         event_logger = getattr(self.serverapp, "event_logger", None)
         if event_logger is not None:
             event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
+            event_logger.add_listener(schema_id=CONTENTS_ACTIONS, listener=self._on_contents_action)
         self.log.info(
             "jupyter-tfgpu: backend %s, %s",
             backend.name if backend else "none",
@@ -58,12 +102,49 @@ class TFGPUApp(ExtensionApp):
         """Register the REST and websocket routes."""
         self.handlers.extend(route_patterns())
 
+    async def start_extension(self) -> None:
+        """Keep kernel attribution fresh while the server runs."""
+        interval_ms = max(1000, int(self.config_traits.process_interval * 1000))
+        self._refresher = PeriodicCallback(self.kernels.refresh, interval_ms)
+        self._refresher.start()
+
     async def stop_extension(self) -> None:
         """Stop sampling and shut NVML down with the server."""
+        if self._refresher is not None:
+            self._refresher.stop()
+        if TFGPUProvisioner.policies is self.policies:
+            TFGPUProvisioner.policies = None
         if self.sampler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
 
-    # -- kernels -----------------------------------------------------------------------------
+    # -- provisioner -------------------------------------------------------------------------
+
+    def _install_provisioner(self, cfg: TFGPU, report_root: str) -> None:
+        """Make the tfgpu provisioner the default one, unless an admin chose another.
+
+        Setting ``default_provisioner_name`` in a config file has no effect: jupyter_client
+        builds this singleton without config when it lists kernelspecs. So the extension sets
+        the trait on the instance.
+        """
+        TFGPUProvisioner.policies = self.policies
+        TFGPUProvisioner.report_root = report_root
+        factory = KernelProvisionerFactory.instance()
+        current = factory.default_provisioner_name
+        state = {"name": PROVISIONER_NAME, "default": False, "reason": None}
+        if not cfg.use_provisioner:
+            state["reason"] = "TFGPU.use_provisioner is False"
+        elif PROVISIONER_NAME not in factory.provisioners:
+            state["reason"] = "the tfgpu-provisioner entry point is not installed"
+        elif current not in ("local-provisioner", PROVISIONER_NAME):
+            state["reason"] = f"the admin chose {current!r} as the default provisioner"
+        else:
+            factory.default_provisioner_name = PROVISIONER_NAME
+            state["default"] = True
+        if state["reason"]:
+            self.log.warning("jupyter-tfgpu: policies are not applied to kernels: %s", state["reason"])
+        self.provisioner_state = state
+
+    # -- events ------------------------------------------------------------------------------
 
     def _event_loop(self) -> asyncio.AbstractEventLoop | None:
         io_loop = getattr(self.serverapp, "io_loop", None)
@@ -74,20 +155,28 @@ class TFGPUApp(ExtensionApp):
         except RuntimeError:
             return None
 
-    def _kernel_pids(self) -> list[int]:
-        """PIDs of the kernel processes this server started (called from the sampler thread)."""
-        km = self.serverapp.kernel_manager
-        pids = []
-        for kernel_id in list(km.list_kernel_ids()):
-            try:
-                pid = km.get_kernel(kernel_id).provisioner.pid
-            except (KeyError, AttributeError):
-                continue
-            if pid:
-                pids.append(pid)
-        return pids
-
     async def _on_kernel_action(self, logger: Any, schema_id: str, data: dict) -> None:
-        """A kernel started, restarted or stopped: read process lists again soon."""
-        if data.get("action") in ("start", "restart", "shutdown") and self.sampler is not None:
-            self.sampler.refresh_processes()
+        """A kernel started, restarted or stopped: refresh attribution and process lists."""
+        action = data.get("action")
+        if action not in ("start", "restart", "shutdown") or data.get("status") == "error":
+            return
+        if action == "shutdown" and data.get("kernel_id"):
+            self.kernels.forget(data["kernel_id"])
+        await self.kernels.refresh()
+        self.sampler.refresh_processes()
+
+    async def _on_contents_action(self, logger: Any, schema_id: str, data: dict) -> None:
+        """Policies follow notebooks that are renamed, and go with notebooks that are deleted."""
+        action = data.get("action")
+        try:
+            if action == "rename" and data.get("source_path"):
+                old = normalize_notebook_path(data["source_path"])
+                new = normalize_notebook_path(data["path"])
+                moved = await asyncio.to_thread(self.policies.store.rename, old, new)
+                if moved:
+                    self.log.info("jupyter-tfgpu: %d policy(ies) followed %s -> %s", moved, old, new)
+            elif action == "delete":
+                path = normalize_notebook_path(data["path"])
+                await asyncio.to_thread(self.policies.store.delete_tree, path)
+        except PolicyError:
+            return  # e.g. the root folder itself

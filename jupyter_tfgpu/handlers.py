@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ._version import __version__
+from .policy import CapExceeded, PolicyError
 
 if TYPE_CHECKING:
     from .extension import TFGPUApp
@@ -46,6 +48,21 @@ class TFGPUAPIHandler(APIHandler):
     def bad_request(self, field: str, why: str) -> web.HTTPError:
         """A 400 that names the field and says why."""
         return web.HTTPError(400, f"{field}: {why}", reason=f"invalid {field}")
+
+    def domain_error(self, err: Exception) -> web.HTTPError:
+        """Translate the policy layer's errors to HTTP (400 names the field, 403 the cap)."""
+        if isinstance(err, PolicyError):
+            return web.HTTPError(400, str(err), reason=f"invalid {err.field}")
+        if isinstance(err, CapExceeded):
+            return web.HTTPError(403, str(err), reason=f"over admin cap {err.cap}")
+        raise err
+
+    def read_json_body(self) -> Any:
+        """The request body as JSON, or a 400 saying it is not."""
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as err:
+            raise self.bad_request("body", f"not valid JSON ({err})") from None
 
 
 class StatusHandler(TFGPUAPIHandler):
@@ -159,11 +176,118 @@ class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             self._release_pcie = None
 
 
+class PoliciesHandler(TFGPUAPIHandler):
+    """GET policies: every stored notebook policy, the admin default, and store problems."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """List stored policies."""
+        service = self.tfgpu.policies
+        self.write_json(
+            {
+                "policies": service.store.all(),
+                "default": service.admin.default,
+                "problems": service.store.problems,
+            }
+        )
+
+
+class PolicyHandler(TFGPUAPIHandler):
+    """GET/PUT/DELETE policies/{notebook path}: one notebook's own and effective policy."""
+
+    def _key(self, path: str) -> str:
+        try:
+            return self.tfgpu.policies.key(path)
+        except PolicyError as err:
+            raise self.domain_error(err) from None
+
+    @web.authenticated
+    @authorized
+    def get(self, path: str) -> None:
+        """The notebook's own policy (null if none) and its effective policy."""
+        self.write_json(self.tfgpu.policies.describe(self._key(path)))
+
+    @web.authenticated
+    @authorized
+    async def put(self, path: str) -> None:
+        """Replace the notebook's policy; 400 names a bad field, 403 the cap it exceeds."""
+        key = self._key(path)
+        body = self.read_json_body()
+        service = self.tfgpu.policies
+        try:
+            await asyncio.to_thread(service.set, key, body)
+        except (PolicyError, CapExceeded) as err:
+            raise self.domain_error(err) from None
+        self.write_json(service.describe(key))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, path: str) -> None:
+        """Remove the notebook's own policy (the admin default applies again)."""
+        key = self._key(path)
+        if not await asyncio.to_thread(self.tfgpu.policies.reset, key):
+            raise web.HTTPError(404, f"no policy stored for {key!r}", reason="no such policy")
+        self.set_status(204)
+        self.finish()
+
+
+class KernelsHandler(TFGPUAPIHandler):
+    """GET kernels: every kernel with its notebook, GPU memory, policy and what it applied."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """List kernels."""
+        registry = self.tfgpu.kernels
+        await registry.refresh()
+        self.write_json({"kernels": registry.list()})
+
+
+class KernelHandler(TFGPUAPIHandler):
+    """GET kernels/{id}: one kernel."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        """Describe one kernel, or 404."""
+        registry = self.tfgpu.kernels
+        if kernel_id not in registry.kernel_manager:
+            raise web.HTTPError(404, f"no kernel {kernel_id!r}", reason="no such kernel")
+        await registry.refresh()
+        self.write_json(registry.describe(kernel_id))
+
+
+class ConfigHandler(TFGPUAPIHandler):
+    """GET config: the admin settings in force (read-only)."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """Defaults, caps and sampling settings."""
+        cfg = self.tfgpu.config_traits
+        self.write_json(
+            {
+                **self.tfgpu.policies.admin.to_json(),
+                "backend": cfg.backend,
+                "sample_interval": cfg.sample_interval,
+                "history_seconds": cfg.history_seconds,
+                "nvml_budget": cfg.nvml_budget,
+                "provisioner": self.tfgpu.provisioner_state,
+            }
+        )
+
+
 ROUTES: list[tuple[str, type]] = [
     ("status", StatusHandler),
     ("gpus", GpusHandler),
     ("gpus/history", HistoryHandler),
     ("stream", StreamHandler),
+    ("policies", PoliciesHandler),
+    ("policies/(?P<path>.+)", PolicyHandler),
+    ("kernels", KernelsHandler),
+    ("kernels/(?P<kernel_id>[^/]+)", KernelHandler),
+    ("config", ConfigHandler),
 ]
 
 

@@ -146,6 +146,7 @@ class Sampler:
         self._pcie_until = 0.0
         self._started_at = time.monotonic()
         self._warned: set[str] = set()
+        self._opened = False
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -181,8 +182,10 @@ class Sampler:
             self.versions = self.backend.versions()
         except Exception:  # noqa: BLE001 - versions are informative only
             self.log.debug("could not read GPU versions", exc_info=True)
-        self.available = True
-        self.reason = None if infos else "no GPU found"
+        self._opened = True
+        # A driver without any GPU is "no GPU data", like no driver at all.
+        self.available = bool(infos)
+        self.reason = None if infos else f"{self.backend.name}: no GPU found"
         self._gpus = [_GpuState(info) for info in infos]
         for gpu in self._gpus:
             if gpu.info.lost:
@@ -207,8 +210,9 @@ class Sampler:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        if self.backend is not None and self.available:
+        if self.backend is not None and self._opened:
             self.backend.close()
+            self._opened = False
 
     # -- what clients use --------------------------------------------------------------------
 

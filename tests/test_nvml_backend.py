@@ -104,7 +104,8 @@ def test_zero_gpus(install):
     # Then
     try:
         assert sampler.device_count == 0
-        assert sampler.reason == "no GPU found"
+        assert sampler.available is False
+        assert sampler.reason == "nvml: no GPU found"
         assert sampler.latest.data["gpus"] == []
         assert sampler._thread is None  # nothing to poll
     finally:
@@ -195,7 +196,9 @@ def test_eight_gpus_every_field_in_contract_units(install):
         assert row["temperature"] == 40 + i
         assert row["power"] == {"draw": 100.0 + 1.5 * i, "limit": 400.0}
         assert row["fan"] == 30 + i
-        assert row["clocks"] == {"sm": 1000 + i, "memory": 1500 + i, "sm_max": 1410, "memory_max": 1593}
+        assert row["clocks"] == {
+            "sm": 1000 + i, "memory": 1500 + i, "sm_max": 1410, "memory_max": 1593
+        }  # fmt: skip
         assert row["pcie"] == {"tx": (1000 + i) * 1024, "rx": (2000 + i) * 1024}
         assert row["mig"] == {"enabled": False, "instances": []}
         assert row["processes"] == []
@@ -367,7 +370,9 @@ def mig_fake(install) -> FakeNvml:
         mig_devices=[
             FakeMig(memory_total=10 * GIB, memory_used=GIB, gpu_instance_id=1),
             None,
-            FakeMig(memory_total=20 * GIB, memory_used=3 * GIB, gpu_instance_id=2, profile="2g.20gb"),
+            FakeMig(
+                memory_total=20 * GIB, memory_used=3 * GIB, gpu_instance_id=2, profile="2g.20gb"
+            ),
         ],
         processes=[
             FakeProcess(pid=101, used_memory=GIB, gpu_instance_id=1, compute_instance_id=0),
@@ -439,7 +444,7 @@ def test_processes_on_mig_instances_are_found(install):
     assert rows[202]["mig"] == 2
 
 
-def test_mig_processes_found_when_parent_lists_refuse(install, monkeypatch):
+def test_mig_processes_found_when_parent_lists_refuse(install):
     """Where the whole-GPU process list needs privileges, the MIG handles still find them."""
     # Given a parent handle whose process lists answer NoPermission (unprivileged, MIG mode)
     fake = mig_fake(install)
@@ -492,21 +497,32 @@ def test_missing_v3_process_lists_fall_back_to_v2_once(install):
     assert fake.calls["nvmlDeviceGetGraphicsRunningProcesses_v2"] == 4
 
 
-def test_missing_v3_and_v2_falls_back_to_the_plain_name(install):
-    """Without any versioned symbol the unversioned binding is used; its mismatch error too."""
-    # Given a binding that has only the plain names
-    fake = install(gpus=[FakeGpu(processes=[FakeProcess(pid=7, used_memory=GIB)])])
-    for name in list(vars(fake.module)):
-        if name.startswith("nvmlDevice") and name.endswith(("RunningProcesses_v3", "RunningProcesses_v2")):
-            delattr(fake.module, name)
+def test_no_process_list_symbol_at_all_is_an_empty_list(install):
+    """Without v3 and v2, the plain name's version mismatch error means "no list", once."""
+    # Given a driver with neither versioned symbol (the plain binding then raises
+    # NVMLLibraryMismatchError, which is not an NVMLError)
+    missing = {
+        f"nvmlDeviceGet{kind}RunningProcesses_{v}"
+        for kind in ("Compute", "Graphics")
+        for v in ("v2", "v3")
+    }
+    gpu = FakeGpu(processes=[FakeProcess(pid=7, used_memory=GIB)])
+    fake = install(gpus=[gpu], missing_symbols=missing)
     backend = NvmlBackend()
     backend.open()
 
-    # When
-    rows = backend.read_processes(0)
+    # When two rounds read the process lists
+    first = backend.read_processes(0)
+    before = fake.calls.copy()
+    second = backend.read_processes(0)
 
-    # Then the alias (which goes through v3 inside the fake) answered
-    assert [(r["pid"], r["used_memory"]) for r in rows] == [(7, GIB)]
+    # Then no error, no rows, and the second round asks only the remembered plain names
+    assert first == second == []
+    assert fake.calls - before == {
+        "nvmlDeviceGetComputeRunningProcesses": 1,
+        "nvmlDeviceGetGraphicsRunningProcesses": 1,
+        "nvmlDeviceGetProcessUtilization": 1,
+    }
 
 
 def test_missing_memory_v2_falls_back_to_v1_without_error(install, monkeypatch):
@@ -569,7 +585,9 @@ def test_pid_in_compute_and_graphics_lists_is_one_row(install):
     # Given
     gpu = FakeGpu(
         processes=[FakeProcess(pid=9, used_memory=2 * GIB), FakeProcess(pid=10, used_memory=GIB)],
-        graphics_processes=[FakeProcess(pid=9, used_memory=2 * GIB), FakeProcess(pid=11, used_memory=MIB)],
+        graphics_processes=[
+            FakeProcess(pid=9, used_memory=2 * GIB), FakeProcess(pid=11, used_memory=MIB)
+        ],
     )
     install(gpus=[gpu])
     backend = NvmlBackend()

@@ -317,6 +317,9 @@ class NvmlBackend:
                         proc.pid,
                         {"pid": proc.pid, "used_memory": None, "type": kind, "mig": mig_slot},
                     )
+                    if mig_slot is not None:
+                        # The whole-GPU list, read first, also holds MIG processes but not where.
+                        row["mig"] = mig_slot
                     if row["type"] != kind:
                         row["type"] = "compute+graphics"
                     used = proc.usedGpuMemory

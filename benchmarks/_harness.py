@@ -1,0 +1,223 @@
+"""Shared plumbing for the benchmark scripts: start serve_fake.py, stream clients, read counters.
+
+Everything runs on 127.0.0.1, every wait is bounded in time, and every child process is ended
+(SIGTERM, then SIGKILL) when its context exits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVE_FAKE = HERE / "serve_fake.py"
+STREAM_CLIENTS = HERE / "_stream_clients.py"
+
+sys.path.insert(0, str(HERE))
+from serve_fake import free_port, percentile  # noqa: E402
+
+__all__ = ["FakeServer", "StreamClients", "free_port", "percentile", "machine", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM this one child, wait a bounded time, then SIGKILL it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and core count of this host, and today's date (UTC)."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
+class FakeServer:
+    """serve_fake.py in a subprocess, with a keep-alive HTTP connection for small reads."""
+
+    def __init__(self, *, latency: bool = True, extra: list[str] | None = None, max_seconds: float = 1800):
+        self.latency = latency
+        self.extra = list(extra or [])
+        self.max_seconds = max_seconds
+        self.port = free_port()
+        self.token = secrets.token_hex(24)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/"
+        self.headers = {"Authorization": f"token {self.token}"}
+        self._dir = tempfile.TemporaryDirectory(prefix="tfgpu-bench-run-")
+        self.log_path = Path(self._dir.name) / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self._conn: http.client.HTTPConnection | None = None
+
+    def __enter__(self) -> "FakeServer":
+        ready = Path(self._dir.name) / "ready.json"
+        cmd = [
+            sys.executable,
+            str(SERVE_FAKE),
+            "--port", str(self.port),
+            "--token", self.token,
+            "--ready-file", str(ready),
+            "--max-seconds", str(self.max_seconds),
+        ]  # fmt: skip
+        if not self.latency:
+            cmd.append("--no-latency")
+        cmd += ["--", *self.extra]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"serve_fake did not start; log:\n{self.log_tail()}")
+            time.sleep(0.05)
+        self.pid = json.loads(ready.read_text())["pid"]
+        # Wait (bounded) for the first sample, so every measurement starts from a sampling server.
+        for _ in range(100):
+            if self.get("tfgpu/api/gpus").get("timestamp") is not None:
+                break
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self.proc is not None:
+            stop_process(self.proc)
+        self._dir.cleanup()
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def request(self, path: str) -> tuple[int, bytes, float]:
+        """GET ``path`` on the keep-alive connection: (status, body, seconds)."""
+        for attempt in range(2):  # the server may have closed an idle keep-alive connection
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                started = time.perf_counter()
+                self._conn.request("GET", "/" + path.lstrip("/"), headers=self.headers)
+                response = self._conn.getresponse()
+                body = response.read()
+                return response.status, body, time.perf_counter() - started
+            except (http.client.HTTPException, OSError):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` and decode its JSON (raises on a non-200 answer)."""
+        status, body, _ = self.request(path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    def nvml(self) -> dict[str, Any]:
+        """The fake NVML's counters (launcher endpoint)."""
+        return self.get("bench/nvml")
+
+
+class StreamClients:
+    """N websocket clients on tfgpu/api/stream, in their own process so they do not skew timings."""
+
+    def __init__(self, server: FakeServer, clients: int, *, pcie: int = 0, max_seconds: float = 600):
+        self.server = server
+        self.clients = clients
+        self.pcie = pcie
+        self.max_seconds = max_seconds
+        self.proc: subprocess.Popen | None = None
+        self.summary: dict[str, Any] = {}
+        self._lines: queue.Queue[str] = queue.Queue()
+
+    def __enter__(self) -> "StreamClients":
+        cmd = [
+            sys.executable,
+            str(STREAM_CLIENTS),
+            "--url", self.server.ws_url + "tfgpu/api/stream",
+            "--token", self.server.token,
+            "--clients", str(self.clients),
+            "--pcie", str(self.pcie),
+            "--seconds", str(self.max_seconds),
+        ]  # fmt: skip
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        line = self._next_line(timeout=90)
+        if not line.startswith("READY"):
+            self.__exit__(None, None, None)
+            self._stderr.seek(0)
+            err = self._stderr.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"stream clients did not connect: {line!r}\n{err}")
+        connected = int(line.split()[1])
+        if connected != self.clients:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"only {connected} of {self.clients} websocket clients connected")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is None:
+            return
+        stop_process(self.proc)
+        for _ in range(100):  # the final summary line, if the process got to print it
+            try:
+                line = self._lines.get(timeout=0.05)
+            except queue.Empty:
+                break
+            if line.startswith("{"):
+                self.summary = json.loads(line)
+        self.proc = None
+        self._stderr.close()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.strip())
+
+    def _next_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return self._lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+        return ""

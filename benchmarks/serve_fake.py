@@ -1,0 +1,277 @@
+"""Run a real jupyter_server with jupyter-tfgpu on a fake NVML of 8 GPUs, for the benchmarks.
+
+The fake `pynvml` (tests/fake_pynvml.py) goes into ``sys.modules`` before the server starts, with
+the per-call latencies of the product spec, so the NVML backend runs unchanged. Only this launcher
+adds two endpoints that the benchmark scripts read from outside (token required):
+
+    GET {base_url}bench/nvml      {"calls": total, "call_time": seconds, "by_function": {...},
+                                   "monotonic": server clock, "pid": server PID}
+    GET {base_url}bench/requests  server-side request times per path since the last
+                                  ``?reset=1``: {path: {"count", "p50_ms", "p99_ms", "max_ms"}}
+
+Usage (from the repo root):
+    python benchmarks/serve_fake.py [--no-latency] [--port N] [--token T] [--ready-file F]
+                                    [--max-seconds S] [--quick] [-- extra ServerApp/TFGPU args]
+``--quick`` starts the server, reads its own endpoints once, prints a JSON result and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Latencies (seconds per call) of the product spec; keys are the Python names the fake times.
+SPEC_LATENCY = {
+    "nvmlDeviceGetPcieThroughput": 0.020,
+    "nvmlDeviceGetComputeRunningProcesses_v3": 0.0045,
+    "nvmlDeviceGetGraphicsRunningProcesses_v3": 0.0045,
+    "nvmlDeviceGetFanSpeed": 0.00014,
+    "nvmlDeviceGetMemoryInfo": 0.00001,
+}
+GPU_COUNT = 8
+# Server-side request times kept for /bench/requests (bounded).
+REQUEST_LOG_SIZE = 200_000
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Launcher options; anything after ``--`` (or unknown) goes to the ServerApp."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-latency", action="store_true", help="fake NVML calls return at once")
+    parser.add_argument("--gpus", type=int, default=GPU_COUNT, help="number of fake GPUs")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--token", default="", help="server token (default: a random one)")
+    parser.add_argument("--base-url", default="/", help="ServerApp.base_url")
+    parser.add_argument("--ready-file", default="", help="write {url, token, pid} here when serving")
+    parser.add_argument(
+        "--max-seconds", type=float, default=1800.0, help="stop the server after this long"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: start, self-check, exit")
+    return parser.parse_known_args(argv)
+
+
+def make_fake(latency: bool, gpus: int):
+    """The fake NVML with 8 busy-looking GPUs (distinct objects: the fake tells GPUs apart by identity)."""
+    sys.path.insert(0, str(REPO))
+    from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
+
+    boards = []
+    for i in range(gpus):
+        boards.append(
+            FakeGpu(
+                memory_used=(10 + 5 * i) * 2**30,
+                util_gpu=(17 * i) % 100,
+                util_memory=(11 * i) % 100,
+                temperature=40 + i,
+                power_draw_mw=90_000 + 10_000 * i,
+                pcie_tx_kb=1000 * (i + 1),
+                pcie_rx_kb=2000 * (i + 1),
+                processes=[FakeProcess(pid=40_000 + 2 * i, used_memory=(10 + 5 * i) * 2**30)],
+            )
+        )
+    return FakeNvml(gpus=boards, latency=None if not latency else dict(SPEC_LATENCY))
+
+
+def throwaway_dirs() -> Path:
+    """HOME and every Jupyter dir in a fresh temp dir, removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="tfgpu-bench-"))
+    atexit.register(shutil.rmtree, root, True)
+    for name, sub in (
+        ("HOME", "home"),
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+    ):
+        (root / sub).mkdir()
+        os.environ[name] = str(root / sub)
+    (root / "notebooks").mkdir()
+    # Enable the extension through config, as the auto-enable file of an install does.
+    (root / "config" / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_tfgpu": True}}})
+    )
+    return root
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100), nearest-rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Install the fake NVML, then run jupyter_server with the extension until stopped."""
+    args, server_args = parse_args(sys.argv[1:] if argv is None else argv)
+    server_args = [a for a in server_args if a != "--"]
+    root = throwaway_dirs()
+    fake = make_fake(latency=not args.no_latency, gpus=args.gpus)
+    sys.modules["pynvml"] = fake.module  # before the extension's backend imports it
+
+    # Imported only now, so jupyter_core reads the throw-away dirs.
+    from jupyter_server.base.handlers import APIHandler
+    from jupyter_server.serverapp import ServerApp
+    from jupyter_server.utils import url_path_join
+    from tornado import ioloop, web
+
+    request_log: deque[tuple[str, float]] = deque(maxlen=REQUEST_LOG_SIZE)
+
+    class NvmlCountersHandler(APIHandler):
+        """GET bench/nvml: the fake NVML's call counters (benchmark-only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Totals since the server started; callers take differences."""
+            calls = dict(fake.calls)  # one C-level copy: consistent under the GIL
+            self.finish(
+                json.dumps(
+                    {
+                        "calls": sum(calls.values()),
+                        "call_time": fake.call_time,
+                        "by_function": calls,
+                        "monotonic": time.monotonic(),
+                        "pid": os.getpid(),
+                    }
+                )
+            )
+
+    class RequestTimesHandler(APIHandler):
+        """GET bench/requests: server-side request times per path (benchmark-only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Summary since the last reset; ``?reset=1`` clears after answering."""
+            by_path: dict[str, list[float]] = {}
+            for path, seconds in list(request_log):
+                by_path.setdefault(path, []).append(seconds * 1000)
+            if self.get_query_argument("reset", "0") == "1":
+                request_log.clear()
+            self.finish(
+                json.dumps(
+                    {
+                        path: {
+                            "count": len(times),
+                            "p50_ms": percentile(times, 50),
+                            "p99_ms": percentile(times, 99),
+                            "max_ms": max(times),
+                        }
+                        for path, times in by_path.items()
+                    }
+                )
+            )
+
+    class BenchServerApp(ServerApp):
+        """ServerApp plus the benchmark endpoints, a lifetime bound and a parent watchdog."""
+
+        def init_webapp(self) -> None:
+            super().init_webapp()
+            self.web_app.add_handlers(
+                ".*$",
+                [
+                    (url_path_join(self.base_url, "bench/nvml"), NvmlCountersHandler),
+                    (url_path_join(self.base_url, "bench/requests"), RequestTimesHandler),
+                ],
+            )
+            log_function = self.web_app.settings.get("log_function")
+
+            def timed_log(handler) -> None:
+                request_log.append((handler.request.path, handler.request.request_time()))
+                if log_function is not None:
+                    log_function(handler)
+
+            self.web_app.settings["log_function"] = timed_log
+
+        def start_ioloop(self) -> None:
+            self.io_loop.add_callback(self._bench_ready)
+            self.io_loop.call_later(args.max_seconds, self.stop)
+            parent = os.getppid()
+
+            def watchdog() -> None:
+                if os.getppid() != parent:  # orphaned: the benchmark died
+                    self.stop()
+
+            ioloop.PeriodicCallback(watchdog, 2000).start()
+            super().start_ioloop()
+
+        async def _bench_ready(self) -> None:
+            info = {"url": url, "token": token, "pid": os.getpid(), "root": str(root)}
+            if args.ready_file:
+                tmp = args.ready_file + ".tmp"
+                Path(tmp).write_text(json.dumps(info))
+                os.replace(tmp, args.ready_file)
+            if args.quick:
+                try:
+                    print(json.dumps(await smoke_check(url, token), indent=2), flush=True)
+                finally:
+                    self.stop()
+
+    port = args.port or free_port()
+    token = args.token or secrets.token_hex(24)
+    base_url = "/" + args.base_url.strip("/") + "/" if args.base_url.strip("/") else "/"
+    url = f"http://127.0.0.1:{port}{base_url}"
+    argv_server = [
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.base_url={base_url}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root / 'notebooks'}",
+        "--ServerApp.open_browser=False",
+        "--allow-root",
+        "--TFGPU.backend=nvml",
+        *server_args,
+    ]
+    BenchServerApp.launch_instance(argv=argv_server)
+    return 0
+
+
+async def smoke_check(url: str, token: str) -> dict:
+    """Read the extension's and the launcher's endpoints once (for ``--quick``)."""
+    import asyncio
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    client = AsyncHTTPClient()
+    headers = {"Authorization": f"token {token}"}
+    out: dict = {"url": url}
+    for _ in range(50):  # the first sample lands within a second
+        gpus = json.loads((await client.fetch(url + "tfgpu/api/gpus", headers=headers)).body)
+        if gpus.get("timestamp") is not None:
+            break
+        await asyncio.sleep(0.1)
+    status = json.loads((await client.fetch(url + "tfgpu/api/status", headers=headers)).body)
+    nvml = json.loads((await client.fetch(url + "bench/nvml", headers=headers)).body)
+    out.update(
+        {
+            "backend": status["backend"],
+            "available": status["available"],
+            "device_count": status["device_count"],
+            "gpus_in_snapshot": len(gpus["gpus"]),
+            "nvml_calls": nvml["calls"],
+            "nvml_call_time_s": round(nvml["call_time"], 4),
+        }
+    )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

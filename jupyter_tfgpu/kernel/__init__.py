@@ -1,0 +1,1 @@
+"""Code that runs inside kernels. Imports nothing from the server side of the package."""

@@ -1,0 +1,147 @@
+"""This server's kernels as the API shows them: notebook, GPU memory, policy, what was applied."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+from .attribution import Attribution, KernelProcess, process_start
+from .policy import PolicyService
+from .sampler import Sampler
+
+
+class KernelRegistry:
+    """Keeps attribution up to date with the kernel and session managers, and reports kernels."""
+
+    def __init__(
+        self,
+        kernel_manager: Any,
+        session_manager: Any,
+        policies: PolicyService,
+        sampler: Sampler,
+        attribution: Attribution,
+        report_root: str,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.kernel_manager = kernel_manager
+        self.session_manager = session_manager
+        self.policies = policies
+        self.sampler = sampler
+        self.attribution = attribution
+        self.report_root = report_root
+        self.log = log or logging.getLogger(__name__)
+        self._notebooks: dict[str, str] = {}
+
+    async def refresh(self) -> None:
+        """Re-read kernels, their PIDs and their sessions' notebook paths."""
+        notebooks: dict[str, str] = {}
+        try:
+            for session in await self.session_manager.list_sessions():
+                kernel = session.get("kernel") or {}
+                if kernel.get("id") and session.get("path"):
+                    notebooks[kernel["id"]] = session["path"]
+        except Exception:  # noqa: BLE001 - a session store hiccup must not stop attribution
+            self.log.debug("could not list sessions", exc_info=True)
+        self._notebooks = notebooks
+        known = {k.pid: k for k in self.attribution.kernels}
+        kernels = []
+        for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+            pid = self._pid(kernel_id)
+            if not pid:
+                continue
+            previous = known.get(pid)
+            if previous is not None and previous.kernel_id == kernel_id:
+                started = previous.started
+            else:
+                started = process_start(pid)
+            if started is None:
+                continue
+            notebook = notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
+            kernels.append(KernelProcess(kernel_id, pid, started, notebook))
+        self.attribution.set_kernels(kernels)
+
+    def _pid(self, kernel_id: str) -> int | None:
+        try:
+            return getattr(self.kernel_manager.get_kernel(kernel_id).provisioner, "pid", None)
+        except (KeyError, AttributeError):
+            return None
+
+    def _applied_notebook(self, kernel_id: str) -> str | None:
+        return (self.policies.applied.get(kernel_id) or {}).get("notebook")
+
+    def forget(self, kernel_id: str) -> None:
+        """A kernel shut down: drop what it started with and what it reported."""
+        self.policies.forget_kernel(kernel_id)
+        shutil.rmtree(os.path.join(self.report_root, kernel_id), ignore_errors=True)
+
+    # -- the API's view ----------------------------------------------------------------------
+
+    def report(self, kernel_id: str, pid: int | None) -> dict[str, Any] | None:
+        """What the kernel process's bootstrap recorded (applied / skipped per framework)."""
+        if not pid:
+            return None
+        path = os.path.join(self.report_root, kernel_id, f"{pid}.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def gpu_memory(self, kernel_id: str) -> dict[str, Any]:
+        """GPU memory held by the kernel's process tree, per GPU and in total (bytes)."""
+        per_gpu = []
+        for gpu in self.sampler.latest.data.get("gpus", ()):
+            mine = [p for p in gpu.get("processes", ()) if p.get("kernel_id") == kernel_id]
+            if mine:
+                used = [p["used_memory"] for p in mine if p.get("used_memory") is not None]
+                per_gpu.append(
+                    {
+                        "index": gpu["index"],
+                        "uuid": gpu["uuid"],
+                        "used_memory": sum(used) if used else None,
+                        "pids": sorted(p["pid"] for p in mine),
+                    }
+                )
+        known = [g["used_memory"] for g in per_gpu if g["used_memory"] is not None]
+        return {"total": sum(known) if per_gpu else 0, "per_gpu": per_gpu, "source": "nvml"}
+
+    def describe(self, kernel_id: str) -> dict[str, Any]:
+        """One kernel as ``GET kernels/{id}`` shows it."""
+        km = self.kernel_manager
+        kernel = km.get_kernel(kernel_id)
+        pid = self._pid(kernel_id)
+        notebook = self._notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
+        effective = self.policies.effective(notebook)
+        applied = self.policies.applied.get(kernel_id)
+        provisioner = getattr(kernel, "provisioner", None)
+        return {
+            "id": kernel_id,
+            "name": getattr(kernel, "kernel_name", None),
+            "notebook": notebook,
+            "execution_state": getattr(kernel, "execution_state", None),
+            "last_activity": _iso(getattr(kernel, "last_activity", None)),
+            "pid": pid,
+            "provisioner": type(provisioner).__name__ if provisioner is not None else None,
+            "gpu_memory": self.gpu_memory(kernel_id),
+            "policy": effective,
+            "applied": applied,
+            "restart_required": self.policies.restart_required(kernel_id, notebook),
+            "framework": self.report(kernel_id, pid),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every running kernel."""
+        rows = []
+        for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+            try:
+                rows.append(self.describe(kernel_id))
+            except KeyError:
+                continue  # it stopped meanwhile
+        return rows
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else None

@@ -1,0 +1,19 @@
+"""Per-notebook GPU policies. Nothing in this package knows about tornado."""
+
+from .admin import AdminPolicy
+from .model import CapExceeded, PolicyError, normalize_notebook_path, policy_schema, validate_policy
+from .render import render_env
+from .service import PolicyService
+from .store import PolicyStore
+
+__all__ = [
+    "AdminPolicy",
+    "CapExceeded",
+    "PolicyError",
+    "PolicyService",
+    "PolicyStore",
+    "normalize_notebook_path",
+    "policy_schema",
+    "render_env",
+    "validate_policy",
+]

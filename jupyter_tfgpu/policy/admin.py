@@ -1,0 +1,99 @@
+"""Admin defaults and caps, and the effective policy: default, then notebook's, then caps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..gpu import DeviceInfo
+from .model import CapExceeded, empty_policy, policy_fields, resolve_device
+
+
+@dataclass(frozen=True)
+class AdminPolicy:
+    """What the operator set in the server's config (traits of ``TFGPU``)."""
+
+    default: dict[str, Any] = field(default_factory=dict)
+    max_memory_mb: int | None = None
+    allowed_devices: tuple[int | str, ...] | None = None
+    force_memory_growth: bool = False
+    allow_user_policies: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for ``GET config``."""
+        return {
+            "default_policy": self.default,
+            "max_memory_mb": self.max_memory_mb,
+            "allowed_devices": list(self.allowed_devices) if self.allowed_devices is not None else None,
+            "force_memory_growth": self.force_memory_growth,
+            "allow_user_policies": self.allow_user_policies,
+        }
+
+    # -- checks on what a user asks for ------------------------------------------------------
+
+    def check(self, own: dict[str, Any], devices: list[DeviceInfo]) -> None:
+        """Refuse a notebook policy that goes beyond a cap (raises ``CapExceeded``)."""
+        if not self.allow_user_policies:
+            raise CapExceeded("allow_user_policies", "the admin does not allow per-notebook policies")
+        limit = own.get("memory_limit_mb")
+        if self.max_memory_mb is not None and limit is not None and limit > self.max_memory_mb:
+            raise CapExceeded(
+                "max_memory_mb",
+                f"memory_limit_mb {limit} is over the admin's limit of {self.max_memory_mb} MiB",
+            )
+        if self.force_memory_growth and own.get("memory_growth") is False:
+            raise CapExceeded("force_memory_growth", "the admin requires memory growth on")
+        if self.allowed_devices is not None and own.get("devices"):
+            allowed = self._allowed_uuids(devices)
+            for token in own["devices"]:
+                if self._canonical(token, devices) not in allowed:
+                    raise CapExceeded(
+                        "allowed_devices",
+                        f"GPU {token!r} is not among the GPUs the admin allows "
+                        f"({', '.join(map(str, self.allowed_devices))})",
+                    )
+
+    def _canonical(self, token: int | str, devices: list[DeviceInfo]) -> int | str:
+        return resolve_device(token, devices) or token
+
+    def _allowed_uuids(self, devices: list[DeviceInfo]) -> set[int | str]:
+        allowed: set[int | str] = set()
+        for token in self.allowed_devices or ():
+            allowed.add(self._canonical(token, devices))
+            # A whole GPU allowed allows its MIG slices too.
+            for info in devices:
+                if token in (info.index, info.uuid):
+                    allowed.update(m.uuid for m in info.mig_instances)
+        return allowed
+
+    # -- the effective policy ----------------------------------------------------------------
+
+    def effective(self, own: dict[str, Any] | None, devices: list[DeviceInfo]) -> dict[str, Any]:
+        """Default, then the notebook's own fields, then clamped by the caps.
+
+        ``sources`` says where each field's value came from: "default", "notebook" or "cap".
+        """
+        policy = empty_policy()
+        sources: dict[str, str | None] = dict.fromkeys(policy_fields())
+        for name, value in self.default.items():
+            if value is not None:
+                policy[name], sources[name] = value, "default"
+        if own and self.allow_user_policies:
+            for name, value in own.items():
+                if value is not None:
+                    policy[name], sources[name] = value, "notebook"
+        if self.force_memory_growth and policy["memory_growth"] is not True:
+            policy["memory_growth"], sources["memory_growth"] = True, "cap"
+        limit = policy["memory_limit_mb"]
+        if self.max_memory_mb is not None and (limit is None or limit > self.max_memory_mb):
+            policy["memory_limit_mb"], sources["memory_limit_mb"] = self.max_memory_mb, "cap"
+        if self.allowed_devices is not None:
+            allowed = self._allowed_uuids(devices)
+            if policy["devices"] is None:
+                policy["devices"] = [self._canonical(t, devices) for t in self.allowed_devices]
+                sources["devices"] = "cap"
+            else:
+                kept = [t for t in policy["devices"] if self._canonical(t, devices) in allowed]
+                if kept != policy["devices"]:
+                    policy["devices"], sources["devices"] = kept, "cap"
+        return {**policy, "sources": sources}

@@ -1,0 +1,117 @@
+"""The per-notebook policy: its schema, validation and the names of its fields."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any, Iterable
+
+import jsonschema
+
+from ..gpu import DeviceInfo
+
+
+class PolicyError(ValueError):
+    """Bad input: names the field and says why (HTTP 400)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CapExceeded(PermissionError):
+    """A request beyond an admin cap: names the cap (HTTP 403)."""
+
+    def __init__(self, cap: str, message: str):
+        super().__init__(f"{message} (admin cap TFGPU.{cap})")
+        self.cap = cap
+        self.message = message
+
+
+@lru_cache(maxsize=1)
+def policy_schema() -> dict[str, Any]:
+    """The one JSON Schema of a policy, shipped in the package."""
+    return json.loads(files(__package__).joinpath("policy.schema.json").read_text())
+
+
+def policy_fields() -> tuple[str, ...]:
+    """Field names in schema order."""
+    return tuple(policy_schema()["properties"])
+
+
+def empty_policy() -> dict[str, Any]:
+    """A policy with no opinion on anything."""
+    return dict.fromkeys(policy_fields())
+
+
+def _field_of(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return extra[0] if extra else "policy"
+    path = [str(p) for p in error.absolute_path]
+    if not path:
+        return "policy"
+    return path[0] + "".join(f"[{p}]" for p in path[1:])
+
+
+def _message(error: jsonschema.ValidationError, field: str) -> str:
+    if error.validator == "additionalProperties":
+        return f"unknown field; known fields are {', '.join(policy_fields())}"
+    description = (error.schema or {}).get("title")
+    hint = f" ({description})" if description and field in policy_fields() else ""
+    return f"{error.message}{hint}"
+
+
+def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> dict[str, Any]:
+    """Check a policy against the schema and, when GPUs are known, that its devices exist.
+
+    Returns the policy with only the fields it sets.
+    """
+    if not isinstance(data, dict):
+        raise PolicyError("policy", "expected a JSON object")
+    validator = jsonschema.Draft202012Validator(policy_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
+    if errors:
+        # anyOf reports one error for the item; its sub-errors say more than "not valid".
+        error = errors[0]
+        field = _field_of(error)
+        raise PolicyError(field, _message(error, field))
+    policy = {k: v for k, v in data.items() if k in policy_fields()}
+    if devices is not None and policy.get("devices"):
+        known = list(devices)
+        for n, token in enumerate(policy["devices"]):
+            if resolve_device(token, known) is None:
+                raise PolicyError(f"devices[{n}]", f"no GPU {token!r} on this server ({_known(known)})")
+    return policy
+
+
+def _known(devices: list[DeviceInfo]) -> str:
+    if not devices:
+        return "it has no GPU"
+    return f"indices 0-{len(devices) - 1}"
+
+
+def resolve_device(token: int | str, devices: list[DeviceInfo]) -> str | None:
+    """The UUID a device index or UUID (GPU or MIG) refers to; None if it names nothing."""
+    for info in devices:
+        if token == info.index or token == info.uuid:
+            return info.uuid
+        for mig in info.mig_instances:
+            if token == mig.uuid:
+                return mig.uuid
+    return None
+
+
+def normalize_notebook_path(path: str) -> str:
+    """A notebook's key: relative to the server root, '/'-separated, NFC, no '..'."""
+    if not isinstance(path, str) or not path.strip("/"):
+        raise PolicyError("path", "a notebook path is required")
+    if "\x00" in path:
+        raise PolicyError("path", "must not contain NUL characters")
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise PolicyError("path", "must stay inside the server's root (no '..')")
+    return unicodedata.normalize("NFC", "/".join(parts))

@@ -1,0 +1,90 @@
+"""Render an effective policy into a kernel's environment.
+
+Environment variables are what every framework (and every process the kernel starts) reads
+before touching the GPU; the knobs that exist only in-process are applied by the kernel
+bootstrap from ``TFGPU_POLICY``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..gpu import DeviceInfo
+from .model import policy_fields, resolve_device
+
+# Every variable a policy may set; a kernel's inherited values for these are replaced, so
+# the server's own environment cannot leak a different policy into a kernel.
+POLICY_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_GPU_ALLOCATOR",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_CLIENT_MEM_FRACTION",
+    "PYTORCH_ALLOC_CONF",
+    "PYTORCH_CUDA_ALLOC_CONF",
+)
+# CUDA stops at the first invalid entry, so this hides every GPU from CUDA, TF, torch and JAX.
+CPU_ONLY = "-1"
+
+
+def visible_devices(policy: dict[str, Any], devices: list[DeviceInfo]) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES entries: UUIDs where known (stable across reboots), else as given."""
+    chosen = policy.get("devices")
+    if chosen is None:
+        return None
+    return [resolve_device(token, devices) or str(token) for token in chosen]
+
+
+def memory_fraction(policy: dict[str, Any], devices: list[DeviceInfo]) -> float | None:
+    """The limit as a share of the smallest visible GPU, for JAX (which takes a fraction)."""
+    limit = policy.get("memory_limit_mb")
+    if not limit:
+        return None
+    uuids = visible_devices(policy, devices)
+    totals = [
+        total
+        for info in devices
+        for uuid, total in [(info.uuid, info.memory_total)]
+        + [(m.uuid, m.memory_total) for m in info.mig_instances]
+        if total and (uuids is None or uuid in uuids)
+    ]
+    if not totals:
+        return None
+    return round(min(1.0, limit * 2**20 / min(totals)), 4)
+
+
+def render_env(policy: dict[str, Any], devices: list[DeviceInfo]) -> dict[str, str | None]:
+    """Variables to set in the kernel's environment; ``None`` means remove the variable."""
+    env: dict[str, str | None] = dict.fromkeys(POLICY_ENV)
+    uuids = visible_devices(policy, devices)
+    if uuids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else CPU_ONLY
+    growth = policy.get("memory_growth")
+    if growth is not None:
+        env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true" if growth else "false"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false" if growth else "true"
+    fraction = memory_fraction(policy, devices)
+    if fraction is not None:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = env["XLA_CLIENT_MEM_FRACTION"] = f"{fraction}"
+    if policy.get("allocator") == "cuda_malloc_async":
+        env["TF_GPU_ALLOCATOR"] = "cuda_malloc_async"
+        # PyTorch reads PYTORCH_ALLOC_CONF since 2.9 and the older name before it.
+        env["PYTORCH_ALLOC_CONF"] = env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
+    return env
+
+
+def policy_document(
+    policy: dict[str, Any], devices: list[DeviceInfo], **context: Any
+) -> dict[str, Any]:
+    """The JSON put in ``TFGPU_POLICY`` for the kernel bootstrap: fields, UUIDs, context."""
+    document = {name: policy.get(name) for name in policy_fields()}
+    document["devices"] = visible_devices(policy, devices)
+    document.update(context)
+    return document
+
+
+def encode(document: dict[str, Any]) -> str:
+    """Compact JSON for an environment variable."""
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,120 @@
+"""Policies as the server uses them: validate, check caps, store, resolve, render for a launch."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..gpu import DeviceInfo
+from .admin import AdminPolicy
+from .model import normalize_notebook_path, validate_policy
+from .render import encode, policy_document, render_env
+from .store import PolicyStore
+
+
+class PolicyService:
+    """One per server: the store, the admin's rules, and what each kernel started with."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        admin: AdminPolicy,
+        devices: Callable[[], list[DeviceInfo]],
+        root_dir: str,
+        devices_known: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.store = store
+        self.admin = admin
+        self._devices = devices
+        self._devices_known = devices_known
+        self.root_dir = os.path.realpath(root_dir)
+        # kernel id -> the policy document its process was started with
+        self.applied: dict[str, dict[str, Any]] = {}
+        self._applied_lock = threading.Lock()
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        """The server's GPUs (empty without a backend)."""
+        return self._devices()
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def key(self, path: str) -> str:
+        """A notebook path from the API, normalized (raises PolicyError)."""
+        return normalize_notebook_path(path)
+
+    def key_for_session(self, session_name: str | None) -> str | None:
+        """The key for a kernel's JPY_SESSION_NAME (an absolute path), if under the root."""
+        if not session_name:
+            return None
+        path = Path(session_name)
+        if not path.is_absolute():
+            return normalize_notebook_path(session_name)
+        try:
+            relative = os.path.relpath(os.path.realpath(path), self.root_dir)
+        except ValueError:
+            return None
+        if relative.startswith(".."):
+            return None
+        return normalize_notebook_path(relative)
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def own(self, key: str) -> dict[str, Any] | None:
+        """The notebook's own stored policy."""
+        return self.store.get(key)
+
+    def effective(self, key: str | None) -> dict[str, Any]:
+        """Admin default, then the notebook's own, clamped by the caps."""
+        own = self.store.get(key) if key else None
+        return self.admin.effective(own, self.devices)
+
+    def set(self, key: str, data: Any) -> dict[str, Any]:
+        """Validate and store a notebook's policy (PolicyError 400, CapExceeded 403)."""
+        devices = self.devices if self._devices_known() else None
+        policy = validate_policy(data, devices)
+        self.admin.check(policy, self.devices)
+        self.store.put(key, policy)
+        return policy
+
+    def reset(self, key: str) -> bool:
+        """Remove a notebook's own policy."""
+        return self.store.delete(key)
+
+    def describe(self, key: str) -> dict[str, Any]:
+        """What the API shows for one notebook."""
+        return {"notebook": key, "policy": self.own(key), "effective": self.effective(key)}
+
+    # -- kernel launches ---------------------------------------------------------------------
+
+    def launch(
+        self, kernel_id: str | None, session_name: str | None
+    ) -> tuple[dict[str, str | None], dict[str, Any]]:
+        """The environment for a kernel about to start, and the document it records."""
+        key = self.key_for_session(session_name)
+        effective = self.effective(key)
+        document = policy_document(
+            effective, self.devices, notebook=key, kernel_id=kernel_id, started=time.time()
+        )
+        env = render_env(effective, self.devices)
+        env["TFGPU_POLICY"] = encode(document)
+        if kernel_id:
+            with self._applied_lock:
+                self.applied[kernel_id] = document
+        return env, document
+
+    def forget_kernel(self, kernel_id: str) -> None:
+        """A kernel is gone."""
+        with self._applied_lock:
+            self.applied.pop(kernel_id, None)
+
+    def restart_required(self, kernel_id: str, key: str | None) -> bool:
+        """Whether the kernel runs with a different policy than its notebook now has."""
+        started = self.applied.get(kernel_id)
+        if started is None:
+            return False
+        now = policy_document(self.effective(key), self.devices)
+        return any(started.get(name) != value for name, value in now.items())

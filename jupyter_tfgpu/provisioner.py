@@ -1,0 +1,60 @@
+"""The kernel provisioner: starts each kernel with its notebook's effective GPU policy.
+
+It is a ``LocalProvisioner`` that, just before the kernel process starts, renders the policy
+into the kernel's environment (CUDA_VISIBLE_DEVICES, TF_*, XLA_*, PYTORCH_* and the policy as
+JSON) and prepends the kernel bootstrap folder to PYTHONPATH, so the in-process knobs are
+applied when the notebook imports TensorFlow, PyTorch or JAX. Every process the kernel starts
+inherits the same environment. Non-Python kernels start normally and still get the variables.
+
+A kernelspec that names another provisioner keeps it: that kernel gets no policy, and
+``GET kernels`` shows ``applied: null`` for it.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client.provisioning import LocalProvisioner
+
+if TYPE_CHECKING:
+    from .policy import PolicyService
+
+PROVISIONER_NAME = "tfgpu-provisioner"
+
+
+def bootstrap_dir() -> str:
+    """The folder holding the kernel-side sitecustomize.py."""
+    return str(Path(str(files("jupyter_tfgpu.kernel").joinpath("bootstrap"))))
+
+
+class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """A LocalProvisioner that applies the notebook's GPU policy at every (re)start."""
+
+    # Set by the server extension when it loads; without it the provisioner is a plain
+    # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
+    policies: PolicyService | None = None
+    report_root: str | None = None
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
+        kwargs = await super().pre_launch(**kwargs)
+        service = type(self).policies
+        if service is None:
+            return kwargs
+        env = kwargs["env"]
+        kernel_id = self.kernel_id or kwargs.get("kernel_id")
+        policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"))
+        for name, value in policy_env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (bootstrap_dir(), env.get("PYTHONPATH", "")) if p
+        )
+        if type(self).report_root and kernel_id:
+            env["TFGPU_REPORT_DIR"] = os.path.join(type(self).report_root, kernel_id)
+        return kwargs

@@ -1,0 +1,45 @@
+"""Helpers to start sessions through the real REST API and run code in the real kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+
+async def start_session(jp_fetch, path: str, kernel_name: str = "python3") -> dict[str, Any]:
+    """Start a notebook session the way JupyterLab does (POST api/sessions)."""
+    body = {"path": path, "name": path.rsplit("/", 1)[-1], "type": "notebook", "kernel": {"name": kernel_name}}
+    response = await jp_fetch("api", "sessions", method="POST", body=json.dumps(body))
+    return json.loads(response.body)
+
+
+async def run_code(serverapp, kernel_id: str, code: str, timeout: float = 120) -> str:
+    """Execute ``code`` in a running kernel; return its stdout (raises on an error reply)."""
+    manager = serverapp.kernel_manager.get_kernel(kernel_id)
+    client = manager.client()
+    client.start_channels()
+    try:
+        await asyncio.wait_for(client.wait_for_ready(timeout=timeout), timeout)
+        chunks: list[str] = []
+        errors: list[str] = []
+
+        def on_output(msg: dict[str, Any]) -> None:
+            content = msg["content"]
+            if msg["msg_type"] == "stream" and content["name"] == "stdout":
+                chunks.append(content["text"])
+            elif msg["msg_type"] == "error":
+                errors.append("\n".join(content["traceback"]))
+
+        reply = await client.execute_interactive(code, output_hook=on_output, timeout=timeout)
+        if reply["content"]["status"] != "ok" or errors:
+            raise AssertionError(f"kernel code failed:\n{''.join(errors)}")
+        return "".join(chunks)
+    finally:
+        client.stop_channels()
+
+
+async def run_json(serverapp, kernel_id: str, code: str, timeout: float = 120) -> Any:
+    """Run code whose last printed line is JSON; return it parsed."""
+    out = await run_code(serverapp, kernel_id, code, timeout)
+    return json.loads(out.strip().splitlines()[-1])
