@@ -1,0 +1,242 @@
+"""A notebook's policy reaches its real kernel at start, with real TensorFlow (CPU build).
+
+There is no GPU here, so TensorFlow's GPU calls themselves (set_memory_growth,
+set_logical_device_configuration) cannot run for real: these tests check the environment, that
+the hook runs once on import before any op, what it records, and the real TensorFlow paths a
+CPU build has (no GPU visible, visible devices, "already initialized"). The GPU calls are spied
+on in tests/test_bootstrap.py and exercised for real by scripts/gpu-check.sh on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.kernel_helpers import run_code, run_json, start_session
+
+pytestmark = pytest.mark.tensorflow
+
+NOTEBOOK = "sub/dir/nb.ipynb"
+POLICY = {
+    "memory_growth": True,
+    "memory_limit_mb": 1024,
+    "devices": [0],
+    "allocator": "cuda_malloc_async",
+}
+READ_ENV = """
+import json, os
+names = ["CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_GPU_ALLOCATOR",
+         "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_CLIENT_MEM_FRACTION", "PYTORCH_ALLOC_CONF",
+         "PYTORCH_CUDA_ALLOC_CONF", "TFGPU_POLICY"]
+print(json.dumps({n: os.environ.get(n) for n in names}))
+"""
+
+
+@pytest.fixture
+def notebook(jp_root_dir):
+    """An empty notebook file in a nested folder of the server root."""
+    path = jp_root_dir / NOTEBOOK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return NOTEBOOK
+
+
+async def put_policy(jp_fetch, path: str, policy: dict) -> dict:
+    """Store a notebook's policy through the REST API."""
+    response = await jp_fetch(
+        "tfgpu", "api", "policies", *path.split("/"), method="PUT", body=json.dumps(policy)
+    )
+    return json.loads(response.body)
+
+
+async def kernel_view(jp_fetch, kernel_id: str) -> dict:
+    """GET kernels/{id}."""
+    return json.loads((await jp_fetch("tfgpu", "api", "kernels", kernel_id)).body)
+
+
+async def test_policy_reaches_the_kernel_environment(jp_fetch, jp_serverapp, notebook):
+    """The stored policy is rendered into the kernel's environment when it starts."""
+    # Given a stored policy for a nested notebook
+    await put_policy(jp_fetch, notebook, POLICY)
+    gpu0 = jp_serverapp.web_app.settings["tfgpu"].sampler.devices[0].uuid
+    # When JupyterLab opens the notebook (a session through the REST API)
+    session = await start_session(jp_fetch, notebook)
+    env = await run_json(jp_serverapp, session["kernel"]["id"], READ_ENV)
+    # Then the kernel started with the policy in its environment
+    assert env["CUDA_VISIBLE_DEVICES"] == gpu0
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert env["TF_GPU_ALLOCATOR"] == "cuda_malloc_async"
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert env["XLA_CLIENT_MEM_FRACTION"] == str(round(1024 / (16 * 1024), 4))
+    assert env["PYTORCH_ALLOC_CONF"] == env["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"
+    document = json.loads(env["TFGPU_POLICY"])
+    assert document["notebook"] == notebook
+    assert document["memory_limit_mb"] == 1024
+    assert document["devices"] == [gpu0]
+    # And the API shows what the kernel started with
+    view = await kernel_view(jp_fetch, session["kernel"]["id"])
+    assert view["notebook"] == notebook
+    assert view["applied"]["devices"] == [gpu0]
+    assert view["restart_required"] is False
+
+
+async def test_import_tensorflow_runs_the_hook_once(jp_fetch, jp_serverapp, notebook):
+    """`import tensorflow` triggers the bootstrap once, before any op, and it reports back."""
+    # Given a kernel started with a policy
+    await put_policy(jp_fetch, notebook, POLICY)
+    session = await start_session(jp_fetch, notebook)
+    kernel_id = session["kernel"]["id"]
+    # When the notebook imports TensorFlow (twice, as notebooks do)
+    record = await run_json(
+        jp_serverapp,
+        kernel_id,
+        """
+import json, sys
+assert "tensorflow" not in sys.modules
+import tensorflow as tf
+import tensorflow
+import tfgpu_bootstrap
+print(json.dumps(tfgpu_bootstrap.record()))
+""",
+    )
+    # Then the hook ran exactly once for tensorflow, and said why GPU settings were skipped
+    tf_record = record["frameworks"]["tensorflow"]
+    assert tf_record["hooked_at"]
+    skipped = {item["setting"]: item["reason"] for item in tf_record["skipped"]}
+    assert "no GPU visible" in skipped.get("memory_limit_mb", "")
+    assert record["errors"] == []
+    # And the server reads the kernel's report
+    view = await kernel_view(jp_fetch, kernel_id)
+    assert view["framework"]["frameworks"]["tensorflow"]["hooked_at"] == tf_record["hooked_at"]
+
+
+async def test_cpu_only_policy_hides_every_gpu(jp_fetch, jp_serverapp, notebook):
+    """`devices: []` leaves TensorFlow with no GPU, physical or visible."""
+    # Given a CPU-only policy
+    await put_policy(jp_fetch, notebook, {"devices": []})
+    session = await start_session(jp_fetch, notebook)
+    # When the kernel asks TensorFlow for GPUs
+    seen = await run_json(
+        jp_serverapp,
+        session["kernel"]["id"],
+        """
+import json, os
+import tensorflow as tf
+print(json.dumps({"physical": tf.config.list_physical_devices("GPU"),
+                  "visible": [d.name for d in tf.config.get_visible_devices("GPU")],
+                  "cuda": os.environ["CUDA_VISIBLE_DEVICES"]}))
+""",
+    )
+    # Then there are none
+    assert seen == {"physical": [], "visible": [], "cuda": "-1"}
+
+
+async def test_scripts_started_from_the_notebook_inherit_the_policy(
+    jp_fetch, jp_serverapp, notebook
+):
+    """`!python train.py` and subprocesses get the same environment and the same bootstrap."""
+    # Given a kernel with a policy
+    await put_policy(jp_fetch, notebook, POLICY)
+    session = await start_session(jp_fetch, notebook)
+    # When the notebook starts a Python subprocess
+    child = await run_json(
+        jp_serverapp,
+        session["kernel"]["id"],
+        f"""
+import json, os, subprocess
+code = "import json, os, sys; print(json.dumps([os.environ.get('TFGPU_POLICY'), 'tfgpu_bootstrap' in sys.modules]))"
+out = subprocess.run([{sys.executable!r}, "-c", code], capture_output=True, text=True, check=True)
+mine = os.environ["TFGPU_POLICY"]
+print(json.dumps([mine] + json.loads(out.stdout)))
+""",
+    )
+    # Then it sees the kernel's policy and runs the bootstrap too
+    mine, theirs, bootstrapped = child
+    assert theirs == mine
+    assert bootstrapped is True
+
+
+async def test_restart_picks_up_a_changed_policy(jp_fetch, jp_serverapp, notebook):
+    """After a policy change the kernel says "restart required"; a restart applies it."""
+    # Given a running kernel with memory growth on
+    await put_policy(jp_fetch, notebook, {"memory_growth": True})
+    session = await start_session(jp_fetch, notebook)
+    kernel_id = session["kernel"]["id"]
+    # When the policy changes
+    await put_policy(jp_fetch, notebook, {"memory_growth": False, "devices": [1]})
+    # Then the kernel reports that it needs a restart
+    assert (await kernel_view(jp_fetch, kernel_id))["restart_required"] is True
+    # When it is restarted through jupyter_server's own API
+    await jp_fetch("api", "kernels", kernel_id, "restart", method="POST", body="{}")
+    env = await run_json(jp_serverapp, kernel_id, READ_ENV)
+    # Then it runs with the new policy and no restart is required any more
+    gpu1 = jp_serverapp.web_app.settings["tfgpu"].sampler.devices[1].uuid
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "false"
+    assert env["CUDA_VISIBLE_DEVICES"] == gpu1
+    assert (await kernel_view(jp_fetch, kernel_id))["restart_required"] is False
+
+
+async def test_applying_after_tensorflow_initialized_says_restart(jp_fetch, jp_serverapp, notebook):
+    """Re-applying once TensorFlow ran an op is skipped with a clear reason, not an error."""
+    # Given a CPU-only kernel where TensorFlow already ran an op
+    await put_policy(jp_fetch, notebook, {"devices": []})
+    session = await start_session(jp_fetch, notebook)
+    # When the policy is applied in-process again (as the %tfgpu magic will do)
+    result = await run_json(
+        jp_serverapp,
+        session["kernel"]["id"],
+        """
+import json
+import tensorflow as tf
+tf.constant(1.0) + 1.0
+import tfgpu_bootstrap
+print(json.dumps(tfgpu_bootstrap.apply_now("tensorflow")))
+""",
+    )
+    # Then TensorFlow's real "cannot be modified after being initialized" becomes a reason
+    reasons = " ".join(item["reason"] for item in result["skipped"])
+    assert "restart the kernel" in reasons
+
+
+async def test_kernelspec_with_its_own_provisioner_is_left_alone(
+    jp_fetch, jp_serverapp, jp_data_dir, notebook
+):
+    """A kernelspec that names another provisioner keeps it; that kernel gets no policy."""
+    # Given a kernelspec that names jupyter_client's local provisioner
+    spec_dir = jp_data_dir / "kernels" / "plain-python"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Plain Python",
+                "language": "python",
+                "metadata": {"kernel_provisioner": {"provisioner_name": "local-provisioner"}},
+            }
+        )
+    )
+    await put_policy(jp_fetch, notebook, POLICY)
+    # When a session starts with it
+    session = await start_session(jp_fetch, notebook, kernel_name="plain-python")
+    env = await run_json(jp_serverapp, session["kernel"]["id"], READ_ENV)
+    # Then the kernel runs, without a policy, and the API says nothing was applied
+    assert env["TFGPU_POLICY"] is None
+    view = await kernel_view(jp_fetch, session["kernel"]["id"])
+    assert view["applied"] is None
+    assert view["provisioner"] == "LocalProvisioner"
+
+
+async def test_kernel_output_shows_nothing_for_a_kernel_without_policy(jp_fetch, jp_serverapp):
+    """A notebook with no policy and no admin default starts with no GPU variables set."""
+    # Given no policy at all
+    session = await start_session(jp_fetch, "plain.ipynb")
+    # When the kernel reads its environment
+    env = await run_json(jp_serverapp, session["kernel"]["id"], READ_ENV)
+    # Then nothing is forced on it, but the bootstrap knows its (empty) policy
+    assert env["CUDA_VISIBLE_DEVICES"] is None
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] is None
+    assert json.loads(env["TFGPU_POLICY"])["memory_growth"] is None
+    out = await run_code(jp_serverapp, session["kernel"]["id"], "print(1 + 1)")
+    assert out.strip() == "2"
