@@ -74,7 +74,9 @@ class TFGPUApp(ExtensionApp):
             devices=lambda: self.sampler.devices,
             devices_known=lambda: self.sampler.available,
             root_dir=self.serverapp.root_dir,
+            log=self.log,
         )
+        self.policies.store.all()  # a corrupt store is reported in the start-up log
         report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
         self.kernels = KernelRegistry(
             self.serverapp.kernel_manager,

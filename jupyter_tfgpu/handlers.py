@@ -226,7 +226,11 @@ class PolicyHandler(TFGPUAPIHandler):
     async def delete(self, path: str) -> None:
         """Remove the notebook's own policy (the admin default applies again)."""
         key = self._key(path)
-        if not await asyncio.to_thread(self.tfgpu.policies.reset, key):
+        try:
+            removed = await asyncio.to_thread(self.tfgpu.policies.reset, key)
+        except CapExceeded as err:
+            raise self.domain_error(err) from None
+        if not removed:
             raise web.HTTPError(404, f"no policy stored for {key!r}", reason="no such policy")
         self.set_status(204)
         self.finish()

@@ -93,7 +93,12 @@ class AdminPolicy:
                 policy["devices"] = [self._canonical(t, devices) for t in self.allowed_devices]
                 sources["devices"] = "cap"
             else:
-                kept = [t for t in policy["devices"] if self._canonical(t, devices) in allowed]
-                if kept != policy["devices"]:
+                asked = policy["devices"]
+                kept = [t for t in asked if self._canonical(t, devices) in allowed]
+                if asked and not kept:
+                    # None of the GPUs asked for is allowed (any more): the allowed ones, not
+                    # a silent fall back to CPU only.
+                    kept = [self._canonical(t, devices) for t in self.allowed_devices]
+                if kept != asked:
                     policy["devices"], sources["devices"] = kept, "cap"
         return {**policy, "sources": sources}

@@ -80,6 +80,8 @@ def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> d
         field = _field_of(error)
         raise PolicyError(field, _message(error, field))
     policy = {k: v for k, v in data.items() if k in policy_fields()}
+    if isinstance(policy.get("memory_limit_mb"), float):  # JSON Schema counts 1.0 as an integer
+        policy["memory_limit_mb"] = int(policy["memory_limit_mb"])
     if devices is not None and policy.get("devices"):
         known = list(devices)
         for n, token in enumerate(policy["devices"]):
@@ -114,4 +116,6 @@ def normalize_notebook_path(path: str) -> str:
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise PolicyError("path", "must stay inside the server's root (no '..')")
+    if not parts:  # ".", "./." and the like name the root itself, not a notebook
+        raise PolicyError("path", "a notebook path is required")
     return unicodedata.normalize("NFC", "/".join(parts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 from ..gpu import DeviceInfo
 from .admin import AdminPolicy
-from .model import normalize_notebook_path, validate_policy
+from .model import CapExceeded, PolicyError, normalize_notebook_path, validate_policy
 from .render import encode, policy_document, render_env
 from .store import PolicyStore
 
@@ -25,7 +26,9 @@ class PolicyService:
         devices: Callable[[], list[DeviceInfo]],
         root_dir: str,
         devices_known: Callable[[], bool] = lambda: True,
+        log: logging.Logger | None = None,
     ) -> None:
+        self.log = log or logging.getLogger(__name__)
         self.store = store
         self.admin = admin
         self._devices = devices
@@ -70,6 +73,13 @@ class PolicyService:
     def effective(self, key: str | None) -> dict[str, Any]:
         """Admin default, then the notebook's own, clamped by the caps."""
         own = self.store.get(key) if key else None
+        if own is not None:
+            try:
+                own = validate_policy(own)
+            except PolicyError as err:
+                # A hand-edited store: never render a bad value into a kernel's environment.
+                self.log.error("jupyter-tfgpu: ignoring the stored policy of %s: %s", key, err)
+                own = None
         return self.admin.effective(own, self.devices)
 
     def set(self, key: str, data: Any) -> dict[str, Any]:
@@ -81,7 +91,11 @@ class PolicyService:
         return policy
 
     def reset(self, key: str) -> bool:
-        """Remove a notebook's own policy."""
+        """Remove a notebook's own policy (CapExceeded 403 when users may not set policies)."""
+        if not self.admin.allow_user_policies:
+            raise CapExceeded(
+                "allow_user_policies", "the admin does not allow per-notebook policies"
+            )
         return self.store.delete(key)
 
     def describe(self, key: str) -> dict[str, Any]:

@@ -62,11 +62,12 @@ class PolicyStore:
 
     def _parse(self) -> dict[str, dict[str, Any]]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         try:
-            data = json.loads(raw)
+            # Decoding inside the try: bytes that are not UTF-8 are a corrupt file too.
+            data = json.loads(raw.decode("utf-8"))
             policies = data["policies"]
             if not isinstance(policies, dict) or not all(
                 isinstance(k, str) and isinstance(v, dict) for k, v in policies.items()
@@ -111,12 +112,19 @@ class PolicyStore:
             with open(lock_path, "a+") as lock_file:
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
                 try:
+                    self._remove_stale_temp_files()
                     self._stamp = None  # another process may have written: read afresh
                     policies = {k: dict(v) for k, v in self._read().items()}
                     yield policies
                     self._write(policies)
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of writers that died mid-write (only writers holding the lock make them)."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def _write(self, policies: dict[str, dict[str, Any]]) -> None:
         data = {"version": FORMAT_VERSION, "policies": dict(sorted(policies.items()))}

@@ -1,0 +1,499 @@
+"""The policy store on disk: concurrent writers, crashes, corrupt files, renames, path keys."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import stat
+import threading
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from jupyter_tfgpu.policy import PolicyError, PolicyStore, normalize_notebook_path
+
+# spawn, not fork: a forked child of a test process that ran a server may inherit held locks.
+SPAWN = multiprocessing.get_context("spawn")
+PROCESSES = 4
+THREADS = 3
+PUTS = 15
+
+
+def wait_for(check, timeout: float = 30.0):
+    """Poll ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met within the time allowed")
+        time.sleep(0.02)
+
+
+def read_file(path: Path) -> dict:
+    """The store file as JSON (fails the test if it is not valid JSON)."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def leftovers(folder: Path, store_file: Path) -> list[str]:
+    """Files in the store's folder other than the store and its lock file."""
+    expected = {store_file.name, store_file.name + ".lock"}
+    return sorted(p.name for p in folder.iterdir() if p.name not in expected)
+
+
+# -- helpers run in child processes (module level, so spawn can import them) -------------------
+
+
+def put_many(path: str, worker: int, threads: int, puts: int) -> None:
+    """Several threads of one process each put their own keys, many times over."""
+    store = PolicyStore(path)
+
+    def run(thread: int) -> None:
+        for n in range(puts):
+            store.put(f"p{worker}/t{thread}/nb{n}.ipynb", {"memory_limit_mb": n + 1})
+
+    pool = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def read_raw_until(path: str, stop_file: str, errors_file: str) -> None:
+    """Parse the store file straight from disk in a loop; record any read that is not JSON."""
+    bad = []
+    while not os.path.exists(stop_file):
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            continue
+        try:
+            json.loads(raw)
+        except ValueError:
+            bad.append(raw[:200].decode("utf-8", "replace"))
+    Path(errors_file).write_text(json.dumps(bad))
+
+
+def put_and_hang_before_rename(path: str, ready_file: str) -> None:
+    """Write a policy but stop between the temp file and the rename, until killed."""
+    real_replace = os.replace
+
+    def hang(src, dst, *args, **kwargs):
+        if os.fspath(dst) != path:
+            return real_replace(src, dst, *args, **kwargs)
+        Path(ready_file).write_text(os.fspath(src))
+        time.sleep(600)
+
+    os.replace = hang
+    PolicyStore(path).put("crashed.ipynb", {"memory_limit_mb": 999})
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+def test_concurrent_processes_and_threads_lose_no_key(tmp_path):
+    """Writers in several processes and threads at once: every key is kept, the file stays JSON."""
+    # Given one store file, with a policy written before the writers start
+    path = tmp_path / "policies.json"
+    PolicyStore(path).put("before.ipynb", {"memory_growth": True})
+    stop, errors = tmp_path / "stop", tmp_path / "reader-errors.json"
+    reader = SPAWN.Process(target=read_raw_until, args=(str(path), str(stop), str(errors)))
+    reader.start()
+
+    # When processes (each with threads) and threads of this process put different keys
+    workers = [
+        SPAWN.Process(target=put_many, args=(str(path), w, THREADS, PUTS)) for w in range(PROCESSES)
+    ]
+    for w in workers:
+        w.start()
+    put_many(str(path), PROCESSES, THREADS, PUTS)
+    for w in workers:
+        w.join(timeout=120)
+    stop.touch()
+    reader.join(timeout=30)
+
+    # Then every writer exited cleanly and every key is there, in a file that is valid JSON
+    assert [w.exitcode for w in workers] == [0] * PROCESSES
+    data = read_file(path)
+    expected = {"before.ipynb"} | {
+        f"p{w}/t{t}/nb{n}.ipynb"
+        for w in range(PROCESSES + 1)
+        for t in range(THREADS)
+        for n in range(PUTS)
+    }
+    assert set(data["policies"]) == expected
+    assert data["policies"]["p0/t0/nb4.ipynb"] == {"memory_limit_mb": 5}
+    assert set(PolicyStore(path).all()) == expected
+    # and a reader polling the file meanwhile never saw a half-written file
+    assert reader.exitcode == 0
+    assert json.loads(errors.read_text()) == []
+    assert leftovers(tmp_path, path) == ["reader-errors.json", "stop"]
+
+
+def test_store_instances_see_each_others_writes(tmp_path):
+    """Two stores on one file (two server processes): each reads what the other wrote."""
+    # Given two stores on the same file
+    path = tmp_path / "policies.json"
+    first, second = PolicyStore(path), PolicyStore(path)
+    assert first.all() == {}
+
+    # When each writes a key
+    first.put("a.ipynb", {"memory_growth": True})
+    second.put("b.ipynb", {"memory_growth": False})
+
+    # Then both see both, and neither write dropped the other's key
+    assert first.all() == second.all() == {
+        "a.ipynb": {"memory_growth": True},
+        "b.ipynb": {"memory_growth": False},
+    }
+    assert first.get("b.ipynb") == {"memory_growth": False}
+
+
+# -- crashes ------------------------------------------------------------------------------------
+
+
+def test_a_writer_killed_before_the_rename_loses_nothing(tmp_path):
+    """SIGKILL between the temp file and the rename: the previous content stays whole."""
+    # Given a store holding two policies
+    path = tmp_path / "policies.json"
+    store = PolicyStore(path)
+    store.put("a.ipynb", {"memory_growth": True})
+    store.put("dir/b.ipynb", {"memory_limit_mb": 2048})
+    before = path.read_bytes()
+
+    # When a writer in another process has written its temp file and is killed before the rename
+    ready = tmp_path / "ready"
+    child = SPAWN.Process(target=put_and_hang_before_rename, args=(str(path), str(ready)))
+    child.start()
+    try:
+        temp = Path(wait_for(lambda: ready.exists() and ready.read_text()))
+        assert json.loads(temp.read_text())["policies"]["crashed.ipynb"] == {"memory_limit_mb": 999}
+        assert path.read_bytes() == before
+        # a writer here waits for the other process's lock meanwhile
+        late = threading.Thread(target=store.put, args=("late.ipynb", {"allocator": "default"}))
+        late.start()
+        time.sleep(0.3)
+        assert late.is_alive()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=30)
+    late.join(timeout=30)
+
+    # Then the killed write never happened, the waiting writer went on, and nothing was lost
+    assert child.exitcode == -signal.SIGKILL
+    assert not late.is_alive()
+    assert PolicyStore(path).all() == {
+        "a.ipynb": {"memory_growth": True},
+        "dir/b.ipynb": {"memory_limit_mb": 2048},
+        "late.ipynb": {"allocator": "default"},
+    }
+    assert read_file(path)["version"] == 1
+    assert store.problems == []
+
+
+def test_a_failed_write_leaves_the_file_and_no_temp_file(tmp_path, monkeypatch):
+    """A rename that fails in this process: old content kept, temp file removed, error raised."""
+    # Given a store holding one policy
+    path = tmp_path / "policies.json"
+    store = PolicyStore(path)
+    store.put("a.ipynb", {"memory_growth": True})
+    before = path.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+
+    # When a put fails at the rename
+    with pytest.raises(OSError):
+        store.put("b.ipynb", {"memory_growth": False})
+    monkeypatch.undo()
+
+    # Then the file is unchanged, no temp file is left, and the store still works
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path, path) == []
+    store.put("c.ipynb", {"memory_growth": False})
+    assert set(store.all()) == {"a.ipynb", "c.ipynb"}
+
+
+# -- corrupt files ------------------------------------------------------------------------------
+
+CORRUPT = {
+    "garbage-bytes": b"\xff\xfe\x00garbage{{{",
+    "truncated-json": b'{"version": 1, "policies": {"a.ipynb": {"memory_gro',
+    "a-list": b"[]",
+    "no-policies": b'{"version": 1}',
+    "policies-a-list": b'{"version": 1, "policies": []}',
+    "policy-not-an-object": b'{"version": 1, "policies": {"a.ipynb": 3}}',
+    "json-null": b"null",
+}
+
+
+@pytest.mark.parametrize("content", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
+    """An unreadable file is kept byte for byte beside the store, reported, never overwritten."""
+    # Given a store file that is not a policy store
+    path = tmp_path / "policies.json"
+    path.write_bytes(content)
+    store = PolicyStore(path)
+
+    # When the store is read
+    policies = store.all()
+
+    # Then it starts empty, the file was moved to <name>.corrupt-* intact, and that is reported
+    assert policies == {}
+    aside = list(tmp_path.glob("policies.json.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == content
+    assert not path.exists()
+    [problem] = store.problems
+    assert problem["file"] == str(path)
+    assert problem["moved_to"] == str(aside[0])
+    assert problem["error"]
+    # and the store keeps working, next to the kept file
+    store.put("a.ipynb", {"memory_growth": True})
+    assert read_file(path)["policies"] == {"a.ipynb": {"memory_growth": True}}
+    assert aside[0].read_bytes() == content
+    assert len(store.problems) == 1
+
+
+def test_a_write_over_a_corrupt_file_keeps_the_corrupt_file(tmp_path):
+    """A put on a corrupt file moves it aside first: the admin can still repair it."""
+    # Given a corrupt store file
+    path = tmp_path / "policies.json"
+    path.write_bytes(b"not json")
+    store = PolicyStore(path)
+
+    # When the first thing done is a write
+    store.put("a.ipynb", {"memory_limit_mb": 10})
+
+    # Then the corrupt bytes are kept aside and the new file holds the write
+    [aside] = tmp_path.glob("policies.json.corrupt-*")
+    assert aside.read_bytes() == b"not json"
+    assert read_file(path)["policies"] == {"a.ipynb": {"memory_limit_mb": 10}}
+    assert [p["moved_to"] for p in store.problems] == [str(aside)]
+
+
+def test_corrupt_files_in_the_same_second_do_not_overwrite_each_other(tmp_path):
+    """Two corrupt files set aside one after the other are both kept."""
+    # Given a store whose file is corrupted twice in quick succession
+    path = tmp_path / "policies.json"
+    store = PolicyStore(path)
+    path.write_bytes(b"first garbage")
+    store.all()
+    path.write_bytes(b"second garbage, longer")
+
+    # When it is read again
+    store.all()
+
+    # Then both are kept, each with its own bytes
+    kept = {p.read_bytes() for p in tmp_path.glob("policies.json.corrupt-*")}
+    assert kept == {b"first garbage", b"second garbage, longer"}
+    assert len(store.problems) == 2
+
+
+# -- renames and deletes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled_store(tmp_path) -> PolicyStore:
+    """A store with notebooks at the root, in a folder, in a subfolder and in look-alike names."""
+    store = PolicyStore(tmp_path / "policies.json")
+    for n, key in enumerate(
+        ["nb.ipynb", "dir/a.ipynb", "dir/sub/b.ipynb", "dir2/c.ipynb", "dir.ipynb", "other.ipynb"]
+    ):
+        store.put(key, {"memory_limit_mb": n + 1})
+    return store
+
+
+def test_renaming_a_notebook_moves_its_policy(filled_store):
+    """A renamed notebook keeps its policy under the new name."""
+    # Given / When
+    moved = filled_store.rename("nb.ipynb", "renamed.ipynb")
+
+    # Then
+    policies = filled_store.all()
+    assert moved == 1
+    assert "nb.ipynb" not in policies
+    assert policies["renamed.ipynb"] == {"memory_limit_mb": 1}
+    assert len(policies) == 6
+
+
+def test_renaming_a_folder_moves_every_policy_under_it(filled_store):
+    """A renamed folder moves its notebooks' policies, and nothing with a look-alike name."""
+    # Given / When
+    moved = filled_store.rename("dir", "moved/dir")
+
+    # Then
+    policies = filled_store.all()
+    assert moved == 2
+    assert policies["moved/dir/a.ipynb"] == {"memory_limit_mb": 2}
+    assert policies["moved/dir/sub/b.ipynb"] == {"memory_limit_mb": 3}
+    assert not any(k.startswith("dir/") for k in policies)
+    assert policies["dir2/c.ipynb"] == {"memory_limit_mb": 4}
+    assert policies["dir.ipynb"] == {"memory_limit_mb": 5}
+    # and the file on disk says the same
+    assert read_file(filled_store.path)["policies"] == policies
+
+
+def test_renaming_something_without_a_policy_changes_nothing(filled_store):
+    """A rename of a file no policy refers to moves nothing."""
+    # Given
+    before = filled_store.all()
+
+    # When
+    moved = filled_store.rename("untracked.ipynb", "elsewhere.ipynb")
+
+    # Then
+    assert moved == 0
+    assert filled_store.all() == before
+
+
+def test_deleting_a_notebook_removes_its_policy(filled_store):
+    """A deleted notebook's policy goes with it."""
+    # Given / When
+    gone = filled_store.delete_tree("dir/a.ipynb")
+
+    # Then
+    policies = filled_store.all()
+    assert gone == 1
+    assert "dir/a.ipynb" not in policies
+    assert "dir/sub/b.ipynb" in policies
+
+
+def test_deleting_a_folder_removes_every_policy_under_it(filled_store):
+    """A deleted folder takes its notebooks' policies, and nothing with a look-alike name."""
+    # Given / When
+    gone = filled_store.delete_tree("dir")
+
+    # Then
+    assert gone == 2
+    assert set(filled_store.all()) == {"nb.ipynb", "dir2/c.ipynb", "dir.ipynb", "other.ipynb"}
+
+
+def test_delete_of_one_policy_says_whether_there_was_one(filled_store):
+    """delete() removes one key and reports False for a key it never had."""
+    # Given / When
+    first, second = filled_store.delete("other.ipynb"), filled_store.delete("other.ipynb")
+
+    # Then
+    assert (first, second) == (True, False)
+    assert filled_store.get("other.ipynb") is None
+
+
+# -- notebook path keys -------------------------------------------------------------------------
+
+
+BAD_PATHS = {
+    "dotdot": "../x.ipynb",
+    "nested-dotdot": "a/../../x.ipynb",
+    "inner-dotdot": "a/../x.ipynb",
+    "bare-dotdot": "..",
+    "backslash-dotdot": "..\\x.ipynb",
+    "empty": "",
+    "root": "/",
+    "double-slash": "//",
+    "dot": ".",
+    "dot-slash": "./.",
+    "nul": "a/\x00b.ipynb",
+    "none": None,
+}
+
+
+@pytest.mark.parametrize("path", BAD_PATHS.values(), ids=BAD_PATHS.keys())
+def test_bad_notebook_paths_are_refused(path):
+    """Paths that leave the root, name nothing, or hold NUL are a PolicyError on 'path'."""
+    # Given / When
+    with pytest.raises(PolicyError) as err:
+        normalize_notebook_path(path)
+
+    # Then
+    assert err.value.field == "path"
+
+
+@pytest.mark.parametrize(
+    "path,key",
+    [
+        ("nb.ipynb", "nb.ipynb"),
+        ("/dir//sub/./nb.ipynb/", "dir/sub/nb.ipynb"),
+        ("dir\\sub\\nb.ipynb", "dir/sub/nb.ipynb"),
+        ("données/日本語 ノート.ipynb", "données/日本語 ノート.ipynb"),
+        ("..hidden/x..y.ipynb", "..hidden/x..y.ipynb"),
+    ],
+)
+def test_notebook_paths_are_normalized(path, key):
+    """Leading, doubled and trailing slashes, '.', and backslashes all give one key."""
+    # Given / When / Then
+    assert normalize_notebook_path(path) == key
+
+
+def test_composed_and_decomposed_accents_are_one_key(tmp_path):
+    """NFC and NFD spellings of 'é' (macOS clients send NFD) name the same notebook."""
+    # Given the two spellings of the same name
+    nfc = unicodedata.normalize("NFC", "café/résumé.ipynb")
+    nfd = unicodedata.normalize("NFD", "café/résumé.ipynb")
+    assert nfc != nfd
+
+    # When a policy is stored under one
+    store = PolicyStore(tmp_path / "policies.json")
+    store.put(normalize_notebook_path(nfd), {"memory_growth": True})
+
+    # Then the other finds it, and the key on disk is NFC
+    assert normalize_notebook_path(nfc) == normalize_notebook_path(nfd) == nfc
+    assert store.get(normalize_notebook_path(nfc)) == {"memory_growth": True}
+    assert list(read_file(store.path)["policies"]) == [nfc]
+
+
+# -- the file itself ----------------------------------------------------------------------------
+
+
+def test_writes_are_atomic_and_leave_nothing_behind(tmp_path):
+    """After many writes: one complete JSON file, no temp files, not writable by others."""
+    # Given a store in a folder that does not exist yet
+    path = tmp_path / "state" / "tfgpu" / "policies.json"
+    store = PolicyStore(path)
+
+    # When it is written many times
+    for n in range(20):
+        store.put(f"nb{n}.ipynb", {"memory_limit_mb": n + 1, "devices": []})
+    store.delete("nb0.ipynb")
+
+    # Then the folder holds the store and its lock file only
+    assert leftovers(path.parent, path) == []
+    data = read_file(path)
+    assert data["version"] == 1
+    assert len(data["policies"]) == 19
+    assert path.read_text(encoding="utf-8").endswith("}\n")
+    # and the file is the owner's: readable and writable by them, writable by nobody else
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & stat.S_IRUSR and mode & stat.S_IWUSR
+    assert not mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def test_non_ascii_keys_are_stored_as_text(tmp_path):
+    """Non-ASCII notebook names are readable in the file, not \\u escapes."""
+    # Given / When
+    store = PolicyStore(tmp_path / "policies.json")
+    store.put("ノート.ipynb", {"memory_growth": True})
+
+    # Then
+    assert "ノート.ipynb" in store.path.read_text(encoding="utf-8")
+    assert store.get("ノート.ipynb") == {"memory_growth": True}
+
+
+def test_a_missing_file_is_an_empty_store(tmp_path):
+    """No file yet: no policies, no problems, nothing created by reading."""
+    # Given
+    store = PolicyStore(tmp_path / "nowhere" / "policies.json")
+
+    # When
+    policies, one = store.all(), store.get("nb.ipynb")
+
+    # Then
+    assert (policies, one, store.problems) == ({}, None, [])
+    assert not (tmp_path / "nowhere").exists()
