@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -36,7 +36,11 @@ def process_start(pid: int) -> float | None:
 class Attribution:
     """Maps GPU process PIDs to this server's kernels; safe to use from the sampler thread."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, reports: Callable[[], dict[str, dict[str, Any]]] = dict
+    ) -> None:
+        # kernel id -> {"devices": {uuid: bytes}}: what kernels' own reporters say they hold
+        self._reports = reports
         self._kernels: dict[int, KernelProcess] = {}
         # (pid, create_time) -> kernel id or None; emptied whenever the kernels change
         self._cache: dict[tuple[int, float], str | None] = {}
@@ -92,12 +96,51 @@ class Attribution:
         return None
 
     def annotate(self, snapshot: dict[str, Any]) -> None:
-        """Fill ``kernel_id`` and ``notebook`` of each GPU process in a snapshot."""
-        if not self._kernels:
-            return
+        """Fill ``kernel_id``, ``notebook`` and ``attributed_by`` of each GPU process.
+
+        First by PID (the kernel's process tree). Processes left over, e.g. host PIDs seen
+        from inside a container, are matched with the kernels whose own reporter says they
+        hold memory on that GPU, largest with largest.
+        """
         for gpu in snapshot.get("gpus", ()):
             for proc in gpu.get("processes", ()):
+                proc.setdefault("attributed_by", None)
+        if not self._kernels:
+            return
+        by_id = {k.kernel_id: k for k in self._kernels.values()}
+        reports = self._reports() or {}
+        for gpu in snapshot.get("gpus", ()):
+            processes = gpu.get("processes", ())
+            for proc in processes:
                 kernel = self.owner(proc["pid"])
                 if kernel is not None:
-                    proc["kernel_id"] = kernel.kernel_id
-                    proc["notebook"] = kernel.notebook
+                    proc.update(kernel_id=kernel.kernel_id, notebook=kernel.notebook, attributed_by="pid")
+            if reports:
+                self._match_reports(gpu, processes, reports, by_id)
+
+    def _match_reports(
+        self,
+        gpu: dict[str, Any],
+        processes: list[dict[str, Any]],
+        reports: dict[str, dict[str, Any]],
+        kernels: dict[str, KernelProcess],
+    ) -> None:
+        uuids = {gpu.get("uuid")} | {m["uuid"] for m in ((gpu.get("mig") or {}).get("instances") or ())}
+        seen = {p["kernel_id"] for p in processes if p.get("kernel_id")}
+        claims = sorted(
+            (
+                (sum(held for uuid, held in report["devices"].items() if uuid in uuids), kernel_id)
+                for kernel_id, report in reports.items()
+                if kernel_id in kernels and kernel_id not in seen
+                and any(uuid in uuids for uuid in report["devices"])
+            ),
+            reverse=True,
+        )
+        unmatched = sorted(
+            (p for p in processes if not p.get("kernel_id")),
+            key=lambda p: p.get("used_memory") or 0,
+            reverse=True,
+        )
+        for proc, (_, kernel_id) in zip(unmatched, claims):
+            kernel = kernels[kernel_id]
+            proc.update(kernel_id=kernel_id, notebook=kernel.notebook, attributed_by="kernel_report")

@@ -17,7 +17,8 @@ from traitlets import Instance
 from .attribution import Attribution
 from .config import TFGPU
 from .gpu import make_backend
-from .handlers import route_patterns
+from .routes import route_patterns
+from .kernel_channel import KernelReports, KernelTokens
 from .kernels import KernelRegistry
 from .policy import AdminPolicy, PolicyError, PolicyService, PolicyStore, normalize_notebook_path
 from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
@@ -39,6 +40,8 @@ class TFGPUApp(ExtensionApp):
     policies = Instance(PolicyService, allow_none=True)
     kernels = Instance(KernelRegistry, allow_none=True)
     attribution = Instance(Attribution, allow_none=True)
+    tokens = Instance(KernelTokens, allow_none=True)
+    reports = Instance(KernelReports, allow_none=True)
     provisioner_state = DictTrait()
     _refresher = AnyTrait(allow_none=True)
 
@@ -47,7 +50,9 @@ class TFGPUApp(ExtensionApp):
         # Settings live in the server's config so `--TFGPU.x=...` and
         # `c.TFGPU.x = ...` in jupyter_server_config.py both reach them.
         self.config_traits = cfg = TFGPU(parent=self.serverapp)
-        self.attribution = Attribution()
+        self.tokens = KernelTokens()
+        self.reports = KernelReports()
+        self.attribution = Attribution(reports=self.reports.current)
         backend = make_backend(
             cfg.backend, cfg.simulated_gpus, pid_source=self.attribution.kernel_pids
         )
@@ -85,6 +90,8 @@ class TFGPUApp(ExtensionApp):
             self.sampler,
             self.attribution,
             report_root,
+            tokens=self.tokens,
+            reports=self.reports,
             log=self.log,
         )
         self._install_provisioner(cfg, report_root)
@@ -130,6 +137,8 @@ class TFGPUApp(ExtensionApp):
         """
         TFGPUProvisioner.policies = self.policies
         TFGPUProvisioner.report_root = report_root
+        TFGPUProvisioner.tokens = self.tokens
+        TFGPUProvisioner.server_url = self._local_url()
         factory = KernelProvisionerFactory.instance()
         current = factory.default_provisioner_name
         state = {"name": PROVISIONER_NAME, "default": False, "reason": None}
@@ -145,6 +154,17 @@ class TFGPUApp(ExtensionApp):
         if state["reason"]:
             self.log.warning("jupyter-tfgpu: policies are not applied to kernels: %s", state["reason"])
         self.provisioner_state = state
+
+    def _local_url(self) -> str | None:
+        """The server's URL as a process on this machine reaches it (None on a unix socket)."""
+        app = self.serverapp
+        if getattr(app, "sock", None):
+            return None
+        scheme = "https" if app.certfile else "http"
+        host = app.ip if app.ip not in ("", "0.0.0.0", "::", "*") else "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{app.port}{app.base_url}"
 
     # -- events ------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
-from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from .sampler import Sampler, Snapshot
 
 AUTH_RESOURCE = "tfgpu"
-API_PREFIX = "tfgpu/api"
 
 
 class TFGPUAPIHandler(APIHandler):
@@ -280,21 +278,3 @@ class ConfigHandler(TFGPUAPIHandler):
                 "provisioner": self.tfgpu.provisioner_state,
             }
         )
-
-
-ROUTES: list[tuple[str, type]] = [
-    ("status", StatusHandler),
-    ("gpus", GpusHandler),
-    ("gpus/history", HistoryHandler),
-    ("stream", StreamHandler),
-    ("policies", PoliciesHandler),
-    ("policies/(?P<path>.+)", PolicyHandler),
-    ("kernels", KernelsHandler),
-    ("kernels/(?P<kernel_id>[^/]+)", KernelHandler),
-    ("config", ConfigHandler),
-]
-
-
-def route_patterns() -> list[tuple[str, type]]:
-    """Every route under ``tfgpu/api/`` (the extension app joins them onto base_url)."""
-    return [(url_path_join(API_PREFIX, path), cls) for path, cls in ROUTES]

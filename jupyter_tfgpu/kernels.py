@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 from .attribution import Attribution, KernelProcess, process_start
+from .kernel_channel import KernelReports, KernelTokens
 from .policy import PolicyService
 from .sampler import Sampler
 
@@ -24,8 +25,12 @@ class KernelRegistry:
         sampler: Sampler,
         attribution: Attribution,
         report_root: str,
+        tokens: KernelTokens | None = None,
+        reports: KernelReports | None = None,
         log: logging.Logger | None = None,
     ) -> None:
+        self.tokens = tokens or KernelTokens()
+        self.reports = reports or KernelReports()
         self.kernel_manager = kernel_manager
         self.session_manager = session_manager
         self.policies = policies
@@ -72,9 +77,15 @@ class KernelRegistry:
     def _applied_notebook(self, kernel_id: str) -> str | None:
         return (self.policies.applied.get(kernel_id) or {}).get("notebook")
 
+    def notebook_of(self, kernel_id: str) -> str | None:
+        """The notebook a kernel was started for, if any."""
+        return self._notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
+
     def forget(self, kernel_id: str) -> None:
-        """A kernel shut down: drop what it started with and what it reported."""
+        """A kernel shut down: drop what it started with, its token and what it reported."""
         self.policies.forget_kernel(kernel_id)
+        self.tokens.revoke(kernel_id)
+        self.reports.forget(kernel_id)
         shutil.rmtree(os.path.join(self.report_root, kernel_id), ignore_errors=True)
 
     # -- the API's view ----------------------------------------------------------------------
@@ -91,29 +102,38 @@ class KernelRegistry:
             return None
 
     def gpu_memory(self, kernel_id: str) -> dict[str, Any]:
-        """GPU memory held by the kernel's process tree, per GPU and in total (bytes)."""
+        """GPU memory held by the kernel, per GPU and in total (bytes), and where each figure
+        comes from: "nvml" (its process tree's PIDs) or "kernel_report" (the framework's own
+        figures, where NVML's PIDs cannot be matched, e.g. inside a container)."""
         per_gpu = []
+        reported = (self.reports.get(kernel_id) or {}).get("devices", {})
         for gpu in self.sampler.latest.data.get("gpus", ()):
-            mine = [p for p in gpu.get("processes", ()) if p.get("kernel_id") == kernel_id]
+            mine = [
+                p for p in gpu.get("processes", ())
+                if p.get("kernel_id") == kernel_id and p.get("attributed_by") == "pid"
+            ]
+            keys = {gpu["uuid"], str(gpu["index"])} | {
+                m["uuid"] for m in ((gpu.get("mig") or {}).get("instances") or ())
+            }
+            from_report = [held for key, held in reported.items() if key in keys]
             if mine:
                 used = [p["used_memory"] for p in mine if p.get("used_memory") is not None]
-                per_gpu.append(
-                    {
-                        "index": gpu["index"],
-                        "uuid": gpu["uuid"],
-                        "used_memory": sum(used) if used else None,
-                        "pids": sorted(p["pid"] for p in mine),
-                    }
-                )
+                row = {"used_memory": sum(used) if used else None, "source": "nvml",
+                       "pids": sorted(p["pid"] for p in mine)}
+            elif from_report:
+                row = {"used_memory": sum(from_report), "source": "kernel_report", "pids": []}
+            else:
+                continue
+            per_gpu.append({"index": gpu["index"], "uuid": gpu["uuid"], **row})
         known = [g["used_memory"] for g in per_gpu if g["used_memory"] is not None]
-        return {"total": sum(known) if per_gpu else 0, "per_gpu": per_gpu, "source": "nvml"}
+        return {"total": sum(known), "per_gpu": per_gpu}
 
     def describe(self, kernel_id: str) -> dict[str, Any]:
         """One kernel as ``GET kernels/{id}`` shows it."""
         km = self.kernel_manager
         kernel = km.get_kernel(kernel_id)
         pid = self._pid(kernel_id)
-        notebook = self._notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
+        notebook = self.notebook_of(kernel_id)
         effective = self.policies.effective(notebook)
         applied = self.policies.applied.get(kernel_id)
         provisioner = getattr(kernel, "provisioner", None)

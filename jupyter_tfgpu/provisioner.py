@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import LocalProvisioner
 
 if TYPE_CHECKING:
+    from .kernel_channel import KernelTokens
     from .policy import PolicyService
 
 PROVISIONER_NAME = "tfgpu-provisioner"
@@ -36,7 +37,9 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
     # Set by the server extension when it loads; without it the provisioner is a plain
     # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
     policies: PolicyService | None = None
+    tokens: KernelTokens | None = None
     report_root: str | None = None
+    server_url: str | None = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
@@ -55,6 +58,12 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (bootstrap_dir(), env.get("PYTHONPATH", "")) if p
         )
-        if type(self).report_root and kernel_id:
-            env["TFGPU_REPORT_DIR"] = os.path.join(type(self).report_root, kernel_id)
+        cls = type(self)
+        if cls.report_root and kernel_id:
+            env["TFGPU_REPORT_DIR"] = os.path.join(cls.report_root, kernel_id)
+        # The kernel channel: a token for this kernel alone, never the server's own token.
+        env.pop("TFGPU_KERNEL_TOKEN", None)
+        if cls.tokens is not None and cls.server_url and kernel_id:
+            env["TFGPU_SERVER_URL"] = cls.server_url
+            env["TFGPU_KERNEL_TOKEN"] = cls.tokens.issue(kernel_id)
         return kwargs

@@ -422,7 +422,8 @@ class Sampler:
             "pcie": (f.get("pcie") if pcie_on else None) or {"tx": None, "rx": None},
             "mig": mig,
             "processes": [
-                {"kernel_id": None, "notebook": None, **proc} for proc in gpu.processes
+                {"kernel_id": None, "notebook": None, "attributed_by": None, **proc}
+                for proc in gpu.processes
             ],
         }
 

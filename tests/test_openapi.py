@@ -9,7 +9,7 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from jupyter_tfgpu.handlers import ROUTES
+from jupyter_tfgpu.routes import ROUTES
 
 SPEC = yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
 

@@ -1,0 +1,152 @@
+"""Handlers of the kernel channel: ``tfgpu/api/kernel/...``, authenticated by a kernel token.
+
+These routes act on the calling kernel's own notebook only (there is no path or id to name
+another one). They accept no user credentials, and user routes accept no kernel token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jupyter_server.auth.authorizer import Authorizer
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from .handlers import TFGPUAPIHandler
+from .kernel_channel import AUTH_SCHEME, KernelIdentity, validate_report
+from .policy import CapExceeded, PolicyError
+
+
+class KernelScopeAuthorizer(Authorizer):
+    """Allows a kernel identity the ``tfgpu`` resource, and nothing else."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        """Only kernel identities, only for this extension's resource."""
+        return isinstance(user, KernelIdentity) and resource == "tfgpu"
+
+
+_AUTHORIZER = KernelScopeAuthorizer()
+
+
+class KernelChannelHandler(TFGPUAPIHandler):
+    """Base of the kernel routes: the caller is a kernel, identified by its token."""
+
+    @property
+    def authorizer(self) -> Authorizer:  # type: ignore[override]
+        """Kernel requests are authorized by kernel scope, not by the server's authorizer."""
+        return _AUTHORIZER
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Identify the kernel from ``Authorization: tfgpu-kernel <token>``, or refuse."""
+        identity = self.tfgpu.tokens.identify(self.request.headers.get("Authorization"))
+        if identity is None or identity.kernel_id not in self.tfgpu.kernels.kernel_manager:
+            raise web.HTTPError(403, f"a valid {AUTH_SCHEME} token is required")
+        self.current_user = self._jupyter_current_user = identity
+
+    def check_xsrf_cookie(self) -> None:
+        """Kernel requests carry a header token and no cookie, so XSRF does not apply."""
+
+    @property
+    def kernel_id(self) -> str:
+        """The calling kernel."""
+        return self.current_user.kernel_id
+
+    def notebook(self) -> str:
+        """The calling kernel's notebook, or 409 when it has none."""
+        notebook = self.tfgpu.kernels.notebook_of(self.kernel_id)
+        if notebook is None:
+            raise web.HTTPError(
+                409, "this kernel was not started for a notebook", reason="no notebook"
+            )
+        return notebook
+
+
+class KernelReportHandler(KernelChannelHandler):
+    """POST kernel/report: the framework's own GPU memory figures, from inside the kernel."""
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        """Store the report (used where NVML's PIDs cannot be matched, e.g. in containers)."""
+        try:
+            report = validate_report(self.read_json_body())
+        except ValueError as err:
+            field = str(err).split(":", 1)[0]
+            raise self.bad_request(field, str(err).split(": ", 1)[-1]) from None
+        self.tfgpu.reports.put(self.kernel_id, report)
+        self.set_status(204)
+        self.finish()
+
+
+class KernelPolicyHandler(KernelChannelHandler):
+    """GET/PUT/DELETE kernel/policy: the calling kernel's notebook's policy."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """Own and effective policy, what this kernel started with, and restart_required."""
+        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+
+    @web.authenticated
+    @authorized
+    async def put(self) -> None:
+        """Set this notebook's policy (same checks as the user API)."""
+        key = self.notebook()
+        body = self.read_json_body()
+        try:
+            await asyncio.to_thread(self.tfgpu.policies.set, key, body)
+        except (PolicyError, CapExceeded) as err:
+            raise self.domain_error(err) from None
+        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        """Remove this notebook's own policy."""
+        key = self.notebook()
+        try:
+            await asyncio.to_thread(self.tfgpu.policies.reset, key)
+        except CapExceeded as err:
+            raise self.domain_error(err) from None
+        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+
+
+class KernelStatusHandler(KernelChannelHandler):
+    """GET kernel/status: the GPUs as the server sees them, and this kernel's view."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """GPU snapshot (other kernels' processes shown without their id or notebook) + this kernel."""
+        snapshot = self.sampler.latest.data
+        mine = self.kernel_id
+        gpus = [
+            {
+                **gpu,
+                "processes": [
+                    {**p, "mine": True}
+                    if p.get("kernel_id") == mine
+                    else {**p, "kernel_id": None, "notebook": None, "mine": False}
+                    for p in gpu.get("processes", ())
+                ],
+            }
+            for gpu in snapshot.get("gpus", ())
+        ]
+        self.write_json(
+            {
+                "available": self.sampler.available,
+                "reason": self.sampler.reason,
+                "simulated": self.sampler.simulated,
+                "timestamp": snapshot.get("timestamp"),
+                "gpus": gpus,
+                "kernel": self.tfgpu.kernels.describe(mine),
+            }
+        )
+
+
+KERNEL_ROUTES: list[tuple[str, type]] = [
+    ("kernel/report", KernelReportHandler),
+    ("kernel/policy", KernelPolicyHandler),
+    ("kernel/status", KernelStatusHandler),
+]
