@@ -125,7 +125,11 @@ class Attribution:
         reports: dict[str, dict[str, Any]],
         kernels: dict[str, KernelProcess],
     ) -> None:
-        uuids = {gpu.get("uuid")} | {m["uuid"] for m in ((gpu.get("mig") or {}).get("instances") or ())}
+        # A reporter names a GPU by UUID where it knows one, else by its index (as
+        # KernelRegistry.gpu_memory also accepts).
+        uuids = {gpu.get("uuid"), str(gpu.get("index"))} | {
+            m["uuid"] for m in ((gpu.get("mig") or {}).get("instances") or ())
+        }
         seen = {p["kernel_id"] for p in processes if p.get("kernel_id")}
         claims = sorted(
             (

@@ -161,3 +161,51 @@ class TFGPU(Configurable):
         name another provisioner keep it (and get no policy). Left alone when an admin
         already chose another default provisioner.""",
     ).tag(config=True)
+
+    # -- enforcement -------------------------------------------------------------------------
+
+    enforcement = Enum(
+        ["off", "warn", "interrupt", "restart", "shutdown"],
+        default_value="off",
+        help="""What happens to a kernel that holds more GPU memory (on any one GPU) than its
+        cap (its effective memory_limit_mb, which max_memory_mb bounds) for longer than
+        enforcement_grace: 'warn' only tells (a dry run: an event, a log line and a
+        JupyterLab notification), 'interrupt', 'restart' or 'shutdown' act on the kernel
+        through the kernel manager. Only kernels of this server are ever acted on.""",
+    ).tag(config=True)
+
+    enforcement_grace = Float(
+        30.0,
+        min=0.0,
+        help="""Seconds a kernel may stay over its memory cap before the enforcement action
+        (short peaks are forgiven).""",
+    ).tag(config=True)
+
+    idle_timeout = Float(
+        0.0,
+        min=0.0,
+        help="""Seconds a kernel may sit idle while holding at least idle_min_memory_mb of GPU
+        memory before idle_action frees it; 0 turns idle reaping off.""",
+    ).tag(config=True)
+
+    idle_min_memory_mb = Int(
+        256,
+        min=0,
+        help="""Idle kernels holding less GPU memory than this (MiB, all GPUs together) are
+        left alone by the idle reaper.""",
+    ).tag(config=True)
+
+    idle_action = Enum(
+        ["warn", "interrupt", "restart", "shutdown"],
+        default_value="restart",
+        help="""What the idle reaper does: 'restart' frees the GPU memory and keeps the
+        notebook's kernel; 'shutdown' stops the kernel; 'warn' only tells.""",
+    ).tag(config=True)
+
+    max_actions_per_hour = Int(
+        3,
+        min=1,
+        help="""At most this many enforcement actions on one kernel per hour; past it the
+        enforcer only warns, so a notebook that re-allocates at once cannot be restarted in
+        a loop.""",
+    ).tag(config=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -14,8 +15,10 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict as DictTrait
 from traitlets import Instance
 
+from . import metrics
 from .attribution import Attribution
 from .config import TFGPU
+from .enforcement import Decision, Enforcer, Rules, act_on_kernel
 from .gpu import make_backend
 from .routes import route_patterns
 from .kernel_channel import KernelReports, KernelTokens
@@ -25,6 +28,8 @@ from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from .sampler import Sampler
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+ENFORCEMENT_EVENT = "https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1"
+ENFORCEMENT_SCHEMA = Path(__file__).parent / "events" / "enforcement.yaml"
 CONTENTS_ACTIONS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 
@@ -42,6 +47,9 @@ class TFGPUApp(ExtensionApp):
     attribution = Instance(Attribution, allow_none=True)
     tokens = Instance(KernelTokens, allow_none=True)
     reports = Instance(KernelReports, allow_none=True)
+    enforcer = Instance(Enforcer, allow_none=True)
+    _unregister_metrics = AnyTrait(allow_none=True)
+    _unsubscribe = AnyTrait(allow_none=True)
     provisioner_state = DictTrait()
     _refresher = AnyTrait(allow_none=True)
 
@@ -95,6 +103,14 @@ class TFGPUApp(ExtensionApp):
             log=self.log,
         )
         self._install_provisioner(cfg, report_root)
+        self._install_enforcer(cfg)
+        self._unregister_metrics = metrics.register(
+            metrics.SnapshotCollector(
+                snapshot=lambda: self.sampler.latest.data,
+                kernel_memory=self.kernels.memory_rows,
+                sampler_stats=self.sampler.describe,
+            )
+        )
         self.sampler.start(loop=self._event_loop())
         self.settings["tfgpu"] = self
         event_logger = getattr(self.serverapp, "event_logger", None)
@@ -121,10 +137,50 @@ class TFGPUApp(ExtensionApp):
         """Stop sampling and shut NVML down with the server."""
         if self._refresher is not None:
             self._refresher.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
+            self._unregister_metrics = None
         if TFGPUProvisioner.policies is self.policies:
             TFGPUProvisioner.policies = None
         if self.sampler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
+
+    # -- enforcement -------------------------------------------------------------------------
+
+    def _install_enforcer(self, cfg: TFGPU) -> None:
+        """Watch every snapshot for kernels over their cap or idle with GPU memory."""
+        event_logger = getattr(self.serverapp, "event_logger", None)
+        if event_logger is not None and ENFORCEMENT_EVENT not in event_logger.schemas.schema_ids:
+            event_logger.register_event_schema(ENFORCEMENT_SCHEMA)
+        self.enforcer = Enforcer(
+            Rules(
+                action=cfg.enforcement,
+                grace=cfg.enforcement_grace,
+                idle_timeout=cfg.idle_timeout,
+                idle_min_memory_mb=cfg.idle_min_memory_mb,
+                idle_action=cfg.idle_action,
+                max_actions_per_hour=cfg.max_actions_per_hour,
+            ),
+            facts=self.kernels.facts,
+            act=lambda kernel_id, action: act_on_kernel(
+                self.serverapp.kernel_manager, kernel_id, action
+            ),
+            emit=self._emit_decision,
+            log=self.log,
+        )
+        if self.enforcer.enabled:
+            self._unsubscribe = self.sampler.subscribe(self._on_snapshot)
+
+    def _on_snapshot(self, snapshot: Any) -> None:
+        asyncio.ensure_future(self.enforcer.enforce())
+
+    def _emit_decision(self, decision: Decision) -> None:
+        metrics.ENFORCEMENT_ACTIONS.labels(rule=decision.rule, action=decision.action).inc()
+        event_logger = getattr(self.serverapp, "event_logger", None)
+        if event_logger is not None:
+            event_logger.emit(schema_id=ENFORCEMENT_EVENT, data=decision.to_event())
 
     # -- provisioner -------------------------------------------------------------------------
 

@@ -260,6 +260,23 @@ class KernelHandler(TFGPUAPIHandler):
         self.write_json(registry.describe(kernel_id))
 
 
+class EnforcementHandler(TFGPUAPIHandler):
+    """GET enforcement: the rules in force and the recent actions, with their reasons."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        """Rules and recent decisions, newest first."""
+        enforcer = self.tfgpu.enforcer
+        self.write_json(
+            {
+                "rules": enforcer.rules.to_json(),
+                "enabled": enforcer.enabled,
+                "recent": [{**d.to_event(), "time": d.time} for d in reversed(enforcer.recent)],
+            }
+        )
+
+
 class ConfigHandler(TFGPUAPIHandler):
     """GET config: the admin settings in force (read-only)."""
 
@@ -276,5 +293,6 @@ class ConfigHandler(TFGPUAPIHandler):
                 "history_seconds": cfg.history_seconds,
                 "nvml_budget": cfg.nvml_budget,
                 "provisioner": self.tfgpu.provisioner_state,
+                "enforcement": self.tfgpu.enforcer.rules.to_json(),
             }
         )

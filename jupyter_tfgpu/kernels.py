@@ -6,9 +6,11 @@ import json
 import logging
 import os
 import shutil
+from datetime import datetime, timezone
 from typing import Any
 
 from .attribution import Attribution, KernelProcess, process_start
+from .enforcement import KernelFacts
 from .kernel_channel import KernelReports, KernelTokens
 from .policy import PolicyService
 from .sampler import Sampler
@@ -52,11 +54,15 @@ class KernelRegistry:
             self.log.debug("could not list sessions", exc_info=True)
         self._notebooks = notebooks
         known = {k.pid: k for k in self.attribution.kernels}
+        known_pids = {k.kernel_id: k.pid for k in known.values()}
         kernels = []
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             pid = self._pid(kernel_id)
             if not pid:
                 continue
+            if known_pids.get(kernel_id, pid) != pid:
+                # Restarted: what its previous process reported no longer holds.
+                self.reports.forget(kernel_id)
             previous = known.get(pid)
             if previous is not None and previous.kernel_id == kernel_id:
                 started = previous.started
@@ -151,6 +157,45 @@ class KernelRegistry:
             "restart_required": self.policies.restart_required(kernel_id, notebook),
             "framework": self.report(kernel_id, pid),
         }
+
+    def facts(self) -> list[KernelFacts]:
+        """Each kernel's GPU memory, cap and idleness, for the enforcer."""
+        rows = []
+        now = datetime.now(timezone.utc)
+        for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+            try:
+                kernel = self.kernel_manager.get_kernel(kernel_id)
+            except KeyError:
+                continue
+            memory = self.gpu_memory(kernel_id)
+            per_gpu = [g["used_memory"] for g in memory["per_gpu"] if g["used_memory"] is not None]
+            notebook = self.notebook_of(kernel_id)
+            started = self.policies.applied.get(kernel_id)
+            limit_mb = (started or self.policies.effective(notebook)).get("memory_limit_mb")
+            idle = None
+            last = getattr(kernel, "last_activity", None)
+            if getattr(kernel, "execution_state", None) == "idle" and isinstance(last, datetime):
+                idle = max(0.0, (now - last).total_seconds())
+            rows.append(
+                KernelFacts(
+                    kernel_id=kernel_id,
+                    notebook=notebook,
+                    peak_gpu_bytes=max(per_gpu, default=0),
+                    total_gpu_bytes=sum(per_gpu),
+                    limit_bytes=limit_mb * 2**20 if limit_mb else None,
+                    idle_seconds=idle,
+                )
+            )
+        return rows
+
+    def memory_rows(self) -> list[dict[str, Any]]:
+        """Per kernel GPU memory rows, for metrics."""
+        rows = []
+        for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+            rows.append(
+                {"kernel_id": kernel_id, "notebook": self.notebook_of(kernel_id), **self.gpu_memory(kernel_id)}
+            )
+        return rows
 
     def list(self) -> list[dict[str, Any]]:
         """Every running kernel."""

@@ -6,6 +6,7 @@ from jupyter_server.utils import url_path_join
 
 from .handlers import (
     ConfigHandler,
+    EnforcementHandler,
     GpusHandler,
     HistoryHandler,
     KernelHandler,
@@ -29,6 +30,7 @@ ROUTES: list[tuple[str, type]] = [
     ("kernels", KernelsHandler),
     ("kernels/(?P<kernel_id>[^/]+)", KernelHandler),
     ("config", ConfigHandler),
+    ("enforcement", EnforcementHandler),
     *KERNEL_ROUTES,
 ]
 

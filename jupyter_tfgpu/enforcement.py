@@ -1,0 +1,250 @@
+"""Admin enforcement: kernels over their GPU memory cap, and idle kernels holding GPU memory.
+
+The enforcer looks at each snapshot. A kernel over its cap for longer than the grace period
+gets the configured action; an idle kernel holding at least ``idle_min_memory_mb`` for longer
+than ``idle_timeout`` gets the idle action. It only ever acts on kernels of this server
+(through the kernel manager), never on other processes; ``warn`` is a dry run. Restart storms
+are damped: past ``max_actions_per_hour`` actions on one kernel it only warns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+ACTIONS = ("warn", "interrupt", "restart", "shutdown")
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The admin's enforcement settings."""
+
+    action: str = "off"  # off / warn / interrupt / restart / shutdown
+    grace: float = 30.0
+    idle_timeout: float = 0.0  # 0 = no idle reaping
+    idle_min_memory_mb: int = 256
+    idle_action: str = "restart"
+    max_actions_per_hour: int = 3
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for ``GET config``."""
+        return asdict(self)
+
+
+@dataclass
+class KernelFacts:
+    """What the enforcer needs to know about one kernel at one moment."""
+
+    kernel_id: str
+    notebook: str | None
+    peak_gpu_bytes: int  # on its fullest GPU
+    total_gpu_bytes: int
+    limit_bytes: int | None  # per GPU
+    idle_seconds: float | None  # None while busy
+
+
+@dataclass
+class Decision:
+    """One action to take (or to announce, for warn)."""
+
+    kernel_id: str
+    notebook: str | None
+    rule: str
+    action: str
+    configured_action: str
+    reason: str
+    memory_bytes: int | None
+    limit_bytes: int | None
+    seconds: float | None
+    dry_run: bool = False
+    status: str = "done"
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_event(self) -> dict[str, Any]:
+        """The event payload (see events/enforcement.yaml)."""
+        data = asdict(self)
+        data.pop("time")
+        return data
+
+
+class Enforcer:
+    """Turns snapshots into decisions, and decisions into kernel actions and events."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        facts: Callable[[], list[KernelFacts]],
+        act: Callable[[str, str], Awaitable[None]],
+        emit: Callable[[Decision], None],
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.rules = rules
+        self._facts = facts
+        self._act = act
+        self._emit = emit
+        self.log = log or logging.getLogger(__name__)
+        self.recent: deque[Decision] = deque(maxlen=200)
+        self._since: dict[tuple[str, str], float] = {}  # (kernel, rule) -> condition began
+        self._announced: set[tuple[str, str]] = set()  # warned for the current episode
+        self._history: dict[str, deque[float]] = {}  # kernel -> times of real actions
+        self._cooldown: dict[str, float] = {}  # kernel -> no decision before this time
+        self._busy = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any rule is on."""
+        return self.rules.action != "off" or self.rules.idle_timeout > 0
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def decide(self, now: float | None = None) -> list[Decision]:
+        """What to do now, given the kernels' current facts (no side effects on kernels)."""
+        now = time.monotonic() if now is None else now
+        decisions = []
+        live = set()
+        for facts in self._facts():
+            live.add(facts.kernel_id)
+            if now < self._cooldown.get(facts.kernel_id, 0):
+                continue
+            for rule, holds, configured, wait in self._rules_for(facts):
+                key = (facts.kernel_id, rule)
+                if not holds:
+                    self._since.pop(key, None)
+                    self._announced.discard(key)
+                    continue
+                began = self._since.setdefault(key, now)
+                if now - began < wait:
+                    continue
+                decision = self._decision(facts, rule, configured, now - began, now)
+                if decision.dry_run and key in self._announced:
+                    continue  # one warning per episode
+                self._announced.add(key)
+                decisions.append(decision)
+        for key in [k for k in self._since if k[0] not in live]:
+            self._since.pop(key, None)
+            self._announced.discard(key)
+        return decisions
+
+    def _rules_for(self, facts: KernelFacts) -> list[tuple[str, bool, str, float]]:
+        rules = self.rules
+        checks = []
+        if rules.action != "off" and facts.limit_bytes is not None:
+            checks.append(
+                ("memory_cap", facts.peak_gpu_bytes > facts.limit_bytes, rules.action, rules.grace)
+            )
+        if rules.idle_timeout > 0:
+            idle = (
+                facts.idle_seconds is not None
+                and facts.idle_seconds >= rules.idle_timeout
+                and facts.total_gpu_bytes >= rules.idle_min_memory_mb * MiB
+            )
+            checks.append(("idle", idle, rules.idle_action, 0.0))
+        return checks
+
+    def _decision(
+        self, facts: KernelFacts, rule: str, configured: str, held: float, now: float
+    ) -> Decision:
+        action, damped = configured, False
+        history = self._history.setdefault(facts.kernel_id, deque())
+        while history and now - history[0] > 3600:
+            history.popleft()
+        if configured != "warn" and len(history) >= self.rules.max_actions_per_hour:
+            action, damped = "warn", True
+        if rule == "memory_cap":
+            reason = (
+                f"holds {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU, over its cap of "
+                f"{(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
+            )
+            memory = facts.peak_gpu_bytes
+        else:
+            reason = (
+                f"idle for {facts.idle_seconds or 0:.0f} s while holding "
+                f"{facts.total_gpu_bytes / MiB:.0f} MiB of GPU memory"
+            )
+            memory = facts.total_gpu_bytes
+        if damped:
+            reason += (
+                f"; not acted on: {len(history)} actions on this kernel in the last hour "
+                f"(TFGPU.max_actions_per_hour)"
+            )
+        elif action == "warn":
+            reason += "; warning only (dry run)"
+        return Decision(
+            kernel_id=facts.kernel_id,
+            notebook=facts.notebook,
+            rule=rule,
+            action=action,
+            configured_action=configured,
+            reason=reason,
+            memory_bytes=memory,
+            limit_bytes=facts.limit_bytes,
+            seconds=round(held if rule == "memory_cap" else facts.idle_seconds or 0, 1),
+            dry_run=action == "warn",
+        )
+
+    # -- acting ------------------------------------------------------------------------------
+
+    async def enforce(self, now: float | None = None) -> list[Decision]:
+        """Decide, act on each decision, and announce it."""
+        if not self.enabled or self._busy:
+            return []
+        self._busy = True
+        try:
+            decisions = self.decide(now)
+            for decision in decisions:
+                await self._carry_out(decision)
+            return decisions
+        finally:
+            self._busy = False
+
+    async def _carry_out(self, decision: Decision) -> None:
+        if decision.action != "warn":
+            now = time.monotonic()
+            self._history.setdefault(decision.kernel_id, deque()).append(now)
+            # Give the kernel time to free its memory before judging it again.
+            self._cooldown[decision.kernel_id] = now + max(self.rules.grace, 10.0)
+            self._since = {k: v for k, v in self._since.items() if k[0] != decision.kernel_id}
+            self._announced = {k for k in self._announced if k[0] != decision.kernel_id}
+            try:
+                await self._act(decision.kernel_id, decision.action)
+            except Exception as err:  # noqa: BLE001 - report, never crash the server
+                decision.status = "failed"
+                decision.reason += f"; the {decision.action} failed: {err}"
+        self.recent.append(decision)
+        log = self.log.warning if decision.action != "warn" else self.log.info
+        log(
+            "jupyter-tfgpu: %s kernel %s (%s): %s",
+            decision.action,
+            decision.kernel_id,
+            decision.notebook or "no notebook",
+            decision.reason,
+        )
+        try:
+            self._emit(decision)
+        except Exception:  # noqa: BLE001
+            self.log.exception("could not emit the enforcement event")
+
+
+async def act_on_kernel(kernel_manager: Any, kernel_id: str, action: str) -> None:
+    """Interrupt, restart or shut down a kernel through jupyter_server's kernel manager."""
+    if kernel_id not in kernel_manager:
+        raise KeyError(f"no kernel {kernel_id}")
+    if action == "interrupt":
+        await _maybe_await(kernel_manager.interrupt_kernel(kernel_id))
+    elif action == "restart":
+        await _maybe_await(kernel_manager.restart_kernel(kernel_id))
+    elif action == "shutdown":
+        await _maybe_await(kernel_manager.shutdown_kernel(kernel_id))
+    else:
+        raise ValueError(f"unknown action {action!r}")
+
+
+async def _maybe_await(result: Any) -> None:
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        await result

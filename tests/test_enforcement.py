@@ -1,0 +1,238 @@
+"""Enforcement: caps and idle reaping decided on facts, and carried out on real kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from jupyter_tfgpu.enforcement import Enforcer, KernelFacts, Rules
+from tests.kernel_helpers import run_code, start_session
+
+MiB = 2**20
+
+
+def facts(kernel_id="k1", peak=500, total=None, limit=300, idle=None):
+    """One kernel's facts in MiB."""
+    return KernelFacts(
+        kernel_id=kernel_id,
+        notebook=f"{kernel_id}.ipynb",
+        peak_gpu_bytes=peak * MiB,
+        total_gpu_bytes=(total if total is not None else peak) * MiB,
+        limit_bytes=limit * MiB if limit else None,
+        idle_seconds=idle,
+    )
+
+
+class Recorder:
+    """Collects what the enforcer did."""
+
+    def __init__(self):
+        self.actions, self.events = [], []
+
+    async def act(self, kernel_id, action):
+        self.actions.append((kernel_id, action))
+
+    def emit(self, decision):
+        self.events.append(decision)
+
+
+def enforcer(rules: Rules, current: list) -> tuple[Enforcer, Recorder]:
+    """An enforcer over a mutable list of facts."""
+    recorder = Recorder()
+    return Enforcer(rules, lambda: list(current), recorder.act, recorder.emit), recorder
+
+
+def test_over_cap_waits_for_the_grace_period():
+    """Short peaks are forgiven; past the grace the configured action is decided."""
+    # Given a kernel over its cap and a 30 s grace
+    e, _ = enforcer(Rules(action="restart", grace=30), [facts()])
+    # When it has been over for 10 s, then for 31 s
+    assert e.decide(now=100.0) == []
+    assert e.decide(now=110.0) == []
+    decisions = e.decide(now=131.0)
+    # Then only the second check restarts it, saying why
+    assert [(d.rule, d.action) for d in decisions] == [("memory_cap", "restart")]
+    assert "over its cap of 300 MiB" in decisions[0].reason
+
+
+def test_dropping_under_the_cap_resets_the_clock():
+    """Going back under the cap starts the grace period over."""
+    current = [facts()]
+    e, _ = enforcer(Rules(action="restart", grace=30), current)
+    e.decide(now=0.0)
+    current[0] = facts(peak=100)
+    e.decide(now=20.0)
+    current[0] = facts()
+    assert e.decide(now=40.0) == []
+    assert len(e.decide(now=71.0)) == 1
+
+
+def test_warn_is_a_dry_run_announced_once_per_episode():
+    """In warn mode nothing is done to the kernel and the warning is not repeated."""
+    # Given warn mode
+    e, recorder = enforcer(Rules(action="warn", grace=0), [facts()])
+    # When the enforcer runs on several snapshots
+    for _ in range(3):
+        asyncio.run(e.enforce())
+    # Then one dry-run warning was announced and no kernel action taken
+    assert recorder.actions == []
+    assert [(d.action, d.dry_run) for d in recorder.events] == [("warn", True)]
+    assert "dry run" in recorder.events[0].reason
+
+
+def test_restart_storms_are_damped():
+    """Past max_actions_per_hour the enforcer only warns about that kernel."""
+    e, recorder = enforcer(Rules(action="restart", grace=0, max_actions_per_hour=2), [facts()])
+    for _ in range(4):
+        e._cooldown.clear()  # as if each restart finished and the memory came back at once
+        asyncio.run(e.enforce())
+    assert recorder.actions == [("k1", "restart"), ("k1", "restart")]
+    assert recorder.events[-1].action == "warn"
+    assert "max_actions_per_hour" in recorder.events[-1].reason
+
+
+def test_idle_reaping_only_for_kernels_holding_memory():
+    """Idle kernels with GPU memory get the idle action; small or busy ones are left alone."""
+    current = [
+        facts("idle-big", peak=1000, limit=None, idle=700),
+        facts("idle-small", peak=10, limit=None, idle=700),
+        facts("busy-big", peak=1000, limit=None, idle=None),
+    ]
+    e, recorder = enforcer(Rules(idle_timeout=600, idle_min_memory_mb=256, idle_action="shutdown"), current)
+    asyncio.run(e.enforce())
+    assert recorder.actions == [("idle-big", "shutdown")]
+
+
+def test_off_does_nothing():
+    """With enforcement off and no idle timeout, nothing is decided."""
+    e, recorder = enforcer(Rules(), [facts()])
+    assert not e.enabled
+    asyncio.run(e.enforce())
+    assert recorder.events == []
+
+
+# -- real server, real kernels, simulated GPUs --------------------------------------------------
+
+ALLOCATE = "import numpy as np\nblock = np.ones(500 * 2**20 // 8)\nprint(block.nbytes)"
+
+
+@pytest.fixture
+def tfgpu_config(request):
+    """Simulated GPUs, a 300 MiB cap, a 1 s grace; the action comes from the test's param."""
+    return {
+        "backend": "simulated",
+        "sample_interval": 0.2,
+        "process_interval": 0.4,
+        "slow_interval": 1.0,
+        "max_memory_mb": 300,
+        "enforcement": getattr(request, "param", "restart"),
+        "enforcement_grace": 1.0,
+    }
+
+
+async def wait_for(condition, timeout=30.0):
+    """Poll an async condition until it holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await condition()
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def listen(jp_serverapp, schema_id):
+    """Collect events of one schema from the server's event bus."""
+    seen = []
+
+    async def listener(logger, schema_id, data):
+        seen.append(data)
+
+    jp_serverapp.event_logger.add_listener(schema_id=schema_id, listener=listener)
+    return seen
+
+
+@pytest.mark.parametrize("tfgpu_config", ["restart"], indirect=True)
+async def test_kernel_over_its_cap_is_restarted_and_told_why(jp_fetch, jp_serverapp):
+    """A notebook allocating ~500 MB is seen under its notebook, then restarted past 300 MiB."""
+    from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
+
+    events = listen(jp_serverapp, ENFORCEMENT_EVENT)
+    # Given a kernel for a notebook
+    session = await start_session(jp_fetch, "hungry.ipynb")
+    kernel_id = session["kernel"]["id"]
+    km = jp_serverapp.kernel_manager
+    pid_before = km.get_kernel(kernel_id).provisioner.pid
+    # When it allocates about 500 MB
+    await run_code(jp_serverapp, kernel_id, ALLOCATE)
+
+    # Then the GPU process list shows it under its notebook
+    async def attributed():
+        gpus = json.loads((await jp_fetch("tfgpu", "api", "gpus")).body)["gpus"]
+        return [
+            p for g in gpus for p in g["processes"]
+            if p["notebook"] == "hungry.ipynb" and (p["used_memory"] or 0) > 400 * MiB
+        ]
+
+    # (it may already have been restarted by then; the event below says what it held)
+    async def restarted():
+        return km.get_kernel(kernel_id).provisioner.pid != pid_before and events
+
+    await wait_for(restarted)
+    # And the event says why, and GET enforcement lists it
+    event = events[0]
+    assert event["kernel_id"] == kernel_id and event["notebook"] == "hungry.ipynb"
+    assert (event["rule"], event["action"], event["dry_run"]) == ("memory_cap", "restart", False)
+    assert event["memory_bytes"] > 400 * MiB and event["limit_bytes"] == 300 * MiB
+    recent = json.loads((await jp_fetch("tfgpu", "api", "enforcement")).body)["recent"]
+    assert recent[0]["kernel_id"] == kernel_id and "over its cap" in recent[0]["reason"]
+    metrics = (await jp_fetch("metrics")).body.decode()
+    assert 'tfgpu_enforcement_actions_total{action="restart",rule="memory_cap"}' in metrics
+    # And after the restart the kernel is below its cap again
+    assert not await attributed()
+
+
+@pytest.mark.parametrize("tfgpu_config", ["warn"], indirect=True)
+async def test_warn_mode_kills_nothing(jp_fetch, jp_serverapp):
+    """In warn mode the same kernel is attributed and warned about, and keeps running."""
+    from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
+
+    events = listen(jp_serverapp, ENFORCEMENT_EVENT)
+    session = await start_session(jp_fetch, "hungry.ipynb")
+    kernel_id = session["kernel"]["id"]
+    km = jp_serverapp.kernel_manager
+    pid_before = km.get_kernel(kernel_id).provisioner.pid
+    await run_code(jp_serverapp, kernel_id, ALLOCATE)
+
+    async def warned():
+        return events
+
+    await wait_for(warned)
+    assert events[0]["action"] == "warn" and events[0]["dry_run"] is True
+    gpus = json.loads((await jp_fetch("tfgpu", "api", "gpus")).body)["gpus"]
+    mine = [p for g in gpus for p in g["processes"] if p["kernel_id"] == kernel_id]
+    assert mine and mine[0]["notebook"] == "hungry.ipynb" and mine[0]["used_memory"] > 400 * MiB
+    # The kernel was not touched: same process, and the allocation is still there
+    assert km.get_kernel(kernel_id).provisioner.pid == pid_before
+    assert (await run_code(jp_serverapp, kernel_id, "print(block.nbytes)")).strip() == str(500 * MiB)
+
+
+async def test_metrics_have_gpu_and_kernel_gauges(jp_fetch, jp_serverapp):
+    """/metrics carries tfgpu_ gauges per GPU and per kernel with the right labels."""
+    session = await start_session(jp_fetch, "metered.ipynb")
+    kernel_id = session["kernel"]["id"]
+
+    async def scraped():
+        text = (await jp_fetch("metrics")).body.decode()
+        return text if f'kernel_id="{kernel_id}"' in text else None
+
+    text = await wait_for(scraped)
+    assert 'tfgpu_gpu_memory_total_bytes{gpu="0"' in text
+    assert 'name="Simulated GPU 16GB"' in text
+    for name in ("utilization_percent", "memory_used_bytes", "temperature_celsius", "power_watts"):
+        assert f"tfgpu_gpu_{name}{{" in text
+    line = next(l for l in text.splitlines() if l.startswith("tfgpu_kernel_gpu_memory_bytes{") and kernel_id in l)
+    assert 'notebook="metered.ipynb"' in line and 'source="nvml"' in line and 'gpu="0"' in line
