@@ -33,8 +33,25 @@ def process_start(pid: int) -> float | None:
         return None
 
 
+def _ppid_map() -> dict[int, int]:
+    """PID -> parent PID of every process, read in one pass over /proc."""
+    reader = getattr(psutil, "_ppid_map", None)  # psutil's own one-pass reader
+    if reader is not None:
+        try:
+            return dict(reader())
+        except Exception:  # noqa: BLE001 - fall back to the public, slower way
+            pass
+    return {p.pid: p.info["ppid"] for p in psutil.process_iter(["ppid"])}
+
+
 class Attribution:
-    """Maps GPU process PIDs to this server's kernels; safe to use from the sampler thread."""
+    """Maps GPU process PIDs to this server's kernels; safe to use from the sampler thread.
+
+    Each sample checks that every kernel process is still the one the kernel manager started
+    (same PID, same start time) and drops those that are not, so a PID the OS reused after a
+    kernel died is never taken for that kernel. GPU PIDs already seen in the previous sample
+    keep their answer; new ones are resolved with one pass over the process table.
+    """
 
     def __init__(
         self, reports: Callable[[], dict[str, dict[str, Any]]] = dict
@@ -42,8 +59,8 @@ class Attribution:
         # kernel id -> {"devices": {uuid: bytes}}: what kernels' own reporters say they hold
         self._reports = reports
         self._kernels: dict[int, KernelProcess] = {}
-        # (pid, create_time) -> kernel id or None; emptied whenever the kernels change
-        self._cache: dict[tuple[int, float], str | None] = {}
+        # GPU PID -> kernel id (or None), for the PIDs of the previous sample
+        self._cache: dict[int, str | None] = {}
         self._lock = threading.Lock()
 
     @property
@@ -63,37 +80,51 @@ class Attribution:
         """PIDs of the known kernel processes."""
         return list(self._kernels)
 
-    def owner(self, pid: int) -> KernelProcess | None:
-        """The kernel whose process tree holds ``pid``, if any."""
+    def _live_kernels(self) -> dict[int, KernelProcess]:
+        """The kernels whose PID still belongs to the process the kernel manager started."""
         with self._lock:
             kernels = self._kernels
-        started = process_start(pid)
-        if started is None:
-            return None  # e.g. a host PID seen from inside a container
-        key = (pid, started)
-        if key in self._cache:
-            kernel_id = self._cache[key]
-            return next((k for k in kernels.values() if k.kernel_id == kernel_id), None)
-        found = self._walk(pid, started, kernels)
-        with self._lock:
-            if kernels is self._kernels:
-                self._cache[key] = found.kernel_id if found else None
-        return found
+        live = {}
+        for pid, kernel in kernels.items():
+            started = process_start(pid)
+            if started is not None and abs(started - kernel.started) < 0.01:
+                live[pid] = kernel
+        if len(live) != len(kernels):
+            with self._lock:
+                if self._kernels is kernels:
+                    self._kernels = live
+                    self._cache = {}
+        return live
 
-    def _walk(
-        self, pid: int, started: float, kernels: dict[int, KernelProcess]
-    ) -> KernelProcess | None:
-        chain: list[tuple[int, float]] = [(pid, started)]
-        try:
-            chain += [(p.pid, p.create_time()) for p in psutil.Process(pid).parents()]
-        except psutil.Error:
-            pass
-        for member_pid, member_started in chain:
-            kernel = kernels.get(member_pid)
-            # Same PID and same start time: the very process the kernel manager started.
-            if kernel is not None and abs(kernel.started - member_started) < 0.01:
-                return kernel
-        return None
+    def owners(self, pids: list[int]) -> dict[int, KernelProcess | None]:
+        """The kernel whose process tree holds each PID (None for other processes)."""
+        kernels = self._live_kernels()
+        by_id = {k.kernel_id: k for k in kernels.values()}
+        with self._lock:
+            cache = dict(self._cache)
+        answers: dict[int, str | None] = {}
+        new = [pid for pid in pids if pid not in cache]
+        parents = _ppid_map() if new and kernels else {}
+        for pid in pids:
+            if pid in cache:
+                answers[pid] = cache[pid]
+                continue
+            answers[pid] = None
+            # Walk up the tree in memory; a cycle or a missing parent ends the walk.
+            seen, current = set(), pid
+            while current and current not in seen:
+                if current in kernels:
+                    answers[pid] = kernels[current].kernel_id
+                    break
+                seen.add(current)
+                current = parents.get(current, 0)
+        with self._lock:
+            self._cache = answers  # only the PIDs of this sample: gone PIDs are forgotten
+        return {pid: by_id.get(kernel_id) if kernel_id else None for pid, kernel_id in answers.items()}
+
+    def owner(self, pid: int) -> KernelProcess | None:
+        """The kernel whose process tree holds one PID, if any."""
+        return self.owners([pid]).get(pid)
 
     def annotate(self, snapshot: dict[str, Any]) -> None:
         """Fill ``kernel_id``, ``notebook`` and ``attributed_by`` of each GPU process.
@@ -109,10 +140,12 @@ class Attribution:
             return
         by_id = {k.kernel_id: k for k in self._kernels.values()}
         reports = self._reports() or {}
+        pids = [p["pid"] for gpu in snapshot.get("gpus", ()) for p in gpu.get("processes", ())]
+        owners = self.owners(pids)
         for gpu in snapshot.get("gpus", ()):
             processes = gpu.get("processes", ())
             for proc in processes:
-                kernel = self.owner(proc["pid"])
+                kernel = owners.get(proc["pid"])
                 if kernel is not None:
                     proc.update(kernel_id=kernel.kernel_id, notebook=kernel.notebook, attributed_by="pid")
             if reports:
