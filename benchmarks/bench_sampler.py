@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import FakeServer, StreamClients, machine, percentile  # noqa: E402
+from _harness import FakeServer, PySpy, StreamClients, machine, percentile  # noqa: E402
 
 TARGETS = {
     "a": "calls/s flat within 10% for 1/10/50 clients",
@@ -76,18 +75,47 @@ def sampler_groups(server: FakeServer) -> dict[str, Any]:
 # -- a ---------------------------------------------------------------------------------------
 
 
-def section_a(server: FakeServer, seconds: float, settle: float) -> dict[str, Any]:
-    """Backend calls per second with 1, 10 and 50 streaming clients."""
+SLOW_MARKER = "nvmlDeviceGetTemperature"  # read once per GPU in every slow-group round
+GPUS = 8
+
+
+def after_slow_round(server: FakeServer, timeout: float = 20.0) -> dict[str, Any]:
+    """Wait until the sampler finishes its next slow-group round; the reading just after it.
+
+    Windows bounded by slow rounds hold whole slow (and process-list) cycles, so the 5-s
+    cadences cannot alias with the window and fake a difference between client counts.
+    """
+    first = server.nvml()["by_function"].get(SLOW_MARKER, 0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if server.nvml()["by_function"].get(SLOW_MARKER, 0) >= first + GPUS:
+            time.sleep(0.3)  # the rest of that round (process lists: ~80 ms) ends well before the next tick
+            return server.nvml()
+    raise RuntimeError(f"no slow-group round within {timeout} s")
+
+
+def section_a(server: FakeServer, cycles: int, settle: float) -> dict[str, Any]:
+    """Backend calls per second with 1, 10 and 50 streaming clients, over whole slow cycles."""
     rows = {}
     for clients in (1, 10, 50):
         with StreamClients(server, clients) as streams:
             time.sleep(settle)
-            rows[clients] = window(server, seconds)
+            start = after_slow_round(server)
+            end = start
+            for _ in range(cycles):
+                end = after_slow_round(server)
+            rows[clients] = delta(start, end)
+            rows[clients]["rounds"] = {
+                "fast": rows[clients]["by_function"].get("nvmlDeviceGetUtilizationRates", 0) // GPUS,
+                "slow": rows[clients]["by_function"].get(SLOW_MARKER, 0) // GPUS,
+                "processes": rows[clients]["by_function"].get("nvmlDeviceGetComputeRunningProcesses_v3", 0) // GPUS,
+            }
         rows[clients]["messages_per_client"] = streams.summary.get("messages")
     rates = [r["calls_per_s"] for r in rows.values()]
     spread = max(rates) / min(rates) - 1 if min(rates) > 0 else None
     return {
-        "window_s": seconds,
+        "slow_cycles_per_window": cycles,
         "by_clients": rows,
         "spread": None if spread is None else round(spread, 4),
         "flat_within_10pct": spread is not None and spread <= 0.10,
@@ -218,16 +246,93 @@ async def _paced(url: str, headers: dict, clients: int, seconds: float) -> dict[
     }
 
 
-def section_d(server: FakeServer, total: int, paced_seconds: float) -> dict[str, Any]:
-    """GET tfgpu/api/gpus with 64 concurrent clients: saturating, then paced at 1 Hz each."""
+async def _keepalive(port: int, path: str, headers: dict, concurrency: int, total: int, max_seconds: float) -> dict[str, Any]:
+    """Like ``_hammer``, but each worker keeps one HTTP/1.1 connection open, as browsers do."""
+    times: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + max_seconds
+    head = f"GET /{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    request = (head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+
+    async def worker(count: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(count):
+                if time.monotonic() > deadline:
+                    break
+                started = time.perf_counter()
+                writer.write(request)
+                header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+                length = 0
+                for line in header.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await asyncio.wait_for(reader.readexactly(length), 60)
+                if header.split(b" ", 2)[1] == b"200":
+                    times.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(total // concurrency) for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return {
+        "requests": len(times),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(times) / elapsed, 1),
+        "p50_ms": ms(percentile(times, 50)),
+        "p99_ms": ms(percentile(times, 99)),
+        "max_ms": ms(max(times) if times else None),
+    }
+
+
+def busy_pct(before: Any, after: Any, wall: float) -> float:
+    """user+system CPU between two psutil cpu_times readings, as % of one core."""
+    return round(100 * ((after.user - before.user) + (after.system - before.system)) / wall, 1)
+
+
+def section_d(server: FakeServer, total: int, paced_seconds: float, profile: Path | None) -> dict[str, Any]:
+    """GET tfgpu/api/gpus with 64 concurrent clients: saturating (new connection per request, as
+    AsyncHTTPClient does; then keep-alive), and paced at 1 Hz each."""
+    import psutil
+
     url = server.url + "tfgpu/api/gpus"
+    proc = psutil.Process(server.pid)
     asyncio.run(_hammer(url, server.headers, 64, 256, 30))  # warm-up
     server.get("bench/requests?reset=1")
+    me = psutil.Process()
+    cpu0, mine0, wall0 = proc.cpu_times(), me.cpu_times(), time.monotonic()
     closed = asyncio.run(_hammer(url, server.headers, 64, total, 300))
+    cpu1, mine1, wall1 = proc.cpu_times(), me.cpu_times(), time.monotonic()
     closed["server_side"] = server.get("bench/requests?reset=1").get("/tfgpu/api/gpus", {})
+    # Which side is the bottleneck: both are single-threaded Python on a 2-core machine.
+    closed["server_cpu_pct_of_one_core"] = busy_pct(cpu0, cpu1, wall1 - wall0)
+    closed["client_cpu_pct_of_one_core"] = busy_pct(mine0, mine1, wall1 - wall0)
+    if profile:  # a second run under py-spy: on 2 cores the profiler itself slows the server
+        with PySpy(server.pid, profile / "d_closed_loop.txt") as spy:
+            profiled = asyncio.run(_hammer(url, server.headers, 64, total, 300))
+        closed["profile"] = {"throughput_rps_while_profiled": profiled["throughput_rps"], **spy.summary()}
+        server.get("bench/requests?reset=1")
+    cpu0, mine0, wall0 = proc.cpu_times(), me.cpu_times(), time.monotonic()
+    keepalive = asyncio.run(_keepalive(server.port, "tfgpu/api/gpus", server.headers, 64, total, 300))
+    cpu1, mine1, wall1 = proc.cpu_times(), me.cpu_times(), time.monotonic()
+    keepalive["server_side"] = server.get("bench/requests?reset=1").get("/tfgpu/api/gpus", {})
+    keepalive["server_cpu_pct_of_one_core"] = busy_pct(cpu0, cpu1, wall1 - wall0)
+    keepalive["client_cpu_pct_of_one_core"] = busy_pct(mine0, mine1, wall1 - wall0)
     paced = asyncio.run(_paced(url, server.headers, 64, paced_seconds))
     paced["server_side"] = server.get("bench/requests?reset=1").get("/tfgpu/api/gpus", {})
-    return {"closed_loop_64": closed, "paced_64_at_1hz": paced}
+    size = len(server.request("tfgpu/api/gpus")[1])
+    return {
+        "response_bytes": size,
+        "closed_loop_64": closed,
+        "closed_loop_64_keepalive": keepalive,
+        "paced_64_at_1hz": paced,
+    }
 
 
 # -- e ---------------------------------------------------------------------------------------
@@ -255,7 +360,7 @@ def cpu_window(server: FakeServer, seconds: float) -> dict[str, Any]:
     }
 
 
-def section_e(seconds: float, idle_seconds: float, settle: float) -> dict[str, Any]:
+def section_e(seconds: float, idle_seconds: float, settle: float, profile: Path | None) -> dict[str, Any]:
     """Server CPU with --no-latency: no clients, then 50 streaming clients (fresh server)."""
     with FakeServer(latency=False, extra=["--TFGPU.sample_interval=1"]) as server:
         time.sleep(settle)
@@ -263,6 +368,10 @@ def section_e(seconds: float, idle_seconds: float, settle: float) -> dict[str, A
         with StreamClients(server, 50) as streams:
             time.sleep(settle)
             busy = cpu_window(server, seconds)
+            if profile:  # a separate window: the profiler's own cost stays out of the figure above
+                with PySpy(server.pid, profile / "e_clients_50.txt") as spy:
+                    time.sleep(min(seconds, 30))
+                busy["profile"] = spy.summary()
         busy["messages_per_client"] = streams.summary.get("messages")
     return {"no_clients": idle, "clients_50": busy}
 
@@ -273,28 +382,53 @@ def section_e(seconds: float, idle_seconds: float, settle: float) -> dict[str, A
 def markdown(result: dict[str, Any]) -> str:
     """A small table of the headline numbers next to their targets."""
     lines = ["| # | measurement | result | target | met |", "|---|---|---|---|---|"]
+
+    def row(key: str, what: str, value: str, met: bool | None = None) -> None:
+        target = TARGETS[key] if met is not None else "(context)"
+        verdict = "" if met is None else ("yes" if met else "NO")
+        lines.append(f"| {key} | {what} | {value} | {target} | {verdict} |")
+
     s = result["sections"]
     if "a" in s:
         a = s["a"]
-        rates = ", ".join(f"{n}: {r['calls_per_s']:.1f}" for n, r in a["by_clients"].items())
-        lines.append(f"| a | NVML calls/s by clients ({rates}) | spread {a['spread']:.1%} | {TARGETS['a']} | {'yes' if a['flat_within_10pct'] else 'NO'} |")
+        rates = ", ".join(f"{n}: {r['calls_per_s']:.1f} ({r['wall_s']:.0f} s)" for n, r in a["by_clients"].items())
+        row("a", f"NVML calls/s by clients ({rates})", f"spread {a['spread']:.1%}", a["flat_within_10pct"])
     if "b" in s:
         b = s["b"]
-        lines.append(f"| b | NVML time / wall time, no PCIe | {b['without_pcie']['nvml_fraction']:.2%} | {TARGETS['b']} | {'yes' if b['without_pcie']['nvml_fraction'] <= b['nvml_budget'] else 'NO'} |")
-        lines.append(f"| b | NVML time / wall time, PCIe watched ({b['with_pcie']['wall_s']:.0f} s) | {b['with_pcie']['nvml_fraction']:.2%} (first {b['with_pcie_first_seconds']['seconds']:.0f} s: {b['with_pcie_first_seconds']['nvml_fraction']:.1%}) | {TARGETS['b']} | {'yes' if b['with_pcie']['nvml_fraction'] <= b['nvml_budget'] else 'NO'} |")
+        off, on, first = b["without_pcie"], b["with_pcie"], b["with_pcie_first_seconds"]
+        row("b", "NVML time / wall time, no PCIe", f"{off['nvml_fraction']:.2%}", off["nvml_fraction"] <= b["nvml_budget"])
+        row(
+            "b",
+            f"NVML time / wall time, PCIe watched ({on['wall_s']:.0f} s)",
+            f"{on['nvml_fraction']:.2%} (first {first['seconds']:.0f} s: {first['nvml_fraction']:.1%})",
+            on["nvml_fraction"] <= b["nvml_budget"],
+        )
     if "c" in s:
         c = s["c"]
-        lines.append(f"| c | GET /api/status p50 / p99, 50 streaming | {c['p50_ms']} / {c['p99_ms']} ms | {TARGETS['c']} | {'yes' if c['p99_ms'] < 50 else 'NO'} |")
+        row("c", "GET /api/status p50 / p99, 50 streaming", f"{c['p50_ms']} / {c['p99_ms']} ms", c["p99_ms"] < 50)
     if "d" in s:
-        d = s["d"]["closed_loop_64"]
-        p = s["d"]["paced_64_at_1hz"]
-        lines.append(f"| d | GET gpus p50 / p99, 64 concurrent back to back ({d['throughput_rps']} req/s) | {d['p50_ms']} / {d['p99_ms']} ms | {TARGETS['d']} | {'yes' if d['p99_ms'] < 20 else 'NO'} |")
-        lines.append(f"| d | GET gpus p50 / p99, 64 clients at 1 Hz each | {p['p50_ms']} / {p['p99_ms']} ms | (context) | |")
+        d, k, p = (s["d"][n] for n in ("closed_loop_64", "closed_loop_64_keepalive", "paced_64_at_1hz"))
+        row(
+            "d",
+            f"GET gpus p50 / p99, 64 concurrent back to back, AsyncHTTPClient ({d['throughput_rps']} req/s)",
+            f"{d['p50_ms']} / {d['p99_ms']} ms",
+            d["p99_ms"] < 20,
+        )
+        row(
+            "d",
+            f"GET gpus p50 / p99, 64 concurrent back to back, keep-alive ({k['throughput_rps']} req/s)",
+            f"{k['p50_ms']} / {k['p99_ms']} ms",
+        )
+        row("d", "GET gpus p50 / p99, 64 clients at 1 Hz each", f"{p['p50_ms']} / {p['p99_ms']} ms")
     if "e" in s:
-        e = s["e"]["clients_50"]
-        lines.append(f"| e | server CPU, 50 clients, no latency (total / excl. NVML) | {e['cpu_pct_of_one_core']:.2f}% / {e['cpu_excluding_nvml_pct']:.2f}% | {TARGETS['e']} | {'yes' if e['cpu_excluding_nvml_pct'] < 2 else 'NO'} |")
-        i = s["e"]["no_clients"]
-        lines.append(f"| e | server CPU, no clients (total / excl. NVML) | {i['cpu_pct_of_one_core']:.2f}% / {i['cpu_excluding_nvml_pct']:.2f}% | (context) | |")
+        for name, what, judged in (("clients_50", "50 clients", True), ("no_clients", "no clients", False)):
+            e = s["e"][name]
+            row(
+                "e",
+                f"server CPU, {what}, no latency (total / excl. NVML)",
+                f"{e['cpu_pct_of_one_core']:.2f}% / {e['cpu_excluding_nvml_pct']:.2f}%",
+                e["cpu_excluding_nvml_pct"] < 2 if judged else None,
+            )
     return "\n".join(lines)
 
 
@@ -303,7 +437,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short windows (smoke run)")
     parser.add_argument("--sections", default="abcde", help="which sections to run, e.g. 'ab'")
-    parser.add_argument("--window", type=float, default=None, help="section a window per client count (s)")
+    parser.add_argument("--window", type=float, default=None, help="section a window per client count (s, rounded to whole 5-s slow cycles)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="record py-spy stacks of the server into this dir (d, e)"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args()
     sections = set(args.sections.replace(",", ""))
     q = args.quick
@@ -313,17 +451,20 @@ def main() -> int:
     if sections & set("acd"):
         with FakeServer() as server:
             if "a" in sections:
-                result["sections"]["a"] = section_a(server, args.window or (5 if q else 20), settle)
+                cycles = max(1, round((args.window or (5 if q else 20)) / 5))
+                result["sections"]["a"] = section_a(server, cycles, settle)
             if "c" in sections:
                 result["sections"]["c"] = section_c(server, 150 if q else 1000, 0.02, 60, settle)
             if "d" in sections:
-                result["sections"]["d"] = section_d(server, 640 if q else 6400, 5 if q else 20)
+                result["sections"]["d"] = section_d(server, 640 if q else 12800, 5 if q else 20, args.profile)
     if "b" in sections:
         result["sections"]["b"] = section_b(10 if q else 60, 20 if q else 120, 10, settle)
     if "e" in sections:
-        result["sections"]["e"] = section_e(15 if q else 60, 5 if q else 30, settle)
+        result["sections"]["e"] = section_e(15 if q else 60, 5 if q else 30, settle, args.profile)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(markdown(result))
     return 0

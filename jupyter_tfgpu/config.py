@@ -154,6 +154,38 @@ class TFGPU(Configurable):
     def _default_policy_store_path(self):
         return os.path.join(jupyter_data_dir(), "tfgpu", "policies.json")
 
+    forced_policy = Dict(
+        {},
+        help="""Policy fields the admin fixes for every kernel, whatever the notebook asks,
+        e.g. {"deterministic": true, "log_placement": false}. A notebook asking for another
+        value gets 403 naming forced_policy.""",
+    ).tag(config=True)
+
+    @validate("forced_policy")
+    def _validate_forced_policy(self, proposal):
+        try:
+            return validate_policy(proposal["value"])
+        except PolicyError as err:
+            raise TraitError(f"TFGPU.forced_policy: {err}") from err
+
+    max_threads = Int(
+        None,
+        allow_none=True,
+        min=1,
+        help="""Most intra-op and inter-op threads a kernel may ask for; larger values are
+        refused (403) and stored ones clamped.""",
+    ).tag(config=True)
+
+    placement_strategy = Enum(
+        ["most_free_memory", "fewest_kernels", "pack"],
+        default_value="most_free_memory",
+        help="""How kernels with devices "auto" get their GPUs when they start:
+        'most_free_memory' (ties: fewest kernels), 'fewest_kernels' (ties: most free
+        memory), or 'pack' (fill the fullest GPU that still has room, keeping others free).
+        Lost GPUs and GPUs outside allowed_devices are never picked. Make "auto" the default
+        with default_policy = {"devices": "auto", "gpu_count": 1}.""",
+    ).tag(config=True)
+
     use_provisioner = Bool(
         True,
         help="""Make the tfgpu-provisioner the default kernel provisioner when the

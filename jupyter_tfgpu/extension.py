@@ -23,6 +23,7 @@ from .gpu import make_backend
 from .routes import route_patterns
 from .kernel_channel import KernelReports, KernelTokens
 from .kernels import KernelRegistry
+from .policy.placement import Placement
 from .policy import AdminPolicy, PolicyError, PolicyService, PolicyStore, normalize_notebook_path
 from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from .sampler import Sampler
@@ -83,11 +84,15 @@ class TFGPUApp(ExtensionApp):
                 allowed_devices=tuple(cfg.allowed_devices) if cfg.allowed_devices is not None else None,
                 force_memory_growth=cfg.force_memory_growth,
                 allow_user_policies=cfg.allow_user_policies,
+                forced=cfg.forced_policy,
+                max_threads=cfg.max_threads,
+                placement_strategy=cfg.placement_strategy,
             ),
             devices=lambda: self.sampler.devices,
             devices_known=lambda: self.sampler.available,
             root_dir=self.serverapp.root_dir,
             log=self.log,
+            placement=Placement(lambda: self.sampler.latest.data, cfg.placement_strategy),
         )
         self.policies.store.all()  # a corrupt store is reported in the start-up log
         report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")

@@ -49,7 +49,7 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
             return kwargs
         env = kwargs["env"]
         kernel_id = self.kernel_id or kwargs.get("kernel_id")
-        policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"))
+        policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
         for name, value in policy_env.items():
             if value is None:
                 env.pop(name, None)

@@ -66,3 +66,14 @@ async def test_errors_validate_against_the_spec(jp_fetch):
     OpenAPI.from_dict(SPEC).validate_response(
         request, MockResponse(body, status_code=400, content_type="application/json")
     )
+
+
+def test_the_spec_embeds_the_current_policy_schema():
+    """Run `python scripts/sync_openapi.py` after changing policy.schema.json."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    check = subprocess.run([sys.executable, "scripts/sync_openapi.py", "--check"], cwd=root)
+    assert check.returncode == 0

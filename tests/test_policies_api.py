@@ -14,6 +14,7 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
+from jupyter_tfgpu.policy.model import policy_fields
 from jupyter_tfgpu.gpu.simulated import simulated_uuid
 
 SPEC = OpenAPI.from_dict(
@@ -21,8 +22,8 @@ SPEC = OpenAPI.from_dict(
 )
 GPU_NAME = "Simulated GPU 16GB"
 UUID0, UUID1 = simulated_uuid(GPU_NAME, 0), simulated_uuid(GPU_NAME, 1)
-FIELDS = ("memory_growth", "memory_limit_mb", "devices", "allocator")
-NO_SOURCES = dict.fromkeys(FIELDS)
+FIELDS = ("memory_growth", "memory_limit_mb", "devices", "allocator")  # set by the round trip
+NO_SOURCES = dict.fromkeys(policy_fields())
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
@@ -150,7 +151,7 @@ async def test_put_get_delete_round_trip(jp_fetch, store_path, path):
     assert put == {
         "notebook": path,
         "policy": policy,
-        "effective": {**policy, "sources": dict.fromkeys(FIELDS, "notebook")},
+        "effective": {**NO_SOURCES, **policy, "sources": {**NO_SOURCES, **dict.fromkeys(FIELDS, "notebook")}},
     }
     assert await call(jp_fetch, "GET", "policies", path) == (200, put)
     assert await stored(jp_fetch) == {path: policy}
@@ -317,10 +318,9 @@ async def test_a_notebook_without_a_policy_gets_the_default(jp_fetch):
         "notebook": "untouched.ipynb",
         "policy": None,
         "effective": {
+            **NO_SOURCES,
             "memory_growth": True,
             "memory_limit_mb": 2048,
-            "devices": None,
-            "allocator": None,
             "sources": {**NO_SOURCES, "memory_growth": "default", "memory_limit_mb": "default"},
         },
     }

@@ -6,6 +6,7 @@ import pytest
 
 from jupyter_tfgpu.gpu import DeviceInfo, MigInstance
 from jupyter_tfgpu.policy import AdminPolicy, CapExceeded, PolicyError, render_env, validate_policy
+from jupyter_tfgpu.policy.model import policy_fields
 from jupyter_tfgpu.policy.render import POLICY_ENV
 
 GIB = 2**30
@@ -26,7 +27,7 @@ DEVICES = [
     DeviceInfo(index=1, uuid=UUID1, name="NVIDIA T4 8GB", memory_total=8 * GIB),
 ]
 
-NO_SOURCES = {"memory_growth": None, "memory_limit_mb": None, "devices": None, "allocator": None}
+NO_SOURCES = dict.fromkeys(policy_fields())  # every field of the one policy schema
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -144,14 +145,14 @@ def test_effective_is_default_then_notebook():
 
     # Then
     assert effective == {
+        **dict.fromkeys(NO_SOURCES),
         "memory_growth": False,
         "memory_limit_mb": 2048,
-        "devices": None,
         "allocator": "cuda_malloc_async",
         "sources": {
+            **NO_SOURCES,
             "memory_growth": "notebook",
             "memory_limit_mb": "notebook",
-            "devices": None,
             "allocator": "default",
         },
     }
@@ -350,6 +351,9 @@ def test_admin_settings_as_json():
         "allowed_devices": [0, UUID1],
         "force_memory_growth": False,
         "allow_user_policies": True,
+        "forced_policy": {},
+        "max_threads": None,
+        "placement_strategy": "most_free_memory",
     }
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from ..gpu import DeviceInfo
 from .model import CapExceeded, empty_policy, policy_fields, resolve_device
 
+THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
+
 
 @dataclass(frozen=True)
 class AdminPolicy:
@@ -18,6 +20,9 @@ class AdminPolicy:
     allowed_devices: tuple[int | str, ...] | None = None
     force_memory_growth: bool = False
     allow_user_policies: bool = True
+    forced: dict[str, Any] = field(default_factory=dict)
+    max_threads: int | None = None
+    placement_strategy: str = "most_free_memory"
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``GET config``."""
@@ -27,6 +32,9 @@ class AdminPolicy:
             "allowed_devices": list(self.allowed_devices) if self.allowed_devices is not None else None,
             "force_memory_growth": self.force_memory_growth,
             "allow_user_policies": self.allow_user_policies,
+            "forced_policy": self.forced,
+            "max_threads": self.max_threads,
+            "placement_strategy": self.placement_strategy,
         }
 
     # -- checks on what a user asks for ------------------------------------------------------
@@ -43,7 +51,26 @@ class AdminPolicy:
             )
         if self.force_memory_growth and own.get("memory_growth") is False:
             raise CapExceeded("force_memory_growth", "the admin requires memory growth on")
-        if self.allowed_devices is not None and own.get("devices"):
+        for name, value in self.forced.items():
+            if own.get(name) is not None and own[name] != value:
+                raise CapExceeded(
+                    "forced_policy", f"{name} is fixed to {value!r} by the admin"
+                )
+        for name in THREAD_FIELDS:
+            asked = own.get(name)
+            if self.max_threads is not None and asked is not None and asked > self.max_threads:
+                raise CapExceeded(
+                    "max_threads", f"{name} {asked} is over the admin's limit of {self.max_threads}"
+                )
+        if own.get("devices") == "auto":
+            count = own.get("gpu_count") or 1
+            if self.allowed_devices is not None and count > len(self.allowed_devices):
+                raise CapExceeded(
+                    "allowed_devices",
+                    f"gpu_count {count} is more GPUs than the admin allows "
+                    f"({len(self.allowed_devices)})",
+                )
+        elif self.allowed_devices is not None and own.get("devices"):
             allowed = self._allowed_uuids(devices)
             for token in own["devices"]:
                 if self._canonical(token, devices) not in allowed:
@@ -55,6 +82,12 @@ class AdminPolicy:
 
     def _canonical(self, token: int | str, devices: list[DeviceInfo]) -> int | str:
         return resolve_device(token, devices) or token
+
+    def allowed_uuids(self, devices: list[DeviceInfo]) -> set[str] | None:
+        """UUIDs kernels may use (GPUs and their MIG slices); None when every GPU is allowed."""
+        if self.allowed_devices is None:
+            return None
+        return {str(u) for u in self._allowed_uuids(devices)}
 
     def _allowed_uuids(self, devices: list[DeviceInfo]) -> set[int | str]:
         allowed: set[int | str] = set()
@@ -84,10 +117,17 @@ class AdminPolicy:
                     policy[name], sources[name] = value, "notebook"
         if self.force_memory_growth and policy["memory_growth"] is not True:
             policy["memory_growth"], sources["memory_growth"] = True, "cap"
+        for name, value in self.forced.items():
+            if name in policy and policy[name] != value:
+                policy[name], sources[name] = value, "cap"
+        for name in THREAD_FIELDS:
+            threads = policy.get(name)
+            if self.max_threads is not None and threads is not None and threads > self.max_threads:
+                policy[name], sources[name] = self.max_threads, "cap"
         limit = policy["memory_limit_mb"]
         if self.max_memory_mb is not None and (limit is None or limit > self.max_memory_mb):
             policy["memory_limit_mb"], sources["memory_limit_mb"] = self.max_memory_mb, "cap"
-        if self.allowed_devices is not None:
+        if self.allowed_devices is not None and policy["devices"] != "auto":
             allowed = self._allowed_uuids(devices)
             if policy["devices"] is None:
                 policy["devices"] = [self._canonical(t, devices) for t in self.allowed_devices]

@@ -65,6 +65,16 @@ def _message(error: jsonschema.ValidationError, field: str) -> str:
     return f"{error.message}{hint}"
 
 
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For anyOf/oneOf errors, the alternative's error that got furthest into the value."""
+    while error.context:
+        deeper = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+        if len(deeper.absolute_path) <= len(error.absolute_path):
+            break
+        error = deeper
+    return error
+
+
 def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> dict[str, Any]:
     """Check a policy against the schema and, when GPUs are known, that its devices exist.
 
@@ -75,14 +85,15 @@ def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> d
     validator = jsonschema.Draft202012Validator(policy_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
-        # anyOf reports one error for the item; its sub-errors say more than "not valid".
-        error = errors[0]
+        # anyOf reports one error for the whole field; the deepest sub-error names the item
+        # (e.g. devices[1]) and says what is wrong with it.
+        error = _deepest(errors[0])
         field = _field_of(error)
         raise PolicyError(field, _message(error, field))
     policy = {k: v for k, v in data.items() if k in policy_fields()}
     if isinstance(policy.get("memory_limit_mb"), float):  # JSON Schema counts 1.0 as an integer
         policy["memory_limit_mb"] = int(policy["memory_limit_mb"])
-    if devices is not None and policy.get("devices"):
+    if devices is not None and isinstance(policy.get("devices"), list) and policy["devices"]:
         known = list(devices)
         for n, token in enumerate(policy["devices"]):
             if resolve_device(token, known) is None:

@@ -8,7 +8,7 @@ bootstrap from ``TFGPU_POLICY``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from ..gpu import DeviceInfo
 from .model import policy_fields, resolve_device
@@ -30,9 +30,12 @@ CPU_ONLY = "-1"
 
 
 def visible_devices(policy: dict[str, Any], devices: list[DeviceInfo]) -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES entries: UUIDs where known (stable across reboots), else as given."""
+    """CUDA_VISIBLE_DEVICES entries: UUIDs where known (stable across reboots), else as given.
+
+    ``"auto"`` must have been resolved by placement before a policy is rendered.
+    """
     chosen = policy.get("devices")
-    if chosen is None:
+    if chosen is None or chosen == "auto":
         return None
     return [resolve_device(token, devices) or str(token) for token in chosen]
 
@@ -55,7 +58,11 @@ def memory_fraction(policy: dict[str, Any], devices: list[DeviceInfo]) -> float 
     return round(min(1.0, limit * 2**20 / min(totals)), 4)
 
 
-def render_env(policy: dict[str, Any], devices: list[DeviceInfo]) -> dict[str, str | None]:
+def render_env(
+    policy: dict[str, Any],
+    devices: list[DeviceInfo],
+    inherited: Mapping[str, str] | None = None,
+) -> dict[str, str | None]:
     """Variables to set in the kernel's environment; ``None`` means remove the variable."""
     env: dict[str, str | None] = dict.fromkeys(POLICY_ENV)
     uuids = visible_devices(policy, devices)
@@ -72,6 +79,28 @@ def render_env(policy: dict[str, Any], devices: list[DeviceInfo]) -> dict[str, s
         env["TF_GPU_ALLOCATOR"] = "cuda_malloc_async"
         # PyTorch reads PYTORCH_ALLOC_CONF since 2.9 and the older name before it.
         env["PYTORCH_ALLOC_CONF"] = env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
+    env.update(runtime_env(policy, inherited or {}))
+    return env
+
+
+def runtime_env(policy: dict[str, Any], inherited: Mapping[str, str]) -> dict[str, str]:
+    """Variables for the runtime settings that frameworks (also) read from the environment.
+
+    Only set when the policy has an opinion; the user's own values are kept otherwise.
+    """
+    env: dict[str, str] = {}
+    if policy.get("deterministic"):
+        env["TF_DETERMINISTIC_OPS"] = "1"
+        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS needs it for reproducible results
+        flag = "--xla_gpu_deterministic_ops=true"
+        flags = inherited.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = flags if flag in flags else f"{flags} {flag}".strip()
+    tf32 = policy.get("tf32")
+    if tf32 is False:
+        env["NVIDIA_TF32_OVERRIDE"] = "0"  # cuBLAS and cuDNN, for every framework
+        env["JAX_DEFAULT_MATMUL_PRECISION"] = "float32"
+    elif tf32 is True:
+        env["JAX_DEFAULT_MATMUL_PRECISION"] = "tensorfloat32"
     return env
 
 
@@ -80,7 +109,8 @@ def policy_document(
 ) -> dict[str, Any]:
     """The JSON put in ``TFGPU_POLICY`` for the kernel bootstrap: fields, UUIDs, context."""
     document = {name: policy.get(name) for name in policy_fields()}
-    document["devices"] = visible_devices(policy, devices)
+    if policy.get("devices") != "auto":
+        document["devices"] = visible_devices(policy, devices)
     document.update(context)
     return document
 

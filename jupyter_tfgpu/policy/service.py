@@ -7,10 +7,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..gpu import DeviceInfo
 from .admin import AdminPolicy
+from .placement import Placement
 from .model import CapExceeded, PolicyError, normalize_notebook_path, validate_policy
 from .render import encode, policy_document, render_env
 from .store import PolicyStore
@@ -27,8 +28,10 @@ class PolicyService:
         root_dir: str,
         devices_known: Callable[[], bool] = lambda: True,
         log: logging.Logger | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.log = log or logging.getLogger(__name__)
+        self.placement = placement
         self.store = store
         self.admin = admin
         self._devices = devices
@@ -105,25 +108,52 @@ class PolicyService:
     # -- kernel launches ---------------------------------------------------------------------
 
     def launch(
-        self, kernel_id: str | None, session_name: str | None
+        self,
+        kernel_id: str | None,
+        session_name: str | None,
+        inherited: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, str | None], dict[str, Any]]:
-        """The environment for a kernel about to start, and the document it records."""
+        """The environment for a kernel about to start, and the document it records.
+
+        ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets.
+        """
         key = self.key_for_session(session_name)
         effective = self.effective(key)
+        placement = None
+        if effective.get("devices") == "auto":
+            placement = self._place(kernel_id, effective)
+            effective = {**effective, "devices": placement["chosen"]}
         document = policy_document(
             effective, self.devices, notebook=key, kernel_id=kernel_id, started=time.time()
         )
-        env = render_env(effective, self.devices)
+        if placement is not None:
+            document["devices_requested"] = "auto"
+            document["placement"] = placement
+        env = render_env(effective, self.devices, inherited)
         env["TFGPU_POLICY"] = encode(document)
         if kernel_id:
             with self._applied_lock:
                 self.applied[kernel_id] = document
         return env, document
 
+    def _place(self, kernel_id: str | None, effective: dict[str, Any]) -> dict[str, Any]:
+        count = effective.get("gpu_count") or 1
+        if self.placement is None or not self._devices_known():
+            return {"strategy": None, "requested": count, "chosen": [],
+                    "reason": "no GPU monitoring: nothing to place on"}
+        return self.placement.choose(
+            kernel_id or "",
+            count,
+            effective.get("memory_limit_mb"),
+            allowed=self.admin.allowed_uuids(self.devices),
+        )
+
     def forget_kernel(self, kernel_id: str) -> None:
         """A kernel is gone."""
         with self._applied_lock:
             self.applied.pop(kernel_id, None)
+        if self.placement is not None:
+            self.placement.release(kernel_id)
 
     def restart_required(self, kernel_id: str, key: str | None) -> bool:
         """Whether the kernel runs with a different policy than its notebook now has."""
@@ -131,4 +161,5 @@ class PolicyService:
         if started is None:
             return False
         now = policy_document(self.effective(key), self.devices)
-        return any(started.get(name) != value for name, value in now.items())
+        was = {**started, "devices": started.get("devices_requested", started.get("devices"))}
+        return any(was.get(name) != value for name, value in now.items())

@@ -1,0 +1,123 @@
+"""Automatic GPU placement: pick the GPUs for a kernel with ``devices: "auto"`` when it starts.
+
+Kernels started together must not all pick "the emptiest" GPU from the same snapshot: each
+pick is recorded as a reservation (its kernel and the memory it may use) that the following
+picks count, until the sampler sees the kernel on its GPU or the kernel goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+STRATEGIES = ("most_free_memory", "fewest_kernels", "pack")
+# A reservation the sampler has not confirmed by then is dropped (the kernel failed to start,
+# or never touched its GPU: then it holds nothing there to count).
+RESERVATION_SECONDS = 120.0
+
+
+@dataclass
+class Candidate:
+    """A GPU (or MIG slice) a kernel could be placed on."""
+
+    uuid: str
+    index: int
+    free: int
+    total: int
+    kernels: set[str]
+
+
+@dataclass
+class Reservation:
+    """A placement not yet visible in the snapshots."""
+
+    uuids: tuple[str, ...]
+    memory: int
+    made: float
+
+
+class Placement:
+    """Chooses GPUs for kernels, race-safe across kernels starting at once."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], strategy: str = "most_free_memory"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"placement strategy must be one of {STRATEGIES}, not {strategy!r}")
+        self.strategy = strategy
+        self._snapshot = snapshot
+        self._reserved: dict[str, Reservation] = {}
+        self._lock = threading.Lock()
+
+    def candidates(self, allowed: set[str] | None) -> list[Candidate]:
+        """GPUs and MIG slices from the latest snapshot, minus lost and excluded ones."""
+        found = []
+        for gpu in self._snapshot().get("gpus", ()):
+            if gpu.get("lost"):
+                continue
+            mig = gpu.get("mig") or {}
+            units = []
+            if mig.get("enabled"):
+                for inst in mig.get("instances") or ():
+                    memory = inst.get("memory") or {}
+                    owners = {
+                        p["kernel_id"] for p in gpu.get("processes", ())
+                        if p.get("kernel_id") and p.get("mig") == inst["index"]
+                    }
+                    units.append((inst["uuid"], memory.get("free"), inst.get("memory_total"), owners))
+            else:
+                memory = gpu.get("memory") or {}
+                owners = {p["kernel_id"] for p in gpu.get("processes", ()) if p.get("kernel_id")}
+                units.append((gpu["uuid"], memory.get("free"), memory.get("total"), owners))
+            for uuid, free, total, owners in units:
+                if allowed is not None and uuid not in allowed:
+                    continue
+                found.append(Candidate(uuid, gpu["index"], free or 0, total or 0, set(owners)))
+        return found
+
+    def choose(
+        self,
+        kernel_id: str,
+        count: int,
+        memory_limit_mb: int | None,
+        allowed: set[str] | None = None,
+    ) -> dict[str, Any]:
+        """Pick ``count`` GPUs for a kernel; returns ``{"chosen", "strategy", "reason"}``."""
+        with self._lock:
+            now = time.monotonic()
+            candidates = self.candidates(allowed)
+            self._expire(now, candidates)
+            memory = (memory_limit_mb or 0) * 2**20
+            for other, reservation in self._reserved.items():
+                if other == kernel_id:
+                    continue
+                for cand in candidates:
+                    if cand.uuid in reservation.uuids and other not in cand.kernels:
+                        cand.kernels.add(other)
+                        cand.free -= reservation.memory
+            ranked = sorted(candidates, key=self._rank(memory))
+            chosen = [c.uuid for c in ranked[:count]]
+            self._reserved[kernel_id] = Reservation(tuple(chosen), memory, now)
+        reason = None
+        if len(chosen) < count:
+            reason = f"asked for {count} GPU(s), {len(chosen)} available"
+        return {"strategy": self.strategy, "requested": count, "chosen": chosen, "reason": reason}
+
+    def _rank(self, memory: int) -> Callable[[Candidate], tuple]:
+        if self.strategy == "fewest_kernels":
+            return lambda c: (len(c.kernels), -c.free, c.index)
+        if self.strategy == "pack":
+            # Fullest GPU that still has room for the kernel's limit; then the others.
+            return lambda c: (c.free < max(memory, 1), len(c.kernels) == 0, c.free, c.index)
+        return lambda c: (-c.free, len(c.kernels), c.index)
+
+    def _expire(self, now: float, candidates: list[Candidate]) -> None:
+        seen = {k for c in candidates for k in c.kernels}
+        for kernel_id, reservation in list(self._reserved.items()):
+            if kernel_id in seen or now - reservation.made > RESERVATION_SECONDS:
+                del self._reserved[kernel_id]
+
+    def release(self, kernel_id: str) -> None:
+        """The kernel is gone."""
+        with self._lock:
+            self._reserved.pop(kernel_id, None)
