@@ -106,7 +106,7 @@ class HistoryHandler(TFGPUAPIHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
+    async def get(self) -> None:
         """The last N seconds (default 300, at most ``history_seconds``)."""
         raw = self.get_query_argument("seconds", "300")
         try:
@@ -116,7 +116,12 @@ class HistoryHandler(TFGPUAPIHandler):
         if not math.isfinite(seconds) or seconds <= 0:
             raise self.bad_request("seconds", "must be a positive number")
         seconds = min(seconds, float(self.sampler.history_seconds))
-        self.write_json({"seconds": seconds, **self.sampler.history(seconds)})
+        # An hour of 8 GPUs is ~1 MB of JSON: build it off the event loop.
+        body = await asyncio.to_thread(
+            lambda: json.dumps({"seconds": seconds, **self.sampler.history(seconds)})
+        )
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
 
 
 class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):

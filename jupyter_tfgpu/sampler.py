@@ -26,6 +26,12 @@ SHARES = {"fast": 0.4, "processes": 0.3, "slow": 0.2, "pcie": 0.1}
 LOST_RETRY_SECONDS = 30.0
 # How long a REST request for PCIe figures keeps PCIe sampling on.
 PCIE_REQUEST_SECONDS = 30.0
+# Cadences are planned on this share of the budget; the rest absorbs jitter and bursts.
+PLAN_SHARE = 0.9
+# The driver-time bucket holds at most this many seconds' worth of budget.
+TOKEN_WINDOW = 10.0
+# Typical seconds per GPU for a group never measured yet (PCIe: two 20 ms counter samples).
+TYPICAL_COST = {"fast": 0.0001, "processes": 0.01, "slow": 0.001, "pcie": 0.04}
 
 Subscriber = Callable[["Snapshot"], None]
 
@@ -147,6 +153,9 @@ class Sampler:
         self._started_at = time.monotonic()
         self._warned: set[str] = set()
         self._opened = False
+        # Driver time saved up (seconds); slow groups spend it, so bursts stay in budget.
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -190,6 +199,10 @@ class Sampler:
         for gpu in self._gpus:
             if gpu.info.lost:
                 gpu.lost, gpu.lost_reason = True, "the device could not be opened"
+        # Start with a full bucket: the first reading of every group (and the first PCIe
+        # reading when someone starts watching) comes at once; the bucket then pays it back.
+        self._tokens = self._token_cap()
+        self._tokens_at = time.monotonic()
         capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
         self._history = History(capacity, len(self._gpus))
 
@@ -320,21 +333,48 @@ class Sampler:
         return self.pcie_wanted() and stats.next_due <= time.monotonic()
 
     def _due(self, now: float) -> list[str]:
+        # Half a tick of tolerance: rounds sit on the fast grid, so a group due a few
+        # microseconds after a tick would otherwise wait a whole extra tick.
+        slack = self.stats["fast"].interval / 2
         due = []
         for name in GROUPS:
             stats = self.stats[name]
             if name == "fast":
                 due.append(name)
-            elif name == "processes" and self._refresh_processes.is_set():
-                self._refresh_processes.clear()
-                due.append(name)
-            elif name == "pcie" and not self.pcie_wanted():
                 continue
-            elif now >= stats.next_due:
-                due.append(name)
+            if name == "pcie" and not self.pcie_wanted():
+                continue
+            wanted = now >= stats.next_due - slack
+            if name == "processes" and self._refresh_processes.is_set():
+                wanted = True
+            if not wanted:
+                continue
+            if self._tokens < self._expected_cost(name):
+                # Not enough driver time saved up: a slow group waits rather than overspend.
+                continue
+            if name == "processes":
+                self._refresh_processes.clear()
+            due.append(name)
         return due
 
+    def _expected_cost(self, name: str) -> float:
+        """Seconds a group's round should take: measured, else the known typical cost."""
+        stats = self.stats[name]
+        if stats.calls:
+            return stats.cost
+        return TYPICAL_COST.get(name, 0.0) * len(self._gpus)
+
+    def _earn(self, now: float) -> None:
+        """Driver time accrues at the budget's rate, up to a cap (a token bucket)."""
+        elapsed = max(0.0, now - self._tokens_at)
+        self._tokens_at = now
+        self._tokens = min(self._token_cap(), self._tokens + elapsed * self.budget)
+
+    def _token_cap(self) -> float:
+        return max(self.budget * TOKEN_WINDOW, *(self._expected_cost(n) for n in GROUPS))
+
     def _sample_round(self, now: float) -> None:
+        self._earn(now)
         due = self._due(now)
         spent = dict.fromkeys(due, 0.0)
         for gpu in self._gpus:
@@ -361,16 +401,18 @@ class Sampler:
                     self._warned.add(key)
                     self.log.warning("GPU %d reading failed: %s", gpu.info.index, err)
         for name in due:
-            stats = self.stats[name]
-            stats.record(spent[name])
-            stats.next_due = now + stats.interval
+            self.stats[name].record(spent[name])
+        self._tokens -= sum(spent.values())
         planned = plan_intervals(
             {n: s.cost for n, s in self.stats.items()},
             {n: s.desired for n, s in self.stats.items()},
-            self.budget,
+            self.budget * PLAN_SHARE,
         )
         for name, interval in planned.items():
             self.stats[name].interval = interval
+        # Scheduled after re-planning, so a slow first reading stretches its own next one.
+        for name in due:
+            self.stats[name].next_due = now + self.stats[name].interval
         self.rounds += 1
         self._publish_round(now)
 
