@@ -1,0 +1,150 @@
+"""Automatic GPU placement (`devices: "auto"`): strategies, exclusions, kernels starting at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from jupyter_tfgpu.policy.placement import Placement
+from tests.fake_pynvml import FakeGpu, FakeNvml
+from tests.kernel_helpers import start_session
+
+GiB = 2**30
+
+
+def gpu(index, free_gib=16, kernels=(), lost=False):
+    """A snapshot row of a 16 GiB GPU."""
+    return {
+        "index": index,
+        "uuid": f"GPU-{index}",
+        "lost": lost,
+        "mig": None,
+        "memory": {"total": 16 * GiB, "free": free_gib * GiB, "used": (16 - free_gib) * GiB},
+        "processes": [{"pid": 100 + n, "kernel_id": k, "mig": None} for n, k in enumerate(kernels)],
+    }
+
+
+def test_kernels_placed_together_spread_over_equal_gpus():
+    """Three picks from one unchanged snapshot land on three GPUs (reservations count)."""
+    # Given three equal GPUs and a snapshot that will not change meanwhile
+    placement = Placement(lambda: {"gpus": [gpu(0), gpu(1), gpu(2)]})
+    # When three kernels are placed one after the other
+    chosen = [placement.choose(f"k{n}", 1, None)["chosen"] for n in range(3)]
+    # Then each got its own GPU
+    assert sorted(c[0] for c in chosen) == ["GPU-0", "GPU-1", "GPU-2"]
+
+
+def test_most_free_memory_prefers_the_emptiest_gpu():
+    """The default strategy picks the GPU with the most free memory."""
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=2), gpu(1, free_gib=12), gpu(2, free_gib=8)]})
+    assert placement.choose("k", 2, None)["chosen"] == ["GPU-1", "GPU-2"]
+
+
+def test_a_reserved_limit_counts_against_free_memory():
+    """A kernel placed with a memory limit makes its GPU look that much fuller."""
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=10), gpu(1, free_gib=8)]})
+    assert placement.choose("a", 1, 4096)["chosen"] == ["GPU-0"]  # 10 GiB free -> 6 left
+    assert placement.choose("b", 1, 4096)["chosen"] == ["GPU-1"]  # 8 GiB beats 6 GiB
+
+
+def test_fewest_kernels_and_pack():
+    """fewest_kernels spreads kernels; pack fills the fullest GPU that still has room."""
+    snapshot = {"gpus": [gpu(0, free_gib=10, kernels=["x"]), gpu(1, free_gib=4, kernels=["y", "z"]), gpu(2, free_gib=16)]}
+    assert Placement(lambda: snapshot, "fewest_kernels").choose("k", 1, None)["chosen"] == ["GPU-2"]
+    assert Placement(lambda: snapshot, "pack").choose("k", 1, 2048)["chosen"] == ["GPU-1"]
+    # a limit bigger than the fullest GPU's free memory moves on to the next fullest
+    assert Placement(lambda: snapshot, "pack").choose("k", 1, 8192)["chosen"] == ["GPU-0"]
+
+
+def test_lost_and_excluded_gpus_are_never_chosen():
+    """A lost GPU and one outside allowed_devices are skipped, even if emptiest."""
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=1), gpu(1, lost=True), gpu(2)]})
+    result = placement.choose("k", 2, None, allowed={"GPU-0", "GPU-1"})
+    assert result["chosen"] == ["GPU-0"]
+    assert result["reason"] == "asked for 2 GPU(s), 1 available"
+
+
+def test_a_released_kernel_frees_its_reservation():
+    """After a kernel goes away its GPU counts as empty again."""
+    placement = Placement(lambda: {"gpus": [gpu(0), gpu(1)]})
+    assert placement.choose("a", 1, None)["chosen"] == ["GPU-0"]
+    placement.release("a")
+    assert placement.choose("b", 1, None)["chosen"] == ["GPU-0"]
+
+
+# -- real server, real kernels --------------------------------------------------------------------
+
+AUTO = {"devices": "auto", "gpu_count": 1}
+
+
+@pytest.fixture
+def tfgpu_config():
+    """Three simulated GPUs; "auto" is the admin's default."""
+    return {
+        "backend": "simulated",
+        "sample_interval": 0.2,
+        "simulated_gpus": [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count": 3}],
+        "default_policy": AUTO,
+    }
+
+
+async def applied_devices(jp_fetch, kernel_id):
+    """What the kernel started with, from GET kernels/{id}."""
+    view = json.loads((await jp_fetch("tfgpu", "api", "kernels", kernel_id)).body)
+    return view["applied"]
+
+
+async def test_three_kernels_started_together_land_on_three_gpus(jp_fetch, jp_serverapp):
+    """Three kernels started at once with `auto` get three different GPUs, shown in `applied`."""
+    # When three notebooks open at the same time
+    sessions = await asyncio.gather(*(start_session(jp_fetch, f"nb{n}.ipynb") for n in range(3)))
+    # Then each kernel started on its own GPU, and says how it was chosen
+    applied = [await applied_devices(jp_fetch, s["kernel"]["id"]) for s in sessions]
+    chosen = [a["devices"] for a in applied]
+    assert all(len(c) == 1 for c in chosen)
+    assert len({c[0] for c in chosen}) == 3
+    assert all(a["devices_requested"] == "auto" for a in applied)
+    assert all(a["placement"]["strategy"] == "most_free_memory" for a in applied)
+    # And no kernel needs a restart just because its policy says "auto"
+    view = json.loads((await jp_fetch("tfgpu", "api", "kernels", sessions[0]["kernel"]["id"])).body)
+    assert view["restart_required"] is False
+
+
+@pytest.mark.parametrize(
+    "tfgpu_config",
+    [{"backend": "simulated", "simulated_gpus": [{"memory_gb": 16, "count": 3}],
+      "default_policy": AUTO, "allowed_devices": [0, 2]}],
+)
+async def test_an_excluded_gpu_is_never_chosen(jp_fetch, jp_serverapp):
+    """With allowed_devices [0, 2], kernels with `auto` only ever get GPU 0 or 2."""
+    devices = jp_serverapp.web_app.settings["tfgpu"].sampler.devices
+    allowed = {devices[0].uuid, devices[2].uuid}
+    sessions = await asyncio.gather(*(start_session(jp_fetch, f"x{n}.ipynb") for n in range(3)))
+    for session in sessions:
+        applied = await applied_devices(jp_fetch, session["kernel"]["id"])
+        assert set(applied["devices"]) <= allowed
+
+
+@pytest.fixture
+def lost_gpu_nvml(monkeypatch):
+    """Three fake NVML GPUs, GPU 1 lost (fell off the bus)."""
+    fake = FakeNvml(gpus=[FakeGpu(name="NVIDIA A100") for _ in range(3)])
+    fake.gpus[1].lost = True
+    monkeypatch.setitem(sys.modules, "pynvml", fake.module)
+    return fake
+
+
+@pytest.mark.parametrize(
+    "tfgpu_config",
+    [{"backend": "nvml", "sample_interval": 0.1, "default_policy": AUTO}],
+)
+async def test_a_lost_gpu_is_never_chosen(lost_gpu_nvml, jp_fetch, jp_serverapp):
+    """A GPU NVML reports lost is skipped by placement."""
+    lost = lost_gpu_nvml.gpus[1].uuid
+    sessions = await asyncio.gather(*(start_session(jp_fetch, f"y{n}.ipynb") for n in range(3)))
+    chosen = [(await applied_devices(jp_fetch, s["kernel"]["id"]))["devices"] for s in sessions]
+    assert all(lost not in c for c in chosen)
+    assert all(len(c) == 1 for c in chosen)
