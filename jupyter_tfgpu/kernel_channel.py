@@ -78,20 +78,22 @@ class KernelReports:
     """The framework figures each kernel last reported (for attribution in containers)."""
 
     def __init__(self) -> None:
-        # kernel id -> framework -> report
-        self._reports: dict[str, dict[str, dict[str, Any]]] = {}
+        # kernel id -> (framework, pid) -> report: each process of a kernel (the kernel itself,
+        # ``!python train.py``) reports on its own and must not overwrite the others
+        self._reports: dict[str, dict[tuple[str, int | None], dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def put(self, kernel_id: str, report: dict[str, Any]) -> None:
-        """Store a kernel's latest report for one framework, stamped with the server's clock."""
+        """Store one process's latest report for one framework, stamped with the server's clock."""
+        now = time.time()
         with self._lock:
-            self._reports.setdefault(kernel_id, {})[report["framework"]] = {
-                **report,
-                "received": time.time(),
-            }
+            reports = self._reports.setdefault(kernel_id, {})
+            for key in [k for k, r in reports.items() if now - r["received"] > REPORT_TTL]:
+                del reports[key]  # processes that stopped reporting (exited) do not pile up
+            reports[(report["framework"], report.get("pid"))] = {**report, "received": now}
 
     def get(self, kernel_id: str) -> dict[str, Any] | None:
-        """Recent figures of a kernel, summed over its frameworks: ``{uuid: bytes reserved}``."""
+        """A kernel's recent figures, summed over its processes and frameworks: {uuid: bytes}."""
         now = time.time()
         with self._lock:
             reports = [
@@ -106,7 +108,7 @@ class KernelReports:
                 if held is not None:
                     devices[device["uuid"]] = devices.get(device["uuid"], 0) + held
         return {
-            "frameworks": sorted(r["framework"] for r in reports),
+            "frameworks": sorted({r["framework"] for r in reports}),
             "devices": devices,
             "received": max(r["received"] for r in reports),
         }

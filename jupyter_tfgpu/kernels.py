@@ -41,6 +41,7 @@ class KernelRegistry:
         self.report_root = report_root
         self.log = log or logging.getLogger(__name__)
         self._notebooks: dict[str, str] = {}
+        self._pids: dict[str, int] = {}  # kernel id -> the PID refresh saw last
 
     async def refresh(self) -> None:
         """Re-read kernels, their PIDs and their sessions' notebook paths."""
@@ -54,13 +55,16 @@ class KernelRegistry:
             self.log.debug("could not list sessions", exc_info=True)
         self._notebooks = notebooks
         known = {k.pid: k for k in self.attribution.kernels}
-        known_pids = {k.kernel_id: k.pid for k in known.values()}
         kernels = []
+        pids: dict[str, int] = {}
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             pid = self._pid(kernel_id)
             if not pid:
+                if kernel_id in self._pids:
+                    pids[kernel_id] = self._pids[kernel_id]  # mid-restart: compare next time
                 continue
-            if known_pids.get(kernel_id, pid) != pid:
+            pids[kernel_id] = pid
+            if self._pids.get(kernel_id, pid) != pid:
                 # Restarted: what its previous process reported no longer holds.
                 self.reports.forget(kernel_id)
             previous = known.get(pid)
@@ -72,6 +76,7 @@ class KernelRegistry:
                 continue
             notebook = notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
             kernels.append(KernelProcess(kernel_id, pid, started, notebook))
+        self._pids = pids
         self.attribution.set_kernels(kernels)
 
     def _pid(self, kernel_id: str) -> int | None:

@@ -27,6 +27,7 @@ __all__ = [
     "framework_imported",
     "load_policy",
     "record",
+    "report_status",
 ]
 
 FRAMEWORKS = ("tensorflow", "torch", "jax")
@@ -306,6 +307,7 @@ def record() -> dict:
     import json
 
     policy = _current_policy()
+    reporter = report_status()
     with _lock:
         data = {
             "pid": os.getpid(),
@@ -313,6 +315,7 @@ def record() -> dict:
             "policy": policy,
             "frameworks": _frameworks,
             "errors": _errors,
+            "reporter": reporter,
         }
         return json.loads(json.dumps(data, default=repr))
 
@@ -346,13 +349,13 @@ def _write_report() -> None:
         error(None, f"could not write the report to {directory} ({type(exc).__name__}: {exc})")
 
 
-def error(framework: str | None, message: str, write: bool = True) -> None:
-    """Record a failure, say so once on stderr (the first one), and keep going."""
+def error(framework: str | None, message: str, write: bool = True, announce: bool = True) -> None:
+    """Record a failure, say so once on stderr (the first announced one), and keep going."""
     global _warned
     with _lock:
         _errors.append({"framework": framework, "message": message, "at": round(time.time(), 3)})
-        first = not _warned
-        _warned = True
+        first = announce and not _warned
+        _warned = _warned or announce
     if first:
         where = f"{framework}: " if framework else ""
         try:
@@ -409,9 +412,41 @@ def framework_imported(name: str, module) -> None:
                 return
             _hooked.add(name)
             _frameworks.setdefault(name, {})["hooked_at"] = round(time.time(), 3)
+        # The reporter first (it only looks, later), so the record written next shows it.
+        _watch(name, module)
         _apply(name, module, "import")
     except Exception as exc:
         error(name, f"could not apply the policy ({type(exc).__name__}: {exc})")
+
+
+def _watch(name: str, module) -> None:
+    """Hand the framework to the GPU memory reporter, which starts if this process can report."""
+    try:
+        _report_module().framework_imported(name, module)
+    except Exception as exc:
+        message = f"could not start the GPU memory reporter ({type(exc).__name__}: {exc})"
+        error(name, message, write=False, announce=False)
+
+
+def _report_module():
+    """``tfgpu_report`` from this folder (the GPU memory reporter), imported on first use."""
+    module = sys.modules.get("tfgpu_report")
+    if module is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, here)
+        try:
+            import tfgpu_report as module
+        finally:
+            sys.path.remove(here)
+    return module
+
+
+def report_status() -> dict:
+    """This process's GPU memory reporter: running, why not, reports sent, last answer."""
+    try:
+        return _report_module().status()
+    except Exception as exc:
+        return {"running": False, "reason": f"reporter unavailable ({type(exc).__name__})"}
 
 
 def apply_now(framework_name: str, policy: dict | str | None = None) -> dict:
