@@ -18,6 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_tfgpu.config import TFGPU  # noqa: E402
 
+# Defaults that depend on the machine, shown as what they are rather than this machine's value.
+SHOWN_DEFAULTS = {"policy_store_path": "<Jupyter data dir>/tfgpu/policies.json"}
+
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
 
@@ -33,7 +36,7 @@ def table() -> str:
     defaults = TFGPU()
     for name in order:
         trait = traits[name]
-        shown = json.dumps(getattr(defaults, name))
+        shown = SHOWN_DEFAULTS.get(name) or json.dumps(getattr(defaults, name))
         text = " ".join(inspect.cleandoc(trait.help).split()).replace("|", "\\|")
         rows.append(f"| `TFGPU.{name}` | `{shown}` | {text} |")
     return "\n".join(rows)
