@@ -30,17 +30,25 @@ __all__ = [
     "report_status",
 ]
 
-FRAMEWORKS = ("tensorflow", "torch", "jax")
+FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
 NO_GPU = "no GPU visible"
 PENDING = "pending until CUDA initializes"
 RESTART = "TensorFlow already initialized its devices; restart the kernel to apply"
 HIDDEN = "GPUs hidden by the policy (devices: [])"
-# TensorFlow's RuntimeError for visible, virtual and physical devices once its context exists.
-_INITIALIZED = "cannot be modified after being initialized"
+# TensorFlow's RuntimeError for devices ("... cannot be modified after being initialized") and
+# threads ("... cannot be modified after initialization") once its context exists.
+_INITIALIZED = "cannot be modified after"
 # What each framework reads from the environment when it initializes its GPU backend.
 ENV_READ = {
     "tensorflow": ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_GPU_ALLOCATOR"),
-    "torch": ("CUDA_VISIBLE_DEVICES", "PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"),
+    "keras": ("KERAS_BACKEND",),
+    "torch": (
+        "CUDA_VISIBLE_DEVICES",
+        "PYTORCH_ALLOC_CONF",
+        "PYTORCH_CUDA_ALLOC_CONF",
+        "CUBLAS_WORKSPACE_CONFIG",
+        "NVIDIA_TF32_OVERRIDE",
+    ),
     "jax": (
         "CUDA_VISIBLE_DEVICES",
         "JAX_PLATFORMS",
@@ -48,6 +56,8 @@ ENV_READ = {
         "XLA_PYTHON_CLIENT_MEM_FRACTION",
         "XLA_CLIENT_MEM_FRACTION",
         "XLA_PYTHON_CLIENT_ALLOCATOR",
+        "XLA_FLAGS",
+        "JAX_DEFAULT_MATMUL_PRECISION",
     ),
 }
 ALLOCATORS = ("cuda_malloc_async", "default")
@@ -107,7 +117,21 @@ def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
     for field in ("notebook", "kernel_id"):
         if not isinstance(policy.get(field), (str, type(None))):
             reject(field, "a string or null")
+    _runtime().check(policy, reject)
     return policy, problems
+
+
+def _runtime():
+    """``tfgpu_runtime`` from this folder (runtime settings beyond memory)."""
+    module = sys.modules.get("tfgpu_runtime")
+    if module is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, here)
+        try:
+            import tfgpu_runtime as module
+        finally:
+            sys.path.remove(here)
+    return module
 
 
 def _current_policy() -> dict | None:
@@ -173,6 +197,7 @@ def _tf_call(result: dict, setting: str, value, call, **extra) -> None:
 def apply_tensorflow(tf, policy: dict) -> dict:
     """Apply the policy's in-process TensorFlow knobs; returns applied / skipped (with reasons)."""
     result = _result("tensorflow")
+    _runtime().apply_tensorflow(tf, policy, result, _tf_call, _skip)
     config = tf.config
     devices = policy.get("devices")
     limit = policy.get("memory_limit_mb")
@@ -262,6 +287,7 @@ def _merge(target: dict, outcome: dict) -> None:
 def apply_torch(torch, policy: dict, on_cuda_init=None) -> dict:
     """Register the memory cap for when CUDA initializes (at once if it has); never inits CUDA."""
     result = _result("torch")
+    _runtime().apply_torch(torch, policy, result, _tf_call, _skip)
     limit = policy.get("memory_limit_mb")
     if limit is None:
         return result
@@ -293,10 +319,27 @@ def apply_torch(torch, policy: dict, on_cuda_init=None) -> dict:
 
 def apply_jax(jax, policy: dict) -> dict:
     """JAX reads its GPU knobs from the environment at backend init: record what it will see."""
-    return _result("jax")
+    result = _result("jax")
+    _runtime().apply_jax(jax, policy, result, _tf_call, _skip)
+    return result
 
 
-APPLY = {"tensorflow": apply_tensorflow, "torch": apply_torch, "jax": apply_jax}
+def apply_keras(keras, policy: dict) -> dict:
+    """Keras's global dtype policy (mixed precision), set as Keras is imported."""
+    result = _result("keras")
+    _runtime().apply_keras(keras, policy, result, _tf_call, _skip)
+    if "tensorflow" in _frameworks and result["applied"]:
+        # TensorFlow recorded mixed precision as pending until Keras came: it is done now.
+        _merge(_frameworks["tensorflow"], {"applied": list(result["applied"]), "skipped": []})
+    return result
+
+
+APPLY = {
+    "tensorflow": apply_tensorflow,
+    "keras": apply_keras,
+    "torch": apply_torch,
+    "jax": apply_jax,
+}
 
 
 # -- the record, shared with the server through TFGPU_REPORT_DIR ----------------------------------
@@ -421,6 +464,8 @@ def framework_imported(name: str, module) -> None:
 
 def _watch(name: str, module) -> None:
     """Hand the framework to the GPU memory reporter, which starts if this process can report."""
+    if name == "keras":
+        return  # Keras holds no GPU memory of its own; its backend framework reports
     try:
         _report_module().framework_imported(name, module)
     except Exception as exc:

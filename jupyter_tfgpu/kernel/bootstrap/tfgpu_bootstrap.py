@@ -16,7 +16,7 @@ Nothing here imports ``jupyter_tfgpu`` or a framework, and no failure here break
 import os
 import sys
 
-FRAMEWORKS = ("tensorflow", "torch", "jax")
+FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _hooked = set()  # frameworks whose first import this process has seen
 _searching = set()  # names being resolved by the finders after ours (no recursion)
