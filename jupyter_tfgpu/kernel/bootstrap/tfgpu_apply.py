@@ -121,17 +121,24 @@ def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
     return policy, problems
 
 
-def _runtime():
-    """``tfgpu_runtime`` from this folder (runtime settings beyond memory)."""
-    module = sys.modules.get("tfgpu_runtime")
+def _sibling(name: str):
+    """A module of this folder, imported on first use even if the user changed sys.path."""
+    module = sys.modules.get(name)
     if module is None:
+        import importlib
+
         here = os.path.dirname(os.path.abspath(__file__))
         sys.path.insert(0, here)
         try:
-            import tfgpu_runtime as module
+            module = importlib.import_module(name)
         finally:
             sys.path.remove(here)
     return module
+
+
+def _runtime():
+    """``tfgpu_runtime``: runtime settings beyond memory."""
+    return _sibling("tfgpu_runtime")
 
 
 def _current_policy() -> dict | None:
@@ -474,16 +481,8 @@ def _watch(name: str, module) -> None:
 
 
 def _report_module():
-    """``tfgpu_report`` from this folder (the GPU memory reporter), imported on first use."""
-    module = sys.modules.get("tfgpu_report")
-    if module is None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path.insert(0, here)
-        try:
-            import tfgpu_report as module
-        finally:
-            sys.path.remove(here)
-    return module
+    """``tfgpu_report``: the GPU memory reporter."""
+    return _sibling("tfgpu_report")
 
 
 def report_status() -> dict:
