@@ -15,3 +15,10 @@ def _jupyter_server_extension_points() -> list[dict]:
 def _jupyter_labextension_paths() -> list[dict]:
     """Where JupyterLab finds the prebuilt lab extension."""
     return [{"src": "labextension", "dest": "jupyter-tfgpu"}]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext jupyter_tfgpu``: register the ``%tfgpu`` magic."""
+    from .kernel.magic import load_ipython_extension as load
+
+    load(ipython)

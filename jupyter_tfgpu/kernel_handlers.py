@@ -13,9 +13,10 @@ from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from .handlers import TFGPUAPIHandler
+from .handlers import HistoryHandler, TFGPUAPIHandler
 from .kernel_channel import AUTH_SCHEME, KernelIdentity, validate_report
 from .policy import CapExceeded, PolicyError
+from .policy.render import policy_document, render_env
 
 
 class KernelScopeAuthorizer(Authorizer):
@@ -52,6 +53,20 @@ class KernelChannelHandler(TFGPUAPIHandler):
         """The calling kernel."""
         return self.current_user.kernel_id
 
+    def view(self) -> dict[str, Any]:
+        """The calling kernel as ``GET kernels/{id}`` shows it, plus what only it needs: its
+        notebook's ``own`` policy (to change one field) and ``next_start``, the environment and
+        policy document a (re)start would give it now (to apply a change in-process)."""
+        view = self.tfgpu.kernels.describe(self.kernel_id)
+        notebook = view["notebook"]
+        policies = self.tfgpu.policies
+        effective = view["policy"]
+        devices = policies.devices
+        document = policy_document(effective, devices, notebook=notebook, kernel_id=self.kernel_id)
+        view["own"] = policies.own(notebook) if notebook else None
+        view["next_start"] = {"env": render_env(effective, devices), "policy": document}
+        return view
+
     def notebook(self) -> str:
         """The calling kernel's notebook, or 409 when it has none."""
         notebook = self.tfgpu.kernels.notebook_of(self.kernel_id)
@@ -86,7 +101,7 @@ class KernelPolicyHandler(KernelChannelHandler):
     @authorized
     def get(self) -> None:
         """Own and effective policy, what this kernel started with, and restart_required."""
-        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+        self.write_json(self.view())
 
     @web.authenticated
     @authorized
@@ -98,7 +113,7 @@ class KernelPolicyHandler(KernelChannelHandler):
             await asyncio.to_thread(self.tfgpu.policies.set, key, body)
         except (PolicyError, CapExceeded) as err:
             raise self.domain_error(err) from None
-        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+        self.write_json(self.view())
 
     @web.authenticated
     @authorized
@@ -109,7 +124,7 @@ class KernelPolicyHandler(KernelChannelHandler):
             await asyncio.to_thread(self.tfgpu.policies.reset, key)
         except CapExceeded as err:
             raise self.domain_error(err) from None
-        self.write_json(self.tfgpu.kernels.describe(self.kernel_id))
+        self.write_json(self.view())
 
 
 class KernelStatusHandler(KernelChannelHandler):
@@ -140,13 +155,19 @@ class KernelStatusHandler(KernelChannelHandler):
                 "simulated": self.sampler.simulated,
                 "timestamp": snapshot.get("timestamp"),
                 "gpus": gpus,
-                "kernel": self.tfgpu.kernels.describe(mine),
+                "kernel": self.view(),
             }
         )
+
+
+class KernelHistoryHandler(KernelChannelHandler, HistoryHandler):
+    """GET kernel/history?seconds=N: the server's GPU time series (GPU-wide, no per-process data),
+    for the sparklines of the in-notebook panel."""
 
 
 KERNEL_ROUTES: list[tuple[str, type]] = [
     ("kernel/report", KernelReportHandler),
     ("kernel/policy", KernelPolicyHandler),
     ("kernel/status", KernelStatusHandler),
+    ("kernel/history", KernelHistoryHandler),
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from importlib.resources import files
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,33 @@ if TYPE_CHECKING:
     from .policy import PolicyService
 
 PROVISIONER_NAME = "tfgpu-provisioner"
+# The IPython extension that loads %tfgpu; it lives in the bootstrap folder, so an ipykernel in
+# another Python environment finds it too, and it fails soft there (see its docstring).
+MAGIC_EXTENSION = "tfgpu_magic"
 
 
 def bootstrap_dir() -> str:
     """The folder holding the kernel-side sitecustomize.py."""
     return str(Path(str(files("jupyter_tfgpu.kernel").joinpath("bootstrap"))))
+
+
+def is_ipykernel(cmd: list[str]) -> bool:
+    """Whether a kernel command line starts ipykernel (``ipykernel_launcher`` or ``-m ipykernel``)."""
+    names = [os.path.basename(str(arg)) for arg in cmd]
+    if any(name in ("ipykernel_launcher", "ipykernel_launcher.py") for name in names):
+        return True
+    return any(
+        flag == "-m" and module in ("ipykernel", "ipykernel_launcher")
+        for flag, module in pairwise(cmd)
+    )
+
+
+def with_magic(cmd: list[str]) -> list[str]:
+    """An ipykernel command line that also loads the %tfgpu magic; other kernels' unchanged."""
+    flag = f"--IPKernelApp.extra_extensions={MAGIC_EXTENSION}"
+    if not cmd or not is_ipykernel(cmd) or flag in cmd:
+        return cmd
+    return [*cmd, flag]
 
 
 class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -58,6 +81,8 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (bootstrap_dir(), env.get("PYTHONPATH", "")) if p
         )
+        if kwargs.get("cmd"):
+            kwargs["cmd"] = with_magic(kwargs["cmd"])
         cls = type(self)
         if cls.report_root and kernel_id:
             env["TFGPU_REPORT_DIR"] = os.path.join(cls.report_root, kernel_id)

@@ -1,0 +1,265 @@
+"""``GPUPanel``: live GPU bars in a notebook, updated from a daemon thread.
+
+The thread only sets widget traits (batched with ``hold_sync()``); it never writes to an
+``Output`` widget (``with out:`` from a thread sends output to whichever cell runs at the time),
+so it behaves the same on ipykernel 6 and 7. Every panel's thread stops on ``close()`` and when
+the kernel exits (``atexit``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+from traitlets import Float, Unicode
+
+from .client import NotConfigured, ServerClient, ServerError, TokenRefused
+from .inprocess import restart_required
+from .local import local_status
+from .render import (
+    MINE,
+    MUTED,
+    WARN,
+    GpuRow,
+    _e,
+    gpu_rows,
+    memory_bar_html,
+    sparkline_svg,
+)
+from .units import format_bytes
+
+THREAD_PREFIX = "tfgpu-widget"
+MAX_BACKOFF = 30.0
+_running: weakref.WeakSet[Poller] = weakref.WeakSet()
+
+
+class Poller:
+    """Calls ``tick()`` from a daemon thread every ``interval`` seconds until stopped.
+
+    ``tick`` returns False to stop for good (e.g. the server refused the token); an exception
+    from it is the caller's business to show, and only stretches the wait (up to 30 s).
+    """
+
+    def __init__(self, tick: Callable[[], bool | None], interval: float, name: str) -> None:
+        self.interval = max(0.05, float(interval))
+        self._tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{THREAD_PREFIX}-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the thread."""
+        _running.add(self)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.interval
+        while not self._stop.wait(delay):
+            try:
+                if self._tick() is False:
+                    return
+                delay = self.interval
+            except Exception:  # noqa: BLE001 - the thread must outlive any one bad update
+                delay = min(MAX_BACKOFF, delay * 2)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 6.0) -> None:
+        """Stop the thread and wait for it (a request in flight ends within its timeout)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        _running.discard(self)
+
+
+@atexit.register
+def stop_all() -> None:
+    """Stop every panel's thread (the kernel is shutting down)."""
+    for poller in list(_running):
+        poller.stop(timeout=1.0)
+
+
+class GpuSource:
+    """Where a panel reads GPUs from: the server's kernel channel, else local NVML."""
+
+    def __init__(self, client: ServerClient | None = None) -> None:
+        if client is None:
+            try:
+                client = ServerClient.from_env()
+            except NotConfigured:
+                client = None
+        self.client = client
+
+    def status(self) -> tuple[dict[str, Any], str | None]:
+        """A ``kernel/status``-shaped snapshot, and a problem to show (or None)."""
+        if self.client is None:
+            return local_status(), "not started by a jupyter-tfgpu server: local GPUs through NVML"
+        try:
+            return self.client.status(), None
+        except TokenRefused:
+            raise
+        except ServerError as err:
+            return local_status(), str(err)
+
+    def history(self, seconds: float) -> dict[str, Any] | None:
+        """The server's recent series, to start the sparklines with (None when unavailable)."""
+        if self.client is None:
+            return None
+        try:
+            return self.client.history(seconds)
+        except ServerError:
+            return None
+
+
+class _GpuRowWidget(widgets.HBox):
+    """One GPU: name, utilization bar, memory bar with this kernel's share, sparkline."""
+
+    def __init__(self) -> None:
+        self.label = widgets.HTML(layout=widgets.Layout(width="190px"))
+        self.utilization = widgets.FloatProgress(
+            min=0, max=100, description="util", layout=widgets.Layout(width="210px")
+        )
+        self.memory = widgets.HTML()
+        self.sparkline = widgets.HTML()
+        super().__init__([self.label, self.utilization, self.memory, self.sparkline])
+
+    def show(self, row: GpuRow, series: list[float | None]) -> None:
+        """Set every part from one snapshot row (one comm message per part)."""
+        with self.label.hold_sync():
+            self.label.value = f"<b>GPU {row.index}</b> {_e(row.name)}" + (
+                " <i>(lost)</i>" if row.lost else ""
+            )
+        with self.utilization.hold_sync():
+            self.utilization.value = float(row.utilization or 0)
+            self.utilization.description = (
+                "util" if row.utilization is None else f"{row.utilization:.0f}%"
+            )
+        held = f"{format_bytes(row.used)} / {format_bytes(row.total)}"
+        text = (
+            f'<span style="color:{MINE}">this kernel {_e(format_bytes(row.mine or 0))}</span> · '
+            f'<span style="{MUTED}">{_e(held)}</span>'
+        )
+        row_style = "display:flex;gap:6px;align-items:center"
+        self.memory.value = f'<div style="{row_style}">{memory_bar_html(row)}{text}</div>'
+        self.sparkline.value = (
+            f'<span title="utilization, last minute">{sparkline_svg(series)}</span>'
+        )
+
+
+class GPUPanel(widgets.VBox):
+    """Live utilization and memory per GPU, this kernel's share highlighted, recent history."""
+
+    timestamp = Float(None, allow_none=True, help="When the shown snapshot was taken.").tag(
+        sync=True
+    )
+    error = Unicode("", help="Why the panel shows no fresh data, if it does not.").tag(sync=True)
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        history_seconds: float = 60.0,
+        source: GpuSource | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._header = widgets.HTML()
+        self._rows: list[_GpuRowWidget] = []
+        super().__init__(children=[self._header], **kwargs)
+        self._source = source or GpuSource()
+        self._points = max(2, int(history_seconds / max(0.05, interval)))
+        self._series: dict[int, deque[tuple[float, float | None]]] = {}
+        self._closed = False
+        self._seed(history_seconds)
+        self._poller = Poller(self.refresh, interval, "panel")
+        if self.refresh():
+            self._poller.start()
+
+    def _seed(self, seconds: float) -> None:
+        history = self._source.history(seconds) or {}
+        times = history.get("timestamps") or []
+        for gpu in history.get("gpus") or ():
+            values = gpu.get("utilization") or []
+            self._series[gpu["index"]] = deque(zip(times, values), maxlen=self._points)
+
+    def refresh(self) -> bool:
+        """Read the GPUs once and update the panel; False once the server refused the token."""
+        if self._closed:
+            return False
+        try:
+            status, problem = self._source.status()
+        except TokenRefused as err:
+            self._show_error(str(err))
+            return False
+        rows = gpu_rows(status)
+        stamp = status.get("timestamp")
+        for row in rows:
+            series = self._series.setdefault(row.index, deque(maxlen=self._points))
+            if stamp is not None and (not series or series[-1][0] < stamp):
+                series.append((stamp, row.utilization))
+        if self._closed:
+            return False
+        self._show(status, rows, problem)
+        return True
+
+    def _show(self, status: dict[str, Any], rows: list[GpuRow], problem: str | None) -> None:
+        while len(self._rows) < len(rows):
+            self._rows.append(_GpuRowWidget())
+        for widget, row in zip(self._rows, rows):
+            widget.show(row, [v for _, v in self._series.get(row.index, ())])
+        with self._header.hold_sync():
+            self._header.value = self._header_html(status, rows, problem)
+        with self.hold_sync():
+            self.timestamp = status.get("timestamp")
+            self.error = problem or ("" if rows else str(status.get("reason") or "no GPU"))
+            children = (self._header, *self._rows[: len(rows)])
+            if tuple(self.children) != children:
+                self.children = children
+
+    def _header_html(self, status: dict[str, Any], rows: list[GpuRow], problem: str | None) -> str:
+        kernel = status.get("kernel") or {}
+        title = "GPUs" + (" (simulated)" if status.get("simulated") else "")
+        if kernel.get("notebook"):
+            title += f" · {kernel['notebook']}"
+        stamp = status.get("timestamp")
+        when = time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "–"
+        parts = [f'<b>{_e(title)}</b> <span style="{MUTED}">updated {when}</span>']
+        if not rows:
+            parts.append(
+                f'<div style="{WARN}">No GPU: {_e(status.get("reason") or "no GPU backend")}.</div>'
+            )
+        if problem:
+            parts.append(f'<div style="{WARN}">{_e(problem)}</div>')
+        if restart_required(kernel):
+            said = "This notebook's policy changed: restart the kernel to apply it."
+            parts.append(f'<div style="{WARN}">{_e(said)}</div>')
+        return "".join(parts)
+
+    def _show_error(self, message: str) -> None:
+        if self._closed:
+            return
+        with self._header.hold_sync():
+            self._header.value = f'<div style="{WARN}">{_e(message)}</div>'
+        self.error = message
+
+    @property
+    def updating(self) -> bool:
+        """Whether the update thread runs."""
+        return self._poller.alive
+
+    def close(self) -> None:
+        """Stop the update thread, then close the panel and its parts."""
+        self._closed = True
+        self._poller.stop()
+        for child in (self._header, *self._rows):
+            for part in (child, *getattr(child, "children", ())):
+                part.close()
+        super().close()
