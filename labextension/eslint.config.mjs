@@ -11,6 +11,8 @@ export default tseslint.config(
   {
     rules: {
       '@typescript-eslint/no-explicit-any': 'off',
+      // `Class.IOptions` namespaces are JupyterLab's own idiom.
+      '@typescript-eslint/no-namespace': 'off',
       eqeqeq: 'error',
       curly: 'error'
     }

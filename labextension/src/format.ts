@@ -1,5 +1,7 @@
 /** Pure formatting helpers for GPU figures; null (not supported) shows as a dash. */
 
+import { IGpu } from './types';
+
 /** Shown for a figure the GPU does not report. */
 export const DASH = '\u2013';
 
@@ -27,10 +29,55 @@ export function formatPercent(percent: number | null | undefined): string {
   return `${Math.round(percent)}%`;
 }
 
-/** Used over total memory, e.g. `3.2 GiB / 16.0 GiB`. */
+/** Used over total memory in the total's unit, e.g. `0.3 / 16.0 GiB`. */
 export function formatMemory(
   used: number | null | undefined,
   total: number | null | undefined
 ): string {
-  return `${formatBytes(used)} / ${formatBytes(total)}`;
+  const known = (v: number | null | undefined): v is number =>
+    v !== null && v !== undefined && Number.isFinite(v);
+  if (!known(used) || !known(total)) {
+    return `${formatBytes(used)} / ${formatBytes(total)}`;
+  }
+  const unit = formatBytes(total).split(' ')[1];
+  const scale = 1024 ** UNITS.indexOf(unit);
+  const digits = unit === 'B' ? 0 : 1;
+  return `${(used / scale).toFixed(digits)} / ${(total / scale).toFixed(digits)} ${unit}`;
+}
+
+/** The last segment of a path, e.g. `train.ipynb` for `projects/train.ipynb`. */
+export function basename(path: string | null | undefined): string {
+  return path ? path.split('/').pop() || path : '';
+}
+
+/** The status bar's text for some GPUs: one GPU's figures, or several GPUs' mean and sums. */
+export function statusText(gpus: IGpu[]): string {
+  const live = gpus.filter(g => !g.lost);
+  if (!gpus.length) {
+    return 'GPU: none';
+  }
+  const label = `GPU ${gpus.map(g => g.index).join(',')}`;
+  if (!live.length) {
+    return `${label}: lost`;
+  }
+  const known = (values: (number | null)[]) => values.filter((v): v is number => v !== null);
+  const sum = (values: (number | null)[]) =>
+    known(values).length ? known(values).reduce((a, b) => a + b, 0) : null;
+  const busy = known(live.map(g => g.utilization.gpu));
+  const mean = busy.length ? busy.reduce((a, b) => a + b, 0) / busy.length : null;
+  const used = sum(live.map(g => g.memory.used));
+  const total = sum(live.map(g => g.memory.total));
+  return `${label}: ${formatPercent(mean)} \u00b7 ${formatMemory(used, total)}`;
+}
+
+/** One tooltip line for a GPU. */
+export function describeGpu(gpu: IGpu): string {
+  if (gpu.lost) {
+    return `GPU ${gpu.index} ${gpu.name}: lost`;
+  }
+  const temperature = gpu.temperature === null ? DASH : `${gpu.temperature} \u00b0C`;
+  return (
+    `GPU ${gpu.index} ${gpu.name}: ${formatPercent(gpu.utilization.gpu)} busy, ` +
+    `memory ${formatMemory(gpu.memory.used, gpu.memory.total)}, ${temperature}`
+  );
 }

@@ -1,24 +1,166 @@
-import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  Dialog,
+  ICommandPalette,
+  Notification,
+  showDialog,
+  showErrorMessage
+} from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { KernelAPI } from '@jupyterlab/services';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
-import { GpuStatusItem } from './statusitem';
+import { basename } from './format';
+import { KernelsModel } from './kernels';
+import { GpuNotifier, INotice } from './notify';
+import { GpuPanel, KernelAction } from './panel';
+import { PolicyModel, policyFields } from './policy';
+import schema from './policy.schema.json';
+import { requestAPI } from './request';
+import { IStatusChoice, GpuStatusItem } from './statusitem';
+import { GpuStreamModel } from './stream';
+import { IApi } from './types';
 
-/** Adds the GPU item to the status bar when JupyterLab has one. */
+const PLUGIN_ID = 'jupyter-tfgpu:plugin';
+const OPEN_PANEL = 'jupyter-tfgpu:open-panel';
+
+/** The GPU sidebar panel, the status bar item and the notifications, over one set of models. */
 const plugin: JupyterFrontEndPlugin<void> = {
-  id: 'jupyter-tfgpu:plugin',
-  description: 'Shows GPU utilization and memory from the jupyter-tfgpu server extension.',
+  id: PLUGIN_ID,
+  description:
+    'GPU panel, status bar item and notifications for the jupyter-tfgpu server extension.',
   autoStart: true,
-  optional: [IStatusBar],
-  activate: (app: JupyterFrontEnd, statusBar: IStatusBar | null) => {
-    if (!statusBar) {
-      return;
-    }
-    const item = new GpuStatusItem(app.serviceManager.serverSettings);
-    statusBar.registerStatusItem('jupyter-tfgpu:status', {
-      item,
-      align: 'left',
-      rank: 100
+  requires: [INotebookTracker],
+  optional: [ILayoutRestorer, IStatusBar, ISettingRegistry, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    restorer: ILayoutRestorer | null,
+    statusBar: IStatusBar | null,
+    registry: ISettingRegistry | null,
+    palette: ICommandPalette | null
+  ) => {
+    const { serviceManager } = app;
+    const settings = serviceManager.serverSettings;
+    const api: IApi = {
+      request: (endPoint, init) => requestAPI(endPoint, init, settings),
+      connect: () => {
+        let url = URLExt.join(settings.wsUrl, 'tfgpu', 'api', 'stream');
+        if (settings.appendToken && settings.token) {
+          url += `?token=${encodeURIComponent(settings.token)}`;
+        }
+        return new settings.WebSocket(url);
+      }
+    };
+    let historySeconds = 300;
+    const stream = new GpuStreamModel({ api, historySeconds });
+    const kernels = new KernelsModel(api);
+    const policy = new PolicyModel(api);
+    serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
+
+    const kernelAction = async (action: KernelAction, id: string, notebook: string | null) => {
+      const name = basename(notebook) || `kernel ${id.slice(0, 8)}`;
+      const verb = action === 'restart' ? 'Restart' : action === 'shutdown' ? 'Shut down' : '';
+      if (verb) {
+        const answer = await showDialog({
+          title: `${verb} the kernel?`,
+          body: `${verb} the kernel of ${name}? Its variables will be lost.`,
+          buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: verb })]
+        });
+        if (!answer.button.accept) {
+          return;
+        }
+      }
+      try {
+        // An open notebook's own connection follows the restart; other kernels go over REST.
+        const open = tracker.find(w => w.sessionContext.session?.kernel?.id === id);
+        const connection = open?.sessionContext.session?.kernel;
+        if (action === 'shutdown') {
+          await serviceManager.kernels.shutdown(id);
+        } else if (connection) {
+          await connection[action]();
+        } else if (action === 'restart') {
+          await KernelAPI.restartKernel(id, settings);
+        } else {
+          await KernelAPI.interruptKernel(id, settings);
+        }
+      } catch (error) {
+        void showErrorMessage(`Could not ${action} the kernel of ${name}`, error as Error);
+      }
+      await kernels.refresh().catch(() => 0);
+    };
+
+    const panel = new GpuPanel({
+      stream,
+      kernels,
+      policy,
+      tracker,
+      fields: policyFields(schema),
+      historySeconds: () => historySeconds,
+      localPath: path => serviceManager.contents.localPath(path),
+      openNotebook: path => void app.commands.execute('docmanager:open', { path }),
+      kernelAction: (action, id, notebook) => void kernelAction(action, id, notebook)
     });
+    app.shell.add(panel, 'left', { rank: 600, type: 'GPUs' });
+    restorer?.add(panel, 'jupyter-tfgpu:panel');
+
+    app.commands.addCommand(OPEN_PANEL, {
+      label: 'Show the GPU Panel',
+      caption: 'GPUs, who holds their memory, and the current notebook’s GPU policy',
+      execute: () => app.shell.activateById(panel.id)
+    });
+    palette?.addItem({ command: OPEN_PANEL, category: 'GPU' });
+
+    const item = new GpuStatusItem({
+      stream,
+      kernels,
+      tracker,
+      onClick: () => void app.commands.execute(OPEN_PANEL)
+    });
+    statusBar?.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
+
+    const notifier = new GpuNotifier({
+      events: serviceManager.events,
+      stream,
+      kernels,
+      notify: (notice: INotice) => {
+        const actions: Notification.IAction[] = [
+          { label: 'GPU panel', callback: () => void app.commands.execute(OPEN_PANEL) }
+        ];
+        if (notice.notebook) {
+          const path = notice.notebook;
+          actions.unshift({
+            label: 'Open notebook',
+            callback: () => void app.commands.execute('docmanager:open', { path })
+          });
+        }
+        Notification.emit(notice.message, notice.type, { autoClose: false, actions });
+      }
+    });
+
+    const apply = (values: ISettingRegistry.ISettings['composite']) => {
+      historySeconds = (values.historySeconds as number) ?? 300;
+      stream.historySeconds = historySeconds;
+      stream.interval = (values.refreshInterval as number) ?? 5;
+      item.choice = {
+        mode: (values.statusBarGpus as IStatusChoice['mode']) ?? 'kernel',
+        indices: (values.statusBarIndices as number[]) ?? []
+      };
+      notifier.capPercent = (values.capWarningPercent as number) ?? 90;
+      notifier.enforcement = (values.notifyEnforcement as boolean) ?? true;
+      panel.update();
+    };
+    if (registry) {
+      void registry.load(PLUGIN_ID).then(
+        loaded => {
+          apply(loaded.composite);
+          loaded.changed.connect(() => apply(loaded.composite));
+        },
+        reason => console.warn('jupyter-tfgpu: could not load its settings', reason)
+      );
+    }
   }
 };
 

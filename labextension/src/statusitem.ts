@@ -1,109 +1,111 @@
-import { ServerConnection } from '@jupyterlab/services';
-import { Poll } from '@lumino/polling';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { DASH, formatMemory, formatPercent } from './format';
-import { requestAPI } from './request';
-import { IGpu, ISnapshot, IStatus } from './types';
+import { describeGpu, DASH, statusText } from './format';
+import { kernelGpus } from './holders';
+import { KernelsModel } from './kernels';
+import { GpuStreamModel } from './stream';
 
-/** Slowest poll, reached by backoff while the server keeps failing. */
-const MAX_INTERVAL = 60 * 1000;
+/** Which GPUs the status bar shows (the extension's settings). */
+export interface IStatusChoice {
+  /** `kernel`: those the current notebook's kernel uses (else all); `all`: every GPU. */
+  mode: 'kernel' | 'all';
+  /** When not empty, exactly these GPU indices. */
+  indices: number[];
+}
 
-/** Status bar item showing the first GPU's utilization and memory, polled from the server. */
+/** Status bar item: utilization and memory of the current notebook's GPUs; click opens the panel. */
 export class GpuStatusItem extends Widget {
-  /** Build the item and start polling with the given server settings. */
-  constructor(settings: ServerConnection.ISettings) {
+  /** Show `stream`'s figures for the GPUs `tracker`'s current notebook uses. */
+  constructor(private _options: GpuStatusItem.IOptions) {
     super();
-    this._settings = settings;
     this.addClass('jp-tfgpu-StatusItem');
     this._text.className = 'jp-tfgpu-StatusItem-text';
-    this._label.className = 'jp-tfgpu-StatusItem-simulated';
+    this._label.className = 'jp-tfgpu-Badge jp-tfgpu-mod-simulated';
     this._label.textContent = 'SIMULATED';
     this.node.append(this._text, this._label);
-    this._show(`GPU: ${DASH}`, 'Waiting for the GPU server', false);
-    this._poll = new Poll({
-      factory: () => this._refresh(),
-      frequency: { interval: 5000, backoff: true, max: MAX_INTERVAL },
-      name: 'jupyter-tfgpu:status-item',
-      standby: 'when-hidden'
+    this.node.tabIndex = 0;
+    this.node.setAttribute('role', 'button');
+    this.node.addEventListener('click', _options.onClick);
+    this.node.addEventListener('keydown', event => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        _options.onClick();
+      }
     });
+    const render = () => this._render();
+    _options.stream.changed.connect(render);
+    _options.kernels.changed.connect(render);
+    _options.tracker?.currentChanged.connect(render);
+    this._render();
   }
 
-  /** Stop polling and dispose the widget. */
-  dispose(): void {
-    this._poll.dispose();
-    super.dispose();
+  /** Which GPUs to show. */
+  set choice(choice: IStatusChoice) {
+    this._choice = choice;
+    this._render();
   }
 
-  /** Fetch status (until the backend is available), then the latest snapshot. */
-  private async _refresh(): Promise<void> {
-    try {
-      if (!this._status?.available) {
-        this._status = await requestAPI<IStatus>('status', {}, this._settings);
-        const interval = Math.max(this._status.sample_interval, 1) * 1000;
-        this._poll.frequency = {
-          ...this._poll.frequency,
-          interval: Math.min(interval, MAX_INTERVAL)
-        };
-      }
-      if (!this._status.available) {
-        const reason = this._status.reason ?? 'No GPU backend is available';
-        this._show('GPU: n/a', reason, this._status.simulated);
-        return;
-      }
-      const snapshot = await requestAPI<ISnapshot>('gpus', {}, this._settings);
-      this._render(snapshot);
-    } catch (error) {
-      // The server may have restarted with another backend: ask for status again.
-      this._status = null;
-      this._show('GPU: error', explain(error), false);
-      throw error;
+  private _render(): void {
+    const { stream, kernels, tracker } = this._options;
+    const status = stream.status;
+    const snapshot = stream.snapshot;
+    if (stream.error) {
+      return this._show('GPU: error', stream.error, false);
     }
-  }
-
-  /** Show the first GPU in the bar and every GPU in the tooltip. */
-  private _render(snapshot: ISnapshot): void {
-    const first = snapshot.gpus[0];
-    if (!first) {
-      this._show('GPU: none', 'The server sees no GPU', snapshot.simulated);
-      return;
+    if (!status) {
+      return this._show(`GPU: ${DASH}`, 'Waiting for the GPU server', false);
     }
-    const text = first.lost
-      ? `GPU ${first.index}: lost`
-      : `GPU ${formatPercent(first.utilization.gpu)} \u00b7 ${formatMemory(first.memory.used, first.memory.total)}`;
-    this._show(text, snapshot.gpus.map(describe).join('\n'), snapshot.simulated);
+    if (!status.available) {
+      return this._show('GPU: n/a', status.reason ?? 'No GPU backend is available', false);
+    }
+    if (!snapshot) {
+      return this._show(`GPU: ${DASH}`, 'Waiting for the first sample', status.simulated);
+    }
+    const all = snapshot.gpus;
+    const { mode, indices } = this._choice;
+    let gpus = all;
+    let why = 'All GPUs';
+    if (indices.length) {
+      gpus = all.filter(g => indices.includes(g.index));
+      why = 'GPUs chosen in the settings';
+    } else if (mode === 'kernel') {
+      const kernelId = tracker?.currentWidget?.sessionContext.session?.kernel?.id;
+      const used = kernelGpus(snapshot, kernelId, kernels.find(kernelId));
+      if (used && !used.length) {
+        return this._show(
+          'GPU: CPU only',
+          "This notebook's kernel sees no GPU",
+          snapshot.simulated
+        );
+      }
+      if (used) {
+        gpus = used;
+        why = "GPUs this notebook's kernel uses";
+      }
+    }
+    const tooltip = `${why} (click for the GPU panel)\n${gpus.map(describeGpu).join('\n')}`;
+    this._show(statusText(gpus), tooltip, snapshot.simulated);
   }
 
-  /** Set the text, tooltip and SIMULATED label. */
   private _show(text: string, tooltip: string, simulated: boolean): void {
     this._text.textContent = text;
     this.node.title = simulated ? `${tooltip}\n(simulated GPUs)` : tooltip;
     this._label.hidden = !simulated;
   }
 
-  private _settings: ServerConnection.ISettings;
-  private _status: IStatus | null = null;
-  private _poll: Poll;
+  private _choice: IStatusChoice = { mode: 'kernel', indices: [] };
   private _text = document.createElement('span');
   private _label = document.createElement('span');
 }
 
-/** A tooltip for a failed request. */
-function explain(error: unknown): string {
-  if (error instanceof ServerConnection.ResponseError && error.response.status === 404) {
-    return 'The jupyter-tfgpu server extension is not enabled on this server';
+/** Options of `GpuStatusItem`. */
+export namespace GpuStatusItem {
+  /** The models to show and what a click does. */
+  export interface IOptions {
+    stream: GpuStreamModel;
+    kernels: KernelsModel;
+    tracker: INotebookTracker | null;
+    onClick: () => void;
   }
-  return error instanceof Error ? error.message : String(error);
-}
-
-/** One tooltip line for a GPU. */
-function describe(gpu: IGpu): string {
-  if (gpu.lost) {
-    return `GPU ${gpu.index} ${gpu.name}: lost`;
-  }
-  const temperature = gpu.temperature === null ? DASH : `${gpu.temperature} \u00b0C`;
-  return (
-    `GPU ${gpu.index} ${gpu.name}: ${formatPercent(gpu.utilization.gpu)} busy, ` +
-    `memory ${formatMemory(gpu.memory.used, gpu.memory.total)}, ${temperature}`
-  );
 }

@@ -3,12 +3,14 @@
 /** GET `status`: which backend runs and whether GPUs can be read. */
 export interface IStatus {
   backend: 'nvml' | 'simulated' | 'none';
+  configured_backend?: string;
   available: boolean;
   reason: string | null;
   simulated: boolean;
   device_count: number;
   /** Seconds between the server's samples. */
   sample_interval: number;
+  history_seconds?: number;
   versions: Record<string, string | null>;
 }
 
@@ -18,6 +20,7 @@ export interface IGpuProcess {
   used_memory: number | null;
   kernel_id: string | null;
   notebook: string | null;
+  attributed_by?: 'pid' | 'kernel_report' | null;
 }
 
 /** One GPU in a snapshot; a field the GPU does not support is null. */
@@ -30,12 +33,86 @@ export interface IGpu {
   temperature: number | null;
   power: { draw: number | null; limit: number | null };
   lost: boolean;
+  lost_reason?: string | null;
   processes: IGpuProcess[];
 }
 
-/** GET `gpus`: the server's latest snapshot. */
+/** GET `gpus` and each `stream` message: the server's latest snapshot. */
 export interface ISnapshot {
-  timestamp: number;
+  timestamp: number | null;
   simulated: boolean;
   gpus: IGpu[];
+}
+
+/** GET `gpus/history`: one list per series per GPU, aligned with `timestamps`. */
+export interface IHistory {
+  seconds: number;
+  interval: number;
+  simulated: boolean;
+  timestamps: number[];
+  gpus: {
+    index: number;
+    utilization: (number | null)[];
+    memory_used: (number | null)[];
+  }[];
+}
+
+/** A policy: field name -> value; a missing or null field means "no opinion". */
+export type Policy = Record<string, unknown>;
+
+/** Where an effective field's value came from. */
+export type Source = 'default' | 'notebook' | 'cap' | null;
+
+/** The admin default, then the notebook's own fields, then clamped by the admin caps. */
+export type EffectivePolicy = Policy & { sources: Record<string, Source> };
+
+/** GET/PUT `policies/{path}`. */
+export interface IPolicyDescription {
+  notebook: string;
+  policy: Policy | null;
+  effective: EffectivePolicy;
+}
+
+/** One running kernel (GET `kernels`). */
+export interface IKernel {
+  id: string;
+  name: string | null;
+  notebook: string | null;
+  execution_state: string | null;
+  gpu_memory: {
+    total: number;
+    per_gpu: { index: number; uuid: string; used_memory: number | null }[];
+  };
+  policy: EffectivePolicy;
+  /** The policy document the kernel's process started with. */
+  applied: (Policy & { devices?: string[] | null }) | null;
+  restart_required: boolean;
+}
+
+/** GET `config`: the admin settings in force. */
+export interface IConfig {
+  default_policy: Policy;
+  max_memory_mb: number | null;
+  allowed_devices: (number | string)[] | null;
+  force_memory_growth: boolean;
+  allow_user_policies: boolean;
+}
+
+/** An enforcement action, as the event bus and GET `enforcement` carry it. */
+export interface IEnforcementEvent {
+  kernel_id: string;
+  notebook?: string | null;
+  rule: 'memory_cap' | 'idle';
+  action: 'warn' | 'interrupt' | 'restart' | 'shutdown';
+  dry_run?: boolean;
+  reason: string;
+  status?: 'done' | 'failed' | 'skipped';
+}
+
+/** The two calls every model needs; bound to the server settings in `index.ts`. */
+export interface IApi {
+  /** `requestAPI` bound to the server settings. */
+  request<T>(endPoint: string, init?: RequestInit): Promise<T>;
+  /** Open the `stream` websocket. */
+  connect(): WebSocket;
 }

@@ -1,0 +1,102 @@
+/** Small builders and fakes shared by the model tests. */
+
+import { IApi, IGpu, IKernel, ISnapshot } from '../types';
+
+/** A GPU row; `processes` as [pid, bytes, kernel id, notebook]. */
+export function gpu(
+  index: number,
+  processes: [number, number | null, string | null, string | null][] = [],
+  extra: Partial<IGpu> = {}
+): IGpu {
+  return {
+    index,
+    uuid: `GPU-${index}`,
+    name: 'Simulated GPU 16GB',
+    memory: { total: 16 * 2 ** 30, used: 2 ** 30, free: 15 * 2 ** 30 },
+    utilization: { gpu: 40, memory: 20 },
+    temperature: 50,
+    power: { draw: 100, limit: 300 },
+    lost: false,
+    processes: processes.map(([pid, used_memory, kernel_id, notebook]) => ({
+      pid,
+      used_memory,
+      kernel_id,
+      notebook
+    })),
+    ...extra
+  };
+}
+
+/** A snapshot taken at `timestamp`. */
+export function snapshot(timestamp: number | null, gpus: IGpu[]): ISnapshot {
+  return { timestamp, simulated: true, gpus };
+}
+
+/** A kernel as GET kernels shows it. */
+export function kernel(id: string, extra: Partial<IKernel> = {}): IKernel {
+  return {
+    id,
+    name: 'python3',
+    notebook: `${id}.ipynb`,
+    execution_state: 'idle',
+    gpu_memory: { total: 0, per_gpu: [] },
+    policy: { sources: {} },
+    applied: null,
+    restart_required: false,
+    ...extra
+  };
+}
+
+/** A WebSocket double the test drives by hand. */
+export class FakeSocket {
+  onmessage: ((event: { data: string }) => void) | null = null;
+  onclose: (() => void) | null = null;
+  closed = false;
+
+  /** Deliver a message from the "server". */
+  send(data: unknown): void {
+    this.onmessage?.({ data: JSON.stringify(data) });
+  }
+
+  /** The "server" drops the connection. */
+  drop(): void {
+    this.onclose?.();
+  }
+
+  /** The client closes it. */
+  close(): void {
+    this.closed = true;
+  }
+}
+
+/** An API double: answers by endpoint (a value or a function of the request), records calls. */
+export function fakeApi(answers: Record<string, unknown>): IApi & {
+  calls: string[];
+  sockets: FakeSocket[];
+} {
+  const calls: string[] = [];
+  const sockets: FakeSocket[] = [];
+  return {
+    calls,
+    sockets,
+    request: async <T>(endPoint: string, init?: RequestInit): Promise<T> => {
+      calls.push(`${init?.method ?? 'GET'} ${endPoint}`);
+      const key = Object.keys(answers).find(k => endPoint.startsWith(k));
+      const answer = key === undefined ? undefined : answers[key];
+      if (answer instanceof Error) {
+        throw answer;
+      }
+      return (typeof answer === 'function' ? answer(endPoint, init) : answer) as T;
+    },
+    connect: () => {
+      const socket = new FakeSocket();
+      sockets.push(socket);
+      return socket as unknown as WebSocket;
+    }
+  };
+}
+
+/** Let timers and promises run. */
+export function settle(ms = 20): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms));
+}

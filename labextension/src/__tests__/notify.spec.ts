@@ -1,0 +1,84 @@
+import { Signal } from '@lumino/signaling';
+
+import { capNotice, enforcementNotice, ENFORCEMENT_SCHEMA, GpuNotifier, INotice } from '../notify';
+import { gpu, kernel, snapshot } from './fixtures';
+
+const MiB = 2 ** 20;
+
+const event = (extra: Record<string, unknown>) => ({
+  schema_id: ENFORCEMENT_SCHEMA,
+  kernel_id: 'abcdef123456',
+  notebook: 'work/train.ipynb',
+  rule: 'memory_cap',
+  action: 'restart',
+  dry_run: false,
+  status: 'done',
+  reason: 'holds 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s',
+  ...extra
+});
+
+describe('enforcementNotice', () => {
+  it('says what was done to which notebook, and why', () => {
+    expect(enforcementNotice(event({}))).toEqual({
+      type: 'error',
+      message:
+        'train.ipynb was restarted: it holds 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s.',
+      notebook: 'work/train.ipynb'
+    });
+  });
+
+  it('is a warning for a dry run or a warn action', () => {
+    expect(enforcementNotice(event({ dry_run: true }))?.type).toBe('warning');
+    const reason = 'idle for 600 s while holding 900 MiB of GPU memory; warning only (dry run)';
+    const idle = enforcementNotice(event({ action: 'warn', rule: 'idle', notebook: null, reason }));
+    expect(idle?.message).toBe(`Kernel abcdef12 ${reason}.`);
+  });
+
+  it('quotes a reason written as a whole sentence', () => {
+    const notice = enforcementNotice(event({ reason: 'The admin cap is 8 GiB.' }));
+    expect(notice?.message).toBe('train.ipynb was restarted. The admin cap is 8 GiB.');
+  });
+
+  it('ignores other events', () => {
+    expect(enforcementNotice({ schema_id: 'https://events.jupyter.org/x' })).toBeNull();
+  });
+});
+
+describe('GpuNotifier', () => {
+  it('notifies once when a kernel nears its limit, again after it went well below', () => {
+    // Given a kernel with a 1000 MiB limit
+    const owner = {};
+    const stream = { changed: new Signal<object, void>(owner), snapshot: snapshot(1, []) };
+    const kernels = { kernels: [kernel('k1', { applied: { memory_limit_mb: 1000 } })] };
+    const events = { stream: new Signal<object, any>(owner) };
+    const notices: INotice[] = [];
+    const notifier = new GpuNotifier({
+      events: events as any,
+      stream: stream as any,
+      kernels: kernels as any,
+      notify: notice => notices.push(notice)
+    });
+    const holding = (mib: number) => {
+      stream.snapshot = snapshot(1, [gpu(0, [[1, mib * MiB, 'k1', 'k1.ipynb']])]);
+      stream.changed.emit();
+    };
+    // When it goes over 90%, stays there, dips a little, goes well below and back up
+    for (const mib of [950, 960, 850, 950, 700, 950]) {
+      holding(mib);
+    }
+    // Then the owner was told twice
+    expect(notices.map(n => n.message)).toEqual([
+      capNotice({ kernel: kernels.kernels[0], used: 950 * MiB, limit: 1000 * MiB }).message,
+      capNotice({ kernel: kernels.kernels[0], used: 950 * MiB, limit: 1000 * MiB }).message
+    ]);
+    expect(notices[0].message).toBe(
+      'k1.ipynb uses 950.0 MiB of its 1000.0 MiB GPU memory limit (95%). Past the limit it gets out-of-memory errors.'
+    );
+    // And enforcement events become notices unless turned off
+    events.stream.emit(event({}));
+    notifier.enforcement = false;
+    events.stream.emit(event({}));
+    expect(notices).toHaveLength(3);
+    notifier.dispose();
+  });
+});

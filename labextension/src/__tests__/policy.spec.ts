@@ -1,0 +1,160 @@
+import schema from '../policy.schema.json';
+import {
+  describeValue,
+  fieldLimit,
+  IPolicyField,
+  policyBody,
+  policyFields,
+  PolicyModel,
+  policyUrl
+} from '../policy';
+import { IConfig } from '../types';
+import { fakeApi, settle } from './fixtures';
+
+const CONFIG: IConfig = {
+  default_policy: {},
+  max_memory_mb: 8192,
+  allowed_devices: [0],
+  force_memory_growth: true,
+  allow_user_policies: true
+};
+
+const byName = (fields: IPolicyField[], name: string) =>
+  fields.find(f => f.name === name) as IPolicyField;
+
+describe('policyFields', () => {
+  it('reads every field of the shipped policy schema', () => {
+    const fields = policyFields(schema);
+    expect(fields.map(f => f.name)).toEqual(Object.keys(schema.properties));
+    expect(byName(fields, 'memory_growth').kind).toBe('boolean');
+    expect(byName(fields, 'memory_limit_mb')).toMatchObject({
+      kind: 'integer',
+      title: 'Memory limit (MiB)',
+      minimum: 1
+    });
+    expect(byName(fields, 'allocator')).toMatchObject({
+      kind: 'enum',
+      options: ['default', 'cuda_malloc_async']
+    });
+    expect(byName(fields, 'devices').kind).toBe('devices');
+  });
+
+  it('makes a new schema field appear without new UI code', () => {
+    const fields = policyFields({
+      properties: {
+        deterministic: { type: ['boolean', 'null'], title: 'Deterministic ops' },
+        threads: { type: ['integer', 'null'], minimum: 1 },
+        tags: { type: ['array', 'null'], items: { type: 'string' } },
+        mode: {
+          anyOf: [
+            { type: 'null' },
+            { const: 'auto' },
+            { type: 'array', items: { type: 'integer' } }
+          ]
+        },
+        nested: { type: 'object' }
+      }
+    });
+    expect(fields.map(f => [f.name, f.kind, f.title])).toEqual([
+      ['deterministic', 'boolean', 'Deterministic ops'],
+      ['threads', 'integer', 'threads'],
+      ['tags', 'list', 'tags'],
+      ['mode', 'devices', 'mode']
+    ]);
+    expect(byName(fields, 'mode').options).toEqual(['auto']);
+  });
+});
+
+describe('policy helpers', () => {
+  const fields = policyFields(schema);
+
+  it('turn the admin caps into limits on the inputs', () => {
+    expect(fieldLimit(byName(fields, 'memory_limit_mb'), CONFIG)).toMatchObject({ maximum: 8192 });
+    expect(fieldLimit(byName(fields, 'devices'), CONFIG)).toMatchObject({ allowed: [0] });
+    expect(fieldLimit(byName(fields, 'memory_growth'), CONFIG)).toMatchObject({ forced: true });
+    expect(fieldLimit(byName(fields, 'allocator'), CONFIG)).toEqual({});
+    expect(fieldLimit(byName(fields, 'memory_limit_mb'), null)).toEqual({});
+  });
+
+  it('leave unset fields out of the body', () => {
+    expect(
+      policyBody({ memory_growth: false, memory_limit_mb: null, allocator: '', devices: [] })
+    ).toEqual({
+      memory_growth: false,
+      devices: []
+    });
+  });
+
+  it('describe values in words', () => {
+    const devices = byName(fields, 'devices');
+    expect(describeValue(devices, null)).toBe('every allowed GPU');
+    expect(describeValue(devices, [])).toBe('CPU only');
+    expect(describeValue(devices, [0, 1])).toBe('GPU 0, 1');
+    expect(describeValue(byName(fields, 'memory_limit_mb'), 1024)).toBe('1024 MiB');
+    expect(describeValue(byName(fields, 'memory_growth'), true)).toBe('on');
+  });
+
+  it('encode each path segment', () => {
+    expect(policyUrl('my dir/a#b.ipynb')).toBe('policies/my%20dir/a%23b.ipynb');
+  });
+});
+
+describe('PolicyModel', () => {
+  const description = (notebook: string) => ({
+    notebook,
+    policy: null,
+    effective: { sources: {} }
+  });
+
+  it('loads the config once and the current notebook policy', async () => {
+    const api = fakeApi({ config: CONFIG, policies: (url: string) => description(url) });
+    const model = new PolicyModel(api);
+    await model.setPath('a.ipynb');
+    await model.setPath('b.ipynb');
+    expect(model.config).toEqual(CONFIG);
+    expect(model.description?.notebook).toBe('policies/b.ipynb');
+    expect(api.calls.filter(c => c === 'GET config')).toHaveLength(1);
+  });
+
+  it('shows the server words when it refuses a policy', async () => {
+    // Given a server that refuses the limit
+    const refusal = new Error('memory_limit_mb: 99999 is over the admin cap TFGPU.max_memory_mb');
+    const api = fakeApi({
+      config: CONFIG,
+      policies: (_: string, init?: RequestInit) => {
+        if (init?.method === 'PUT') {
+          throw refusal;
+        }
+        return description('a.ipynb');
+      }
+    });
+    const model = new PolicyModel(api);
+    await model.setPath('a.ipynb');
+    // When the user saves it
+    const saved = await model.save({ memory_limit_mb: 99999 });
+    // Then the error is the server's message
+    expect(saved).toBe(false);
+    expect(model.error).toBe(refusal.message);
+    expect(api.calls).toContain('PUT policies/a.ipynb');
+  });
+
+  it('ignores an answer for a notebook that is no longer current', async () => {
+    let release: () => void = () => undefined;
+    const slow = new Promise<void>(resolve => (release = resolve));
+    const api = fakeApi({
+      config: CONFIG,
+      'policies/a': async () => {
+        await slow;
+        return description('a');
+      },
+      'policies/b': description('b')
+    });
+    const model = new PolicyModel(api);
+    const first = model.setPath('a.ipynb');
+    await model.setPath('b.ipynb');
+    release();
+    await first;
+    await settle();
+    expect(model.description?.notebook).toBe('b');
+  });
+});

@@ -1,0 +1,124 @@
+import type { Event } from '@jupyterlab/services';
+import { IDisposable } from '@lumino/disposable';
+
+import { basename, formatBytes } from './format';
+import { INearCap, nearCap } from './holders';
+import { KernelsModel } from './kernels';
+import { GpuStreamModel } from './stream';
+import { IEnforcementEvent } from './types';
+
+/** Schema id of the server's enforcement events on jupyter_server's event bus. */
+export const ENFORCEMENT_SCHEMA = 'https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1';
+
+/** Re-arm a kernel's "near its cap" notice once it drops this many points below the threshold. */
+const HYSTERESIS = 10;
+
+/** A notification to show: its level, text, and the notebook it concerns. */
+export interface INotice {
+  type: 'info' | 'warning' | 'error';
+  message: string;
+  notebook: string | null;
+}
+
+/** The notice for one enforcement event (null when it is not one). */
+export function enforcementNotice(event: Event.Emission): INotice | null {
+  if (event.schema_id !== ENFORCEMENT_SCHEMA) {
+    return null;
+  }
+  const e = event as unknown as IEnforcementEvent;
+  const where = e.notebook ? basename(e.notebook) : `Kernel ${e.kernel_id.slice(0, 8)}`;
+  const acted = !e.dry_run && e.action !== 'warn' && e.status !== 'skipped';
+  const done = { interrupt: 'interrupted', restart: 'restarted', shutdown: 'shut down', warn: '' };
+  // The server's reason reads as a predicate ("holds 9 GiB on a GPU, over its cap ...").
+  const reason = e.reason.replace(/\.?$/, '.');
+  const predicate = /^[a-z]/.test(reason);
+  let message: string;
+  if (acted) {
+    message = `${where} was ${done[e.action]}${predicate ? `: it ${reason}` : `. ${reason}`}`;
+  } else {
+    message = predicate ? `${where} ${reason}` : `${where}: ${reason}`;
+  }
+  return { type: acted ? 'error' : 'warning', message, notebook: e.notebook ?? null };
+}
+
+/** The notice for a kernel near its memory limit. */
+export function capNotice(near: INearCap): INotice {
+  const where = near.kernel.notebook ? basename(near.kernel.notebook) : 'A kernel';
+  const percent = Math.round((near.used / near.limit) * 100);
+  return {
+    type: 'warning',
+    message:
+      `${where} uses ${formatBytes(near.used)} of its ${formatBytes(near.limit)} GPU memory ` +
+      `limit (${percent}%). Past the limit it gets out-of-memory errors.`,
+    notebook: near.kernel.notebook
+  };
+}
+
+/**
+ * Turns enforcement events and kernels nearing their memory limit into notifications.
+ * Every kernel of this (single-user) server is the user's own.
+ */
+export class GpuNotifier implements IDisposable {
+  /** Listen to `events`, and watch `stream` against `kernels`' limits. */
+  constructor(private _options: GpuNotifier.IOptions) {
+    _options.events.stream.connect(this._onEvent, this);
+    _options.stream.changed.connect(this._onSnapshot, this);
+  }
+
+  /** Whether to notify enforcement actions. */
+  enforcement = true;
+
+  /** Percent of its memory limit at which a kernel's owner is told (0: never). */
+  capPercent = 90;
+
+  /** Whether the notifier is disposed. */
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+
+  /** Stop listening. */
+  dispose(): void {
+    this._disposed = true;
+    this._options.events.stream.disconnect(this._onEvent, this);
+    this._options.stream.changed.disconnect(this._onSnapshot, this);
+  }
+
+  private _onEvent(_: unknown, event: Event.Emission): void {
+    const notice = this.enforcement ? enforcementNotice(event) : null;
+    if (notice) {
+      this._options.notify(notice);
+    }
+  }
+
+  private _onSnapshot(): void {
+    const { stream, kernels } = this._options;
+    const kernelList = kernels.kernels;
+    const over = nearCap(stream.snapshot, kernelList, this.capPercent);
+    for (const near of over) {
+      if (!this._warned.has(near.kernel.id)) {
+        this._warned.add(near.kernel.id);
+        this._options.notify(capNotice(near));
+      }
+    }
+    const still = nearCap(stream.snapshot, kernelList, Math.max(1, this.capPercent - HYSTERESIS));
+    for (const id of this._warned) {
+      if (!still.some(n => n.kernel.id === id)) {
+        this._warned.delete(id);
+      }
+    }
+  }
+
+  private _disposed = false;
+  private _warned = new Set<string>();
+}
+
+/** Options of `GpuNotifier`. */
+export namespace GpuNotifier {
+  /** Where events and readings come from, and how to show a notice. */
+  export interface IOptions {
+    events: Event.IManager;
+    stream: GpuStreamModel;
+    kernels: KernelsModel;
+    notify: (notice: INotice) => void;
+  }
+}

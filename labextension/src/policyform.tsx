@@ -1,0 +1,266 @@
+import * as React from 'react';
+
+import {
+  DEVICE_MODES,
+  describeValue,
+  fieldLimit,
+  IFieldLimit,
+  IPolicyField,
+  policyBody,
+  PRIMARY_FIELDS
+} from './policy';
+import { IConfig, IGpu, IPolicyDescription, Policy, Source } from './types';
+
+/** Hints for values the admin set: where the value in force came from. */
+const SOURCES: Record<string, string> = {
+  default: 'Admin default',
+  cap: 'Admin cap'
+};
+
+/** Props of `PolicyForm`. */
+export interface IPolicyFormProps {
+  fields: IPolicyField[];
+  description: IPolicyDescription;
+  config: IConfig | null;
+  gpus: IGpu[];
+  error: string | null;
+  onSave: (draft: Policy) => Promise<void>;
+  onReset: () => Promise<void>;
+}
+
+/** The current notebook's policy: one input per schema field, Save, and back to defaults. */
+export function PolicyForm(props: IPolicyFormProps): JSX.Element {
+  const { fields, description, config, error } = props;
+  const own = description.policy ?? {};
+  const [draft, setDraft] = React.useState<Policy>(own);
+  const [busy, setBusy] = React.useState(false);
+  const locked = config !== null && !config.allow_user_policies;
+  const dirty = JSON.stringify(policyBody(draft)) !== JSON.stringify(policyBody(own));
+  const more = fields.filter(f => !PRIMARY_FIELDS.includes(f.name));
+  const field = (f: IPolicyField) => (
+    <Field
+      key={f.name}
+      field={f}
+      limit={fieldLimit(f, config)}
+      value={draft[f.name] ?? null}
+      effective={description.effective[f.name] ?? null}
+      source={description.effective.sources?.[f.name] ?? null}
+      gpus={props.gpus}
+      onChange={value => setDraft({ ...draft, [f.name]: value })}
+    />
+  );
+  const run = (action: () => Promise<void>) => {
+    setBusy(true);
+    void action().finally(() => setBusy(false));
+  };
+  return (
+    <form
+      className="jp-tfgpu-PolicyForm"
+      // The server validates, and its message names the field: one voice for every error.
+      noValidate
+      onSubmit={event => {
+        event.preventDefault();
+        run(() => props.onSave(draft));
+      }}
+    >
+      {locked && (
+        <p className="jp-tfgpu-Note">
+          The admin does not allow per-notebook policies; the admin defaults apply.
+        </p>
+      )}
+      <fieldset disabled={locked || busy}>
+        {PRIMARY_FIELDS.map(name => fields.find(f => f.name === name))
+          .filter((f): f is IPolicyField => f !== undefined)
+          .map(field)}
+        {more.length > 0 && (
+          <details
+            className="jp-tfgpu-More"
+            open={more.some(f => own[f.name] !== null && own[f.name] !== undefined)}
+          >
+            <summary>More settings ({more.length})</summary>
+            {more.map(field)}
+          </details>
+        )}
+      </fieldset>
+      {error && (
+        <div className="jp-tfgpu-Error" role="alert">
+          {error}
+        </div>
+      )}
+      <div className="jp-tfgpu-Buttons">
+        <button
+          type="submit"
+          className="jp-mod-styled jp-mod-accept"
+          disabled={locked || busy || !dirty}
+        >
+          Save
+        </button>
+        <button
+          type="button"
+          className="jp-mod-styled jp-mod-reject"
+          disabled={locked || busy || description.policy === null}
+          title="Remove this notebook's own policy, so the admin defaults apply"
+          onClick={() => run(props.onReset)}
+        >
+          Use defaults
+        </button>
+      </div>
+    </form>
+  );
+}
+
+/** Props of one field. */
+interface IFieldProps {
+  field: IPolicyField;
+  limit: IFieldLimit;
+  value: unknown;
+  effective: unknown;
+  source: Source;
+  gpus: IGpu[];
+  onChange: (value: unknown) => void;
+}
+
+/** A label, an input matching the field's type, and what is in force now. */
+function Field(props: IFieldProps): JSX.Element {
+  const { field, limit, effective, source } = props;
+  const id = `jp-tfgpu-field-${field.name}`;
+  const admin = source && SOURCES[source];
+  return (
+    <div className="jp-tfgpu-Field" title={field.description}>
+      {field.kind === 'devices' ? (
+        <Devices {...props} id={id} />
+      ) : (
+        <>
+          <label htmlFor={id}>{field.title}</label>
+          <Input {...props} id={id} />
+        </>
+      )}
+      {(admin || limit.note) && (
+        <div className="jp-tfgpu-Hint">
+          {admin && `${admin}: ${describeValue(field, effective)}`}
+          {admin && limit.note && ' \u00b7 '}
+          {limit.note}
+        </div>
+      )}
+    </div>
+  );
+}
+
+/** The input for a boolean, number, string, enum or list field. */
+function Input(props: IFieldProps & { id: string }): JSX.Element {
+  const { field, limit, value, onChange, id } = props;
+  switch (field.kind) {
+    case 'boolean':
+    case 'enum': {
+      const options = field.kind === 'boolean' ? [true, false] : (field.options ?? []);
+      const shown = limit.forced !== undefined ? limit.forced : value;
+      return (
+        <select
+          id={id}
+          className="jp-mod-styled"
+          value={shown === null ? '' : JSON.stringify(shown)}
+          disabled={limit.forced !== undefined}
+          onChange={e => onChange(e.target.value === '' ? null : JSON.parse(e.target.value))}
+        >
+          <option value="">Not set</option>
+          {options.map(option => (
+            <option key={String(option)} value={JSON.stringify(option)}>
+              {typeof option === 'boolean' ? (option ? 'On' : 'Off') : option}
+            </option>
+          ))}
+        </select>
+      );
+    }
+    case 'integer':
+    case 'number':
+      return (
+        <input
+          id={id}
+          type="number"
+          className="jp-mod-styled"
+          placeholder="Not set"
+          min={field.minimum}
+          max={limit.maximum ?? field.maximum}
+          step={field.kind === 'integer' ? 1 : 'any'}
+          value={value === null ? '' : String(value)}
+          onChange={e => onChange(e.target.value === '' ? null : Number(e.target.value))}
+        />
+      );
+    default: {
+      const text = Array.isArray(value) ? value.join(', ') : ((value as string | null) ?? '');
+      return (
+        <input
+          id={id}
+          type="text"
+          className="jp-mod-styled"
+          placeholder={field.kind === 'list' ? 'Not set (comma-separated)' : 'Not set'}
+          value={text}
+          onChange={e => {
+            const raw = e.target.value;
+            const list = raw.split(',').map(s => s.trim());
+            onChange(raw === '' ? null : field.kind === 'list' ? list.filter(Boolean) : raw);
+          }}
+        />
+      );
+    }
+  }
+}
+
+/** Visible GPUs: not set (every allowed GPU), a named mode ("auto"), CPU only, or ticked GPUs. */
+function Devices(props: IFieldProps & { id: string }): JSX.Element {
+  const { field, limit, gpus, onChange, id } = props;
+  const value = Array.isArray(props.value) ? (props.value as (number | string)[]) : null;
+  const mode = value === null ? JSON.stringify(props.value) : value.length ? 'some' : 'cpu';
+  const allowed = (gpu: IGpu) =>
+    !limit.allowed || limit.allowed.some(a => a === gpu.index || a === gpu.uuid);
+  const picks = (gpu: IGpu) => !!value?.some(v => v === gpu.index || v === gpu.uuid);
+  const firstAllowed = gpus.find(allowed);
+  const radio = (key: string, label: string, next: unknown, disabled = false) => (
+    <label className="jp-tfgpu-Choice" key={key}>
+      <input
+        type="radio"
+        name={id}
+        checked={mode === key}
+        disabled={disabled}
+        onChange={() => onChange(next)}
+      />
+      {label}
+    </label>
+  );
+  return (
+    <fieldset className="jp-tfgpu-Devices" id={id}>
+      <legend>{field.title}</legend>
+      {radio('null', 'Not set: every allowed GPU', null)}
+      {(field.options ?? []).map(option =>
+        radio(JSON.stringify(option), DEVICE_MODES[option] ?? String(option), option)
+      )}
+      {radio('cpu', 'CPU only', [])}
+      {radio('some', 'These GPUs:', firstAllowed ? [firstAllowed.index] : [], !firstAllowed)}
+      <div className="jp-tfgpu-GpuChoices">
+        {gpus.map(gpu => (
+          <label
+            key={gpu.index}
+            className="jp-tfgpu-Choice"
+            title={allowed(gpu) ? gpu.name : 'The admin does not allow this GPU'}
+          >
+            <input
+              type="checkbox"
+              checked={picks(gpu)}
+              disabled={
+                mode !== 'some' || !allowed(gpu) || (picks(gpu) && (value?.length ?? 0) <= 1)
+              }
+              onChange={e =>
+                onChange(
+                  e.target.checked
+                    ? [...(value ?? []), gpu.index]
+                    : (value ?? []).filter(v => v !== gpu.index && v !== gpu.uuid)
+                )
+              }
+            />
+            GPU {gpu.index}
+          </label>
+        ))}
+      </div>
+    </fieldset>
+  );
+}

@@ -1,0 +1,279 @@
+import { IDisposable } from '@lumino/disposable';
+import { Poll } from '@lumino/polling';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { IApi, IHistory, ISnapshot, IStatus } from './types';
+
+/** One GPU's recent readings, oldest first; null where the GPU gave no value. */
+export interface ISeries {
+  /** Seconds since the epoch. */
+  t: number[];
+  utilization: (number | null)[];
+  memory: (number | null)[];
+}
+
+/** Per-GPU series (by GPU index) from the server's history. */
+export function seriesFromHistory(history: IHistory): Map<number, ISeries> {
+  const series = new Map<number, ISeries>();
+  for (const gpu of history.gpus) {
+    series.set(gpu.index, {
+      t: [...history.timestamps],
+      utilization: [...gpu.utilization],
+      memory: [...gpu.memory_used]
+    });
+  }
+  return series;
+}
+
+/** Add a snapshot's readings to `series` (only if newer) and drop points older than `seconds`. */
+export function appendSnapshot(
+  series: Map<number, ISeries>,
+  snapshot: ISnapshot,
+  seconds: number
+): void {
+  const now = snapshot.timestamp;
+  if (now === null) {
+    return;
+  }
+  for (const gpu of snapshot.gpus) {
+    let s = series.get(gpu.index);
+    if (!s) {
+      series.set(gpu.index, (s = { t: [], utilization: [], memory: [] }));
+    }
+    // History timestamps are rounded to the millisecond: the same sample must not repeat.
+    if (s.t.length && s.t[s.t.length - 1] >= now - 0.005) {
+      continue;
+    }
+    s.t.push(now);
+    s.utilization.push(gpu.lost ? null : gpu.utilization.gpu);
+    s.memory.push(gpu.lost ? null : gpu.memory.used);
+    const old = s.t.findIndex(t => t >= now - seconds);
+    if (old > 0) {
+      s.t.splice(0, old);
+      s.utilization.splice(0, old);
+      s.memory.splice(0, old);
+    }
+  }
+}
+
+/**
+ * The GPU snapshots: the `stream` websocket while someone watches live (the panel is open),
+ * else a `GET gpus` every `interval` seconds (for the status bar and notifications).
+ * The socket reconnects with backoff and is closed while the browser tab is hidden.
+ */
+export class GpuStreamModel implements IDisposable {
+  /** Start reading with `api`; `interval` is in seconds, `historySeconds` the sparkline span. */
+  constructor(options: GpuStreamModel.IOptions) {
+    this._api = options.api;
+    this._historySeconds = options.historySeconds ?? 300;
+    this._poll = new Poll({
+      factory: () => this._tick(),
+      frequency: { interval: (options.interval ?? 5) * 1000, backoff: true, max: 60 * 1000 },
+      name: 'jupyter-tfgpu:stream',
+      standby: 'when-hidden'
+    });
+    if (typeof document !== 'undefined') {
+      document.addEventListener('visibilitychange', this._onVisibility);
+    }
+  }
+
+  /** Emitted whenever the status, a snapshot, the series or the connection state changes. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** The server's answer to GET `status`, once known. */
+  get status(): IStatus | null {
+    return this._status;
+  }
+
+  /** The latest snapshot. */
+  get snapshot(): ISnapshot | null {
+    return this._snapshot;
+  }
+
+  /** Why the last request failed (null after a success). */
+  get error(): string | null {
+    return this._error;
+  }
+
+  /** Whether the websocket is open and has delivered. */
+  get connected(): boolean {
+    return this._socket !== null && this._socket === this._delivering;
+  }
+
+  /** Recent readings of one GPU. */
+  series(index: number): ISeries | undefined {
+    return this._series.get(index);
+  }
+
+  /** Whether to stream every snapshot (true while the panel is visible). */
+  get live(): boolean {
+    return this._live;
+  }
+  set live(live: boolean) {
+    if (live !== this._live) {
+      this._live = live;
+      void this._poll.refresh();
+    }
+  }
+
+  /** Seconds between background refreshes (and socket checks). */
+  set interval(seconds: number) {
+    this._poll.frequency = { ...this._poll.frequency, interval: Math.max(1, seconds) * 1000 };
+  }
+
+  /** Seconds of readings kept for the sparklines. */
+  set historySeconds(seconds: number) {
+    this._historySeconds = seconds;
+  }
+
+  /** Whether the model is disposed. */
+  get isDisposed(): boolean {
+    return this._poll.isDisposed;
+  }
+
+  /** Close the socket and stop polling. */
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this._close();
+    // Poll.dispose() leaves a scheduled tick's timer; stopping first clears it.
+    void this._poll.stop();
+    this._poll.dispose();
+    if (typeof document !== 'undefined') {
+      document.removeEventListener('visibilitychange', this._onVisibility);
+    }
+    Signal.clearData(this);
+  }
+
+  private async _tick(): Promise<void> {
+    try {
+      if (!this._status?.available) {
+        this._status = await this._api.request<IStatus>('status');
+        this._changed.emit();
+        if (!this._status.available) {
+          this._close();
+          this._setError(null);
+          return;
+        }
+      }
+      if (this._live) {
+        await this._open();
+      } else {
+        this._close();
+        this._receive(await this._api.request<ISnapshot>('gpus'));
+      }
+      this._setError(null);
+    } catch (error) {
+      // The server may come back with another backend: ask for its status again.
+      this._status = null;
+      this._setError(error instanceof Error ? error.message : String(error));
+      throw error;
+    }
+  }
+
+  /** Open the socket; settles on its first message (resolve) or on a close before it (reject). */
+  private _open(): Promise<void> {
+    if (this._socket) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const socket = (this._socket = this._api.connect());
+      let delivered = false;
+      socket.onmessage = (event: MessageEvent) => {
+        if (!delivered) {
+          delivered = true;
+          this._delivering = socket;
+          resolve();
+          // The history fills the sparklines, also after a gap while disconnected or hidden.
+          void this._loadHistory();
+        }
+        this._receive(JSON.parse(event.data));
+      };
+      socket.onclose = () => {
+        if (this._socket !== socket) {
+          return;
+        }
+        this._socket = null;
+        if (delivered) {
+          this._changed.emit();
+          void this._poll.refresh();
+        } else {
+          reject(new Error('The GPU stream closed before it delivered'));
+        }
+      };
+    });
+  }
+
+  private _close(): void {
+    const socket = this._socket;
+    if (socket) {
+      this._socket = null;
+      socket.onmessage = socket.onclose = null;
+      socket.close();
+      this._changed.emit();
+    }
+  }
+
+  private async _loadHistory(): Promise<void> {
+    try {
+      const seconds = Math.ceil(this._historySeconds);
+      const history = await this._api.request<IHistory>(`gpus/history?seconds=${seconds}`);
+      const latest = this._snapshot;
+      this._series = seriesFromHistory(history);
+      if (latest) {
+        appendSnapshot(this._series, latest, this._historySeconds);
+      }
+      this._changed.emit();
+    } catch {
+      // The sparklines then start empty; live readings still arrive.
+    }
+  }
+
+  private _receive(snapshot: ISnapshot): void {
+    this._snapshot = snapshot;
+    appendSnapshot(this._series, snapshot, this._historySeconds);
+    this._changed.emit();
+  }
+
+  private _setError(error: string | null): void {
+    if (error !== this._error) {
+      this._error = error;
+      this._changed.emit();
+    }
+  }
+
+  private _onVisibility = (): void => {
+    if (document.visibilityState === 'hidden') {
+      this._close();
+    } else {
+      void this._poll.refresh();
+    }
+  };
+
+  private _api: IApi;
+  private _changed = new Signal<this, void>(this);
+  private _error: string | null = null;
+  private _historySeconds: number;
+  private _live = false;
+  private _poll: Poll;
+  private _series = new Map<number, ISeries>();
+  private _snapshot: ISnapshot | null = null;
+  private _socket: WebSocket | null = null;
+  private _delivering: WebSocket | null = null;
+  private _status: IStatus | null = null;
+}
+
+/** Options of `GpuStreamModel`. */
+export namespace GpuStreamModel {
+  /** How to reach the server, and the refresh settings. */
+  export interface IOptions {
+    api: IApi;
+    /** Seconds between background refreshes; default 5. */
+    interval?: number;
+    /** Seconds of history for the sparklines; default 300. */
+    historySeconds?: number;
+  }
+}
