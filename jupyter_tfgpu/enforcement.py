@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 ACTIONS = ("warn", "interrupt", "restart", "shutdown")
+PAST = {"interrupt": "interrupted", "restart": "restarted", "shutdown": "shut down"}
 MiB = 2**20
 
 
@@ -158,23 +159,25 @@ class Enforcer:
             action, damped = "warn", True
         if rule == "memory_cap":
             reason = (
-                f"holds {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU, over its cap of "
-                f"{(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
+                f"{_who(facts)} held {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU, over its "
+                f"cap of {(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
             )
             memory = facts.peak_gpu_bytes
         else:
             reason = (
-                f"idle for {facts.idle_seconds or 0:.0f} s while holding "
+                f"{_who(facts)} was idle for {facts.idle_seconds or 0:.0f} s while holding "
                 f"{facts.total_gpu_bytes / MiB:.0f} MiB of GPU memory"
             )
             memory = facts.total_gpu_bytes
         if damped:
             reason += (
                 f"; not acted on: {len(history)} actions on this kernel in the last hour "
-                f"(TFGPU.max_actions_per_hour)"
+                f"(TFGPU.max_actions_per_hour)."
             )
         elif action == "warn":
-            reason += "; warning only (dry run)"
+            reason += "; warning only (dry run)."
+        else:
+            reason += f"; the kernel was {PAST[action]}."
         return Decision(
             kernel_id=facts.kernel_id,
             notebook=facts.notebook,
@@ -215,7 +218,7 @@ class Enforcer:
                 await self._act(decision.kernel_id, decision.action)
             except Exception as err:  # noqa: BLE001 - report, never crash the server
                 decision.status = "failed"
-                decision.reason += f"; the {decision.action} failed: {err}"
+                decision.reason = decision.reason.rsplit(";", 1)[0] + f"; the {decision.action} failed: {err}."
         self.recent.append(decision)
         log = self.log.warning if decision.action != "warn" else self.log.info
         log(
@@ -229,6 +232,10 @@ class Enforcer:
             self._emit(decision)
         except Exception:  # noqa: BLE001
             self.log.exception("could not emit the enforcement event")
+
+
+def _who(facts: KernelFacts) -> str:
+    return f"The kernel of {facts.notebook}" if facts.notebook else f"Kernel {facts.kernel_id}"
 
 
 async def act_on_kernel(kernel_manager: Any, kernel_id: str, action: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,15 @@ class TFGPUApp(ExtensionApp):
             TFGPUProvisioner.policies = None
         if self.sampler is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
+
+    def stream_message(self, snapshot: Any) -> str:
+        """The websocket message for a snapshot: GPUs plus a kernel summary, made once."""
+        text = getattr(snapshot, "stream_text", None)
+        if text is None:
+            kernels = self.kernels.summary() if self.kernels is not None else []
+            text = snapshot.text[:-1] + ',"kernels":' + json.dumps(kernels) + "}"
+            snapshot.stream_text = text
+        return text
 
     # -- enforcement -------------------------------------------------------------------------
 

@@ -125,7 +125,7 @@ class HistoryHandler(TFGPUAPIHandler):
 
 
 class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
-    """WS stream: pushes every snapshot as it is taken (the same JSON as GET gpus).
+    """WS stream: pushes every snapshot as it is taken: GET gpus's JSON plus ``kernels``.
 
     A client may send ``{"pcie": true}`` to have PCIe throughput sampled while it watches.
     """
@@ -151,7 +151,7 @@ class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
         try:
-            self.write_message(snapshot.text)
+            self.write_message(self.settings["tfgpu"].stream_message(snapshot))
         except WebSocketClosedError:
             pass
 

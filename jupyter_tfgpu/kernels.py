@@ -193,6 +193,28 @@ class KernelRegistry:
             )
         return rows
 
+    def summary(self) -> list[dict[str, Any]]:
+        """A short view of every kernel, for the websocket stream."""
+        rows = []
+        for kernel_id in list(self.kernel_manager.list_kernel_ids()):
+            try:
+                kernel = self.kernel_manager.get_kernel(kernel_id)
+            except KeyError:
+                continue
+            notebook = self.notebook_of(kernel_id)
+            applied = self.policies.applied.get(kernel_id)
+            rows.append(
+                {
+                    "id": kernel_id,
+                    "notebook": notebook,
+                    "execution_state": getattr(kernel, "execution_state", None),
+                    "gpu_memory": self.gpu_memory(kernel_id)["total"],
+                    "memory_limit_mb": (applied or {}).get("memory_limit_mb"),
+                    "restart_required": self.policies.restart_required(kernel_id, notebook),
+                }
+            )
+        return rows
+
     def memory_rows(self) -> list[dict[str, Any]]:
         """Per kernel GPU memory rows, for metrics."""
         rows = []

@@ -43,6 +43,7 @@ class Snapshot:
     data: dict[str, Any]
     text: str = ""
     taken: float = 0.0
+    stream_text: str | None = None  # the websocket message (adds kernels), made on first use
 
 
 @dataclass

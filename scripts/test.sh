@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The real-browser tests drive Debian's Chromium (apt; needs root or sudo).
+bash scripts/install-browser.sh
+
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # shellcheck disable=SC1091
