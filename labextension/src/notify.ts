@@ -26,18 +26,9 @@ export function enforcementNotice(event: Event.Emission): INotice | null {
     return null;
   }
   const e = event as unknown as IEnforcementEvent;
-  const where = e.notebook ? basename(e.notebook) : `Kernel ${e.kernel_id.slice(0, 8)}`;
   const acted = !e.dry_run && e.action !== 'warn' && e.status !== 'skipped';
-  const done = { interrupt: 'interrupted', restart: 'restarted', shutdown: 'shut down', warn: '' };
-  // The server's reason reads as a predicate ("holds 9 GiB on a GPU, over its cap ...").
-  const reason = e.reason.replace(/\.?$/, '.');
-  const predicate = /^[a-z]/.test(reason);
-  let message: string;
-  if (acted) {
-    message = `${where} was ${done[e.action]}${predicate ? `: it ${reason}` : `. ${reason}`}`;
-  } else {
-    message = predicate ? `${where} ${reason}` : `${where}: ${reason}`;
-  }
+  // The server words the whole sentence: whose kernel, what it held, what was done.
+  const message = e.reason;
   return { type: acted ? 'error' : 'warning', message, notebook: e.notebook ?? null };
 }
 

@@ -189,7 +189,7 @@ def test_notifications_near_and_over_the_memory_limit(browser: Any, lab: Lab, co
     # Then JupyterLab notifies its owner as it nears the limit, and when the server warns
     page.get_by_text("of its 256.0 MiB GPU memory limit").wait_for(timeout=30_000)
     page.get_by_text(
-        re.compile(r"capped\.ipynb holds \d+ MiB on a GPU, over its cap of 256 MiB")
+        re.compile(r"capped\.ipynb held \d+ MiB on a GPU, over its cap of 256 MiB")
     ).wait_for(timeout=30_000)
     page.context.close()
     lab.api("DELETE", f"api/kernels/{kernel_id}")

@@ -13,30 +13,27 @@ const event = (extra: Record<string, unknown>) => ({
   action: 'restart',
   dry_run: false,
   status: 'done',
-  reason: 'holds 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s',
+  reason:
+    'The kernel of work/train.ipynb held 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s; the kernel was restarted.',
   ...extra
 });
 
 describe('enforcementNotice', () => {
-  it('says what was done to which notebook, and why', () => {
+  it("shows the server's sentence: whose kernel, what it held, what was done", () => {
     expect(enforcementNotice(event({}))).toEqual({
       type: 'error',
       message:
-        'train.ipynb was restarted: it holds 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s.',
+        'The kernel of work/train.ipynb held 9216 MiB on a GPU, over its cap of 8192 MiB, for 31 s; the kernel was restarted.',
       notebook: 'work/train.ipynb'
     });
   });
 
   it('is a warning for a dry run or a warn action', () => {
     expect(enforcementNotice(event({ dry_run: true }))?.type).toBe('warning');
-    const reason = 'idle for 600 s while holding 900 MiB of GPU memory; warning only (dry run)';
+    const reason =
+      'Kernel abcdef12 was idle for 600 s while holding 900 MiB of GPU memory; warning only (dry run).';
     const idle = enforcementNotice(event({ action: 'warn', rule: 'idle', notebook: null, reason }));
-    expect(idle?.message).toBe(`Kernel abcdef12 ${reason}.`);
-  });
-
-  it('quotes a reason written as a whole sentence', () => {
-    const notice = enforcementNotice(event({ reason: 'The admin cap is 8 GiB.' }));
-    expect(notice?.message).toBe('train.ipynb was restarted. The admin cap is 8 GiB.');
+    expect(idle?.message).toBe(reason);
   });
 
   it('ignores other events', () => {
