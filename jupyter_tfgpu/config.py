@@ -147,7 +147,7 @@ class TFGPU(Configurable):
 
     policy_store_path = Unicode(
         help="""File holding the per-notebook policies (JSON, written atomically).
-        Default: <Jupyter data dir>/tfgpu/policies.json.""",
+        Default: `<Jupyter data dir>/tfgpu/policies.json`.""",
     ).tag(config=True)
 
     @default("policy_store_path")

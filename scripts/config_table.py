@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from jupyter_tfgpu.config import TFGPU  # noqa: E402
 
 # Defaults that depend on the machine, shown as what they are rather than this machine's value.
-SHOWN_DEFAULTS = {"policy_store_path": "<Jupyter data dir>/tfgpu/policies.json"}
+SHOWN_DEFAULTS = {"policy_store_path": "<Jupyter data dir>/tfgpu/policies.json"}  # in backticks
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
