@@ -165,9 +165,21 @@ class KernelHistoryHandler(KernelChannelHandler, HistoryHandler):
     for the sparklines of the in-notebook panel."""
 
 
+class KernelAppliedHandler(KernelChannelHandler):
+    """POST kernel/applied: the kernel applied its notebook's current policy in-process."""
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        """Record the server's own rendering of the current policy as what the kernel runs."""
+        self.tfgpu.policies.applied_in_process(self.kernel_id, self.notebook())
+        self.write_json(self.view())
+
+
 KERNEL_ROUTES: list[tuple[str, type]] = [
     ("kernel/report", KernelReportHandler),
     ("kernel/policy", KernelPolicyHandler),
+    ("kernel/applied", KernelAppliedHandler),
     ("kernel/status", KernelStatusHandler),
     ("kernel/history", KernelHistoryHandler),
 ]

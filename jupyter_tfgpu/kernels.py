@@ -176,7 +176,13 @@ class KernelRegistry:
             per_gpu = [g["used_memory"] for g in memory["per_gpu"] if g["used_memory"] is not None]
             notebook = self.notebook_of(kernel_id)
             started = self.policies.applied.get(kernel_id)
-            limit_mb = (started or self.policies.effective(notebook)).get("memory_limit_mb")
+            # The cap is the tighter of what the kernel started with and what is in force now.
+            limits = [
+                doc.get("memory_limit_mb")
+                for doc in (started or {}, self.policies.effective(notebook))
+                if doc.get("memory_limit_mb")
+            ]
+            limit_mb = min(limits) if limits else None
             idle = None
             last = getattr(kernel, "last_activity", None)
             if getattr(kernel, "execution_state", None) == "idle" and isinstance(last, datetime):

@@ -130,6 +130,11 @@ class ServerClient:
         """Remove this notebook's own policy; the kernel's view after."""
         return self._request("DELETE", "policy")
 
+    def applied_here(self) -> dict[str, Any]:
+        """Tell the server this kernel now runs with its notebook's current policy (applied
+        in-process), so it stops showing "restart required"."""
+        return self._request("POST", "applied", {})
+
     def history(self, seconds: float) -> dict[str, Any]:
         """The server's recent per-GPU time series."""
         return self._request("GET", "history?" + urllib.parse.urlencode({"seconds": seconds}))

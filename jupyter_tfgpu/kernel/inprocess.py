@@ -169,6 +169,16 @@ def apply_policy(next_start: dict[str, Any] | None) -> ApplyOutcome:
     )
 
 
+def tell_server(client: Any, outcome: ApplyOutcome) -> None:
+    """After an in-process apply, let the server record it (no restart needed any more)."""
+    if outcome.state != "applied" or client is None:
+        return
+    try:
+        client.applied_here()
+    except Exception:  # noqa: BLE001 - the policy is applied; only the server's view lags
+        pass
+
+
 def _placed(running: dict[str, Any]) -> dict[str, Any]:
     """The GPUs automatic placement gave this kernel at start, kept while devices stays "auto"."""
     keep = {"devices": running.get("devices"), "devices_requested": "auto"}

@@ -159,11 +159,9 @@ class TFGPUMagics(Magics):
         kernel = status.get("kernel")
         running = inprocess.running_policy()
         restart = inprocess.restart_required(kernel) if kernel else None
-        if (
-            kernel
-            and running
-            and kernel.get("applied")
-            and not same_policy(running, kernel["applied"])
+        applied = (kernel or {}).get("applied") or {}
+        if applied.get("applied_in_process") or (
+            running and applied and not same_policy(running, applied)
         ):
             notes.append("This kernel's policy was changed in-process, without a restart.")
         notes.extend(_framework_lines())
@@ -218,6 +216,7 @@ class TFGPUMagics(Magics):
         except ServerError as err:
             raise UsageError(f"the policy was not saved: {err}") from None
         outcome = inprocess.apply_policy(view.get("next_start"))
+        inprocess.tell_server(client, outcome)
         return PolicyChangeView(said, outcome, view.get("own"))
 
     # -- live panel ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import ipywidgets as widgets
 from traitlets import Bool, Unicode
 
 from .client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
-from .inprocess import apply_policy, restart_required
+from .inprocess import apply_policy, restart_required, tell_server
 from .policy_fields import PolicyField, policy_fields
 from .render import MUTED, SOURCES, WARN, _e
 from .widgets import Poller
@@ -221,6 +221,7 @@ class PolicyEditor(widgets.VBox):
             self._tell(f"Not saved: {err}", warn=True)
             return
         outcome = apply_policy(view.get("next_start"))
+        tell_server(self._client, outcome)
         self._show_view(view)
         self._tell(f"{done} {outcome.message}", warn=outcome.restart_required)
 

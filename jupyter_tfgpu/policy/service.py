@@ -148,6 +148,26 @@ class PolicyService:
             allowed=self.admin.allowed_uuids(self.devices),
         )
 
+    def applied_in_process(self, kernel_id: str, key: str | None) -> dict[str, Any]:
+        """A kernel applied its notebook's current policy in-process (no restart).
+
+        What is recorded is the server's own rendering of the current policy, never what the
+        kernel claims; GPUs it was placed on at start stay as they were.
+        """
+        started = self.applied.get(kernel_id) or {}
+        effective = self.effective(key)
+        if effective.get("devices") == "auto" and started.get("devices_requested") == "auto":
+            effective = {**effective, "devices": started.get("devices") or []}
+        document = policy_document(effective, self.devices, notebook=key, kernel_id=kernel_id)
+        for name in ("devices_requested", "placement"):
+            if name in started and effective.get("devices") is not None:
+                document[name] = started[name]
+        document["started"] = started.get("started")
+        document["applied_in_process"] = time.time()
+        with self._applied_lock:
+            self.applied[kernel_id] = document
+        return document
+
     def forget_kernel(self, kernel_id: str) -> None:
         """A kernel is gone."""
         with self._applied_lock:
