@@ -23,9 +23,13 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, through Playwright."""
+    """Debian's Chromium, headless, through Playwright.
+
+    Module-scoped: Playwright's sync API keeps an event loop running while it is open, which
+    must be gone before the other tests (pytest-jupyter's in-process servers) start their own.
+    """
     if not os.access(CHROMIUM, os.X_OK):
         _missing(f"{CHROMIUM} is missing: run `bash scripts/install-browser.sh`")
     try:
