@@ -1,9 +1,10 @@
-"""Helpers to start sessions through the real REST API and run code in the real kernels."""
+"""Helpers for tests against a real server: start sessions, run code in kernels, wait."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 
@@ -43,3 +44,15 @@ async def run_json(serverapp, kernel_id: str, code: str, timeout: float = 120) -
     """Run code whose last printed line is JSON; return it parsed."""
     out = await run_code(serverapp, kernel_id, code, timeout)
     return json.loads(out.strip().splitlines()[-1])
+
+
+async def poll(check, timeout: float = 10.0):
+    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the time allowed")
+        await asyncio.sleep(0.05)

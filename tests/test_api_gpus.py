@@ -12,6 +12,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from tests.fake_pynvml import FakeGpu, FakeNvml
+from tests.kernel_helpers import poll
 
 GIB = 2**30
 NO_CREDENTIALS = {"Authorization": ""}  # overrides the token jp_fetch and jp_ws_fetch would add
@@ -74,16 +75,6 @@ async def get_json(jp_fetch, *parts: str, **kwargs):
     return json.loads(response.body)
 
 
-async def poll(check, timeout: float = 10.0):
-    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met within the time allowed")
-        await asyncio.sleep(0.05)
 
 
 async def read_snapshot(ws, timeout: float = 10.0) -> dict:

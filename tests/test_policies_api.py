@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import unicodedata
 from importlib.resources import files
 from urllib.parse import quote
@@ -14,8 +12,9 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from jupyter_tfgpu.policy.model import policy_fields
 from jupyter_tfgpu.gpu.simulated import simulated_uuid
+from jupyter_tfgpu.policy.model import policy_fields
+from tests.kernel_helpers import poll
 
 SPEC = OpenAPI.from_dict(
     yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
@@ -106,16 +105,6 @@ def check_spec(method: str, path: str, response) -> None:
     )
 
 
-async def poll(check, timeout: float = 5.0):
-    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met within the time allowed")
-        await asyncio.sleep(0.05)
 
 
 async def stored(jp_fetch) -> dict:
@@ -508,7 +497,7 @@ async def test_renaming_a_notebook_moves_its_policy(jp_fetch, jp_root_dir):
     async def moved():
         return await stored(jp_fetch) == {"work/renamed.ipynb": {"memory_limit_mb": 300}}
 
-    await poll(moved)
+    await poll(moved, timeout=5.0)
     code, data = await call(jp_fetch, "GET", "policies", "work/renamed.ipynb")
     assert data["policy"] == {"memory_limit_mb": 300}
 
@@ -531,7 +520,7 @@ async def test_renaming_a_folder_moves_the_policies_inside(jp_fetch, jp_root_dir
             "team-other.ipynb",
         }
 
-    await poll(moved)
+    await poll(moved, timeout=5.0)
 
 
 async def test_deleting_a_notebook_removes_its_policy(jp_fetch, jp_root_dir):
@@ -548,7 +537,7 @@ async def test_deleting_a_notebook_removes_its_policy(jp_fetch, jp_root_dir):
     async def removed():
         return set(await stored(jp_fetch)) == {"kept.ipynb"}
 
-    await poll(removed)
+    await poll(removed, timeout=5.0)
 
 
 async def test_deleting_a_folder_removes_the_policies_inside(jp_fetch, jp_root_dir):
@@ -565,7 +554,7 @@ async def test_deleting_a_folder_removes_the_policies_inside(jp_fetch, jp_root_d
     async def removed():
         return set(await stored(jp_fetch)) == {"older.ipynb"}
 
-    await poll(removed)
+    await poll(removed, timeout=5.0)
 
 
 # -- the store file -----------------------------------------------------------------------------
