@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 __all__ = ["FRAMEWORKS", "collect", "device_id", "framework_imported", "send_once", "status"]
 
