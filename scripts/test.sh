@@ -25,6 +25,7 @@ export JUPYTER_RUNTIME_DIR="$scratch/runtime" IPYTHONDIR="$scratch/ipython"
 mkdir -p "$HOME"
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONDONTWRITEBYTECODE=1
 
-# Front-end unit tests and lint first, so pytest's summary is the last line printed.
+# Lint and front-end unit tests first, so pytest's summary is the last line printed.
+ruff check .
 (cd labextension && npm test --silent && npm run lint --silent)
 python -m pytest -p no:cacheprovider "$@"
