@@ -74,8 +74,7 @@ class KernelRegistry:
                 started = process_start(pid)
             if started is None:
                 continue
-            notebook = notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
-            kernels.append(KernelProcess(kernel_id, pid, started, notebook))
+            kernels.append(KernelProcess(kernel_id, pid, started, self.notebook_of(kernel_id)))
         self._pids = pids
         self.attribution.set_kernels(kernels)
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policy_fields import field_named, requested, same_policy
+from .policy_fields import requested, same_policy, setting_text
 
 FRAMEWORKS = ("tensorflow", "torch", "jax")
 LABELS = {"tensorflow": "TensorFlow", "torch": "PyTorch", "jax": "JAX"}
@@ -206,22 +206,15 @@ def _describe(framework: str, result: dict[str, Any], blocked: list[str]) -> lis
     label = LABELS[framework]
     lines = []
     for item in result.get("applied", []):
-        lines.append(f"{label}: {_setting(item)} applied")
+        lines.append(f"{label}: {setting_text(item)} applied")
     for item in result.get("pending", []):
-        lines.append(f"{label}: {_setting(item)} applies when CUDA initializes")
+        lines.append(f"{label}: {setting_text(item)} applies when CUDA initializes")
     for item in result.get("skipped", []):
         reason = str(item.get("reason") or "")
-        lines.append(f"{label}: {_setting(item)} skipped ({reason})")
+        lines.append(f"{label}: {setting_text(item)} skipped ({reason})")
         if "restart" in reason.lower():
             blocked.append(f"{label}: {item.get('setting')} needs a restart")
     for message in result.get("errors", []):
         blocked.append(f"{label}: {message}")
     return lines
 
-
-def _setting(item: dict[str, Any]) -> str:
-    name = str(item.get("setting"))
-    try:
-        return f"{name} {field_named(name).format(item.get('value'))}"
-    except KeyError:
-        return name

@@ -24,7 +24,7 @@ from IPython.core.magic_arguments import (
 from . import inprocess
 from .client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
 from .local import local_status
-from .policy_fields import PolicyField, field_named, policy_fields, same_policy
+from .policy_fields import PolicyField, field_named, policy_fields, same_policy, setting_text
 from .render import KernelsView, MessageView, PolicyChangeView, StatusView
 
 COMMANDS = ("status", "policy", "watch", "kernels")
@@ -252,9 +252,9 @@ def _framework_lines() -> list[str]:
     lines = []
     for name, entry in frameworks.items():
         label = inprocess.LABELS.get(name, name)
-        done = [_setting(i) for i in entry.get("applied") or ()]
-        waiting = [_setting(i) for i in entry.get("pending") or ()]
-        skipped = [f"{_setting(i)} ({i.get('reason')})" for i in entry.get("skipped") or ()]
+        done = [setting_text(i, "=") for i in entry.get("applied") or ()]
+        waiting = [setting_text(i, "=") for i in entry.get("pending") or ()]
+        skipped = [f"{setting_text(i, '=')} ({i.get('reason')})" for i in entry.get("skipped") or ()]
         parts = [
             f"applied {', '.join(done)}" if done else "",
             f"pending {', '.join(waiting)}" if waiting else "",
@@ -264,13 +264,6 @@ def _framework_lines() -> list[str]:
         lines.append(f"{label}: {said}.")
     return lines
 
-
-def _setting(item: dict[str, Any]) -> str:
-    name = str(item.get("setting"))
-    try:
-        return f"{name}={field_named(name).format(item.get('value'))}"
-    except KeyError:
-        return name
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -172,6 +172,15 @@ def field_named(name: str) -> PolicyField:
     raise KeyError(name)
 
 
+def setting_text(item: dict[str, Any], joiner: str = " ") -> str:
+    """One applied/skipped entry of a bootstrap record, as "name value" (value in field form)."""
+    name = str(item.get("setting"))
+    try:
+        return f"{name}{joiner}{field_named(name).format(item.get('value'))}"
+    except KeyError:
+        return name
+
+
 def requested(document: dict[str, Any] | None) -> dict[str, Any]:
     """A policy document's fields as asked for: ``devices: "auto"`` rather than what was picked."""
     document = dict(document or {})
