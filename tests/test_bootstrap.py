@@ -10,62 +10,28 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import stat
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "kernel" / "bootstrap"
-HAS_TF = importlib.util.find_spec("tensorflow") is not None
+from tests.bootstrap_helpers import BOOTSTRAP, HAS_TF, last_json, run_python
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 NO_GPU = "no GPU visible"
 RESTART = "TensorFlow already initialized its devices; restart the kernel to apply"
-# Variables a developer's shell could leak into the children and change what they do.
-LEAKY = (
-    "PYTHONPATH",
-    "TFGPU_POLICY",
-    "TFGPU_REPORT_DIR",
-    "CUDA_VISIBLE_DEVICES",
-    "TF_FORCE_GPU_ALLOW_GROWTH",
-    "TF_GPU_ALLOCATOR",
-    "XLA_PYTHON_CLIENT_PREALLOCATE",
-    "XLA_PYTHON_CLIENT_MEM_FRACTION",
-    "XLA_CLIENT_MEM_FRACTION",
-    "PYTORCH_ALLOC_CONF",
-    "PYTORCH_CUDA_ALLOC_CONF",
-)
-
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs the TensorFlow CPU build")
 
 
 def python(code, policy=None, path=(), report_dir=None, env=None, timeout=240):
     """Run ``code`` in a fresh interpreter with the bootstrap first on PYTHONPATH."""
-    child_env = {k: v for k, v in os.environ.items() if k not in LEAKY}
-    child_env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONDONTWRITEBYTECODE="1")
-    child_env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP), *map(str, path)])
+    extra = {}
     if policy is not None:
-        child_env["TFGPU_POLICY"] = policy if isinstance(policy, str) else json.dumps(policy)
+        extra["TFGPU_POLICY"] = policy if isinstance(policy, str) else json.dumps(policy)
     if report_dir is not None:
-        child_env["TFGPU_REPORT_DIR"] = str(report_dir)
-    child_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=child_env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def last_json(proc):
-    """The JSON document a child printed last; fails with its stderr if it did not."""
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        extra["TFGPU_REPORT_DIR"] = str(report_dir)
+    extra.update(env or {})
+    return run_python(code, path=path, env=extra, timeout=timeout)
 
 
 def warnings_in(proc):

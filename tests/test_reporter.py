@@ -9,12 +9,9 @@ GPU" is a stand-in package whose figures the test sets (torch, TensorFlow and JA
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,26 +20,11 @@ from pathlib import Path
 
 import pytest
 
-BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "kernel" / "bootstrap"
-HAS_TF = importlib.util.find_spec("tensorflow") is not None
+from tests.bootstrap_helpers import HAS_TF, last_json, run_python
+
 GIB = 2**30
 TOKEN = "kernel-secret-" + os.urandom(12).hex()
 INTERVAL = 0.1
-# Variables a developer's shell could leak into the children and change what they do.
-LEAKY = (
-    "PYTHONPATH",
-    "TFGPU_POLICY",
-    "TFGPU_REPORT_DIR",
-    "TFGPU_SERVER_URL",
-    "TFGPU_KERNEL_TOKEN",
-    "TFGPU_REPORT_INTERVAL",
-    "CUDA_VISIBLE_DEVICES",
-    "JAX_PLATFORMS",
-    "http_proxy",
-    "HTTP_PROXY",
-)
-
-
 class ReportServer:
     """A local stand-in for the server's report route: records each request, answers ``status``."""
 
@@ -99,35 +81,13 @@ def closed_url():
 
 def kernel_process(code, url, path=(), env=None, timeout=240):
     """Run ``code`` the way a kernel's Python process runs: bootstrap + the kernel channel."""
-    child_env = {k: v for k, v in os.environ.items() if k not in LEAKY}
-    child_env.update(
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONDONTWRITEBYTECODE="1",
-        PYTHONPATH=os.pathsep.join([str(BOOTSTRAP), *map(str, path)]),
-        TFGPU_POLICY="{}",
-        TFGPU_SERVER_URL=url,
-        TFGPU_KERNEL_TOKEN=TOKEN,
-        TFGPU_REPORT_INTERVAL=str(INTERVAL),
-    )
-    for name, value in (env or {}).items():
-        if value is None:
-            child_env.pop(name, None)
-        else:
-            child_env[name] = value
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=child_env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def last_json(proc):
-    """The JSON document a child printed last; fails with its stderr if it did not."""
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    channel = {
+        "TFGPU_POLICY": "{}",
+        "TFGPU_SERVER_URL": url,
+        "TFGPU_KERNEL_TOKEN": TOKEN,
+        "TFGPU_REPORT_INTERVAL": str(INTERVAL),
+    }
+    return run_python(code, path=path, env={**channel, **(env or {})}, timeout=timeout)
 
 
 # Waits in the child until the reporter's status satisfies a condition (or 20 s pass).
