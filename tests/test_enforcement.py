@@ -155,19 +155,24 @@ def listen(jp_serverapp, schema_id):
     return seen
 
 
-@pytest.mark.parametrize("tfgpu_config", ["restart"], indirect=True)
-async def test_kernel_over_its_cap_is_restarted_and_told_why(jp_fetch, jp_serverapp):
-    """A notebook allocating ~500 MB is seen under its notebook, then restarted past 300 MiB."""
+async def hungry_kernel(jp_fetch, jp_serverapp):
+    """A kernel for hungry.ipynb that allocated ~500 MB; the enforcement events it causes."""
     from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
 
     events = listen(jp_serverapp, ENFORCEMENT_EVENT)
-    # Given a kernel for a notebook
     session = await start_session(jp_fetch, "hungry.ipynb")
     kernel_id = session["kernel"]["id"]
-    km = jp_serverapp.kernel_manager
-    pid_before = km.get_kernel(kernel_id).provisioner.pid
-    # When it allocates about 500 MB
+    pid_before = jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner.pid
     await run_code(jp_serverapp, kernel_id, ALLOCATE)
+    return events, kernel_id, pid_before
+
+
+@pytest.mark.parametrize("tfgpu_config", ["restart"], indirect=True)
+async def test_kernel_over_its_cap_is_restarted_and_told_why(jp_fetch, jp_serverapp):
+    """A notebook allocating ~500 MB is seen under its notebook, then restarted past 300 MiB."""
+    # Given a kernel for a notebook that allocates about 500 MB
+    events, kernel_id, pid_before = await hungry_kernel(jp_fetch, jp_serverapp)
+    km = jp_serverapp.kernel_manager
 
     # Then the GPU process list shows it under its notebook
     async def attributed():
@@ -198,14 +203,8 @@ async def test_kernel_over_its_cap_is_restarted_and_told_why(jp_fetch, jp_server
 @pytest.mark.parametrize("tfgpu_config", ["warn"], indirect=True)
 async def test_warn_mode_kills_nothing(jp_fetch, jp_serverapp):
     """In warn mode the same kernel is attributed and warned about, and keeps running."""
-    from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
-
-    events = listen(jp_serverapp, ENFORCEMENT_EVENT)
-    session = await start_session(jp_fetch, "hungry.ipynb")
-    kernel_id = session["kernel"]["id"]
+    events, kernel_id, pid_before = await hungry_kernel(jp_fetch, jp_serverapp)
     km = jp_serverapp.kernel_manager
-    pid_before = km.get_kernel(kernel_id).provisioner.pid
-    await run_code(jp_serverapp, kernel_id, ALLOCATE)
 
     async def warned():
         return events

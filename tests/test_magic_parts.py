@@ -13,7 +13,7 @@ import pytest
 
 from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, Unreachable
 from jupyter_tfgpu.kernel.local import local_status
-from jupyter_tfgpu.kernel.policy_fields import field_named, policy_fields, schema
+from jupyter_tfgpu.kernel.policy_fields import field_named, policy_fields, schema, setting_text
 from jupyter_tfgpu.kernel.units import format_bytes, parse_mib
 from jupyter_tfgpu.provisioner import MAGIC_EXTENSION, bootstrap_dir, is_ipykernel, with_magic
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
@@ -173,3 +173,11 @@ def test_the_loader_fails_soft_without_the_package(monkeypatch, capsys):
         "needs the jupyter-tfgpu package in this kernel's Python environment"
         in capsys.readouterr().err
     )
+
+
+def test_record_entries_read_in_the_fields_own_form():
+    """A bootstrap record entry shows its value the way the field is written ("4 GiB", "on")."""
+    assert setting_text({"setting": "memory_limit_mb", "value": 4096}) == "memory_limit_mb 4 GiB"
+    assert setting_text({"setting": "memory_growth", "value": True}, "=") == "memory_growth=on"
+    # an entry that is no policy field (e.g. "no policy set") keeps just its name
+    assert setting_text({"setting": "policy", "value": None}) == "policy"
