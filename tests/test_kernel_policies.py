@@ -28,7 +28,8 @@ POLICY = {
 READ_ENV = """
 import json, os
 names = ["CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_GPU_ALLOCATOR",
-         "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_CLIENT_MEM_FRACTION", "PYTORCH_ALLOC_CONF",
+         "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+         "XLA_CLIENT_MEM_FRACTION", "PYTORCH_ALLOC_CONF",
          "PYTORCH_CUDA_ALLOC_CONF", "TFGPU_POLICY"]
 print(json.dumps({n: os.environ.get(n) for n in names}))
 """
@@ -69,7 +70,8 @@ async def test_policy_reaches_the_kernel_environment(jp_fetch, jp_serverapp, not
     assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert env["TF_GPU_ALLOCATOR"] == "cuda_malloc_async"
     assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert env["XLA_CLIENT_MEM_FRACTION"] == str(round(1024 / (16 * 1024), 4))
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == str(round(1024 / (16 * 1024), 4))
+    assert env["XLA_CLIENT_MEM_FRACTION"] is None
     assert env["PYTORCH_ALLOC_CONF"] == env["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"
     document = json.loads(env["TFGPU_POLICY"])
     assert document["notebook"] == notebook

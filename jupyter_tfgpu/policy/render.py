@@ -74,7 +74,10 @@ def render_env(
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false" if growth else "true"
     fraction = memory_fraction(policy, devices)
     if fraction is not None:
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = env["XLA_CLIENT_MEM_FRACTION"] = f"{fraction}"
+        # One name only: jaxlib 0.11 refuses to start its GPU backend (and falls back to the
+        # CPU) when both are set. Every jaxlib reads this one; newer ones call it deprecated.
+        # XLA_CLIENT_MEM_FRACTION stays in POLICY_ENV so an inherited value is removed.
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction}"
     if policy.get("allocator") == "cuda_malloc_async":
         env["TF_GPU_ALLOCATOR"] = "cuda_malloc_async"
         # PyTorch reads PYTORCH_ALLOC_CONF since 2.9 and the older name before it.
