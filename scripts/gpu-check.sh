@@ -4,8 +4,8 @@
 # against a real jupyter_server with NVML, and prints ONE JSON report on stdout (also written
 # to $OUT/gpu-check.json). Everything else goes to log files ($OUT/gpu-check-*.log when OUT is
 # set). Exit code: gpu_check.py's (0 = every check passed).
-#   device call: command "bash scripts/gpu-check.sh", carry [".whl"], timeout_s 420
-#   dry run here: PYTHON=python3.12 bash scripts/gpu-check.sh --backend simulated
+#   on the GPU machine, in a copy of this repository with .whl/ beside it: bash scripts/gpu-check.sh
+#   dry run on a machine without a GPU: PYTHON=python3.12 bash scripts/gpu-check.sh --backend simulated
 # Extra arguments go to gpu_check.py.
 set -uo pipefail  # no -e: every failure still ends in one JSON report
 cd "$(dirname "$0")/.." || exit 2
@@ -43,7 +43,7 @@ fi
                 --no-cache-dir --upgrade --target "$site" "${wheels[@]}"
         fi
     else
-        echo "no .whl/ folder: run scripts/gpu-wheels.sh here and carry .whl"
+        echo "no .whl/ folder: run scripts/gpu-wheels.sh on a machine with PyPI and copy .whl/ here"
         false
     fi
     echo $? >"$context/install-rc"

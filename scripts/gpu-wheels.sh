@@ -3,7 +3,7 @@
 # own wheel plus jupyter_server, ipykernel, jupyter_client and their dependencies, built for the
 # GPU machine's Python (cp312, manylinux x86-64). Runs on a dev machine that reaches PyPI.
 # Versions are pinned to the local .venv's when it has them (the ones the test suite ran with).
-# The GPU machine has no network; the device call carries this folder: carry: [".whl"].
+# The GPU machine needs no network: copy this folder over with the repository.
 # Wheels of packages its image already has are kept too: gpu-check.sh installs only those the
 # image lacks or has in a version that does not satisfy what the other wheels require.
 set -euo pipefail
@@ -13,7 +13,7 @@ python=${PYTHON:-}
 if [ -z "$python" ]; then
     if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 fi
-# The GPU machine's Python (see the device README's KINDS.md: python3 there is 3.12).
+# The GPU machine's Python (3.12 on the machines this was run on; TFGPU_GPU_PYTHON for another).
 target_python=${TFGPU_GPU_PYTHON:-3.12}
 abi=cp${target_python/./}
 limit_mib=48
@@ -63,7 +63,7 @@ for wheel in "$scratch"/deps/*.whl; do
     esac
 done
 
-# Never carry the big frameworks or JupyterLab: the GPU machine has torch and jax, and the
+# Never bundle the big frameworks or JupyterLab: the GPU machine has torch and jax, and the
 # check needs no lab front end.
 for name in jupyterlab tensorflow tensorflow_cpu torch jax jaxlib; do
     if ls "$dest/$name"-[0-9]*.whl >/dev/null 2>&1; then
@@ -75,7 +75,7 @@ done
 find "$dest" -type f -name '*.whl' -printf '%s %p\n' | sort -k2 | awk '{printf "%8.1f KiB  %s\n", $1 / 1024, $2}'
 total=$(find "$dest" -type f -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s}')
 count=$(find "$dest" -type f -name '*.whl' | wc -l)
-printf 'gpu-wheels: %d wheels, %.1f MiB in %s/ (limit %d MiB; a device call carries at most 64 MiB)\n' \
+printf 'gpu-wheels: %d wheels, %.1f MiB in %s/ (limit %d MiB, to keep the copy small)\n' \
     "$count" "$(echo "$total / 1048576" | bc -l)" "$dest" "$limit_mib"
 if [ "$total" -gt $((limit_mib * 1048576)) ]; then
     echo "gpu-wheels: over ${limit_mib} MiB" >&2
