@@ -526,6 +526,30 @@ print(json.dumps({"stopped": stopped, "later": tfgpu_report.status(),
     assert TOKEN not in proc.stdout + proc.stderr
 
 
+def test_a_429_slows_the_reporter_down_instead_of_stopping_it(server, torch_stand_in):
+    """The server limits reports per kernel: the reporter backs off and keeps running."""
+    # Given a server that answers every report with 429 Too Many Requests
+    server.status = 429
+    # When the reporter tries and gets that answer
+    proc = kernel_process(
+        WAIT_FOR
+        + """
+import json, torch, tfgpu_bootstrap, tfgpu_report
+torch.cuda.init()
+seen = wait_for(lambda s: s["retry_in"] is not None)
+print(json.dumps({"seen": seen, "record": tfgpu_bootstrap.record()}))
+""",
+        server.url,
+        path=[torch_stand_in],
+    )
+    seen = last_json(proc)["seen"]
+    # Then it waits longer before the next try, and has not stopped
+    assert seen["last_status"] == 429
+    assert seen["retry_in"] > INTERVAL
+    assert seen["stopped"] is False
+    assert seen["running"] is True
+
+
 def test_the_token_never_shows_when_the_server_is_down(closed_url, torch_stand_in, tmp_path):
     """Server down: backoff, one line in the record, and the token in no output or record."""
     # Given a kernel process whose server is not listening, writing its record for the server

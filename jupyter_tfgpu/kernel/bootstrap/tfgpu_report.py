@@ -178,11 +178,13 @@ def _send_round(framework: str, devices: list, interval: float) -> float | None:
         with _lock:
             _state["retry_in"] = None
         return interval
-    if code >= 500:
+    if code >= 500 or code == 429:
+        # 429: the server limits reports per kernel; slowing down is the answer, not stopping.
         with _lock:
             retry = min(MAX_BACKOFF, max(interval, _state["retry_in"] or interval / 2) * 2)
             _state["retry_in"] = retry
-        _note("server error", f"the server answered HTTP {code}; retrying with backoff")
+        kind = "rate limited" if code == 429 else "server error"
+        _note(kind, f"the server answered HTTP {code}; retrying with backoff")
         return retry
     _stopped(f"the server refused the report (HTTP {code}); reporter stopped")
     return None
