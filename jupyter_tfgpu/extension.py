@@ -74,6 +74,8 @@ class TFGPUApp(ExtensionApp):
             slow_interval=cfg.slow_interval,
             process_interval=cfg.process_interval,
             pcie_interval=cfg.pcie_interval,
+            # An admin who names a backend expects it to work: its absence is a warning.
+            warn_unavailable=cfg.backend != "auto",
             log=self.log,
         )
         self.sampler.annotators.append(self.attribution.annotate)

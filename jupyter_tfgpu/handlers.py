@@ -78,6 +78,7 @@ class StatusHandler(TFGPUAPIHandler):
                 "configured_backend": self.tfgpu.config_traits.backend,
                 "available": sampler.available,
                 "reason": sampler.reason,
+                "retry_in": sampler.retry_in,
                 "simulated": sampler.simulated,
                 "device_count": sampler.device_count,
                 "sample_interval": sampler.interval,

@@ -24,6 +24,10 @@ GROUPS = ("fast", "processes", "slow", "pcie")
 SHARES = {"fast": 0.4, "processes": 0.3, "slow": 0.2, "pcie": 0.1}
 # A lost GPU is probed again this often, in case it comes back (e.g. after a reset).
 LOST_RETRY_SECONDS = 30.0
+# A backend that failed to open is tried again after this long, doubling up to the maximum:
+# a driver still loading answers soon, a host with no GPU at all costs one try per 5 minutes.
+OPEN_RETRY_SECONDS = 5.0
+OPEN_RETRY_MAX_SECONDS = 300.0
 # How long a REST request for PCIe figures keeps PCIe sampling on.
 PCIE_REQUEST_SECONDS = 30.0
 # Cadences are planned on this share of the budget; the rest absorbs jitter and bursts.
@@ -32,6 +36,13 @@ PLAN_SHARE = 0.9
 TOKEN_WINDOW = 10.0
 # Typical seconds per GPU for a group never measured yet (PCIe: two 20 ms counter samples).
 TYPICAL_COST = {"fast": 0.0001, "processes": 0.01, "slow": 0.001, "pcie": 0.04}
+# The snapshot fields each group fills; a group that fails as a whole nulls these.
+GROUP_FIELDS = {
+    "fast": ("memory", "utilization", "mig_memory"),
+    "processes": ("processes",),
+    "slow": ("temperature", "power", "fan", "clocks"),
+    "pcie": ("pcie",),
+}
 
 Subscriber = Callable[["Snapshot"], None]
 
@@ -105,6 +116,7 @@ class _GpuState:
     lost: bool = False
     lost_reason: str | None = None
     retry_at: float = 0.0
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> field -> reason
 
 
 class Sampler:
@@ -121,9 +133,14 @@ class Sampler:
         process_interval: float = 5.0,
         pcie_interval: float = 2.0,
         unavailable_reason: str | None = None,
+        warn_unavailable: bool = False,
+        clock: Callable[[], float] = time.monotonic,
         log: logging.Logger | None = None,
     ) -> None:
         self.backend = backend
+        # The admin named this backend: its absence is a fault to warn about, not a GPU-less host.
+        self.warn_unavailable = warn_unavailable
+        self._clock = clock  # times the open retries
         self.interval = interval
         self.history_seconds = history_seconds
         self.budget = budget
@@ -152,8 +169,11 @@ class Sampler:
         self._pcie_watchers = 0
         self._pcie_until = 0.0
         self._started_at = time.monotonic()
-        self._warned: set[str] = set()
+        self._warned: set[tuple[int, str, str]] = set()
         self._opened = False
+        self._open_retry_in: float | None = None
+        self._open_retry_at: float | None = None
+        self._open_reason_logged: str | None = None
         # Driver time saved up (seconds); slow groups spend it, so bursts stay in budget.
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
@@ -175,45 +195,105 @@ class Sampler:
         """Static facts of each GPU."""
         return [g.info for g in self._gpus]
 
-    def open(self) -> None:
-        """Open the backend; on failure stay up with ``available = False`` and the reason."""
+    @property
+    def retry_in(self) -> float | None:
+        """Seconds until the backend is tried again; None when it is open or never retried."""
+        if self._opened or self._open_retry_at is None:
+            return None
+        return round(max(0.0, self._open_retry_at - self._clock()), 1)
+
+    def open(self) -> bool:
+        """Open the backend; on any failure stay up, unavailable, with the reason and a retry."""
         if self.backend is None:
             self.available = False
             self.reason = self.reason or "GPU monitoring is turned off (TFGPU.backend = 'none')"
-            return
+            return False
         try:
             infos = self.backend.open()
-        except BackendUnavailable as err:
-            self.available = False
-            self.reason = err.reason
-            self.log.info("GPU backend %s unavailable: %s", self.backend.name, err.reason)
-            return
+        except Exception as err:  # noqa: BLE001 - no GPU data is a state to report, not a crash
+            self._open_failed(err)
+            return False
+        if self._stop.is_set():
+            # The server stopped while a slow open was under way: hand the library straight back.
+            self.backend.close()
+            return False
         try:
             self.versions = self.backend.versions()
         except Exception:  # noqa: BLE001 - versions are informative only
             self.log.debug("could not read GPU versions", exc_info=True)
-        self._opened = True
-        # A driver without any GPU is "no GPU data", like no driver at all.
-        self.available = bool(infos)
-        self.reason = None if infos else f"{self.backend.name}: no GPU found"
-        self._gpus = [_GpuState(info) for info in infos]
-        for gpu in self._gpus:
+        gpus = [_GpuState(info) for info in infos]
+        for gpu in gpus:
             if gpu.info.lost:
                 gpu.lost, gpu.lost_reason = True, "the device could not be opened"
+        capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
+        self._history = History(capacity, len(gpus))
+        self._gpus = gpus
         # Start with a full bucket: the first reading of every group (and the first PCIe
         # reading when someone starts watching) comes at once; the bucket then pays it back.
         self._tokens = self._token_cap()
         self._tokens_at = time.monotonic()
-        capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
-        self._history = History(capacity, len(self._gpus))
+        self._opened = True
+        self._open_retry_in = self._open_retry_at = None
+        # A driver without any GPU is "no GPU data", like no driver at all. Set last: request
+        # handlers read these from the event loop while a retry opens in the worker.
+        self.reason = None if infos else f"{self.backend.name}: no GPU found"
+        self.available = bool(infos)
+        return True
+
+    def _open_failed(self, err: Exception) -> None:
+        """Record why the backend did not open and when to try again (5 s, doubling to 5 min)."""
+        assert self.backend is not None
+        if isinstance(err, BackendUnavailable):
+            reason = err.reason
+        else:
+            reason = f"{type(err).__name__}: {err}"
+        delay = OPEN_RETRY_SECONDS
+        if self._open_retry_in is not None:
+            delay = min(self._open_retry_in * 2, max(OPEN_RETRY_MAX_SECONDS, OPEN_RETRY_SECONDS))
+        self._open_retry_in = delay
+        self._open_retry_at = self._clock() + delay
+        self.available = False
+        self.reason = reason
+        if reason == self._open_reason_logged:
+            self.log.debug("GPU backend %s still unavailable: %s", self.backend.name, reason)
+            return
+        # Once per reason: a host without GPUs must not fill the log every 5 minutes.
+        self._open_reason_logged = reason
+        expected = isinstance(err, BackendUnavailable) and not self.warn_unavailable
+        self.log.log(
+            logging.INFO if expected else logging.WARNING,
+            "GPU backend %s unavailable: %s (trying again in %g s)",
+            self.backend.name,
+            reason,
+            delay,
+            exc_info=not isinstance(err, BackendUnavailable),
+        )
+
+    def retry_open(self) -> bool:
+        """Open the backend if it failed before and its retry is due; True once it is open."""
+        if self._opened:
+            return True
+        if self._open_retry_at is None or self._clock() < self._open_retry_at:
+            return False
+        if not self.open():
+            return False
+        assert self.backend is not None
+        self.log.info(
+            "GPU backend %s opened on a retry: %s",
+            self.backend.name,
+            f"{self.device_count} GPU(s)" if self.available else self.reason,
+        )
+        self._publish_round(time.monotonic())
+        return True
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Open the backend and start the worker thread."""
+        """Open the backend and start the worker thread, which also retries a failed open."""
         self._loop = loop
         self.open()
-        if not self.available or not self._gpus:
+        if not self.available:
             self._publish_round(time.monotonic())
-            return
+        if self.backend is None or (self._opened and not self._gpus):
+            return  # nothing to read, and nothing to retry
         self._thread = threading.Thread(target=self._run, name="tfgpu-sampler", daemon=True)
         self._thread.start()
 
@@ -311,6 +391,11 @@ class Sampler:
     # -- worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        while not self._opened and not self._stop.is_set():
+            if not self.retry_open():
+                self._stop.wait(max(self.retry_in or 0.0, 0.01))
+        if not self._gpus:
+            return
         next_tick = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -386,6 +471,10 @@ class Sampler:
                     started = time.perf_counter()
                     try:
                         self._read_group(gpu, name)
+                    except GpuLost:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - nulls this group, not the round
+                        self._group_failed(gpu, name, err)
                     finally:
                         spent[name] += time.perf_counter() - started
                 if gpu.lost:
@@ -395,12 +484,8 @@ class Sampler:
                 if not gpu.lost:
                     self.log.error("GPU %d is lost: %s", gpu.info.index, err.reason)
                 gpu.lost, gpu.lost_reason = True, err.reason
+                gpu.errors = {}  # lost_reason says it all
                 gpu.retry_at = now + LOST_RETRY_SECONDS
-            except Exception as err:  # noqa: BLE001
-                key = f"{gpu.info.index}:{type(err).__name__}"
-                if key not in self._warned:
-                    self._warned.add(key)
-                    self.log.warning("GPU %d reading failed: %s", gpu.info.index, err)
         for name in due:
             self.stats[name].record(spent[name])
         self._tokens -= sum(spent.values())
@@ -421,14 +506,35 @@ class Sampler:
         index = gpu.info.index
         backend = self.backend
         assert backend is not None
-        if name == "fast":
-            gpu.fields.update(backend.read_fast(index))
-        elif name == "slow":
-            gpu.fields.update(backend.read_slow(index))
-        elif name == "pcie":
-            gpu.fields.update(backend.read_pcie(index))
-        elif name == "processes":
+        if name == "processes":
             gpu.processes = backend.read_processes(index)
+            gpu.errors.pop(name, None)
+            return
+        read = {"fast": backend.read_fast, "slow": backend.read_slow, "pcie": backend.read_pcie}
+        fields = dict(read[name](index))
+        errors = fields.pop("errors", None) or {}
+        gpu.fields.update(fields)
+        # Replaced each time the group is read: a field that answers again loses its reason.
+        gpu.errors[name] = errors
+        for path, reason in errors.items():
+            self._warn_once(index, path, reason)
+
+    def _group_failed(self, gpu: _GpuState, name: str, err: Exception) -> None:
+        """A group that failed as a whole shows null fields with the reason, not stale ones."""
+        reason = f"{type(err).__name__}: {err}"
+        for key in GROUP_FIELDS[name]:
+            gpu.fields.pop(key, None)
+        if name == "processes":
+            gpu.processes = []
+        gpu.errors[name] = {key: reason for key in GROUP_FIELDS[name] if key != "mig_memory"}
+        self._warn_once(gpu.info.index, name, reason)
+
+    def _warn_once(self, index: int, path: str, reason: str) -> None:
+        """Log a failed reading once per GPU, field and reason; the snapshot says it every time."""
+        key = (index, path, reason)
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning("GPU %d %s: %s (null until it answers again)", index, path, reason)
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -456,6 +562,12 @@ class Sampler:
             "name": info.name,
             "lost": gpu.lost,
             "lost_reason": gpu.lost_reason,
+            "errors": {
+                path: reason
+                for group, errors in gpu.errors.items()
+                if group != "pcie" or pcie_on
+                for path, reason in errors.items()
+            },
             "memory": memory,
             "utilization": f.get("utilization") or {"gpu": None, "memory": None},
             "temperature": f.get("temperature"),

@@ -86,6 +86,17 @@ class FakeGpu:
     unknown: bool = False
 
 
+@dataclass
+class Fault:
+    """A failure injected on one function: raise ``error`` (an NVML code or an exception)."""
+
+    error: int | BaseException
+    times: int | None = None  # None: until cleared
+    gpu: int | None = None  # None: whatever the arguments; else only calls on that GPU's handles
+    delay: float = 0.0  # seconds the call hangs before it fails, as a driver timeout does
+    raised: int = 0
+
+
 class FakeHandle:
     """Opaque device handle, standing in for the binding's c_nvmlDevice_t pointer."""
 
@@ -133,6 +144,8 @@ class FakeNvml:
         self.cuda_driver_version = cuda_driver_version
         self.calls: collections.Counter[str] = collections.Counter()
         self.call_time = 0.0
+        self.faults: dict[str, Fault] = {}
+        self.faults_raised = 0
         self._refcount = 0
         self._loaded = False  # the real binding keeps libnvidia-ml loaded after nvmlShutdown
         self._lock = threading.Lock()
@@ -154,6 +167,46 @@ class FakeNvml:
         with self._lock:
             self.calls.clear()
             self.call_time = 0.0
+
+    def inject(
+        self,
+        name: str,
+        error: int | BaseException,
+        times: int | None = None,
+        gpu: int | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """Make ``name`` fail with ``error`` (e.g. ``NVML_ERROR_TIMEOUT``) ``times`` times, or
+        until cleared; ``gpu`` limits it to that GPU's handles, ``delay`` makes it hang first."""
+        fault = Fault(error, times, gpu, delay)
+        with self._lock:
+            self.faults[name] = fault
+        return fault
+
+    def clear(self, name: str | None = None) -> None:
+        """Remove the fault on ``name``, or every fault."""
+        with self._lock:
+            if name is None:
+                self.faults.clear()
+            else:
+                self.faults.pop(name, None)
+
+    def _take_fault(self, name: str, args: tuple) -> Fault | None:
+        """The fault this call must fail with, counted; None when the call goes through."""
+        with self._lock:
+            fault = self.faults.get(name)
+            if fault is None:
+                return None
+            if fault.gpu is not None:
+                handle = args[0] if args else None
+                gpu = self.gpus[fault.gpu] if fault.gpu < len(self.gpus) else None
+                if not isinstance(handle, FakeHandle) or handle._gpu is not gpu:
+                    return None
+            fault.raised += 1
+            self.faults_raised += 1
+            if fault.times is not None and fault.raised >= fault.times:
+                del self.faults[name]
+            return fault
 
     def _build_module(self) -> types.ModuleType:
         module = types.ModuleType("pynvml", "Fake nvidia-ml-py for tests.")
@@ -189,6 +242,13 @@ class FakeNvml:
                 delay = self.latency.get(name)
                 if delay:
                     time.sleep(delay)
+                fault = self._take_fault(name, args)
+                if fault is not None:
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    if isinstance(fault.error, BaseException):
+                        raise fault.error
+                    raise _ERR(fault.error)
                 return method(*args, **kwargs)
             finally:
                 self._tls.depth = depth

@@ -132,3 +132,34 @@ def test_mig_slots_and_handles():
     assert nvml.nvmlDeviceGetMemoryInfo(mig).used == 2**30
     with pytest.raises(pynvml.NVMLError_NotSupported):
         nvml.nvmlDeviceGetTemperature(mig, nvml.NVML_TEMPERATURE_GPU)
+
+
+def test_injected_fault_fails_the_call_n_times_then_goes():
+    # Given a fault injected for two calls on GPU 1's temperature only
+    fake = started(gpus=[FakeGpu(temperature=40), FakeGpu(temperature=50)])
+    nvml = fake.module
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(2)]
+    fake.inject("nvmlDeviceGetTemperature", pynvml.NVML_ERROR_TIMEOUT, times=2, gpu=1)
+
+    # When / Then GPU 0 answers, GPU 1 raises the real Timeout class twice, then answers
+    assert nvml.nvmlDeviceGetTemperature(handles[0], nvml.NVML_TEMPERATURE_GPU) == 40
+    for _ in range(2):
+        with pytest.raises(pynvml.NVMLError_Timeout):
+            nvml.nvmlDeviceGetTemperature(handles[1], nvml.NVML_TEMPERATURE_GPU)
+    assert nvml.nvmlDeviceGetTemperature(handles[1], nvml.NVML_TEMPERATURE_GPU) == 50
+    assert fake.faults_raised == 2
+
+
+def test_injected_fault_stays_until_cleared_and_may_be_any_exception():
+    # Given a binding that raises a non-NVML error on init until told otherwise
+    fake = FakeNvml()
+    fake.inject("nvmlInit", OSError("cannot map libnvidia-ml"))
+
+    # When / Then it keeps raising it, and once cleared init works
+    for _ in range(3):
+        with pytest.raises(OSError):
+            fake.module.nvmlInit()
+    fake.clear("nvmlInit")
+    fake.module.nvmlInit()
+    assert fake.initialized
+    assert fake.faults_raised == 3

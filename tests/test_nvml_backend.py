@@ -709,3 +709,283 @@ def test_sampler_stop_shuts_nvml_down(install):
     assert sampler._thread is None
     assert fake.calls["nvmlShutdown"] == 1
     assert not fake.initialized
+
+
+# -- faults: any error is a null with a reason, and a retry -----------------------------------
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+        self.now += seconds
+
+
+def rounds_from(sampler: Sampler, start: float, count: int) -> dict:
+    """Run ``count`` rounds one simulated second apart; return the last snapshot's data."""
+    sampler._tokens_at = start
+    for tick in range(count):
+        sampler._sample_round(start + tick)
+    return sampler.latest.data
+
+
+def every_second(**kwargs) -> Sampler:
+    """A sampler over NVML whose every group is due every round, with budget to spare."""
+    return Sampler(
+        NvmlBackend(),
+        interval=1.0,
+        slow_interval=1.0,
+        process_interval=1.0,
+        budget=1.0,
+        **kwargs,
+    )
+
+
+# (call, error, only on GPU 1's handle, what the reason says)
+OPEN_FAULTS = {
+    "init-timeout": ("nvmlInit", pynvml.NVML_ERROR_TIMEOUT, False, "Timeout"),
+    "init-unknown": ("nvmlInit", pynvml.NVML_ERROR_UNKNOWN, False, "Unknown Error"),
+    "count-timeout": ("nvmlDeviceGetCount", pynvml.NVML_ERROR_TIMEOUT, False, "Timeout"),
+    "count-uninitialized": (
+        "nvmlDeviceGetCount", pynvml.NVML_ERROR_UNINITIALIZED, False, "Uninitialized"
+    ),
+    "handle-irq": (
+        "nvmlDeviceGetHandleByIndex", pynvml.NVML_ERROR_IRQ_ISSUE, False,
+        "nvmlDeviceGetHandleByIndex: Interrupt Request Issue",
+    ),
+    "uuid-timeout": (
+        "nvmlDeviceGetUUID", pynvml.NVML_ERROR_TIMEOUT, True, "GPU 1: nvmlDeviceGetUUID: Timeout"
+    ),
+    "memory-driver-gone": (
+        "nvmlDeviceGetMemoryInfo", pynvml.NVML_ERROR_DRIVER_NOT_LOADED, True, "Driver Not Loaded"
+    ),
+    "name-oserror": (
+        "nvmlDeviceGetName", OSError("libnvidia-ml.so.1: bad ELF"), True, "OSError: libnvidia-ml"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "on_gpu_1", "said"), OPEN_FAULTS.values(), ids=OPEN_FAULTS.keys()
+)
+def test_any_error_at_open_leaves_the_sampler_up_with_a_reason(
+    install, call, error, on_gpu_1, said
+):
+    """Whatever NVML (or its binding) raises while opening, start() returns, unavailable, why."""
+    # Given two GPUs whose driver fails one call of the open
+    fake = install(gpus=[FakeGpu(), FakeGpu()])
+    fake.inject(call, error, gpu=1 if on_gpu_1 else None)
+    sampler = Sampler(NvmlBackend(), interval=0.1, clock=FakeClock())
+
+    # When the sampler starts (as initialize_settings starts it)
+    sampler.start()
+
+    # Then it is up, unavailable, says why and when it tries again, and NVML is handed back
+    try:
+        assert sampler.available is False
+        assert said in sampler.reason
+        assert sampler.retry_in == 5.0
+        assert sampler.latest.data["gpus"] == []
+        assert sampler.devices == []
+        assert not fake.initialized
+        assert sampler._thread is not None and sampler._thread.is_alive()  # the one that retries
+    finally:
+        sampler.stop()
+
+
+def test_open_succeeds_on_a_later_retry(install):
+    """A driver that times out at start is tried again when due, and then GPUs appear."""
+    # Given a sampler whose first open timed out
+    fake = install(gpus=[FakeGpu(util_gpu=7), FakeGpu()])
+    fake.inject("nvmlInit", pynvml.NVML_ERROR_TIMEOUT)
+    clock = FakeClock()
+    sampler = Sampler(NvmlBackend(), interval=1.0, clock=clock)
+    assert sampler.open() is False
+    inits = fake.calls["nvmlInit"]
+
+    # When the retry is not due yet, then due but still failing, then due with the fault gone
+    clock.advance(4.9)
+    early = sampler.retry_open()
+    asked_early = fake.calls["nvmlInit"] - inits
+    clock.advance(0.1)
+    failing = sampler.retry_open()
+    retry_after_second_failure = sampler.retry_in
+    fake.clear()
+    clock.advance(10.0)
+    opened = sampler.retry_open()
+
+    # Then nothing was asked before the retry was due, the delay doubled, and GPUs appeared
+    assert (early, asked_early) == (False, 0)
+    assert failing is False
+    assert retry_after_second_failure == 10.0
+    assert opened is True
+    assert sampler.available is True
+    assert sampler.reason is None
+    assert sampler.retry_in is None
+    assert [d.uuid for d in sampler.devices] == [g.uuid for g in fake.gpus]
+    assert len(sampler.latest.data["gpus"]) == 2
+    assert rounds_from(sampler, 2000.0, 1)["gpus"][0]["utilization"]["gpu"] == 7
+    sampler.stop()
+    assert not fake.initialized
+
+
+def test_open_retries_back_off_to_five_minutes(install):
+    """A backend that keeps failing is tried after 5, 10, 20 ... seconds, at most 300."""
+    # Given a driver that never starts
+    fake = install()
+    fake.inject("nvmlInit", pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    clock = FakeClock()
+    sampler = Sampler(NvmlBackend(), clock=clock)
+    sampler.open()
+
+    # When every retry is made as soon as it is due
+    delays = [sampler.retry_in]
+    for _ in range(8):
+        clock.advance(sampler.retry_in)
+        sampler.retry_open()
+        delays.append(sampler.retry_in)
+
+    # Then
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    assert fake.calls["nvmlInit"] == 9
+    assert sampler.reason == "Driver Not Loaded"
+
+
+def test_the_worker_thread_retries_the_open(install, monkeypatch):
+    """The running sampler's own thread opens the backend once the driver answers."""
+    # Given a running sampler whose open failed, retrying every few milliseconds
+    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_MAX_SECONDS", 0.01)
+    fake = install(gpus=[FakeGpu(util_gpu=5)])
+    fake.inject("nvmlDeviceGetCount", pynvml.NVML_ERROR_TIMEOUT)
+    sampler = Sampler(NvmlBackend(), interval=0.05)
+    sampler.start()
+    try:
+        assert sampler.available is False
+        wait_for(lambda: fake.calls["nvmlInit"] >= 3)
+
+        # When the driver answers again
+        fake.clear()
+
+        # Then the same thread opens it and samples
+        wait_for(lambda: sampler.rounds >= 2)
+        assert sampler.available is True
+        assert sampler.latest.data["gpus"][0]["utilization"]["gpu"] == 5
+    finally:
+        sampler.stop()
+    assert not fake.initialized
+
+
+@pytest.mark.parametrize(
+    ("warn", "level"), [(True, "WARNING"), (False, "INFO")], ids=["nvml-named", "auto"]
+)
+def test_unavailable_backend_is_logged_once_per_reason(install, caplog, warn, level):
+    """A backend the admin named is a warning when missing; auto on a GPU-less host is info."""
+    # Given a host without libnvidia-ml
+    install(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    clock = FakeClock()
+    sampler = Sampler(NvmlBackend(), warn_unavailable=warn, clock=clock)
+
+    # When it is opened and retried twice
+    with caplog.at_level("DEBUG", logger="jupyter_tfgpu.sampler"):
+        sampler.open()
+        for _ in range(2):
+            clock.advance(sampler.retry_in)
+            sampler.retry_open()
+
+    # Then one line at the expected level, which names the backend and the reason
+    lines = [r for r in caplog.records if r.levelname != "DEBUG"]
+    assert [r.levelname for r in lines] == [level]
+    assert "nvml" in lines[0].getMessage()
+    assert "NVML Shared Library Not Found" in lines[0].getMessage()
+
+
+MID_RUN_FAULTS = {
+    "timeout": pynvml.NVML_ERROR_TIMEOUT,
+    "insufficient-resources": pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES,
+    "driver-not-loaded": pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+    "uninitialized": pynvml.NVML_ERROR_UNINITIALIZED,
+    "binding-bug": RuntimeError("binding bug"),
+}
+
+
+@pytest.mark.parametrize("error", MID_RUN_FAULTS.values(), ids=MID_RUN_FAULTS.keys())
+def test_a_failing_field_mid_run_is_null_with_a_reason(install, error):
+    """A query failing on one GPU nulls that field with a reason; all else is read; it recovers."""
+    # Given two GPUs sampled once
+    fake = install(
+        gpus=[FakeGpu(temperature=40, util_gpu=10), FakeGpu(temperature=50, util_gpu=20)]
+    )
+    sampler = every_second()
+    sampler.open()
+    rounds_from(sampler, 100.0, 1)
+
+    # When GPU 1's temperature and utilization queries fail for one round
+    fake.inject("nvmlDeviceGetTemperature", error, times=1, gpu=1)
+    fake.inject("nvmlDeviceGetUtilizationRates", error, times=1, gpu=1)
+    failed = rounds_from(sampler, 200.0, 1)["gpus"]
+    recovered = rounds_from(sampler, 300.0, 1)["gpus"]
+
+    # Then only those fields were null, each with the call and the reason
+    assert failed[1]["temperature"] is None
+    assert failed[1]["utilization"] == {"gpu": None, "memory": None}
+    assert set(failed[1]["errors"]) == {"temperature", "utilization"}
+    assert failed[1]["errors"]["temperature"].startswith("nvmlDeviceGetTemperature: ")
+    assert failed[1]["lost"] is False
+    assert failed[1]["power"]["draw"] == 60.0
+    assert failed[1]["memory"]["total"] == 80 * GIB
+    assert (failed[0]["temperature"], failed[0]["utilization"]["gpu"], failed[0]["errors"]) == (
+        40, 10, {}
+    )  # fmt: skip
+    # And the next round read them again
+    assert (recovered[1]["temperature"], recovered[1]["utilization"]["gpu"]) == (50, 20)
+    assert recovered[1]["errors"] == {}
+    assert fake.faults_raised == 2
+
+
+def test_a_failing_process_list_is_empty_with_a_reason(install):
+    """A process list that times out is an empty list with the reason, never a stale one."""
+    # Given two GPUs with one process each
+    gpus = [FakeGpu(processes=[FakeProcess(pid=10 + i, used_memory=GIB)]) for i in range(2)]
+    fake = install(gpus=gpus)
+    sampler = every_second()
+    sampler.open()
+    rounds_from(sampler, 100.0, 1)
+
+    # When GPU 0's compute process list times out once
+    fake.inject("nvmlDeviceGetComputeRunningProcesses_v3", pynvml.NVML_ERROR_TIMEOUT, 1, gpu=0)
+    failed = rounds_from(sampler, 200.0, 1)["gpus"]
+    recovered = rounds_from(sampler, 300.0, 1)["gpus"]
+
+    # Then
+    assert failed[0]["processes"] == []
+    assert "Timeout" in failed[0]["errors"]["processes"]
+    assert [p["pid"] for p in failed[1]["processes"]] == [11]
+    assert [p["pid"] for p in recovered[0]["processes"]] == [10]
+    assert recovered[0]["errors"] == {}
+
+
+def test_a_failing_field_is_logged_once(install, caplog):
+    """A field failing every round is one warning, not one per round."""
+    # Given a temperature sensor that keeps timing out
+    fake = install(gpus=[FakeGpu()])
+    fake.inject("nvmlDeviceGetTemperature", pynvml.NVML_ERROR_TIMEOUT)
+    sampler = every_second()
+    sampler.open()
+
+    # When five rounds run
+    with caplog.at_level("WARNING", logger="jupyter_tfgpu.sampler"):
+        row = rounds_from(sampler, 100.0, 5)["gpus"][0]
+
+    # Then one line, and the field still says why
+    assert [r.getMessage() for r in caplog.records if "temperature" in r.getMessage()] == [
+        "GPU 0 temperature: nvmlDeviceGetTemperature: Timeout (null until it answers again)"
+    ]
+    assert row["errors"] == {"temperature": "nvmlDeviceGetTemperature: Timeout"}

@@ -65,13 +65,19 @@ class Backend(Protocol):
     Readings come in groups with very different costs, so the sampler can call each group on
     its own cadence and time it. Each ``read_*`` returns a dict of contract fields (``None`` for a
     field the GPU does not support) and raises ``GpuLost`` when that GPU stopped answering.
+    A field whose query failed otherwise (a driver timeout, say) is ``None`` too, and the dict
+    may carry ``"errors"``: field path (``"temperature"``, ``"power.draw"``) -> reason. Any other
+    exception fails the whole group; the sampler nulls it with the reason and reads it again.
     """
 
     name: str
     simulated: bool
 
     def open(self) -> list[DeviceInfo]:
-        """Start the backend and read static facts; raise ``BackendUnavailable`` with the reason."""
+        """Start the backend and read static facts; raise ``BackendUnavailable`` with the reason.
+
+        The sampler survives any other exception as well, and retries the open later.
+        """
 
     def versions(self) -> dict[str, str | None]:
         """Driver, library and CUDA versions, where known."""

@@ -12,6 +12,8 @@ from .backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
 _UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound")
 # Errors that mean the GPU itself stopped answering.
 _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown")
+# Any other error (a timeout, a driver reloading, a bug in the binding) is neither: it nulls the
+# one field and says why, and the field is asked again when its group is next due (_failed).
 
 
 def _load_pynvml():
@@ -43,33 +45,46 @@ class NvmlBackend:
     # -- life cycle --------------------------------------------------------------------------
 
     def open(self) -> list[DeviceInfo]:
-        """Initialise NVML and read the facts that do not change."""
+        """Initialise NVML and read the facts that do not change; any failure is a reason."""
         nvml = _load_pynvml()
+        self._nvml = nvml
         try:
             nvml.nvmlInit()
-        except nvml.NVMLError as err:
-            raise BackendUnavailable(str(err)) from err
-        self._nvml = nvml
+        except Exception as err:  # noqa: BLE001 - a library that cannot start is a reason
+            raise BackendUnavailable(self._describe(err)) from err
         self._open = True
+        try:
+            return self._read_static()
+        except Exception as err:
+            # Facts read half-way would stick for the server's life: hand NVML back, so the
+            # sampler can retry the whole open later.
+            self.close()
+            if isinstance(err, BackendUnavailable):
+                raise
+            raise BackendUnavailable(self._describe(err)) from err
+
+    def _read_static(self) -> list[DeviceInfo]:
+        nvml = self._nvml
+        self._memory_v2 = None
+        self._mig_handles = {}
+        self._process_util_ts = {}
         self._process_readers = {
             "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
             "graphics": self._versioned("nvmlDeviceGetGraphicsRunningProcesses"),
         }
-        try:
-            count = nvml.nvmlDeviceGetCount()
-        except nvml.NVMLError as err:
-            self.close()
-            raise BackendUnavailable(str(err)) from err
+        count = nvml.nvmlDeviceGetCount()
         self._handles = []
-        self._infos = []
         for index in range(count):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            except nvml.NVMLError:
-                # A GPU that cannot even be opened is reported as lost by the sampler.
+            except Exception as err:  # noqa: BLE001 - sorted out below or by _failed
+                if not self._is(err, _LOST + _UNAVAILABLE):
+                    # A timeout, say: worth retrying the whole open, not a GPU lost for good.
+                    self._failed(index, err, "nvmlDeviceGetHandleByIndex", None, "")
+                # A GPU that is gone, or not ours to read, is reported as lost by the sampler.
                 handle = None
             self._handles.append(handle)
-            self._infos.append(self._read_info(index, handle))
+        self._infos = [self._read_info(index, h) for index, h in enumerate(self._handles)]
         return list(self._infos)
 
     def close(self) -> None:
@@ -78,7 +93,7 @@ class NvmlBackend:
             if self._open and self._nvml is not None:
                 try:
                     self._nvml.nvmlShutdown()
-                except self._nvml.NVMLError:
+                except Exception:  # noqa: BLE001 - nothing left to do about it
                     pass
             self._open = False
 
@@ -87,7 +102,7 @@ class NvmlBackend:
         def ask(fn: Callable[[], Any]) -> Any:
             try:
                 return fn()
-            except self._nvml.NVMLError:
+            except Exception:  # noqa: BLE001 - versions are informative only
                 return None
 
         cuda = ask(self._nvml.nvmlSystemGetCudaDriverVersion)
@@ -106,16 +121,44 @@ class NvmlBackend:
             if isinstance(cls, type)
         )
 
-    def _optional(self, index: int | None, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call one NVML query: unsupported -> None, lost GPU -> GpuLost, else re-raise."""
+    def _describe(self, err: BaseException) -> str:
+        """NVML's own words for its errors ("Timeout"); the type as well for anything else."""
+        nvml_error = getattr(self._nvml, "NVMLError", None)
+        if isinstance(nvml_error, type) and isinstance(err, nvml_error):
+            return str(err)
+        return f"{type(err).__name__}: {err}"
+
+    def _optional(
+        self,
+        index: int,
+        fn: Callable[..., Any],
+        *args: Any,
+        errors: dict[str, str] | None = None,
+        field: str = "",
+    ) -> Any:
+        """Call one NVML query; every failure goes through ``_failed``."""
         try:
             return fn(*args)
-        except self._nvml.NVMLError as err:
-            if self._is(err, _UNAVAILABLE):
-                return None
-            if index is not None and self._is(err, _LOST):
-                raise GpuLost(index, str(err)) from err
-            raise
+        except Exception as err:  # noqa: BLE001 - sorted out by _failed
+            return self._failed(index, err, getattr(fn, "__name__", "NVML call"), errors, field)
+
+    def _failed(
+        self, index: int, err: Exception, call: str, errors: dict[str, str] | None, field: str
+    ) -> None:
+        """The one error policy for a query of one GPU.
+
+        Unsupported -> ``None``; lost GPU -> ``GpuLost``; anything else -> ``None`` with the
+        reason in ``errors[field]``, or ``BackendUnavailable`` while opening (``errors`` None).
+        """
+        if self._is(err, _UNAVAILABLE):
+            return None
+        if self._is(err, _LOST):
+            raise GpuLost(index, str(err)) from err
+        reason = f"{call}: {self._describe(err)}"
+        if errors is None:
+            raise BackendUnavailable(f"GPU {index}: {reason}") from err
+        errors[field] = reason
+        return None
 
     def _mismatch_errors(self) -> tuple[type[BaseException], ...]:
         mismatch = getattr(self._nvml, "NVMLLibraryMismatchError", None)
@@ -178,10 +221,10 @@ class NvmlBackend:
         for slot in range(slots):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-            except nvml.NVMLError as err:
+            except Exception as err:  # noqa: BLE001 - sorted out by _failed
                 if self._is(err, ("NVMLError_NotFound",) + _UNAVAILABLE):
                     continue  # empty slot
-                raise
+                self._failed(index, err, "nvmlDeviceGetMigDeviceHandleByIndex", None, "")
             memory = self._memory(index, mig)
             instances.append(
                 MigInstance(
@@ -200,12 +243,25 @@ class NvmlBackend:
 
     # -- per-sample readings -----------------------------------------------------------------
 
-    def _memory(self, index: int, handle: Any) -> dict[str, int | None] | None:
+    def _memory(
+        self,
+        index: int,
+        handle: Any,
+        errors: dict[str, str] | None = None,
+        field: str = "memory",
+    ) -> dict[str, int | None] | None:
         """Memory with the v2 struct (which separates driver-reserved memory) where present."""
         nvml = self._nvml
         if self._memory_v2 is not False and hasattr(nvml, "nvmlMemory_v2"):
             try:
                 info = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
+            except Exception as err:  # noqa: BLE001 - sorted out below or by _failed
+                if not self._is(
+                    err, ("NVMLError_FunctionNotFound", "NVMLError_ArgumentVersionMismatch")
+                ):
+                    return self._failed(index, err, "nvmlDeviceGetMemoryInfo_v2", errors, field)
+                self._memory_v2 = False
+            else:
                 self._memory_v2 = True
                 return {
                     "total": info.total,
@@ -213,17 +269,9 @@ class NvmlBackend:
                     "free": info.free,
                     "reserved": info.reserved,
                 }
-            except nvml.NVMLError as err:
-                if not self._is(
-                    err, ("NVMLError_FunctionNotFound", "NVMLError_ArgumentVersionMismatch")
-                ):
-                    if self._is(err, _LOST):
-                        raise GpuLost(index, str(err)) from err
-                    if self._is(err, _UNAVAILABLE):
-                        return None
-                    raise
-                self._memory_v2 = False
-        info = self._optional(index, nvml.nvmlDeviceGetMemoryInfo, handle)
+        info = self._optional(
+            index, nvml.nvmlDeviceGetMemoryInfo, handle, errors=errors, field=field
+        )
         if info is None:
             return None
         return {"total": info.total, "used": info.used, "free": info.free, "reserved": None}
@@ -231,8 +279,12 @@ class NvmlBackend:
     def read_fast(self, index: int) -> dict[str, Any]:
         """Memory and utilization (and per-MIG-instance memory)."""
         handle = self._handle(index)
-        memory = self._memory(index, handle)
-        rates = self._optional(index, self._nvml.nvmlDeviceGetUtilizationRates, handle)
+        errors: dict[str, str] = {}
+        memory = self._memory(index, handle, errors)
+        rates = self._optional(
+            index, self._nvml.nvmlDeviceGetUtilizationRates, handle, errors=errors,
+            field="utilization",
+        )
         fields: dict[str, Any] = {
             "memory": memory or {"total": None, "used": None, "free": None, "reserved": None},
             "utilization": {
@@ -242,44 +294,56 @@ class NvmlBackend:
         }
         if self._mig_handles.get(index):
             fields["mig_memory"] = {
-                slot: self._memory(index, mig) for slot, mig in self._mig_handles[index]
+                slot: self._memory(index, mig, errors, f"mig.instances.{slot}.memory")
+                for slot, mig in self._mig_handles[index]
             }
+        fields["errors"] = errors
         return fields
 
     def read_slow(self, index: int) -> dict[str, Any]:
         """Temperature (C), power (W), fan (%), current clocks (MHz)."""
         nvml = self._nvml
         handle = self._handle(index)
-        draw = self._optional(index, nvml.nvmlDeviceGetPowerUsage, handle)
-        limit = self._optional(index, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        errors: dict[str, str] = {}
+
+        def ask(field: str, fn: Callable[..., Any], *args: Any) -> Any:
+            return self._optional(index, fn, handle, *args, errors=errors, field=field)
+
+        draw = ask("power.draw", nvml.nvmlDeviceGetPowerUsage)
+        limit = ask("power.limit", nvml.nvmlDeviceGetEnforcedPowerLimit)
+        temperature = ask("temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
         return {
-            "temperature": self._optional(
-                index, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
-            ),
+            "temperature": temperature,
             "power": {
                 "draw": draw / 1000 if draw is not None else None,
                 "limit": limit / 1000 if limit is not None else None,
             },
-            "fan": self._optional(index, nvml.nvmlDeviceGetFanSpeed, handle),
+            "fan": ask("fan", nvml.nvmlDeviceGetFanSpeed),
             "clocks": {
-                "sm": self._optional(index, nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
-                "memory": self._optional(
-                    index, nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_MEM
-                ),
+                "sm": ask("clocks.sm", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM),
+                "memory": ask("clocks.memory", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM),
             },
+            "errors": errors,
         }
 
     def read_pcie(self, index: int) -> dict[str, Any]:
         """PCIe throughput in bytes/s (NVML reports KB/s)."""
         nvml = self._nvml
         handle = self._handle(index)
-        tx = self._optional(index, nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
-        rx = self._optional(index, nvml.nvmlDeviceGetPcieThroughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
+        errors: dict[str, str] = {}
+        throughput = nvml.nvmlDeviceGetPcieThroughput
+        tx = self._optional(
+            index, throughput, handle, nvml.NVML_PCIE_UTIL_TX_BYTES, errors=errors, field="pcie.tx"
+        )
+        rx = self._optional(
+            index, throughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES, errors=errors, field="pcie.rx"
+        )
         return {
             "pcie": {
                 "tx": tx * 1024 if tx is not None else None,
                 "rx": rx * 1024 if rx is not None else None,
-            }
+            },
+            "errors": errors,
         }
 
     def _process_list(self, index: int, kind: str, handle: Any) -> list[Any] | None:
@@ -339,10 +403,10 @@ class NvmlBackend:
         since = self._process_util_ts.get(index, 0)
         try:
             samples = fn(handle, since)
-        except nvml.NVMLError as err:
+        except Exception as err:  # noqa: BLE001 - per-process figures are extras
             if self._is(err, _LOST):
                 raise GpuLost(index, str(err)) from err
-            return {}  # NotFound (no samples yet), NotSupported, ...
+            return {}  # NotFound (no samples yet), NotSupported, a timeout, ...
         latest: dict[int, Any] = {}
         for sample in samples:
             if sample.pid not in latest or sample.timeStamp >= latest[sample.pid].timeStamp:
