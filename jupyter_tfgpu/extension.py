@@ -25,7 +25,14 @@ from .routes import route_patterns
 from .kernel_channel import KernelReports, KernelTokens
 from .kernels import KernelRegistry
 from .policy.placement import Placement
-from .policy import AdminPolicy, PolicyError, PolicyService, PolicyStore, normalize_notebook_path
+from .policy import (
+    AdminPolicy,
+    PolicyError,
+    PolicyService,
+    PolicyStore,
+    StoreUnavailable,
+    normalize_notebook_path,
+)
 from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from .sampler import Sampler
 
@@ -97,7 +104,10 @@ class TFGPUApp(ExtensionApp):
             log=self.log,
             placement=Placement(lambda: self.sampler.latest.data, cfg.placement_strategy),
         )
-        self.policies.store.all()  # a corrupt store is reported in the start-up log
+        # Read once before serving (a corrupt or unreadable store is reported in the start-up
+        # log); from then on reads answer from memory and a thread looks for other writers.
+        self.policies.store.refresh()
+        self.policies.store.start_refreshing()
         report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
         self.kernels = KernelRegistry(
             self.serverapp.kernel_manager,
@@ -145,6 +155,8 @@ class TFGPUApp(ExtensionApp):
         """Stop sampling and shut NVML down with the server."""
         if self._refresher is not None:
             self._refresher.stop()
+        if self.policies is not None:
+            self.policies.store.stop_refreshing()
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._unregister_metrics is not None:
@@ -275,3 +287,7 @@ class TFGPUApp(ExtensionApp):
                 await asyncio.to_thread(self.policies.store.delete_tree, path)
         except PolicyError:
             return  # e.g. the root folder itself
+        except StoreUnavailable as err:
+            self.log.warning(
+                "jupyter-tfgpu: policies did not follow %s of %s: %s", action, data.get("path"), err
+            )

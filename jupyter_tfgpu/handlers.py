@@ -14,13 +14,14 @@ from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ._version import __version__
-from .policy import CapExceeded, PolicyError
+from .policy import CapExceeded, PolicyError, StoreUnavailable
 
 if TYPE_CHECKING:
     from .extension import TFGPUApp
     from .sampler import Sampler, Snapshot
 
 AUTH_RESOURCE = "tfgpu"
+DOMAIN_ERRORS = (PolicyError, CapExceeded, StoreUnavailable)
 
 
 class TFGPUAPIHandler(APIHandler):
@@ -48,12 +49,30 @@ class TFGPUAPIHandler(APIHandler):
         return web.HTTPError(400, f"{field}: {why}", reason=f"invalid {field}")
 
     def domain_error(self, err: Exception) -> web.HTTPError:
-        """Translate the policy layer's errors to HTTP (400 names the field, 403 the cap)."""
+        """Translate the policy layer's errors to HTTP (400 names the field, 403 the cap, 503
+        says why the store cannot be written)."""
         if isinstance(err, PolicyError):
             return web.HTTPError(400, str(err), reason=f"invalid {err.field}")
         if isinstance(err, CapExceeded):
             return web.HTTPError(403, str(err), reason=f"over admin cap {err.cap}")
+        if isinstance(err, StoreUnavailable):
+            return web.HTTPError(503, err.message, reason="policy store unavailable")
         raise err
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """A domain error no handler caught still gets its status and JSON, not a 500."""
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], DOMAIN_ERRORS):
+            http = self.domain_error(exc_info[1])
+            status_code, kwargs["exc_info"] = http.status_code, (type(http), http, exc_info[2])
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Domain errors are answers, not crashes: one warning line, no traceback."""
+        if isinstance(value, DOMAIN_ERRORS):
+            self.log.warning("%s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
 
     def read_json_body(self) -> Any:
         """The request body as JSON, or a 400 saying it is not."""
@@ -215,13 +234,14 @@ class PolicyHandler(TFGPUAPIHandler):
     @web.authenticated
     @authorized
     async def put(self, path: str) -> None:
-        """Replace the notebook's policy; 400 names a bad field, 403 the cap it exceeds."""
+        """Replace the notebook's policy; 400 names a bad field, 403 the cap it exceeds, 503
+        says why the store cannot be written."""
         key = self._key(path)
         body = self.read_json_body()
         service = self.tfgpu.policies
         try:
             await asyncio.to_thread(service.set, key, body)
-        except (PolicyError, CapExceeded) as err:
+        except DOMAIN_ERRORS as err:
             raise self.domain_error(err) from None
         self.write_json(service.describe(key))
 
@@ -232,7 +252,7 @@ class PolicyHandler(TFGPUAPIHandler):
         key = self._key(path)
         try:
             removed = await asyncio.to_thread(self.tfgpu.policies.reset, key)
-        except CapExceeded as err:
+        except (CapExceeded, StoreUnavailable) as err:
             raise self.domain_error(err) from None
         if not removed:
             raise web.HTTPError(404, f"no policy stored for {key!r}", reason="no such policy")

@@ -253,3 +253,57 @@ async def test_kernel_output_shows_nothing_for_a_kernel_without_policy(jp_fetch,
     assert json.loads(env["TFGPU_POLICY"])["memory_growth"] is None
     out = await run_code(jp_serverapp, session["kernel"]["id"], "print(1 + 1)")
     assert out.strip() == "2"
+
+
+async def test_whole_number_floats_reach_the_kernel_as_integers(jp_fetch, jp_serverapp, notebook):
+    """gpu_count 2.0 and intra_op_threads 4.0: the kernel starts with 2 GPUs and 4 threads."""
+    # Given a policy sent with whole-number floats (JSON Schema counts them as integers)
+    await put_policy(
+        jp_fetch, notebook, {"devices": "auto", "gpu_count": 2.0, "intra_op_threads": 4.0}
+    )
+    # When its kernel starts and the notebook imports TensorFlow
+    session = await start_session(jp_fetch, notebook)
+    result = await run_json(
+        jp_serverapp,
+        session["kernel"]["id"],
+        """
+import json, os
+import tensorflow as tf
+print(json.dumps({
+    "policy": json.loads(os.environ["TFGPU_POLICY"]),
+    "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+}))
+""",
+    )
+    # Then the kernel got two GPUs and TensorFlow four threads per op
+    gpus = {d.uuid for d in jp_serverapp.web_app.settings["tfgpu"].sampler.devices}
+    assert result["policy"]["gpu_count"] == 2
+    assert result["policy"]["intra_op_threads"] == 4
+    assert set(result["visible"].split(",")) == gpus
+    assert result["intra_op_threads"] == 4
+
+
+async def test_a_notebook_opened_through_a_symlinked_folder_keeps_its_path(
+    jp_fetch, jp_serverapp, jp_root_dir
+):
+    """link -> real: opening link/nb.ipynb applies link/nb.ipynb's policy, not real/nb.ipynb's."""
+    # Given a notebook in a folder, a link to that folder, and a policy on each path
+    (jp_root_dir / "real").mkdir()
+    (jp_root_dir / "real" / "nb.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    (jp_root_dir / "link").symlink_to(jp_root_dir / "real")
+    await put_policy(jp_fetch, "link/nb.ipynb", {"memory_growth": True})
+    await put_policy(jp_fetch, "real/nb.ipynb", {"memory_growth": False})
+    # When the notebook is opened through the link
+    session = await start_session(jp_fetch, "link/nb.ipynb")
+    kernel_id = session["kernel"]["id"]
+    env = await run_json(jp_serverapp, kernel_id, READ_ENV)
+    # Then the kernel has the policy of the path that was opened, and nothing asks for a restart
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert json.loads(env["TFGPU_POLICY"])["notebook"] == "link/nb.ipynb"
+    view = await kernel_view(jp_fetch, kernel_id)
+    assert view["notebook"] == "link/nb.ipynb"
+    assert view["applied"]["notebook"] == "link/nb.ipynb"
+    assert view["restart_required"] is False

@@ -24,6 +24,7 @@ UUID0, UUID1 = simulated_uuid(GPU_NAME, 0), simulated_uuid(GPU_NAME, 1)
 FIELDS = ("memory_growth", "memory_limit_mb", "devices", "allocator")  # set by the round trip
 NO_SOURCES = dict.fromkeys(policy_fields())
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+FOLDER = b"<a folder where the store file should be>"  # store_content: make the path a folder
 
 
 @pytest.fixture
@@ -42,7 +43,9 @@ def store_content() -> bytes | None:
 def store_path(tmp_path, store_content):
     """The policy store file of this test's server."""
     path = tmp_path / "state" / "policies.json"
-    if store_content is not None:
+    if store_content == FOLDER:
+        path.mkdir(parents=True)
+    elif store_content is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(store_content)
     return path
@@ -580,6 +583,49 @@ async def test_a_corrupt_store_is_moved_aside_and_reported(jp_fetch, store_path,
     _, again = await call(jp_fetch, "GET", "policies")
     assert again["policies"] == {"nb.ipynb": {"devices": []}}
     assert again["problems"] == data["problems"]
+
+
+@pytest.mark.parametrize("store_content", [FOLDER], ids=["folder"])
+async def test_a_store_that_cannot_be_read_is_reported_and_refuses_writes(jp_fetch, store_path):
+    """The store path is a folder: the server serves, says why, and writes answer 503."""
+    # Given a server started with a folder where the store file should be
+    # When the policies are listed, one notebook's is read, set and removed
+    code, listing = await call(jp_fetch, "GET", "policies")
+    get_code, one = await call(jp_fetch, "GET", "policies", "nb.ipynb")
+    put_code, put = await call(jp_fetch, "PUT", "policies", "nb.ipynb", body={"devices": []})
+    delete_code, delete = await call(jp_fetch, "DELETE", "policies", "nb.ipynb")
+
+    # Then reads answer with the admin default, the problem is listed, writes say why
+    assert (code, get_code, put_code, delete_code) == (200, 200, 503, 503)
+    assert listing["policies"] == {}
+    [problem] = listing["problems"]
+    assert problem["file"] == str(store_path)
+    assert problem["moved_to"] is None
+    assert "IsADirectoryError" in problem["error"]
+    assert one["policy"] is None
+    for answer in (put, delete):
+        assert answer["reason"] == "policy store unavailable"
+        assert str(store_path) in answer["message"] and "IsADirectoryError" in answer["message"]
+    # and the folder is left as it was
+    assert store_path.is_dir() and list(store_path.iterdir()) == []
+
+
+async def test_whole_number_floats_are_stored_as_integers(jp_fetch, store_path):
+    """2.0 is an integer to JSON Schema; it is stored, served and rendered as 2."""
+    # Given / When a policy with whole-number floats in integer fields
+    body = (
+        '{"devices": "auto", "gpu_count": 2.0, "intra_op_threads": 4.0, "memory_limit_mb": 1024.0}'
+    )
+    code, data = await call(jp_fetch, "PUT", "policies", "nb.ipynb", body=body)
+
+    # Then it is stored and served as integers
+    expected = {"devices": "auto", "gpu_count": 2, "intra_op_threads": 4, "memory_limit_mb": 1024}
+    assert code == 200
+    assert data["policy"] == expected
+    assert all(type(data["policy"][k]) is int for k in ("gpu_count", "intra_op_threads"))
+    on_disk = json.loads(store_path.read_text(encoding="utf-8"))["policies"]["nb.ipynb"]
+    assert on_disk == expected
+    assert "2.0" not in store_path.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("store_content", [STORED_BEFORE], ids=["one-policy"])

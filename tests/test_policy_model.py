@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+
 import pytest
 
+from jupyter_tfgpu.config import TFGPU
 from jupyter_tfgpu.gpu import DeviceInfo, MigInstance
-from jupyter_tfgpu.policy import AdminPolicy, CapExceeded, PolicyError, render_env, validate_policy
+from jupyter_tfgpu.policy import (
+    AdminPolicy,
+    CapExceeded,
+    PolicyError,
+    PolicyService,
+    PolicyStore,
+    policy_schema,
+    render_env,
+    validate_policy,
+)
 from jupyter_tfgpu.policy.model import policy_fields
 from jupyter_tfgpu.policy.render import POLICY_ENV
 
@@ -480,3 +494,187 @@ def test_a_full_effective_policy_renders_every_variable():
         "PYTORCH_ALLOC_CONF": "backend:cudaMallocAsync",
         "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync",
     }
+
+
+# -- whole numbers ------------------------------------------------------------------------------
+
+INTEGER_FIELDS = [
+    name
+    for name, schema in policy_schema()["properties"].items()
+    if "integer" in (schema.get("type") or ())
+]
+
+
+@pytest.mark.parametrize("field", INTEGER_FIELDS)
+def test_whole_number_floats_become_integers_in_every_integer_field(field):
+    """JSON Schema counts 2.0 as an integer: validation hands on the int 2, never 2.0."""
+    # Given a whole-number float in an integer field of the schema
+    data = {field: 2.0}
+
+    # When
+    policy = validate_policy(data)
+
+    # Then
+    assert policy[field] == 2
+    assert type(policy[field]) is int
+
+
+def test_whole_number_floats_become_integers_inside_devices():
+    """GPU indices given as 0.0 and 1.0 are the indices 0 and 1."""
+    # Given / When
+    policy = validate_policy({"devices": [0.0, 1.0]}, DEVICES)
+
+    # Then
+    assert policy["devices"] == [0, 1]
+    assert [type(d) for d in policy["devices"]] == [int, int]
+    assert render_env(policy, DEVICES)["CUDA_VISIBLE_DEVICES"] == f"{UUID0},{UUID1}"
+
+
+@pytest.mark.parametrize("trait", ["default_policy", "forced_policy"])
+def test_admin_policies_get_integers_too(trait):
+    """The admin's default and forced policies go through the same validation."""
+    # Given / When
+    cfg = TFGPU(**{trait: {"devices": "auto", "gpu_count": 2.0, "intra_op_threads": 4.0}})
+
+    # Then
+    value = getattr(cfg, trait)
+    assert value == {"devices": "auto", "gpu_count": 2, "intra_op_threads": 4}
+    assert type(value["gpu_count"]) is int and type(value["intra_op_threads"]) is int
+
+
+# -- the policy service: keys, logging, launches ------------------------------------------------
+
+
+class FailingPlacement:
+    """Placement that cannot place (a bug, a sampler in a bad state): records releases."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def choose(self, *args, **kwargs):
+        """Fail like an unexpected bug would."""
+        raise RuntimeError("no snapshot yet")
+
+    def release(self, kernel_id: str) -> None:
+        """Record that the kernel's reservation was dropped."""
+        self.released.append(kernel_id)
+
+
+def make_service(tmp_path, root=None, admin=None, placement=None) -> PolicyService:
+    """A service on a store of its own, with the two GPUs of DEVICES."""
+    return PolicyService(
+        PolicyStore(tmp_path / "policies.json"),
+        admin or AdminPolicy(),
+        devices=lambda: DEVICES,
+        root_dir=str(root or tmp_path),
+        placement=placement,
+    )
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x.ipynb", "sub/../nb.ipynb"])
+def test_a_session_name_that_names_no_notebook_has_no_key(tmp_path, name):
+    """JPY_SESSION_NAME is the notebook's folder joined with a name the client chose."""
+    # Given a service whose root holds a folder
+    service = make_service(tmp_path)
+    folder = tmp_path / "sub"
+    folder.mkdir()
+
+    # When a session's name is empty, '.', or climbs with '..'
+    key = service.key_for_session(os.path.join(str(folder), name))
+
+    # Then the kernel has no notebook key (it gets the admin default), and nothing raised
+    assert key is None
+
+
+def test_a_notebook_in_a_symlinked_folder_keeps_the_path_it_was_opened_by(tmp_path):
+    """link -> real: the key of link/nb.ipynb is link/nb.ipynb, as the session names it."""
+    # Given a folder and a link to it in the server root
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    service = make_service(tmp_path)
+
+    # When / Then
+    assert service.key_for_session(str(tmp_path / "link" / "nb.ipynb")) == "link/nb.ipynb"
+    assert service.key_for_session(str(tmp_path / "real" / "nb.ipynb")) == "real/nb.ipynb"
+
+
+@pytest.mark.parametrize("given", ["link", "real"])
+def test_a_root_that_is_a_symlink_works_by_either_spelling(tmp_path, given):
+    """The server root is a link: session paths under the link or under its target both map."""
+    # Given a root given to the server as a link to the real folder
+    real = tmp_path / "real-root"
+    real.mkdir()
+    (tmp_path / "link-root").symlink_to(real)
+    service = make_service(tmp_path, root=tmp_path / "link-root")
+    root = tmp_path / ("link-root" if given == "link" else "real-root")
+
+    # When / Then
+    assert service.key_for_session(str(root / "dir" / "nb.ipynb")) == "dir/nb.ipynb"
+    assert service.key_for_session(str(tmp_path / "elsewhere.ipynb")) is None
+
+
+def test_a_bad_stored_policy_is_logged_once(tmp_path, caplog):
+    """A hand-edited store with a bad value: ignored, and said once, not on every read."""
+    # Given a store holding a policy that does not validate
+    service = make_service(tmp_path)
+    bad = {"version": 1, "policies": {"nb.ipynb": {"memory_limit_mb": "a lot"}}}
+    service.store.path.write_text(json.dumps(bad))
+    service.store.refresh()
+
+    # When the effective policy is read many times
+    with caplog.at_level(logging.ERROR):
+        effective = [service.effective("nb.ipynb") for _ in range(5)]
+
+    # Then the admin default applies and the problem is logged once
+    assert all(e["memory_limit_mb"] is None for e in effective)
+    assert [r.getMessage() for r in caplog.records if "nb.ipynb" in r.getMessage()] == [
+        "jupyter-tfgpu: ignoring the stored policy of nb.ipynb: memory_limit_mb: 'a lot' is not "
+        "of type 'integer', 'null' (Memory limit (MiB))"
+    ]
+
+
+def test_a_policy_that_cannot_be_applied_starts_the_kernel_with_the_admin_default(tmp_path, caplog):
+    """The launch falls back to the admin default, says why in the document, logs it once."""
+    # Given a notebook asking for automatic placement, and placement that fails
+    placement = FailingPlacement()
+    admin = AdminPolicy(default={"memory_growth": True})
+    service = make_service(tmp_path, admin=admin, placement=placement)
+    service.set("nb.ipynb", {"devices": "auto", "gpu_count": 2})
+
+    # When its kernel starts, twice
+    with caplog.at_level(logging.ERROR):
+        env, document = service.launch("k1", str(tmp_path / "nb.ipynb"))
+        service.launch("k1", str(tmp_path / "nb.ipynb"))
+
+    # Then it starts with the admin default, and the document says why
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert env["CUDA_VISIBLE_DEVICES"] is None
+    assert json.loads(env["TFGPU_POLICY"]) == document
+    assert document["notebook"] == "nb.ipynb"
+    assert document["gpu_count"] is None
+    assert "RuntimeError: no snapshot yet" in document["error"]
+    assert "admin default" in document["error"]
+    assert service.applied["k1"]["error"] == document["error"]
+    assert placement.released == ["k1", "k1"]
+    assert len([r for r in caplog.records if "no snapshot yet" in r.getMessage()]) == 1
+    # and no restart is asked for while a restart would fall back the same way
+    assert service.restart_required("k1", "nb.ipynb") is False
+    # but once the notebook's policy changed, a restart may apply it
+    service.set("nb.ipynb", {"memory_limit_mb": 512})
+    assert service.restart_required("k1", "nb.ipynb") is True
+
+
+def test_without_an_applicable_admin_default_the_kernel_starts_without_a_policy(tmp_path):
+    """The last resort: no policy at all, never a failed kernel start."""
+    # Given an admin default that itself needs the failing placement
+    service = make_service(
+        tmp_path, admin=AdminPolicy(default={"devices": "auto"}), placement=FailingPlacement()
+    )
+
+    # When a kernel starts
+    env, document = service.launch("k1", str(tmp_path / "nb.ipynb"))
+
+    # Then it starts with no policy variables, and the document says why
+    assert {name: env[name] for name in POLICY_ENV} == dict.fromkeys(POLICY_ENV)
+    assert document["devices"] is None
+    assert "without a policy" in document["error"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_tfgpu.policy import PolicyError, PolicyStore, normalize_notebook_path
+from jupyter_tfgpu.policy import PolicyError, PolicyStore, StoreUnavailable, normalize_notebook_path
 
 # spawn, not fork: a forked child of a test process that ran a server may inherit held locks.
 SPAWN = multiprocessing.get_context("spawn")
@@ -51,7 +51,8 @@ def leftovers(folder: Path, store_file: Path) -> list[str]:
 
 def put_many(path: str, worker: int, threads: int, puts: int) -> None:
     """Several threads of one process each put their own keys, many times over."""
-    store = PolicyStore(path)
+    # A generous lock timeout: this is about losing nothing under contention, not giving up.
+    store = PolicyStore(path, lock_timeout=300)
 
     def run(thread: int) -> None:
         for n in range(puts):
@@ -146,7 +147,8 @@ def test_store_instances_see_each_others_writes(tmp_path):
     first.put("a.ipynb", {"memory_growth": True})
     second.put("b.ipynb", {"memory_growth": False})
 
-    # Then both see both, and neither write dropped the other's key
+    # Then both see both once they refreshed, and neither write dropped the other's key
+    first.refresh()
     assert first.all() == second.all() == {
         "a.ipynb": {"memory_growth": True},
         "b.ipynb": {"memory_growth": False},
@@ -289,7 +291,7 @@ def test_corrupt_files_in_the_same_second_do_not_overwrite_each_other(tmp_path):
     path.write_bytes(b"second garbage, longer")
 
     # When it is read again
-    store.all()
+    store.refresh()
 
     # Then both are kept, each with its own bytes
     kept = {p.read_bytes() for p in tmp_path.glob("policies.json.corrupt-*")}
@@ -497,3 +499,206 @@ def test_a_missing_file_is_an_empty_store(tmp_path):
     # Then
     assert (policies, one, store.problems) == ({}, None, [])
     assert not (tmp_path / "nowhere").exists()
+
+
+# -- another process holding the lock, slow writes ----------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Advance the clock instead of waiting."""
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def held_lock(tmp_path):
+    """The store's lock file, held by another open file (as another process would hold it)."""
+    import fcntl
+
+    path = tmp_path / "policies.json"
+    with open(path.with_name("policies.json.lock"), "a+") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        yield path
+        fcntl.flock(other, fcntl.LOCK_UN)
+
+
+def test_a_writer_gives_up_on_a_held_lock_and_says_why(held_lock):
+    """Another process holds the lock: the write fails with StoreUnavailable after the timeout."""
+    # Given a store with a 3 s lock timeout on a clock that only moves when it sleeps
+    clock = FakeClock()
+    store = PolicyStore(held_lock, lock_timeout=3.0, clock=clock, sleep=clock.sleep)
+
+    # When a policy is written while another process holds the lock
+    with pytest.raises(StoreUnavailable) as err:
+        store.put("nb.ipynb", {"memory_growth": True})
+
+    # Then it waited for the timeout on the clock, said why, and wrote nothing
+    assert 3.0 <= sum(clock.slept) < 3.1
+    assert "locked by another process" in err.value.message
+    assert str(held_lock.with_name("policies.json.lock")) in err.value.message
+    assert not held_lock.exists()
+    assert store.get("nb.ipynb") is None
+
+
+def test_readers_never_wait_for_a_writer(tmp_path):
+    """While a writer waits for the lock (or for a slow fsync), reads answer from memory."""
+    # Given a store holding a policy, and a writer stuck waiting for another process's lock
+    import fcntl
+
+    path = tmp_path / "policies.json"
+    PolicyStore(path).put("a.ipynb", {"memory_growth": True})
+    waiting, go_on = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        waiting.set()
+        go_on.wait(60)
+
+    store = PolicyStore(path, sleep=sleep)
+    store.refresh()
+    other = open(store.lock_path, "a+")
+    fcntl.flock(other, fcntl.LOCK_EX)
+    writer = threading.Thread(target=store.put, args=("b.ipynb", {"memory_growth": False}))
+    writer.start()
+    try:
+        assert waiting.wait(60)
+
+        # When the store is read and refreshed meanwhile
+        policies, one, refreshed = store.all(), store.get("a.ipynb"), store.refresh()
+
+        # Then reads answer at once, from memory; refresh leaves the file to the writer
+        assert policies == {"a.ipynb": {"memory_growth": True}}
+        assert one == {"memory_growth": True}
+        assert refreshed is False
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        other.close()
+        go_on.set()
+        writer.join(60)
+    # and once the lock is free the write goes through and is what readers see
+    assert set(store.all()) == {"a.ipynb", "b.ipynb"}
+
+
+def test_refresh_picks_up_another_process_write(tmp_path):
+    """A second server's write reaches this one's memory at its next refresh."""
+    # Given two stores on one file, the first read before the second writes
+    path = tmp_path / "policies.json"
+    first, second = PolicyStore(path), PolicyStore(path)
+    assert first.all() == {}
+    second.put("b.ipynb", {"memory_growth": False})
+
+    # When the first refreshes
+    assert first.refresh() is True
+
+    # Then it sees the write
+    assert first.get("b.ipynb") == {"memory_growth": False}
+
+
+# -- a store that cannot be read ----------------------------------------------------------------
+
+
+def test_a_store_path_that_is_a_folder_is_reported_and_refuses_writes(tmp_path):
+    """The path is a folder: reads are empty, the problem is reported, writes say why."""
+    # Given a store path that is a folder
+    path = tmp_path / "policies.json"
+    path.mkdir()
+    store = PolicyStore(path)
+
+    # When it is read and then written
+    assert store.refresh() is True
+    policies = store.all()
+    with pytest.raises(StoreUnavailable) as err:
+        store.put("nb.ipynb", {"memory_growth": True})
+
+    # Then it is empty, the problem says why, the write says why, and the folder is untouched
+    assert policies == {}
+    [problem] = store.problems
+    assert problem["file"] == str(path)
+    assert problem["moved_to"] is None
+    assert "IsADirectoryError" in problem["error"]
+    assert store.unavailable == problem["error"]
+    assert "IsADirectoryError" in err.value.message
+    assert path.is_dir() and list(path.iterdir()) == []
+    # and once it is a file again, the problem goes away
+    path.rmdir()
+    store.refresh()
+    assert store.problems == [] and store.unavailable is None
+
+
+def test_an_unreadable_store_is_logged_once(tmp_path, caplog):
+    """Refreshed every few seconds, an unreadable store is still said once."""
+    # Given
+    path = tmp_path / "policies.json"
+    path.mkdir()
+    store = PolicyStore(path)
+
+    # When
+    with caplog.at_level("ERROR"):
+        for _ in range(5):
+            store.refresh()
+
+    # Then
+    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 1
+
+
+# -- corrupt files and concurrent readers -------------------------------------------------------
+
+
+def test_setting_aside_a_file_another_process_moved_first_is_no_error(tmp_path, monkeypatch):
+    """Two servers read one corrupt file: the one that finds it gone starts empty, no error."""
+    # Given a corrupt store file that another process moves aside just before this one does
+    path = tmp_path / "policies.json"
+    path.write_bytes(b"not json")
+    real_replace = os.replace
+
+    def moved_first(src, dst):
+        if os.fspath(src) == str(path):
+            real_replace(src, tmp_path / "taken-by-the-other-server")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", moved_first)
+    store = PolicyStore(path)
+
+    # When it is read
+    store.refresh()
+    monkeypatch.undo()
+
+    # Then it starts empty, and nothing is reported twice or lost
+    assert store.all() == {}
+    assert store.problems == []
+    assert (tmp_path / "taken-by-the-other-server").read_bytes() == b"not json"
+
+
+def test_a_corrupt_file_is_set_aside_under_the_writers_lock(tmp_path):
+    """A refresh that finds a corrupt file while another process holds the lock moves nothing:
+    that process may be replacing it with a good file right now."""
+    # Given a corrupt file, and the lock held elsewhere
+    import fcntl
+
+    path = tmp_path / "policies.json"
+    path.write_bytes(b"not json")
+    clock = FakeClock()
+    store = PolicyStore(path, lock_timeout=1.0, clock=clock, sleep=clock.sleep)
+    other = open(store.lock_path, "a+")
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        # When the store is refreshed
+        store.refresh()
+        # Then nothing is moved, and the reason is reported
+        assert path.read_bytes() == b"not json"
+        assert "locked by another process" in store.unavailable
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        other.close()
+    # and the next refresh, with the lock free, sets it aside
+    store.refresh()
+    assert [p["moved_to"] for p in store.problems] == [str(next(tmp_path.glob("*.corrupt-*")))]

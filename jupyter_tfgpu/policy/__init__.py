@@ -4,7 +4,7 @@ from .admin import AdminPolicy
 from .model import CapExceeded, PolicyError, normalize_notebook_path, policy_schema, validate_policy
 from .render import render_env
 from .service import PolicyService
-from .store import PolicyStore
+from .store import PolicyStore, StoreUnavailable
 
 __all__ = [
     "AdminPolicy",
@@ -12,6 +12,7 @@ __all__ = [
     "PolicyError",
     "PolicyService",
     "PolicyStore",
+    "StoreUnavailable",
     "normalize_notebook_path",
     "policy_schema",
     "render_env",

@@ -90,15 +90,39 @@ def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> d
         error = _deepest(errors[0])
         field = _field_of(error)
         raise PolicyError(field, _message(error, field))
-    policy = {k: v for k, v in data.items() if k in policy_fields()}
-    if isinstance(policy.get("memory_limit_mb"), float):  # JSON Schema counts 1.0 as an integer
-        policy["memory_limit_mb"] = int(policy["memory_limit_mb"])
+    # JSON Schema counts 2.0 as an integer; nothing downstream (placement, range(), the
+    # kernel's thread settings) takes a float, so make every such value a real int here.
+    policy = whole_numbers_as_ints(
+        {k: v for k, v in data.items() if k in policy_fields()}, policy_schema()
+    )
     if devices is not None and isinstance(policy.get("devices"), list) and policy["devices"]:
         known = list(devices)
         for n, token in enumerate(policy["devices"]):
             if resolve_device(token, known) is None:
                 raise PolicyError(f"devices[{n}]", f"no GPU {token!r} on this server ({_known(known)})")
     return policy
+
+
+def _allows_integer(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type", ())
+    return "integer" in ([kinds] if isinstance(kinds, str) else kinds)
+
+
+def whole_numbers_as_ints(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with every whole float the schema types as an integer made an int (2.0 -> 2)."""
+    alternatives = [schema, *schema.get("anyOf", ()), *schema.get("oneOf", ())]
+    if isinstance(value, float) and value.is_integer():
+        return int(value) if any(_allows_integer(s) for s in alternatives) else value
+    if isinstance(value, list):
+        items = next((s["items"] for s in alternatives if isinstance(s.get("items"), dict)), None)
+        return [whole_numbers_as_ints(v, items) for v in value] if items else value
+    if isinstance(value, dict):
+        properties = next((s["properties"] for s in alternatives if "properties" in s), {})
+        return {
+            k: whole_numbers_as_ints(v, properties[k]) if k in properties else v
+            for k, v in value.items()
+        }
+    return value
 
 
 def _known(devices: list[DeviceInfo]) -> str:

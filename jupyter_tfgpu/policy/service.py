@@ -6,13 +6,12 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..gpu import DeviceInfo
 from .admin import AdminPolicy
 from .placement import Placement
-from .model import CapExceeded, PolicyError, normalize_notebook_path, validate_policy
+from .model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
 from .render import encode, policy_document, render_env
 from .store import PolicyStore
 
@@ -27,6 +26,7 @@ class PolicyService:
         devices: Callable[[], list[DeviceInfo]],
         root_dir: str,
         devices_known: Callable[[], bool] = lambda: True,
+        monitoring_reason: Callable[[], str | None] = lambda: None,
         log: logging.Logger | None = None,
         placement: Placement | None = None,
     ) -> None:
@@ -36,10 +36,18 @@ class PolicyService:
         self.admin = admin
         self._devices = devices
         self._devices_known = devices_known
-        self.root_dir = os.path.realpath(root_dir)
+        self._monitoring_reason = monitoring_reason
+        # jupyter_server keeps its root_dir as given (symlinks and all) and so does the path
+        # it gives kernels; the resolved root is tried too, for a root that is itself a link.
+        literal = os.path.normpath(os.path.abspath(root_dir))
+        self.roots = tuple(dict.fromkeys([literal, os.path.realpath(root_dir)]))
+        self.root_dir = literal
         # kernel id -> the policy document its process was started with
         self.applied: dict[str, dict[str, Any]] = {}
         self._applied_lock = threading.Lock()
+        self._logged: set[tuple[str | None, str]] = set()
+        # kernel id -> the notebook's own policy when it could not be applied at launch
+        self._failed_with: dict[str, dict[str, Any] | None] = {}
 
     @property
     def devices(self) -> list[DeviceInfo]:
@@ -53,53 +61,88 @@ class PolicyService:
         return normalize_notebook_path(path)
 
     def key_for_session(self, session_name: str | None) -> str | None:
-        """The key for a kernel's JPY_SESSION_NAME (an absolute path), if under the root."""
+        """The key for a kernel's JPY_SESSION_NAME, or None when it names no notebook under the
+        root (the kernel then gets the admin default). Never raises: it runs inside a launch."""
         if not session_name:
             return None
-        path = Path(session_name)
-        if not path.is_absolute():
-            return normalize_notebook_path(session_name)
+        # jupyter_server sets it to the notebook's folder joined with the session's "name",
+        # which a client chooses: "", "." or ".." name a folder or leave it, not a notebook.
+        parts = session_name.replace(os.sep, "/").split("/")
+        if parts[-1] in ("", ".", "..") or ".." in parts:
+            return None
+        relative = (
+            self._under_root(session_name) if os.path.isabs(session_name) else session_name
+        )
+        if relative is None:
+            return None
         try:
-            relative = os.path.relpath(os.path.realpath(path), self.root_dir)
-        except ValueError:
+            return normalize_notebook_path(relative)
+        except PolicyError:
             return None
-        if relative.startswith(".."):
+
+    def _under_root(self, path: str) -> str | None:
+        """``path`` relative to the server root, symlinks kept: the path the user opened
+        (``link/nb.ipynb``), as the session, the API and the enforcer name it."""
+        path = os.path.normpath(path)
+        for root in self.roots:
+            relative = os.path.relpath(path, root)
+            if relative != ".." and not relative.startswith(".." + os.sep):
+                return relative
+        return None
+
+    def canonical(self, key: str | None) -> str | None:
+        """A key from any caller (a session path, the API) in the store's one spelling."""
+        if key is None:
             return None
-        return normalize_notebook_path(relative)
+        try:
+            return normalize_notebook_path(key)
+        except PolicyError:
+            return None
 
     # -- policies ----------------------------------------------------------------------------
 
     def own(self, key: str) -> dict[str, Any] | None:
         """The notebook's own stored policy."""
-        return self.store.get(key)
+        key = self.canonical(key)
+        return self.store.get(key) if key else None
 
     def effective(self, key: str | None) -> dict[str, Any]:
         """Admin default, then the notebook's own, clamped by the caps."""
-        own = self.store.get(key) if key else None
+        own = self.own(key)
         if own is not None:
             try:
                 own = validate_policy(own)
             except PolicyError as err:
                 # A hand-edited store: never render a bad value into a kernel's environment.
-                self.log.error("jupyter-tfgpu: ignoring the stored policy of %s: %s", key, err)
+                self._log_once(key, f"ignoring the stored policy of {key}: {err}")
                 own = None
         return self.admin.effective(own, self.devices)
 
+    def _log_once(self, key: str | None, message: str) -> None:
+        """Log an error once per notebook and message: effective() runs several times a second."""
+        if (key, message) in self._logged:
+            return
+        if len(self._logged) >= 1000:  # messages may name kernels: never grow without bound
+            self._logged.clear()
+        self._logged.add((key, message))
+        self.log.error("jupyter-tfgpu: %s", message)
+
     def set(self, key: str, data: Any) -> dict[str, Any]:
-        """Validate and store a notebook's policy (PolicyError 400, CapExceeded 403)."""
+        """Validate and store a notebook's policy (PolicyError, CapExceeded, StoreUnavailable)."""
         devices = self.devices if self._devices_known() else None
         policy = validate_policy(data, devices)
         self.admin.check(policy, self.devices)
-        self.store.put(key, policy)
+        self.store.put(self.key(key), policy)
         return policy
 
     def reset(self, key: str) -> bool:
-        """Remove a notebook's own policy (CapExceeded 403 when users may not set policies)."""
+        """Remove a notebook's own policy (CapExceeded when users may not set policies,
+        StoreUnavailable when the store cannot be written)."""
         if not self.admin.allow_user_policies:
             raise CapExceeded(
                 "allow_user_policies", "the admin does not allow per-notebook policies"
             )
-        return self.store.delete(key)
+        return self.store.delete(self.key(key))
 
     def describe(self, key: str) -> dict[str, Any]:
         """What the API shows for one notebook."""
@@ -118,19 +161,57 @@ class PolicyService:
         ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets.
         """
         key = self.key_for_session(session_name)
-        effective = self.effective(key)
-        placement = None
-        if effective.get("devices") == "auto":
-            placement = self._place(kernel_id, effective)
-            effective = {**effective, "devices": placement["chosen"]}
-        document = policy_document(
-            effective, self.devices, notebook=key, kernel_id=kernel_id, started=time.time()
-        )
-        if placement is not None:
-            document["devices_requested"] = "auto"
-            document["placement"] = placement
-        env = render_env(effective, self.devices, inherited)
-        env["TFGPU_POLICY"] = encode(document)
+        if kernel_id:
+            self._failed_with.pop(kernel_id, None)
+        try:
+            return self._launch(kernel_id, key, lambda: self.effective(key), inherited)
+        except Exception as err:  # noqa: BLE001 - no policy may stop a kernel from starting
+            why = f"its notebook's policy could not be applied ({type(err).__name__}: {err})"
+        if kernel_id:
+            self._failed_with[kernel_id] = self.own(key) if key else None
+        error = f"{why}; it started with the admin default policy"
+        self._log_once(key, f"the kernel of {key or 'a session without a notebook'}: {error}")
+        try:
+            return self._launch(
+                kernel_id, key, lambda: self.admin.effective(None, self.devices), inherited, error
+            )
+        except Exception as err:  # noqa: BLE001
+            error = (
+                f"{why}, nor the admin default ({type(err).__name__}: {err}); "
+                "it started without a policy"
+            )
+        self._log_once(key, f"the kernel of {key or 'a session without a notebook'}: {error}")
+        return self._launch(kernel_id, key, empty_policy, inherited, error)
+
+    def _launch(
+        self,
+        kernel_id: str | None,
+        key: str | None,
+        resolve: Callable[[], dict[str, Any]],
+        inherited: Mapping[str, str] | None,
+        error: str | None = None,
+    ) -> tuple[dict[str, str | None], dict[str, Any]]:
+        """Resolve, place and render one policy; releases the placement if anything fails."""
+        try:
+            effective = resolve()
+            placement = None
+            if effective.get("devices") == "auto":
+                placement = self._place(kernel_id, effective)
+                effective = {**effective, "devices": placement["chosen"]}
+            document = policy_document(
+                effective, self.devices, notebook=key, kernel_id=kernel_id, started=time.time()
+            )
+            if placement is not None:
+                document["devices_requested"] = "auto"
+                document["placement"] = placement
+            if error is not None:
+                document["error"] = error
+            env = render_env(effective, self.devices, inherited)
+            env["TFGPU_POLICY"] = encode(document)
+        except Exception:
+            if kernel_id and self.placement is not None:
+                self.placement.release(kernel_id)
+            raise
         if kernel_id:
             with self._applied_lock:
                 self.applied[kernel_id] = document
@@ -139,8 +220,10 @@ class PolicyService:
     def _place(self, kernel_id: str | None, effective: dict[str, Any]) -> dict[str, Any]:
         count = effective.get("gpu_count") or 1
         if self.placement is None or not self._devices_known():
+            why = self._monitoring_reason()
+            reason = f"no GPU monitoring ({why})" if why else "no GPU monitoring"
             return {"strategy": None, "requested": count, "chosen": [],
-                    "reason": "no GPU monitoring: nothing to place on"}
+                    "reason": f"{reason}: this kernel runs on the CPU only"}
         return self.placement.choose(
             kernel_id or "",
             count,
@@ -172,6 +255,7 @@ class PolicyService:
         """A kernel is gone."""
         with self._applied_lock:
             self.applied.pop(kernel_id, None)
+        self._failed_with.pop(kernel_id, None)
         if self.placement is not None:
             self.placement.release(kernel_id)
 
@@ -180,6 +264,11 @@ class PolicyService:
         started = self.applied.get(kernel_id)
         if started is None:
             return False
+        if started.get("error"):
+            # It started with a fallback: a restart would fall back again unless the notebook's
+            # policy changed since (then it may apply).
+            return self.own(key) != self._failed_with.get(kernel_id)
         now = policy_document(self.effective(key), self.devices)
         was = {**started, "devices": started.get("devices_requested", started.get("devices"))}
         return any(was.get(name) != value for name, value in now.items())
+

@@ -5,6 +5,12 @@ server root. Each write takes an exclusive ``flock`` on a lock file, re-reads th
 server process may have written meanwhile), and replaces it atomically (temp file, fsync,
 rename, fsync of the folder). A file that cannot be parsed is moved aside, never overwritten,
 and the problem is reported until an admin looks at it.
+
+Reads answer from an in-memory copy and never touch the disk or wait for a lock: the server
+reads policies on its event loop, and another process holding the lock (a second server on
+the same home, NFS) or a slow fsync must not stall it. The copy is replaced after each write
+and by ``refresh()``, which the server runs in a worker thread. A writer waits for the lock
+for ``lock_timeout`` seconds at most, then gives up with ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -18,53 +24,173 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 FORMAT_VERSION = 1
+LOCK_TIMEOUT = 5.0  # seconds a writer waits for another process's lock
+LOCK_POLL = 0.02  # seconds between two tries of the lock
+REFRESH_INTERVAL = 2.0  # seconds between two looks for another process's writes
+
+
+class StoreUnavailable(OSError):
+    """The store cannot be read or written now (locked, unreadable, disk full): HTTP 503."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class CorruptStore(ValueError):
+    """The store file holds something that is not a policy store."""
 
 
 class PolicyStore:
     """Notebook path -> that notebook's own policy."""
 
-    def __init__(self, path: str | os.PathLike[str], log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        log: logging.Logger | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.path = Path(path)
         self.log = log or logging.getLogger(__name__)
-        self.problems: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self.sleep = sleep
+        self._set_aside_problems: list[dict[str, Any]] = []
+        self._unreadable: dict[str, Any] | None = None
+        # Held by whoever does file I/O in this process (a writer, or refresh); never by readers.
+        self._io_lock = threading.Lock()
+        # Replaced whole, never changed in place: readers may hold an old one safely.
         self._cache: dict[str, dict[str, Any]] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._loaded = False
+        self._stop_refreshing: threading.Event | None = None
 
-    # -- reading -----------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """The file writers ``flock`` (the store file itself is replaced on each write)."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """Files set aside as corrupt, and the reason the store cannot be read now, if any."""
+        current = [self._unreadable] if self._unreadable is not None else []
+        return [*self._set_aside_problems, *current]
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the store file cannot be read now; None when it can."""
+        return self._unreadable["error"] if self._unreadable is not None else None
+
+    # -- reading (from memory) ---------------------------------------------------------------
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every stored policy."""
-        with self._lock:
-            return {k: dict(v) for k, v in self._read().items()}
+        return {k: dict(v) for k, v in self._current().items()}
 
     def get(self, key: str) -> dict[str, Any] | None:
         """One notebook's own policy, or None."""
-        with self._lock:
-            policy = self._read().get(key)
-            return dict(policy) if policy is not None else None
+        policy = self._current().get(key)
+        return dict(policy) if policy is not None else None
 
-    def _read(self) -> dict[str, dict[str, Any]]:
-        """The file's content, re-read only when it changed on disk."""
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._cache, self._stamp = {}, None
-            return self._cache
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._cache = self._parse()
-            self._stamp = stamp
+    def _current(self) -> dict[str, dict[str, Any]]:
+        if not self._loaded:
+            # Only a store nobody refreshed yet (the server refreshes it at start-up).
+            with self._io_lock:
+                if not self._loaded:
+                    self._reload()
         return self._cache
 
-    def _parse(self) -> dict[str, dict[str, Any]]:
+    # -- refreshing (in a worker thread) -----------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-read the file if it changed on disk; False when a writer is at work (it publishes
+        what it writes). Does file I/O: call it off the event loop."""
+        if not self._io_lock.acquire(blocking=False):
+            return False
         try:
-            raw = self.path.read_bytes()
+            self._reload()
+        finally:
+            self._io_lock.release()
+        return True
+
+    def start_refreshing(self, interval: float = REFRESH_INTERVAL) -> None:
+        """Look for other processes' writes every ``interval`` seconds, in a daemon thread."""
+        if self._stop_refreshing is not None:
+            return
+        stop = self._stop_refreshing = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - keep looking; the next round may succeed
+                    self.log.exception("jupyter-tfgpu: refreshing the policy store failed")
+
+        threading.Thread(target=run, name="tfgpu-policy-store", daemon=True).start()
+
+    def stop_refreshing(self) -> None:
+        """Stop the refresh thread (not waited for: it may be stuck on a slow file system)."""
+        if self._stop_refreshing is not None:
+            self._stop_refreshing.set()
+            self._stop_refreshing = None
+
+    def _reload(self) -> None:
+        """Read the file if its stamp changed (caller holds ``_io_lock``)."""
+        self._loaded = True
+        try:
+            stamp = self._stamp_of_file()
+            if stamp is not None and stamp == self._stamp:
+                return
+            policies = self._decode(self.path.read_bytes()) if stamp is not None else {}
         except FileNotFoundError:
-            return {}
+            self._publish({}, None)
+        except CorruptStore:
+            # Set it aside under the writers' lock: a writer of another process may be replacing
+            # it with a good file right now, which must not be the one moved away.
+            try:
+                with self._flocked():
+                    self._publish(self._load_locked(), self._stamp_of_file())
+            except OSError as err:
+                self._mark_unreadable(err)
+        except OSError as err:
+            self._mark_unreadable(err)
+        else:
+            self._publish(policies, stamp)
+
+    def _publish(
+        self, policies: dict[str, dict[str, Any]], stamp: tuple[int, int, int] | None
+    ) -> None:
+        self._cache, self._stamp, self._unreadable = policies, stamp, None
+
+    def _mark_unreadable(self, err: OSError) -> None:
+        """Keep serving the last good copy, say why the file cannot be read, log it once."""
+        error = err.message if isinstance(err, StoreUnavailable) else f"{type(err).__name__}: {err}"
+        if self._unreadable is None or self._unreadable["error"] != error:
+            self.log.error(
+                "jupyter-tfgpu: policy store %s cannot be read (%s); the policies last read "
+                "from it (none if it never could be) apply, and changes are refused until it can.",
+                self.path,
+                error,
+            )
+            self._unreadable = {
+                "file": str(self.path), "moved_to": None, "error": error, "time": time.time()
+            }
+
+    def _stamp_of_file(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        # The inode changes with every atomic replace, even one within the mtime granularity.
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    @staticmethod
+    def _decode(raw: bytes) -> dict[str, dict[str, Any]]:
         try:
             # Decoding inside the try: bytes that are not UTF-8 are a corrupt file too.
             data = json.loads(raw.decode("utf-8"))
@@ -75,23 +201,35 @@ class PolicyStore:
                 raise ValueError("'policies' must map notebook paths to objects")
             return policies
         except (ValueError, KeyError, TypeError) as err:
+            raise CorruptStore(f"{type(err).__name__}: {err}") from err
+
+    def _load_locked(self) -> dict[str, dict[str, Any]]:
+        """The file's content; a corrupt file is set aside (caller holds the ``flock``)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            return self._decode(raw)
+        except CorruptStore as err:
             return self._set_aside(err)
 
-    def _set_aside(self, err: Exception) -> dict[str, dict[str, Any]]:
+    def _set_aside(self, err: CorruptStore) -> dict[str, dict[str, Any]]:
         """Keep an unreadable file for the admin, report it, and start empty."""
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         n = 1
         while aside.exists():
             aside = aside.with_name(f"{aside.name}.{n}")
             n += 1
-        os.replace(self.path, aside)
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            # Another process (an older server not taking the lock to do this) moved it first.
+            return {}
         problem = {
-            "file": str(self.path),
-            "moved_to": str(aside),
-            "error": f"{type(err).__name__}: {err}",
-            "time": time.time(),
+            "file": str(self.path), "moved_to": str(aside), "error": str(err), "time": time.time()
         }
-        self.problems.append(problem)
+        self._set_aside_problems.append(problem)
         self.log.error(
             "jupyter-tfgpu: policy store %s could not be read (%s); it was moved to %s and "
             "the store starts empty. Repair and move it back to restore the policies.",
@@ -101,24 +239,63 @@ class PolicyStore:
         )
         return {}
 
-    # -- writing -----------------------------------------------------------------------------
+    # -- writing (in a worker thread) --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _flocked(self) -> Iterator[None]:
+        """Hold the writers' lock (threads and processes), or raise StoreUnavailable in time."""
+        deadline = self.clock() + self.lock_timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock_file:
+            self._wait_for_flock(lock_file, deadline)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _wait_for_flock(self, lock_file: IO[str], deadline: float) -> None:
+        # LOCK_NB in a loop rather than a blocking flock: a blocking one cannot be given up.
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if self.clock() >= deadline:
+                    raise StoreUnavailable(
+                        f"the policy store {self.path} is locked by another process "
+                        f"(waited {self.lock_timeout:g} s for {self.lock_path}); try again"
+                    ) from None
+                self.sleep(LOCK_POLL)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[dict[str, dict[str, Any]]]:
-        """Lock (threads and processes), yield the current content, then write it back."""
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock_path = self.path.with_name(self.path.name + ".lock")
-            with open(lock_path, "a+") as lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-                try:
-                    self._remove_stale_temp_files()
-                    self._stamp = None  # another process may have written: read afresh
-                    policies = {k: dict(v) for k, v in self._read().items()}
-                    yield policies
-                    self._write(policies)
-                finally:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        """Lock, yield the current content, then write it back (StoreUnavailable on failure)."""
+        if not self._io_lock.acquire(timeout=max(self.lock_timeout, 0.001)):
+            raise StoreUnavailable(
+                f"the policy store {self.path} is busy with another write; try again"
+            )
+        try:
+            with self._as_unavailable(), self._flocked():
+                self._remove_stale_temp_files()
+                # Another process may have written: read afresh, never from the copy.
+                policies = {k: dict(v) for k, v in self._load_locked().items()}
+                yield policies
+                self._write(policies)
+        finally:
+            self._io_lock.release()
+
+    @contextlib.contextmanager
+    def _as_unavailable(self) -> Iterator[None]:
+        """A write that fails on the file system (no permission, a folder, disk full) is a
+        StoreUnavailable that says why, not an internal error."""
+        try:
+            yield
+        except StoreUnavailable:
+            raise
+        except OSError as err:
+            raise StoreUnavailable(
+                f"the policy store {self.path} cannot be written ({type(err).__name__}: {err})"
+            ) from err
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of writers that died mid-write (only writers holding the lock make them)."""
@@ -135,6 +312,8 @@ class PolicyStore:
                 out.write("\n")
                 out.flush()
                 os.fsync(out.fileno())
+                # The stamp of what this write put there, whatever another process does next.
+                st = os.fstat(out.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -145,7 +324,8 @@ class PolicyStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._cache, self._stamp = policies, None
+        self._publish(policies, (st.st_ino, st.st_mtime_ns, st.st_size))
+        self._loaded = True
 
     def put(self, key: str, policy: dict[str, Any]) -> None:
         """Store (replace) one notebook's policy."""
