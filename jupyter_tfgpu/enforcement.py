@@ -95,6 +95,7 @@ class Enforcer:
         self._announced: set[tuple[str, str]] = set()  # warned for the current episode
         self._history: dict[str, deque[float]] = {}  # kernel -> times of real actions
         self._cooldown: dict[str, float] = {}  # kernel -> no decision before this time
+        self._failing: set[str] = set()  # kernels whose facts could not be judged, logged once
         self._busy = False
 
     @property
@@ -107,30 +108,45 @@ class Enforcer:
     def decide(self, now: float | None = None) -> list[Decision]:
         """What to do now, given the kernels' current facts (no side effects on kernels)."""
         now = time.monotonic() if now is None else now
-        decisions = []
-        live = set()
-        for facts in self._facts():
-            live.add(facts.kernel_id)
+        decisions: list[Decision] = []
+        rows = self._facts()
+        for facts in rows:
             if now < self._cooldown.get(facts.kernel_id, 0):
                 continue
-            for rule, holds, configured, wait in self._rules_for(facts):
-                key = (facts.kernel_id, rule)
-                if not holds:
-                    self._since.pop(key, None)
-                    self._announced.discard(key)
-                    continue
-                began = self._since.setdefault(key, now)
-                if now - began < wait:
-                    continue
-                decision = self._decision(facts, rule, configured, now - began, now)
-                if decision.dry_run and key in self._announced:
-                    continue  # one warning per episode
-                self._announced.add(key)
-                decisions.append(decision)
-        for key in [k for k in self._since if k[0] not in live]:
-            self._since.pop(key, None)
-            self._announced.discard(key)
+            try:
+                decisions.extend(self._decide_for(facts, now))
+            except Exception:  # noqa: BLE001 - one kernel's bad figure must not stop the others
+                if facts.kernel_id not in self._failing:
+                    self._failing.add(facts.kernel_id)
+                    self.log.exception("jupyter-tfgpu: could not judge kernel %s", facts.kernel_id)
+        self._prune({facts.kernel_id for facts in rows})
         return decisions
+
+    def _decide_for(self, facts: KernelFacts, now: float) -> list[Decision]:
+        decisions = []
+        for rule, holds, configured, wait in self._rules_for(facts):
+            key = (facts.kernel_id, rule)
+            if not holds:
+                self._since.pop(key, None)
+                self._announced.discard(key)
+                continue
+            began = self._since.setdefault(key, now)
+            if now - began < wait:
+                continue
+            decision = self._decision(facts, rule, configured, now - began, now)
+            if decision.dry_run and key in self._announced:
+                continue  # one warning per episode (marked once it was sent)
+            decisions.append(decision)
+        return decisions
+
+    def _prune(self, live: set[str]) -> None:
+        """Forget the kernels that are gone: their conditions, history and cool-downs."""
+        self._since = {k: v for k, v in self._since.items() if k[0] in live}
+        self._announced = {k for k in self._announced if k[0] in live}
+        for table in (self._history, self._cooldown):
+            for kernel_id in [k for k in table if k not in live]:
+                del table[kernel_id]
+        self._failing &= live
 
     def _rules_for(self, facts: KernelFacts) -> list[tuple[str, bool, str, float]]:
         rules = self.rules
@@ -199,18 +215,26 @@ class Enforcer:
             return []
         self._busy = True
         try:
-            decisions = self.decide(now)
+            try:
+                decisions = self.decide(now)
+            except Exception:  # noqa: BLE001 - e.g. the kernel list; the next snapshot retries
+                self.log.exception("jupyter-tfgpu: enforcement pass failed")
+                return []
             for decision in decisions:
-                await self._carry_out(decision)
+                try:
+                    await self._carry_out(decision)
+                except Exception:  # noqa: BLE001 - one kernel's action must not stop the others
+                    self.log.exception("jupyter-tfgpu: could not carry out %s", decision)
             return decisions
         finally:
             self._busy = False
 
     async def _carry_out(self, decision: Decision) -> None:
+        key = (decision.kernel_id, decision.rule)
         if decision.action != "warn":
+            # Whatever comes of it, give the kernel time (to free its memory, or to recover)
+            # before judging it again, and start its episode over.
             now = time.monotonic()
-            self._history.setdefault(decision.kernel_id, deque()).append(now)
-            # Give the kernel time to free its memory before judging it again.
             self._cooldown[decision.kernel_id] = now + max(self.rules.grace, 10.0)
             self._since = {k: v for k, v in self._since.items() if k[0] != decision.kernel_id}
             self._announced = {k for k in self._announced if k[0] != decision.kernel_id}
@@ -219,6 +243,9 @@ class Enforcer:
             except Exception as err:  # noqa: BLE001 - report, never crash the server
                 decision.status = "failed"
                 decision.reason = decision.reason.rsplit(";", 1)[0] + f"; the {decision.action} failed: {err}."
+            else:
+                # Only actions that were taken count towards max_actions_per_hour.
+                self._history.setdefault(decision.kernel_id, deque()).append(now)
         self.recent.append(decision)
         log = self.log.warning if decision.action != "warn" else self.log.info
         log(
@@ -232,6 +259,9 @@ class Enforcer:
             self._emit(decision)
         except Exception:  # noqa: BLE001
             self.log.exception("could not emit the enforcement event")
+            return  # a warning that was not sent is not marked sent: the next pass retries
+        if decision.dry_run:
+            self._announced.add(key)
 
 
 def _who(facts: KernelFacts) -> str:

@@ -146,9 +146,9 @@ class TFGPUApp(ExtensionApp):
         self.handlers.extend(route_patterns())
 
     async def start_extension(self) -> None:
-        """Keep kernel attribution fresh while the server runs."""
+        """Keep kernel attribution fresh, and forget kernels that are gone, while the server runs."""
         interval_ms = max(1000, int(self.config_traits.process_interval * 1000))
-        self._refresher = PeriodicCallback(self.kernels.refresh, interval_ms)
+        self._refresher = PeriodicCallback(self.kernels.refresh_and_prune, interval_ms)
         self._refresher.start()
 
     async def stop_extension(self) -> None:
@@ -269,6 +269,10 @@ class TFGPUApp(ExtensionApp):
             return
         if action == "shutdown" and data.get("kernel_id"):
             self.kernels.forget(data["kernel_id"])
+            # Off the loop, and not awaited: the kernel could have filled its report folder.
+            asyncio.get_running_loop().run_in_executor(
+                None, self.kernels.remove_report_folder, data["kernel_id"]
+            )
         await self.kernels.refresh()
         self.sampler.refresh_processes()
 

@@ -78,7 +78,7 @@ class TFGPUAPIHandler(APIHandler):
         """The request body as JSON, or a 400 saying it is not."""
         try:
             return json.loads(self.request.body or b"null")
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: deeply nested arrays
             raise self.bad_request("body", f"not valid JSON ({err})") from None
 
 
@@ -269,7 +269,7 @@ class KernelsHandler(TFGPUAPIHandler):
         """List kernels."""
         registry = self.tfgpu.kernels
         await registry.refresh()
-        self.write_json({"kernels": registry.list()})
+        self.write_json({"kernels": await registry.list()})
 
 
 class KernelHandler(TFGPUAPIHandler):
@@ -283,7 +283,7 @@ class KernelHandler(TFGPUAPIHandler):
         if kernel_id not in registry.kernel_manager:
             raise web.HTTPError(404, f"no kernel {kernel_id!r}", reason="no such kernel")
         await registry.refresh()
-        self.write_json(registry.describe(kernel_id))
+        self.write_json(await registry.describe(kernel_id))
 
 
 class EnforcementHandler(TFGPUAPIHandler):

@@ -15,11 +15,27 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 AUTH_SCHEME = "tfgpu-kernel"
 # How long a report counts as current; a reporter sends every few seconds.
 REPORT_TTL = 30.0
+
+# Everything a kernel sends is bounded: kernel code is untrusted, and one kernel must not be able
+# to exhaust the server's memory or put a figure in that breaks arithmetic for everyone.
+MAX_BODY_BYTES = 64 * 1024
+# 1 PiB: more than any GPU holds, and small enough that sums and float conversions stay exact.
+MAX_BYTES = 2**50
+MAX_UUID_CHARS = 128  # "GPU-" / "MIG-" plus a UUID is 40; room for odd drivers
+MAX_DEVICES = 64  # 8 GPUs x 7 MIG slices fits
+MAX_PID = 2**31 - 1  # a PID is a positive C int
+# Distinct (framework, pid) entries kept per kernel; the oldest goes first. A kernel and its
+# ``!python`` children each report; 64 live reporting processes is far past real use.
+MAX_REPORTERS = 64
+# Per kernel: a reporter sends one report per framework every few seconds.
+REPORT_BURST = 60
+REPORT_WINDOW = 10.0
+FRAMEWORKS = ("tensorflow", "torch", "jax")
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,11 @@ class KernelTokens:
         with self._lock:
             self._hashes.pop(kernel_id, None)
 
+    def kernel_ids(self) -> set[str]:
+        """The kernels a token is held for."""
+        with self._lock:
+            return set(self._hashes)
+
     def identify(self, authorization: str | None) -> KernelIdentity | None:
         """The kernel an ``Authorization: tfgpu-kernel <token>`` header belongs to."""
         if not authorization:
@@ -74,27 +95,70 @@ class KernelTokens:
         return None
 
 
+class RateLimiter:
+    """A token bucket per kernel: ``burst`` requests at once, refilled over ``window`` seconds."""
+
+    def __init__(
+        self, burst: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.rate = burst / window
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # kernel id -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def allow(self, kernel_id: str) -> bool:
+        """Take one request from the kernel's bucket; False when it is empty."""
+        now = self.clock()
+        with self._lock:
+            tokens, then = self._buckets.get(kernel_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[kernel_id] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+    def kernel_ids(self) -> set[str]:
+        """The kernels a bucket is kept for."""
+        with self._lock:
+            return set(self._buckets)
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel is gone."""
+        with self._lock:
+            self._buckets.pop(kernel_id, None)
+
+
 class KernelReports:
     """The framework figures each kernel last reported (for attribution in containers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         # kernel id -> (framework, pid) -> report: each process of a kernel (the kernel itself,
         # ``!python train.py``) reports on its own and must not overwrite the others
         self._reports: dict[str, dict[tuple[str, int | None], dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.clock = clock
+        self.limiter = RateLimiter(REPORT_BURST, REPORT_WINDOW)
 
     def put(self, kernel_id: str, report: dict[str, Any]) -> None:
         """Store one process's latest report for one framework, stamped with the server's clock."""
-        now = time.time()
+        now = self.clock()
+        key = (report["framework"], report.get("pid"))
         with self._lock:
             reports = self._reports.setdefault(kernel_id, {})
-            for key in [k for k, r in reports.items() if now - r["received"] > REPORT_TTL]:
-                del reports[key]  # processes that stopped reporting (exited) do not pile up
-            reports[(report["framework"], report.get("pid"))] = {**report, "received": now}
+            for old in [k for k, r in reports.items() if now - r["received"] > REPORT_TTL]:
+                del reports[old]  # processes that stopped reporting (exited) do not pile up
+            while key not in reports and len(reports) >= MAX_REPORTERS:
+                del reports[min(reports, key=lambda k: reports[k]["received"])]
+            reports[key] = {**report, "received": now}
+
+    def count(self, kernel_id: str) -> int:
+        """How many (framework, pid) entries are stored for a kernel."""
+        with self._lock:
+            return len(self._reports.get(kernel_id, {}))
 
     def get(self, kernel_id: str) -> dict[str, Any] | None:
         """A kernel's recent figures, summed over its processes and frameworks: {uuid: bytes}."""
-        now = time.time()
+        now = self.clock()
         with self._lock:
             reports = [
                 r for r in self._reports.get(kernel_id, {}).values() if now - r["received"] <= REPORT_TTL
@@ -119,31 +183,53 @@ class KernelReports:
             ids = list(self._reports)
         return {k: r for k in ids if (r := self.get(k)) is not None}
 
+    def kernel_ids(self) -> set[str]:
+        """The kernels anything is kept for."""
+        with self._lock:
+            kept = set(self._reports)
+        return kept | self.limiter.kernel_ids()
+
     def forget(self, kernel_id: str) -> None:
-        """The kernel is gone."""
+        """The kernel is gone (or restarted: what its previous process reported no longer holds)."""
         with self._lock:
             self._reports.pop(kernel_id, None)
+        self.limiter.forget(kernel_id)
 
 
 def validate_report(data: Any) -> dict[str, Any]:
-    """Check a reporter's message: ``{"framework": str, "devices": [{"uuid", "reserved", "in_use"}]}``."""
+    """Check a reporter's message: ``{"framework", "pid", "devices": [{"uuid", "reserved", ...}]}``.
+
+    Raises ValueError("<field>: <why>") naming the first bad field.
+    """
     if not isinstance(data, dict):
         raise ValueError("body: expected a JSON object")
     framework = data.get("framework")
-    if framework not in ("tensorflow", "torch", "jax"):
+    if framework not in FRAMEWORKS:
         raise ValueError("framework: expected tensorflow, torch or jax")
+    pid = data.get("pid")
+    if pid is not None and (not _is_int(pid) or not 0 < pid <= MAX_PID):
+        raise ValueError(f"pid: expected a process id, a positive integer up to {MAX_PID}")
     devices = data.get("devices")
-    if not isinstance(devices, list) or len(devices) > 64:
-        raise ValueError("devices: expected a list (at most 64)")
+    if not isinstance(devices, list) or len(devices) > MAX_DEVICES:
+        raise ValueError(f"devices: expected a list (at most {MAX_DEVICES})")
     clean = []
     for n, device in enumerate(devices):
-        if not isinstance(device, dict) or not isinstance(device.get("uuid"), str):
-            raise ValueError(f"devices[{n}].uuid: expected a string")
-        row: dict[str, Any] = {"uuid": device["uuid"]}
+        uuid = device.get("uuid") if isinstance(device, dict) else None
+        if not isinstance(uuid, str) or not 0 < len(uuid) <= MAX_UUID_CHARS:
+            raise ValueError(
+                f"devices[{n}].uuid: expected a string of 1 to {MAX_UUID_CHARS} characters"
+            )
+        row: dict[str, Any] = {"uuid": uuid}
         for field in ("reserved", "in_use", "peak"):
             value = device.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"devices[{n}].{field}: expected bytes as a non-negative integer")
+            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_BYTES):
+                raise ValueError(
+                    f"devices[{n}].{field}: expected bytes as an integer from 0 to {MAX_BYTES}"
+                )
             row[field] = value
         clean.append(row)
-    return {"framework": framework, "devices": clean, "pid": data.get("pid") if isinstance(data.get("pid"), int) else None}
+    return {"framework": framework, "devices": clean, "pid": pid}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -11,10 +11,18 @@ from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.identity import IdentityProvider
 from tornado import web
 
 from .handlers import HistoryHandler, TFGPUAPIHandler
-from .kernel_channel import AUTH_SCHEME, KernelIdentity, validate_report
+from .kernel_channel import (
+    AUTH_SCHEME,
+    MAX_BODY_BYTES,
+    REPORT_BURST,
+    REPORT_WINDOW,
+    KernelIdentity,
+    validate_report,
+)
 from .policy import CapExceeded, PolicyError
 from .policy.render import policy_document, render_env
 
@@ -27,23 +35,74 @@ class KernelScopeAuthorizer(Authorizer):
         return isinstance(user, KernelIdentity) and resource == "tfgpu"
 
 
+class KernelTokenIdentityProvider(IdentityProvider):
+    """Knows no users: the caller is the running kernel whose token is in ``Authorization``."""
+
+    def get_user(self, handler: Any) -> KernelIdentity | None:  # type: ignore[override]
+        """The calling kernel, or None (refused) for any other token or a kernel that is gone."""
+        tfgpu = handler.settings["tfgpu"]
+        identity = tfgpu.tokens.identify(handler.request.headers.get("Authorization"))
+        if identity is None or identity.kernel_id not in tfgpu.kernels.kernel_manager:
+            return None
+        return identity
+
+
 _AUTHORIZER = KernelScopeAuthorizer()
+_IDENTITY_PROVIDER = KernelTokenIdentityProvider()
 
 
+@web.stream_request_body
 class KernelChannelHandler(TFGPUAPIHandler):
-    """Base of the kernel routes: the caller is a kernel, identified by its token."""
+    """Base of the kernel routes: the caller is a kernel, identified by its token.
+
+    The body is streamed (``prepare`` runs on the headers) so that its size limit holds while it
+    is read: tornado would otherwise buffer up to the server-wide limit (512 MiB) first.
+    """
+
+    # A reporter's background requests are not the user's activity (it would keep an idle
+    # server from being culled).
+    _track_activity = False
+
+    @property
+    def identity_provider(self) -> IdentityProvider:  # type: ignore[override]
+        """Kernel requests are identified by kernel token, never by user credentials."""
+        return _IDENTITY_PROVIDER
 
     @property
     def authorizer(self) -> Authorizer:  # type: ignore[override]
         """Kernel requests are authorized by kernel scope, not by the server's authorizer."""
         return _AUTHORIZER
 
+    def get_login_url(self) -> str:
+        """There is no login for a kernel: refuse, saying what is needed."""
+        raise web.HTTPError(403, f"a valid {AUTH_SCHEME} token is required")
+
     async def prepare(self) -> None:  # type: ignore[override]
-        """Identify the kernel from ``Authorization: tfgpu-kernel <token>``, or refuse."""
-        identity = self.tfgpu.tokens.identify(self.request.headers.get("Authorization"))
-        if identity is None or identity.kernel_id not in self.tfgpu.kernels.kernel_manager:
-            raise web.HTTPError(403, f"a valid {AUTH_SCHEME} token is required")
-        self.current_user = self._jupyter_current_user = identity
+        """The body's size limit, jupyter_server's request checks (Host, origin, identity), then
+        a body announced as too large is refused before it is read."""
+        self._body = bytearray()
+        # tornado's max_body_size is server-wide; a kernel gets far less. Set first, so that
+        # even a refused request's body is not read: tornado closes the connection instead,
+        # also when a chunked body grows past it.
+        self.request.connection.set_max_body_size(MAX_BODY_BYTES)
+        await super().prepare()
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise self.too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        """A piece of the body; tornado stops at MAX_BODY_BYTES in all."""
+        if not self._finished:
+            self._body.extend(chunk)
+
+    def too_large(self) -> web.HTTPError:
+        """The 413 for a body over the kernel channel's limit."""
+        return web.HTTPError(413, f"body: at most {MAX_BODY_BYTES} bytes", reason="body too large")
+
+    def read_json_body(self) -> Any:
+        """The streamed body as JSON, or a 400 saying it is not."""
+        self.request.body = bytes(self._body)
+        return super().read_json_body()
 
     def check_xsrf_cookie(self) -> None:
         """Kernel requests carry a header token and no cookie, so XSRF does not apply."""
@@ -53,11 +112,11 @@ class KernelChannelHandler(TFGPUAPIHandler):
         """The calling kernel."""
         return self.current_user.kernel_id
 
-    def view(self) -> dict[str, Any]:
+    async def view(self) -> dict[str, Any]:
         """The calling kernel as ``GET kernels/{id}`` shows it, plus what only it needs: its
         notebook's ``own`` policy (to change one field) and ``next_start``, the environment and
         policy document a (re)start would give it now (to apply a change in-process)."""
-        view = self.tfgpu.kernels.describe(self.kernel_id)
+        view = await self.tfgpu.kernels.describe(self.kernel_id)
         notebook = view["notebook"]
         policies = self.tfgpu.policies
         effective = view["policy"]
@@ -84,6 +143,12 @@ class KernelReportHandler(KernelChannelHandler):
     @authorized
     def post(self) -> None:
         """Store the report (used where NVML's PIDs cannot be matched, e.g. in containers)."""
+        if not self.tfgpu.reports.limiter.allow(self.kernel_id):
+            raise web.HTTPError(
+                429,
+                f"too many reports: at most {REPORT_BURST} per {REPORT_WINDOW:g} s per kernel",
+                reason="too many reports",
+            )
         try:
             report = validate_report(self.read_json_body())
         except ValueError as err:
@@ -99,9 +164,9 @@ class KernelPolicyHandler(KernelChannelHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
+    async def get(self) -> None:
         """Own and effective policy, what this kernel started with, and restart_required."""
-        self.write_json(self.view())
+        self.write_json(await self.view())
 
     @web.authenticated
     @authorized
@@ -113,7 +178,7 @@ class KernelPolicyHandler(KernelChannelHandler):
             await asyncio.to_thread(self.tfgpu.policies.set, key, body)
         except (PolicyError, CapExceeded) as err:
             raise self.domain_error(err) from None
-        self.write_json(self.view())
+        self.write_json(await self.view())
 
     @web.authenticated
     @authorized
@@ -124,7 +189,7 @@ class KernelPolicyHandler(KernelChannelHandler):
             await asyncio.to_thread(self.tfgpu.policies.reset, key)
         except CapExceeded as err:
             raise self.domain_error(err) from None
-        self.write_json(self.view())
+        self.write_json(await self.view())
 
 
 class KernelStatusHandler(KernelChannelHandler):
@@ -132,7 +197,7 @@ class KernelStatusHandler(KernelChannelHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
+    async def get(self) -> None:
         """GPU snapshot (other kernels' processes shown without their id or notebook) + this kernel."""
         snapshot = self.sampler.latest.data
         mine = self.kernel_id
@@ -155,7 +220,7 @@ class KernelStatusHandler(KernelChannelHandler):
                 "simulated": self.sampler.simulated,
                 "timestamp": snapshot.get("timestamp"),
                 "gpus": gpus,
-                "kernel": self.view(),
+                "kernel": await self.view(),
             }
         )
 
@@ -170,10 +235,10 @@ class KernelAppliedHandler(KernelChannelHandler):
 
     @web.authenticated
     @authorized
-    def post(self) -> None:
+    async def post(self) -> None:
         """Record the server's own rendering of the current policy as what the kernel runs."""
         self.tfgpu.policies.applied_in_process(self.kernel_id, self.notebook())
-        self.write_json(self.view())
+        self.write_json(await self.view())
 
 
 KERNEL_ROUTES: list[tuple[str, type]] = [

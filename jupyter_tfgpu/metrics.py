@@ -6,6 +6,7 @@ sampling costs nothing extra and a scrape never calls NVML.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterator
 
 from prometheus_client import REGISTRY, Counter
@@ -28,10 +29,13 @@ class SnapshotCollector(Collector):
         snapshot: Callable[[], dict[str, Any]],
         kernel_memory: Callable[[], list[dict[str, Any]]],
         sampler_stats: Callable[[], dict[str, Any]],
+        log: logging.Logger | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._kernel_memory = kernel_memory
         self._sampler_stats = sampler_stats
+        self.log = log or logging.getLogger(__name__)
+        self._failing: set[str] = set()  # kernels whose row was skipped, logged once
 
     def describe(self) -> list:
         """Nothing up front: families appear once there is data (avoids a scrape at register)."""
@@ -63,13 +67,25 @@ class SnapshotCollector(Collector):
             "GPU memory held by a kernel's process tree, per GPU.",
             labels=["kernel_id", "notebook", "gpu", "source"],
         )
-        for row in self._kernel_memory():
-            for gpu in row["per_gpu"]:
-                if gpu["used_memory"] is not None:
-                    kernel.add_metric(
-                        [row["kernel_id"], row["notebook"] or "", str(gpu["index"]), gpu["source"]],
-                        gpu["used_memory"],
+        rows = self._kernel_memory()
+        for row in rows:
+            try:
+                samples = [
+                    ([row["kernel_id"], row["notebook"] or "", str(gpu["index"]), gpu["source"]],
+                     float(gpu["used_memory"]))
+                    for gpu in row["per_gpu"]
+                    if gpu["used_memory"] is not None
+                ]
+            except Exception:  # noqa: BLE001 - one kernel's bad row must not fail the scrape
+                if row.get("kernel_id") not in self._failing:
+                    self._failing.add(row.get("kernel_id"))
+                    self.log.exception(
+                        "jupyter-tfgpu: kernel %s left out of /metrics", row.get("kernel_id")
                     )
+                continue
+            for labels, value in samples:
+                kernel.add_metric(labels, value)
+        self._failing &= {row.get("kernel_id") for row in rows}
         stats = self._sampler_stats()
         fraction = GaugeMetricFamily(
             "tfgpu_sampler_backend_time_ratio",

@@ -410,3 +410,35 @@ async def test_a_restart_revokes_the_old_token_and_its_reports(
 
     await poll(forgotten)
     assert await post_report(jp_fetch, new, report) == 204
+
+
+async def test_a_kernel_pid_without_an_nvml_figure_falls_back_to_its_report(
+    jp_fetch, jp_serverapp, fake_nvml, notebooks
+):
+    """NVML lists the kernel's own PID but gives no memory figure (N/A): its report counts."""
+    # Given a kernel whose process NVML lists on GPU 0 with no figure
+    gpu0 = fake_nvml.gpus[0].uuid
+    kernel_id = (await start_session(jp_fetch, NOTEBOOK_A))["kernel"]["id"]
+    pid = jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner.pid
+    fake_nvml.gpus[0].processes.append(FakeProcess(pid=pid, used_memory=None))
+    await poll(lambda: process_row(jp_fetch, 0, pid))
+
+    # When the kernel reports 3 GiB reserved on GPU 0
+    token = await run_json(jp_serverapp, kernel_id, READ_TOKEN)
+    report = {"framework": "torch", "pid": pid, "devices": [{"uuid": gpu0, "reserved": 3 * GIB}]}
+    assert await post_report(jp_fetch, token, report) == 204
+    view = await get_json(jp_fetch, "kernels", kernel_id)
+
+    # Then its GPU memory is the reported figure, saying so, with NVML's PID still listed
+    assert view["gpu_memory"] == {
+        "total": 3 * GIB,
+        "per_gpu": [
+            {
+                "index": 0,
+                "uuid": gpu0,
+                "used_memory": 3 * GIB,
+                "source": "kernel_report",
+                "pids": [pid],
+            }
+        ],
+    }

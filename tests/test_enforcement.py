@@ -114,6 +114,82 @@ def test_off_does_nothing():
     assert recorder.events == []
 
 
+def test_one_kernels_absurd_figure_does_not_stop_decisions_for_others(caplog):
+    """A figure no arithmetic survives (10**400 bytes) skips that kernel, logged once."""
+    # Given a kernel with an absurd figure listed before one over its cap
+    absurd = KernelFacts("bad", None, 10**400, 10**400, 300 * MiB, None)
+    e, recorder = enforcer(Rules(action="restart", grace=0), [absurd, facts("k2")])
+    # When the enforcer runs twice
+    asyncio.run(e.enforce())
+    e._cooldown.clear()
+    asyncio.run(e.enforce())
+    # Then the other kernel was acted on each time, and the bad one logged once
+    assert recorder.actions == [("k2", "restart"), ("k2", "restart")]
+    assert sum("could not judge kernel bad" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_warning_is_marked_sent_only_once_it_was_sent():
+    """An event bus failure leaves the warning unsent; the next pass sends it, then no more."""
+    # Given warn mode, and an event bus that fails once
+    e, recorder = enforcer(Rules(action="warn", grace=0), [facts()])
+    emit = recorder.emit
+    calls = []
+
+    def flaky(decision):
+        calls.append(decision)
+        if len(calls) == 1:
+            raise RuntimeError("event bus down")
+        emit(decision)
+
+    e._emit = flaky
+    # When the enforcer runs three times
+    for _ in range(3):
+        asyncio.run(e.enforce())
+    # Then the warning was tried twice and announced once
+    assert len(calls) == 2
+    assert [(d.kernel_id, d.action) for d in recorder.events] == [("k1", "warn")]
+
+
+def test_a_failed_action_does_not_count_and_does_not_stop_others():
+    """A restart that raised is not counted towards max_actions_per_hour; others go on."""
+    # Given two kernels over their caps, one action per hour, and a first restart of k1 failing
+    current = [facts("k1"), facts("k2")]
+    e, recorder = enforcer(Rules(action="restart", grace=0, max_actions_per_hour=1), current)
+    act = recorder.act
+    failed = []
+
+    async def flaky(kernel_id, action):
+        if kernel_id == "k1" and not failed:
+            failed.append(kernel_id)
+            raise RuntimeError("kernel manager busy")
+        await act(kernel_id, action)
+
+    e._act = flaky
+    # When the enforcer runs, and again once the cool-downs are over
+    first = asyncio.run(e.enforce())
+    e._cooldown.clear()
+    second = asyncio.run(e.enforce())
+    # Then k1's failed restart is reported and k2 was restarted
+    assert [(d.kernel_id, d.status) for d in first] == [("k1", "failed"), ("k2", "done")]
+    # And next time k1 is restarted (its failure did not count), k2 only warned (its did)
+    assert [(d.kernel_id, d.action) for d in second] == [("k1", "restart"), ("k2", "warn")]
+    assert recorder.actions == [("k2", "restart"), ("k1", "restart")]
+
+
+def test_kernels_that_are_gone_are_forgotten():
+    """History, cool-downs and conditions of a kernel that left the facts are dropped."""
+    # Given a kernel acted on, and another warned about
+    current = [facts("k1"), facts("k2", limit=None, idle=700)]
+    e, _ = enforcer(Rules(action="restart", grace=0, idle_timeout=600), current)
+    asyncio.run(e.enforce())
+    assert "k1" in e._history and "k1" in e._cooldown
+    # When both kernels are gone
+    current.clear()
+    e.decide()
+    # Then nothing is kept for them
+    assert (e._history, e._cooldown, e._since, e._announced) == ({}, {}, {}, set())
+
+
 # -- real server, real kernels, simulated GPUs --------------------------------------------------
 
 ALLOCATE = "import numpy as np\nblock = np.ones(500 * 2**20 // 8)\nprint(block.nbytes)"
