@@ -4,15 +4,24 @@ The server knows each kernel's PID; NVML knows the PIDs using each GPU. A GPU pr
 to a kernel when it is the kernel process or one of its descendants (DataLoader workers,
 multiprocessing, ``!python train.py``). PIDs are paired with their start time, so a PID the
 OS reused for an unrelated process is never taken for a dead kernel's.
+
+A process the notebook detached (``setsid``, a double fork) is no longer in the kernel's tree.
+It is still found by its session (a double fork keeps the kernel's session), or else by the
+kernel id the provisioner put in the kernel's environment (``TFGPU_KERNEL_ID``), which every
+descendant inherits.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
+
+# Set by the provisioner in each kernel's environment, read back from detached processes.
+KERNEL_ID_ENV = "TFGPU_KERNEL_ID"
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,36 @@ def process_start(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
+        return None
+
+
+@dataclass(frozen=True)
+class EnvClaim:
+    """What a process's environment says about the kernel it belongs to."""
+
+    kernel_id: str | None
+    started: float
+    uid: int | None
+
+
+def read_claim(pid: int) -> EnvClaim | None:
+    """The kernel id in a process's start-up environment; None if it is gone or unreadable."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            started = proc.create_time()
+            uid = proc.uids().real
+        environ = proc.environ()  # /proc/PID/environ: as the process was started
+    except (psutil.Error, OSError):
+        return None
+    return EnvClaim(environ.get(KERNEL_ID_ENV), started, uid)
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of a process, or None if it is gone."""
+    try:
+        return os.getsid(pid)
+    except OSError:
         return None
 
 
@@ -54,13 +93,21 @@ class Attribution:
     """
 
     def __init__(
-        self, reports: Callable[[], dict[str, dict[str, Any]]] = dict
+        self,
+        reports: Callable[[], dict[str, dict[str, Any]]] = dict,
+        uid: int | None = None,
     ) -> None:
         # kernel id -> {"devices": {uuid: bytes}}: what kernels' own reporters say they hold
         self._reports = reports
+        self._uid = os.getuid() if uid is None else uid  # the server's user, who runs the kernels
         self._kernels: dict[int, KernelProcess] = {}
+        # kernel id -> start of its first process seen: a restart keeps the notebook's
+        # detached processes of before the restart
+        self._first_started: dict[str, float] = {}
         # GPU PID -> kernel id (or None), for the PIDs of the previous sample
         self._cache: dict[int, str | None] = {}
+        # (PID, start time) -> what its environment claims, read once per process
+        self._claims: dict[tuple[int, float], EnvClaim | None] = {}
         self._lock = threading.Lock()
 
     @property
@@ -72,6 +119,10 @@ class Attribution:
         """Replace the known kernels (after a kernel starts, restarts or stops)."""
         by_pid = {k.pid: k for k in kernels}
         with self._lock:
+            first = self._first_started
+            self._first_started = {
+                k.kernel_id: min(first.get(k.kernel_id, k.started), k.started) for k in kernels
+            }
             if by_pid != self._kernels:
                 self._kernels = by_pid
                 self._cache = {}
@@ -97,7 +148,11 @@ class Attribution:
         return live
 
     def owners(self, pids: list[int]) -> dict[int, KernelProcess | None]:
-        """The kernel whose process tree holds each PID (None for other processes)."""
+        """The kernel each PID belongs to (None for other processes).
+
+        First the kernel's process tree, then its session, then the kernel id in the
+        process's environment: the first two a process cannot forge, the last it can.
+        """
         kernels = self._live_kernels()
         by_id = {k.kernel_id: k for k in kernels.values()}
         with self._lock:
@@ -105,22 +160,67 @@ class Attribution:
         answers: dict[int, str | None] = {}
         new = [pid for pid in pids if pid not in cache]
         parents = _ppid_map() if new and kernels else {}
+        claims: dict[tuple[int, float], EnvClaim | None] = {}
         for pid in pids:
             if pid in cache:
                 answers[pid] = cache[pid]
                 continue
-            answers[pid] = None
-            # Walk up the tree in memory; a cycle or a missing parent ends the walk.
-            seen, current = set(), pid
-            while current and current not in seen:
-                if current in kernels:
-                    answers[pid] = kernels[current].kernel_id
-                    break
-                seen.add(current)
-                current = parents.get(current, 0)
+            answers[pid] = self._in_tree(pid, kernels, parents)
+            if answers[pid] is None and kernels:
+                answers[pid] = self._detached(pid, kernels, by_id, claims)
         with self._lock:
             self._cache = answers  # only the PIDs of this sample: gone PIDs are forgotten
+            kept = {key: claim for key, claim in self._claims.items() if key[0] in answers}
+            self._claims = {**kept, **claims}
         return {pid: by_id.get(kernel_id) if kernel_id else None for pid, kernel_id in answers.items()}
+
+    @staticmethod
+    def _in_tree(pid: int, kernels: dict[int, KernelProcess], parents: dict[int, int]) -> str | None:
+        # Walk up the tree in memory; a cycle or a missing parent ends the walk.
+        seen, current = set(), pid
+        while current and current not in seen:
+            if current in kernels:
+                return kernels[current].kernel_id
+            seen.add(current)
+            current = parents.get(current, 0)
+        return None
+
+    def _detached(
+        self,
+        pid: int,
+        kernels: dict[int, KernelProcess],
+        by_id: dict[str, KernelProcess],
+        claims: dict[tuple[int, float], EnvClaim | None],
+    ) -> str | None:
+        """The kernel of a process outside every kernel's tree (detached, or reparented)."""
+        # The kernel manager starts each kernel as a session leader, and a double fork keeps
+        # the session: the kernel's PID is the session id. While any process is in that
+        # session the OS does not hand the number to another process, so this cannot be forged.
+        session = session_of(pid)
+        if session in kernels:
+            return kernels[session].kernel_id
+        # setsid makes a new session: what is left is the kernel id the process inherited.
+        started = process_start(pid)
+        if started is None:
+            return None
+        key = (pid, started)
+        if key not in claims:
+            claims[key] = self._claims[key] if key in self._claims else read_claim(pid)
+        claim = claims[key]
+        kernel = by_id.get(claim.kernel_id) if claim and claim.kernel_id else None
+        if kernel is None:
+            return None
+        # A process can put any kernel id in its environment and charge its memory to that
+        # kernel (whose notebook may then be capped or reaped). Accepted only from processes
+        # of the server's own user, started after the kernel was: a process of another user
+        # (a server run as root reads everyone's environment) never counts. The residual
+        # risk: code of this server's user can charge another of this server's kernels; that
+        # user can signal or kill those kernels anyway, so it gains nothing it did not have.
+        # A notebook that detaches AND clears its environment (env -i setsid ...) is not found.
+        first = self._first_started.get(kernel.kernel_id, kernel.started)
+        if claim.uid != self._uid or claim.started + 0.01 < first:
+            return None
+        return kernel.kernel_id
 
     def owner(self, pid: int) -> KernelProcess | None:
         """The kernel whose process tree holds one PID, if any."""

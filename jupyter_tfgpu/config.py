@@ -194,6 +194,20 @@ class TFGPU(Configurable):
         already chose another default provisioner.""",
     ).tag(config=True)
 
+    keep_hub_token_in_kernels = Bool(
+        False,
+        help="""Leave JupyterHub's token (JUPYTERHUB_API_TOKEN and its older name
+        JPY_API_TOKEN) in the environment of kernels this server starts. The provisioner
+        always removes this server's own token (JUPYTER_TOKEN, JUPYTER_TOKEN_FILE), and by
+        default the hub token too: it opens every route of this single-user server (scope
+        access:servers!server, plus whatever Spawner.server_token_scopes adds), so with it a
+        notebook could change other notebooks' policies or stop their kernels. Set True when
+        notebooks use it to call the hub API (their own scripts, or tools that read it from
+        the environment). Kernels run as the server's OS user: this keeps tokens out of
+        printed environments and of variables that tools copy into logs, not out of reach of
+        code that goes looking for the server's runtime files.""",
+    ).tag(config=True)
+
     # -- enforcement -------------------------------------------------------------------------
 
     enforcement = Enum(

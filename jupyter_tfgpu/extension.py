@@ -224,6 +224,7 @@ class TFGPUApp(ExtensionApp):
         TFGPUProvisioner.report_root = report_root
         TFGPUProvisioner.tokens = self.tokens
         TFGPUProvisioner.server_url = self._local_url()
+        TFGPUProvisioner.keep_hub_token = cfg.keep_hub_token_in_kernels
         factory = KernelProvisionerFactory.instance()
         current = factory.default_provisioner_name
         state = {"name": PROVISIONER_NAME, "default": False, "reason": None}

@@ -6,6 +6,10 @@ JSON) and prepends the kernel bootstrap folder to PYTHONPATH, so the in-process 
 applied when the notebook imports TensorFlow, PyTorch or JAX. Every process the kernel starts
 inherits the same environment. Non-Python kernels start normally and still get the variables.
 
+It also takes the server's own credentials out of the kernel's environment (the kernel talks
+to the server with a token of its own), and names the kernel in it (``TFGPU_KERNEL_ID``) so
+that processes the kernel detaches are still attributed to it.
+
 A kernelspec that names another provisioner keeps it: that kernel gets no policy, and
 ``GET kernels`` shows ``applied: null`` for it.
 """
@@ -20,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
+from .attribution import KERNEL_ID_ENV
+
 if TYPE_CHECKING:
     from .kernel_channel import KernelTokens
     from .policy import PolicyService
@@ -28,6 +34,12 @@ PROVISIONER_NAME = "tfgpu-provisioner"
 # The IPython extension that loads %tfgpu; it lives in the bootstrap folder, so an ipykernel in
 # another Python environment finds it too, and it fails soft there (see its docstring).
 MAGIC_EXTENSION = "tfgpu_magic"
+# The server's own credentials, as jupyter_server reads them from its environment: with either,
+# a notebook's code could use every route of the server as the user, not just its own channel.
+SERVER_TOKEN_ENV = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
+# JupyterHub's token of the single-user server (JPY_API_TOKEN is its older name): it opens this
+# server's every route too. Kept in kernels only with TFGPU.keep_hub_token_in_kernels.
+HUB_TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 
 
 def bootstrap_dir() -> str:
@@ -63,15 +75,28 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
     tokens: KernelTokens | None = None
     report_root: str | None = None
     server_url: str | None = None
+    keep_hub_token: bool = False
+
+    @classmethod
+    def strip_credentials(cls, env: dict[str, str]) -> None:
+        """Remove the server's own credentials (and, unless kept, the hub's) from ``env``."""
+        names = SERVER_TOKEN_ENV if cls.keep_hub_token else SERVER_TOKEN_ENV + HUB_TOKEN_ENV
+        for name in names:
+            env.pop(name, None)
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
         kwargs = await super().pre_launch(**kwargs)
+        env = kwargs["env"]
+        # Before anything else, even without a policy service: the kernel runs untrusted code.
+        self.strip_credentials(env)
+        kernel_id = self.kernel_id or kwargs.get("kernel_id")
+        env.pop(KERNEL_ID_ENV, None)  # never inherited from the server's own environment
+        if kernel_id:
+            env[KERNEL_ID_ENV] = kernel_id
         service = type(self).policies
         if service is None:
             return kwargs
-        env = kwargs["env"]
-        kernel_id = self.kernel_id or kwargs.get("kernel_id")
         policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
         for name, value in policy_env.items():
             if value is None:

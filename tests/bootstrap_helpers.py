@@ -21,6 +21,7 @@ LEAKY = (
     "TFGPU_REPORT_DIR",
     "TFGPU_SERVER_URL",
     "TFGPU_KERNEL_TOKEN",
+    "TFGPU_KERNEL_ID",
     "TFGPU_REPORT_INTERVAL",
     "JAX_PLATFORMS",
     "http_proxy",

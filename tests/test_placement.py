@@ -75,6 +75,57 @@ def test_a_released_kernel_frees_its_reservation():
     assert placement.choose("b", 1, None)["chosen"] == ["GPU-0"]
 
 
+STRATEGIES = ("most_free_memory", "fewest_kernels", "pack")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_kernels_without_a_limit_started_together_spread_over_unequal_gpus(strategy):
+    """Two kernels with no limit, placed from one snapshot, get two GPUs whatever the strategy."""
+    # Given two empty GPUs, one with more free memory, and a snapshot that will not change
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=10)]}, strategy)
+    # When two kernels without a memory limit are placed one after the other
+    first = placement.choose("a", 1, None)["chosen"]
+    second = placement.choose("b", 1, None)["chosen"]
+    # Then the second does not stack on the GPU the first may take whole
+    assert {first[0], second[0]} == {"GPU-0", "GPU-1"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_more_kernels_without_a_limit_than_gpus_are_spread_evenly(strategy):
+    """Four kernels with no limit on two GPUs: two each, not four on one."""
+    # Given two empty GPUs of unequal free memory
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=10)]}, strategy)
+    # When four kernels without a limit are placed
+    chosen = [placement.choose(f"k{n}", 1, None)["chosen"][0] for n in range(4)]
+    # Then each GPU got two
+    assert sorted(chosen) == ["GPU-0", "GPU-0", "GPU-1", "GPU-1"]
+
+
+def test_most_free_memory_places_a_limited_kernel_beside_an_unlimited_one():
+    """A GPU reserved by a kernel without a limit counts as full for the next pick."""
+    # Given a kernel without a limit placed on the emptiest GPU
+    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=4)]})
+    assert placement.choose("big", 1, None)["chosen"] == ["GPU-0"]
+    # When a kernel limited to 1 GiB is placed
+    result = placement.choose("small", 1, 1024)
+    # Then it goes to the other GPU, though that one has less free memory in the snapshot
+    assert result["chosen"] == ["GPU-1"]
+
+
+def test_pack_keeps_a_gpu_reserved_by_an_unlimited_kernel_for_it():
+    """pack puts an unlimited kernel on the fullest GPU in use, then nothing else there."""
+    # Given a GPU in use by kernel x with 6 GiB free, and an empty GPU
+    snapshot = {"gpus": [gpu(0, free_gib=16), gpu(1, free_gib=6, kernels=["x"])]}
+    placement = Placement(lambda: snapshot, "pack")
+    # When a kernel without a limit, then one limited to 2 GiB, are placed
+    unlimited = placement.choose("a", 1, None)["chosen"]
+    limited = placement.choose("b", 1, 2048)["chosen"]
+    # Then the first packs onto the GPU in use, and the second is not stacked on it
+    assert unlimited == ["GPU-1"]
+    assert limited == ["GPU-0"]
+    assert sorted(placement.reserved()) == ["a", "b"]
+
+
 # -- real server, real kernels --------------------------------------------------------------------
 
 AUTO = {"devices": "auto", "gpu_count": 1}
@@ -111,6 +162,23 @@ async def test_three_kernels_started_together_land_on_three_gpus(jp_fetch, jp_se
     # And no kernel needs a restart just because its policy says "auto"
     view = json.loads((await jp_fetch("tfgpu", "api", "kernels", sessions[0]["kernel"]["id"])).body)
     assert view["restart_required"] is False
+
+
+@pytest.mark.parametrize(
+    "tfgpu_config",
+    [{"backend": "simulated", "sample_interval": 0.2, "default_policy": AUTO,
+      "simulated_gpus": [{"memory_gb": 24, "count": 1}, {"memory_gb": 16, "count": 1},
+                         {"memory_gb": 12, "count": 1}]}],
+)
+async def test_kernels_without_a_limit_started_together_land_on_unequal_gpus(jp_fetch, jp_serverapp):
+    """Three kernels with `auto` and no limit, started at once, do not all take the 24 GB GPU."""
+    # Given three GPUs of 24, 16 and 12 GB and no memory limit anywhere
+    # When three notebooks open at the same time
+    sessions = await asyncio.gather(*(start_session(jp_fetch, f"free{n}.ipynb") for n in range(3)))
+    # Then each kernel started on its own GPU
+    applied = [await applied_devices(jp_fetch, s["kernel"]["id"]) for s in sessions]
+    assert all(a["memory_limit_mb"] is None for a in applied)
+    assert len({a["devices"][0] for a in applied}) == 3
 
 
 @pytest.mark.parametrize(

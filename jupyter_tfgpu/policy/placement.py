@@ -2,7 +2,9 @@
 
 Kernels started together must not all pick "the emptiest" GPU from the same snapshot: each
 pick is recorded as a reservation (its kernel and the memory it may use) that the following
-picks count, until the sampler sees the kernel on its GPU or the kernel goes away.
+picks count, until the sampler sees the kernel on its GPU or the kernel goes away. A kernel
+without a memory limit may use the whole GPU, so its reservation claims all the free memory
+there.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Reservation:
     """A placement not yet visible in the snapshots."""
 
     uuids: tuple[str, ...]
-    memory: int
+    memory: int | None  # bytes; None: no limit, the kernel may take all the GPU's free memory
     made: float
 
 
@@ -87,15 +89,18 @@ class Placement:
             now = time.monotonic()
             candidates = self.candidates(allowed)
             self._expire(now, candidates)
-            memory = (memory_limit_mb or 0) * 2**20
+            memory = memory_limit_mb * 2**20 if memory_limit_mb else None
             for other, reservation in self._reserved.items():
                 if other == kernel_id:
                     continue
                 for cand in candidates:
                     if cand.uuid in reservation.uuids and other not in cand.kernels:
                         cand.kernels.add(other)
-                        cand.free -= reservation.memory
-            ranked = sorted(candidates, key=self._rank(memory))
+                        if reservation.memory is None:
+                            cand.free = min(cand.free, 0)
+                        else:
+                            cand.free -= reservation.memory
+            ranked = sorted(candidates, key=self._rank(memory or 0))
             chosen = [c.uuid for c in ranked[:count]]
             self._reserved[kernel_id] = Reservation(tuple(chosen), memory, now)
         reason = None
@@ -107,15 +112,34 @@ class Placement:
         if self.strategy == "fewest_kernels":
             return lambda c: (len(c.kernels), -c.free, c.index)
         if self.strategy == "pack":
-            # Fullest GPU that still has room for the kernel's limit; then the others.
-            return lambda c: (c.free < max(memory, 1), len(c.kernels) == 0, c.free, c.index)
+            return self._pack_rank(memory)
         return lambda c: (-c.free, len(c.kernels), c.index)
+
+    @staticmethod
+    def _pack_rank(memory: int) -> Callable[[Candidate], tuple]:
+        # Fullest GPU that still has room for the kernel's limit (any free memory for a kernel
+        # without one); GPUs already in use first, to keep empty GPUs for big jobs. A GPU
+        # reserved by a kernel without a limit has no room left: that kernel may take it whole,
+        # so pack does not stack a second kernel there while another GPU has room (stacking
+        # would only pack the two into one out-of-memory). When no GPU has room, the load is
+        # spread: fewest kernels, then most free memory.
+        def rank(c: Candidate) -> tuple:
+            if c.free >= max(memory, 1):
+                return (0, len(c.kernels) == 0, c.free, c.index)
+            return (1, len(c.kernels), -c.free, c.index)
+
+        return rank
 
     def _expire(self, now: float, candidates: list[Candidate]) -> None:
         seen = {k for c in candidates for k in c.kernels}
         for kernel_id, reservation in list(self._reserved.items()):
             if kernel_id in seen or now - reservation.made > RESERVATION_SECONDS:
                 del self._reserved[kernel_id]
+
+    def reserved(self) -> list[str]:
+        """The kernels whose placement the snapshots do not show yet."""
+        with self._lock:
+            return list(self._reserved)
 
     def release(self, kernel_id: str) -> None:
         """The kernel is gone."""
