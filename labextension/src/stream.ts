@@ -156,6 +156,7 @@ export class GpuStreamModel implements IDisposable {
         if (!this._status.available) {
           this._close();
           this._setError(null);
+          this._failures = 0;
           return;
         }
       }
@@ -166,10 +167,18 @@ export class GpuStreamModel implements IDisposable {
         this._receive(await this._api.request<ISnapshot>('gpus'));
       }
       this._setError(null);
+      this._failures = 0;
     } catch (error) {
       // The server may come back with another backend: ask for its status again.
       this._status = null;
       this._setError(error instanceof Error ? error.message : String(error));
+      // Back off from the interval, 3x per failure in a row, up to the maximum. Lumino's own
+      // back-off grows from the interval of the tick that failed, which is 0 after refresh():
+      // the first retries could then come at once, one after the other.
+      this._failures += 1;
+      const { interval, max } = this._poll.frequency;
+      const delay = Math.min(max, interval * 3 ** (this._failures - 1));
+      void this._poll.schedule({ interval: delay, phase: 'rejected' });
       throw error;
     }
   }
@@ -256,6 +265,7 @@ export class GpuStreamModel implements IDisposable {
   private _api: IApi;
   private _changed = new Signal<this, void>(this);
   private _error: string | null = null;
+  private _failures = 0;
   private _historySeconds: number;
   private _live = false;
   private _poll: Poll;

@@ -74,17 +74,32 @@ describe('GpuStreamModel', () => {
   });
 
   it('backs off when the stream keeps failing before it delivers', async () => {
-    const api = fakeApi({ status: STATUS });
-    model = new GpuStreamModel({ api, interval: 1 });
-    model.live = true;
-    await settle();
-    // When the socket closes before any message
-    api.sockets[0].drop();
-    await settle(100);
-    // Then the model reports it and does not hammer the server
-    expect(model.connected).toBe(false);
-    expect(model.error).toMatch(/closed/);
-    expect(api.sockets).toHaveLength(1);
+    // Fake timers: the back-off is a wait the wall clock of a loaded machine can overrun.
+    jest.useFakeTimers();
+    try {
+      const api = fakeApi({ status: STATUS });
+      model = new GpuStreamModel({ api, interval: 1 });
+      model.live = true;
+      await jest.advanceTimersByTimeAsync(20);
+      // When the socket closes before any message
+      api.sockets[0].drop();
+      await jest.advanceTimersByTimeAsync(990);
+      // Then the model reports it and does not hammer the server
+      expect(model.connected).toBe(false);
+      expect(model.error).toMatch(/closed/);
+      expect(api.sockets).toHaveLength(1);
+      // And tries again after the interval, then after three times as long
+      await jest.advanceTimersByTimeAsync(20);
+      expect(api.sockets).toHaveLength(2);
+      api.sockets[1].drop();
+      await jest.advanceTimersByTimeAsync(2990);
+      expect(api.sockets).toHaveLength(2);
+      await jest.advanceTimersByTimeAsync(20);
+      expect(api.sockets).toHaveLength(3);
+    } finally {
+      model.dispose();
+      jest.useRealTimers();
+    }
   });
 
   it('polls GET gpus instead while nobody watches live, and closes the socket', async () => {
