@@ -2,12 +2,16 @@
 
 The fake `pynvml` (tests/fake_pynvml.py) goes into ``sys.modules`` before the server starts, with
 the per-call latencies of the product spec, so the NVML backend runs unchanged. Only this launcher
-adds two endpoints that the benchmark scripts read from outside (token required):
+adds endpoints that the benchmark scripts use from outside (token required):
 
     GET {base_url}bench/nvml      {"calls": total, "call_time": seconds, "by_function": {...},
                                    "monotonic": server clock, "pid": server PID}
     GET {base_url}bench/requests  server-side request times per path since the last
                                   ``?reset=1``: {path: {"count", "p50_ms", "p99_ms", "max_ms"}}
+    GET/POST {base_url}bench/faults   NVML faults in the running server: POST
+                                  {"inject": [{"name", "error", "times", "gpu", "delay"}]} or
+                                  {"clear": true}; both answer {"faults_raised", "active"}
+    GET {base_url}bench/kernel-state  kernel ids the extension keeps something for, per place
 
 Usage (from the repo root):
     python benchmarks/serve_fake.py [--no-latency] [--port N] [--token T] [--ready-file F]
@@ -179,6 +183,65 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
+    def fault_state() -> dict:
+        """The fake's fault counters: total raised, and per active fault."""
+        active = dict(fake.faults)  # one C-level copy: consistent under the GIL
+        return {
+            "faults_raised": fake.faults_raised,
+            "active": {name: {"raised": f.raised, "gpu": f.gpu} for name, f in active.items()},
+        }
+
+    class NvmlFaultsHandler(APIHandler):
+        """GET/POST bench/faults: inject NVML faults into the running server (benchmark-only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Faults raised so far and the active ones."""
+            self.finish(json.dumps(fault_state()))
+
+        @web.authenticated
+        def post(self) -> None:
+            """``{"clear": true}`` removes every fault; ``{"inject": [...]}`` adds faults, each
+            ``{"name", "error": "TIMEOUT" (an NVML_ERROR_ suffix) or a code, "times", "gpu",
+            "delay"}`` as ``FakeNvml.inject`` takes them."""
+            body = self.get_json_body() or {}
+            if body.get("clear"):
+                fake.clear()
+            for spec in body.get("inject", []):
+                error = spec["error"]
+                if isinstance(error, str):
+                    error = getattr(fake.module, f"NVML_ERROR_{error.upper()}")
+                fake.inject(
+                    spec["name"], int(error), times=spec.get("times"), gpu=spec.get("gpu"),
+                    delay=float(spec.get("delay", 0.0)),
+                )  # fmt: skip
+            self.finish(json.dumps(fault_state()))
+
+    class KernelStateHandler(APIHandler):
+        """GET bench/kernel-state: kernel ids the extension keeps something for (benchmark-only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Per place (public accessors only), the kernel ids held there."""
+            app = self.settings.get("tfgpu")
+            places = {
+                "policies.applied": lambda: set(app.policies.applied),
+                "tokens": lambda: app.tokens.kernel_ids(),
+                "reports": lambda: app.reports.kernel_ids(),
+                "placement reservations": lambda: set(app.policies.placement.reserved()),
+                "attribution kernels": lambda: {k.kernel_id for k in app.attribution.kernels},
+                "report folders": lambda: set(
+                    os.listdir(app.kernels.report_root) if os.path.isdir(app.kernels.report_root) else ()
+                ),
+            }
+            state: dict = {}
+            for place, read in places.items():
+                try:
+                    state[place] = sorted(read())
+                except Exception as err:  # noqa: BLE001 - a place this version lacks
+                    state[place] = f"unreadable: {type(err).__name__}"
+            self.finish(json.dumps(state))
+
     class BenchServerApp(ServerApp):
         """ServerApp plus the benchmark endpoints, a lifetime bound and a parent watchdog."""
 
@@ -189,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     (url_path_join(self.base_url, "bench/nvml"), NvmlCountersHandler),
                     (url_path_join(self.base_url, "bench/requests"), RequestTimesHandler),
+                    (url_path_join(self.base_url, "bench/faults"), NvmlFaultsHandler),
+                    (url_path_join(self.base_url, "bench/kernel-state"), KernelStateHandler),
                 ],
             )
             log_function = self.web_app.settings.get("log_function")

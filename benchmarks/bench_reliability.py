@@ -1,0 +1,703 @@
+"""What the hardening holds, measured against serve_fake.py (a real server, fake NVML of 8 GPUs).
+
+Sections (``--sections 1234``; all by default), each on a fresh server:
+  1  a hostile kernel floods ``kernel/report`` (4 threads: distinct PIDs, long UUIDs, 60 MB
+     bodies, a 401-digit figure) while a well-behaved client polls status, gpus, kernels and
+     /metrics: its answers and latency, the kernel's answers, server RSS before/after/+35 s
+  2  NVML faults mid-run (Timeout, Unknown, a hanging call) while the client polls status, gpus
+     and /metrics: answers, rows carrying ``errors``, faults raised, fields back after clearing
+  3  another process holds the policy store's ``flock``: reads while held, a PUT while held
+     (503 after the store's lock timeout) and after release
+  4  kernel churn: 50 kernels started and stopped through the REST API in batches of 10:
+     server RSS and threads before/after, leftover kernel processes, per-kernel state
+     (``--kernels N`` for a longer churn, in batches of 10)
+
+Prints one JSON document, then a markdown table. No assertions: figures are reported, not
+enforced. ``--quick`` shortens every window (about a minute; numbers only indicative).
+Everything is on 127.0.0.1, every loop is bounded in count and time, children are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import FakeServer, machine, percentile, stop_process  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from jupyter_tfgpu.kernel_channel import REPORT_TTL  # noqa: E402
+from jupyter_tfgpu.policy.store import LOCK_TIMEOUT  # noqa: E402
+
+MB = 2**20
+NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+FULL = {
+    "flood_s": 12.0, "flood_threads": 4, "big_mb": 60, "big_every_s": 3.0, "big_max": 4,
+    "after_s": REPORT_TTL + 5, "fault_s": 15.0, "recover_s": 40.0, "hold_s": 11.5,
+    "kernels": 50, "batch": 10,
+}  # fmt: skip
+QUICK = {
+    "flood_s": 4.0, "flood_threads": 4, "big_mb": 60, "big_every_s": 2.0, "big_max": 1,
+    "after_s": 5.0, "fault_s": 5.0, "recover_s": 10.0, "hold_s": LOCK_TIMEOUT + 2,
+    "kernels": 10, "batch": 5,
+}  # fmt: skip
+
+# NVML faults of section 2: (function, NVML_ERROR_ suffix, GPU or None for all, hang seconds).
+FAULTS = [
+    ("nvmlDeviceGetTemperature", "TIMEOUT", None, 0.0),
+    ("nvmlDeviceGetPowerUsage", "TIMEOUT", None, 0.0),
+    ("nvmlDeviceGetComputeRunningProcesses_v3", "UNKNOWN", 3, 0.05),
+    ("nvmlDeviceGetGraphicsRunningProcesses_v3", "TIMEOUT", None, 0.02),
+]
+
+# Runs inside the hostile kernel: urllib only, every loop bounded by a deadline and a count.
+HOSTILE = r"""
+import collections, json, os, threading, time, urllib.error, urllib.request
+URL = os.environ["TFGPU_SERVER_URL"].rstrip("/") + "/tfgpu/api/kernel/report"
+TOKEN = os.environ["TFGPU_KERNEL_TOKEN"]
+SECONDS, THREADS, BIG_EVERY, BIG_MAX, PER_THREAD = %(flood_s)r, %(threads)d, %(big_every)r, %(big_max)d, 20000
+BIG = b'{"padding": "' + b"x" * (%(big_mb)d * 2**20) + b'"}'
+UUID = "GPU-" + "f" * 124
+HUGE = int("1" + "0" * 400)
+counts = collections.defaultdict(collections.Counter)
+lock = threading.Lock()
+
+def send(body):
+    headers = {"Authorization": "tfgpu-kernel " + TOKEN, "Content-Type": "application/json"}
+    request = urllib.request.Request(URL, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return str(response.status)
+    except urllib.error.HTTPError as err:
+        return str(err.code)
+    except Exception as err:
+        return type(err).__name__
+
+def worker(n):
+    start = time.monotonic()
+    deadline, next_big, bigs = start + SECONDS, start + BIG_EVERY * (n + 1) / THREADS, 0
+    for i in range(PER_THREAD):
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if bigs < BIG_MAX and now >= next_big:
+            kind, body, bigs, next_big = "60MB body", BIG, bigs + 1, next_big + BIG_EVERY
+        else:
+            kind = "huge figure" if i %% 3 == 2 else "distinct pid"
+            device = {"uuid": UUID, "reserved": HUGE if kind == "huge figure" else 2**30}
+            pid = 1 + n * PER_THREAD + i
+            body = json.dumps({"framework": "torch", "pid": pid, "devices": [device]}).encode()
+        code = send(body)
+        with lock:
+            counts[kind][code] += 1
+
+started = time.monotonic()
+threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(THREADS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(SECONDS + 60)
+print(json.dumps({"seconds": round(time.monotonic() - started, 2), "by_kind": counts}))
+"""
+
+# What a kernel leaves in the server when a framework runs in it (as tests/reliability/
+# test_kernel_churn.py): a record in its report folder and a report over its own channel.
+LEAVE_TRACES = """
+import tfgpu_apply, tfgpu_report
+tfgpu_apply.error(None, "churn benchmark: a record for the server to clean up", announce=False)
+print(tfgpu_report.send_once("torch", [{"uuid": "GPU-churn", "reserved": 2**20}]))
+"""
+
+# Holds the store's lock for argv[2] seconds, as a second server on the same home would.
+HOLDER = r"""
+import fcntl, sys, time
+with open(sys.argv[1], "a+") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+print("released", flush=True)
+"""
+
+
+# -- plumbing ------------------------------------------------------------------------------------
+
+
+def ms(seconds: float | None) -> float | None:
+    """Seconds to milliseconds, rounded for the report."""
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def mib(nbytes: int | None) -> float | None:
+    """Bytes to MiB, rounded for the report."""
+    return None if nbytes is None else round(nbytes / MB, 1)
+
+
+def call(server: FakeServer, method: str, path: str, body: Any = None, timeout: float = 60):
+    """One request on a fresh connection (thread-safe): (status or error name, JSON or None, s)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    started = time.perf_counter()
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, "/" + path.lstrip("/"), body=data, headers=server.headers)
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = None
+        return response.status, decoded, time.perf_counter() - started
+    except (OSError, http.client.HTTPException) as err:
+        return type(err).__name__, None, time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def server_figures(server: FakeServer) -> dict[str, Any]:
+    """RSS (MiB), threads and child processes of the server process now."""
+    proc = psutil.Process(server.pid)
+    return {
+        "rss_mib": mib(proc.memory_info().rss),
+        "threads": proc.num_threads(),
+        "children": len(proc.children(recursive=True)),
+    }
+
+
+class Poller:
+    """A well-behaved client: GETs its paths in turn on one keep-alive connection, paced."""
+
+    def __init__(self, server: FakeServer, paths: list[str], pace: float = 0.02):
+        self.server, self.paths, self.pace = server, paths, pace
+        self.by_status: collections.Counter[str] = collections.Counter()
+        self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+        self.rss_peak = 0
+        self.on_answer: Callable[[str, Any, bytes], None] | None = None
+
+    def run(self, until: Callable[[], bool], max_seconds: float, max_requests: int = 100_000):
+        """Poll until ``until()`` or the time or count bound; sample the server's RSS meanwhile."""
+        proc = psutil.Process(self.server.pid)
+        deadline = time.monotonic() + max_seconds
+        next_rss = 0.0
+        for i in range(max_requests):
+            now = time.monotonic()
+            if until() or now >= deadline:
+                break
+            if now >= next_rss:
+                self.rss_peak = max(self.rss_peak, proc.memory_info().rss)
+                next_rss = now + 0.25
+            path = self.paths[i % len(self.paths)]
+            try:
+                status, body, seconds = self.server.request(path)
+            except (OSError, http.client.HTTPException) as err:
+                status, body, seconds = type(err).__name__, b"", None
+            self.by_status[str(status)] += 1
+            if seconds is not None:
+                self.latencies[path].append(seconds)
+            if self.on_answer is not None:
+                self.on_answer(path, status, body)
+            time.sleep(self.pace)
+
+    def summary(self) -> dict[str, Any]:
+        """Requests served (200), the rest by status, latency p50/p99/max overall and per path."""
+        every = [s for times in self.latencies.values() for s in times]
+        return {
+            "served": self.by_status.get("200", 0),
+            "errors": sum(n for status, n in self.by_status.items() if status != "200"),
+            "by_status": dict(self.by_status),
+            "p50_ms": ms(percentile(every, 50)),
+            "p99_ms": ms(percentile(every, 99)),
+            "max_ms": ms(max(every)) if every else None,
+            "p99_ms_by_path": {p: ms(percentile(t, 99)) for p, t in self.latencies.items()},
+        }
+
+
+async def _execute(server: FakeServer, kernel_id: str, code: str, timeout: float) -> str:
+    """Run ``code`` in a kernel over its websocket, as JupyterLab does; its stdout."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    session = uuid.uuid4().hex
+    url = f"{server.ws_url}api/kernels/{kernel_id}/channels?session_id={session}"
+    ws = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=server.headers)), 30)
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id, "msg_type": "execute_request", "username": "bench", "session": session,
+        "date": datetime.now(timezone.utc).isoformat(), "version": "5.3",
+    }  # fmt: skip
+    content = {
+        "code": code, "silent": False, "store_history": False, "user_expressions": {},
+        "allow_stdin": False, "stop_on_error": True,
+    }  # fmt: skip
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    await ws.write_message(json.dumps({**message, "channel": "shell", "buffers": []}))
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), max(0.1, deadline - time.monotonic()))
+            if raw is None:
+                raise RuntimeError("kernel websocket closed")
+            if not isinstance(raw, str):
+                continue  # binary frames carry buffers; none of ours does
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, body = msg["msg_type"], msg["content"]
+            if kind == "stream" and body.get("name") == "stdout":
+                out.append(body["text"])
+            elif kind == "error":
+                raise RuntimeError("kernel code failed: " + "\n".join(body["traceback"])[-2000:])
+            elif kind == "status" and body.get("execution_state") == "idle":
+                return "".join(out)
+    finally:
+        ws.close()
+
+
+def execute(server: FakeServer, kernel_id: str, code: str, timeout: float) -> str:
+    """Blocking ``_execute`` (its own event loop: callable from any thread)."""
+    return asyncio.run(_execute(server, kernel_id, code, timeout))
+
+
+def start_session(server: FakeServer, notebook: str) -> dict[str, Any]:
+    """POST api/sessions as JupyterLab does; the session (raises unless 201)."""
+    body = {"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}}
+    status, session, _ = call(server, "POST", "api/sessions", body, timeout=120)
+    if status != 201:
+        raise RuntimeError(f"POST api/sessions: {status} {session}")
+    return session
+
+
+def ready(server: FakeServer, kernel_id: str, code: str = "print('ready')") -> bool:
+    """Run ``code`` in the kernel (bounded): True once it ran, as an opened notebook's kernel."""
+    try:
+        execute(server, kernel_id, code, timeout=90)
+        return True
+    except Exception:  # noqa: BLE001 - counted, not raised
+        return False
+
+
+# -- 1: hostile kernel flood ---------------------------------------------------------------------
+
+
+def section_flood(p: dict[str, Any]) -> dict[str, Any]:
+    """A kernel floods its channel; a well-behaved client polls; the server's RSS over time."""
+    with FakeServer() as server:
+        idle = server_figures(server)
+        session = start_session(server, "hostile.ipynb")
+        kernel_id = session["kernel"]["id"]
+        execute(server, kernel_id, "print('ready')", timeout=90)
+        before = server_figures(server)
+        code = HOSTILE % {
+            "flood_s": p["flood_s"], "threads": p["flood_threads"], "big_mb": p["big_mb"],
+            "big_every": p["big_every_s"], "big_max": p["big_max"],
+        }  # fmt: skip
+        hostile: dict[str, Any] = {}
+
+        def run_hostile() -> None:
+            try:
+                out = execute(server, kernel_id, code, timeout=p["flood_s"] + 120)
+                hostile.update(json.loads(out.strip().splitlines()[-1]))
+            except Exception as err:  # noqa: BLE001 - reported, not raised
+                hostile["error"] = f"{type(err).__name__}: {err}"
+
+        flood = threading.Thread(target=run_hostile, daemon=True)
+        poller = Poller(
+            server, ["tfgpu/api/status", "tfgpu/api/gpus", "tfgpu/api/kernels", "metrics"]
+        )
+        started = time.monotonic()
+        flood.start()
+        poller.run(until=lambda: not flood.is_alive(), max_seconds=p["flood_s"] + 150)
+        flood.join(5)
+        flood_s = time.monotonic() - started
+        end = server_figures(server)
+        # Then polled slowly for REPORT_TTL and more, so the kernel's reports age out.
+        after_poller = Poller(
+            server, ["tfgpu/api/status", "tfgpu/api/kernels", "metrics"], pace=0.5
+        )
+        after_poller.run(until=lambda: False, max_seconds=p["after_s"])
+        after = server_figures(server)
+        call(server, "DELETE", f"api/sessions/{session['id']}")
+
+    by_status: collections.Counter[str] = collections.Counter()
+    for counts in hostile.get("by_kind", {}).values():
+        by_status.update(counts)
+    return {
+        "flood_s": round(flood_s, 1),
+        "hostile_kernel": {
+            "requests": sum(by_status.values()),
+            "by_status": dict(by_status),
+            "by_kind": hostile.get("by_kind"),
+            "error": hostile.get("error"),
+        },
+        "client_during_flood": poller.summary(),
+        "client_after_flood": after_poller.summary(),
+        "server": {
+            "idle_before_kernel": idle,
+            "before_flood": before,
+            "peak_rss_mib_during_flood": mib(poller.rss_peak),
+            "end_of_flood": end,
+            f"{p['after_s']:g}s_after": after,
+        },
+        "params": {
+            k: p[k]
+            for k in ("flood_s", "flood_threads", "big_mb", "big_every_s", "big_max", "after_s")
+        },
+    }
+
+
+# -- 2: NVML faults mid-run ----------------------------------------------------------------------
+
+
+def section_faults(p: dict[str, Any]) -> dict[str, Any]:
+    """Faults on several NVML calls for a while; what the client sees, during and after."""
+    extra = ["--TFGPU.slow_interval=1", "--TFGPU.process_interval=1", "--TFGPU.nvml_budget=0.2"]
+    with FakeServer(extra=extra) as server:
+        rows_seen = collections.Counter()
+        reasons: collections.Counter[str] = collections.Counter()
+        last_rows: list[dict[str, Any]] = []
+
+        def on_answer(path: str, status: Any, body: bytes) -> None:
+            if path != "tfgpu/api/gpus" or status != 200:
+                return
+            rows = json.loads(body)["gpus"]
+            last_rows[:] = rows
+            rows_seen["rows"] += len(rows)
+            rows_seen["with_errors"] += sum(1 for r in rows if r.get("errors"))
+            rows_seen["lost"] += sum(1 for r in rows if r.get("lost"))
+            for r in rows:
+                for field, reason in (r.get("errors") or {}).items():
+                    reasons[f"{field}: {reason}"] += 1
+
+        paths = ["tfgpu/api/status", "tfgpu/api/gpus", "metrics"]
+        baseline = Poller(server, paths)
+        baseline.run(until=lambda: False, max_seconds=3)
+        inject = [
+            {"name": name, "error": error, "gpu": gpu, "delay": delay}
+            for name, error, gpu, delay in FAULTS
+        ]
+        status, injected, _ = call(server, "POST", "bench/faults", {"inject": inject})
+        during = Poller(server, paths)
+        during.on_answer = on_answer
+        during.run(until=lambda: False, max_seconds=p["fault_s"])
+        during_rows = dict(rows_seen)
+        _, raised, _ = call(server, "GET", "bench/faults")
+        _, cleared, _ = call(server, "POST", "bench/faults", {"clear": True})
+        cleared_at = time.monotonic()
+
+        def clean(rows: list[dict[str, Any]]) -> bool:
+            return bool(rows) and all(
+                not r.get("errors") and not r.get("lost") and r.get("temperature") is not None
+                and (r.get("power") or {}).get("draw") is not None and r.get("processes")
+                for r in rows
+            )  # fmt: skip
+
+        clean_at: dict[str, float] = {}
+
+        def after_answer(path: str, status: Any, body: bytes) -> None:
+            on_answer(path, status, body)
+            if "not lost" not in clean_at and clean([r for r in last_rows if not r.get("lost")]):
+                clean_at["not lost"] = time.monotonic() - cleared_at
+
+        last_rows.clear()
+        after = Poller(server, paths)
+        after.on_answer = after_answer
+        after.run(until=lambda: clean(last_rows), max_seconds=p["recover_s"])
+        back = clean(last_rows)
+        metrics_status, _, _ = server.request("metrics")
+    return {
+        "fault_s": p["fault_s"],
+        "faults": inject,
+        "inject_status": status,
+        "faults_raised": cleared.get("faults_raised") if cleared else None,
+        "faults_raised_by_function": {
+            k: v["raised"] for k, v in (raised or {}).get("active", {}).items()
+        },
+        "client_baseline": baseline.summary(),
+        "client_during_faults": during.summary(),
+        "gpu_rows_during_faults": during_rows,
+        "error_reasons_seen": dict(reasons.most_common(8)),
+        "client_after_clear": after.summary(),
+        "fields_back_after_clear": back,
+        "seconds_to_recover": round(time.monotonic() - cleared_at, 2) if back else None,
+        "fields_back_on_gpus_not_lost_s": round(clean_at["not lost"], 2) if clean_at else None,
+        "lost_gpus_after_clear": [r.get("index") for r in last_rows if r.get("lost")],
+        "recover_window_s": p["recover_s"],
+        "last_rows_after_clear": [
+            {k: r.get(k) for k in ("index", "lost", "errors", "temperature")}
+            for r in last_rows
+            if r.get("errors") or r.get("lost")
+        ],
+        "config": extra,
+        "metrics_after": metrics_status,
+        "injected_ack": injected is not None,
+    }
+
+
+# -- 3: held store lock --------------------------------------------------------------------------
+
+
+def section_store_lock(p: dict[str, Any]) -> dict[str, Any]:
+    """Another process holds the store's flock: reads, a PUT while held, a PUT after."""
+    state = tempfile.TemporaryDirectory(prefix="tfgpu-bench-store-")
+    store = Path(state.name) / "state" / "policies.json"
+    # PolicyStore.lock_path: writers flock "<store>.lock" (the store file itself is replaced).
+    lock_path = store.with_name(store.name + ".lock")
+    holder: subprocess.Popen | None = None
+    try:
+        with FakeServer(extra=[f"--TFGPU.policy_store_path={store}"]) as server:
+            notebook = {"type": "notebook", "format": "json", "content": NOTEBOOK}
+            call(server, "PUT", "api/contents/nb.ipynb", notebook)
+            first = call(server, "PUT", "tfgpu/api/policies/nb.ipynb", {"memory_growth": True})
+            session = start_session(server, "nb.ipynb")
+            store.parent.mkdir(parents=True, exist_ok=True)
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, str(lock_path), str(p["hold_s"])],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            locked = holder.stdout.readline().strip()  # the holder prints at once
+            held_since = time.monotonic()
+            puts: list[dict[str, Any]] = []
+
+            def writer() -> None:
+                for n in range(3):  # bounded; each waits up to LOCK_TIMEOUT
+                    if time.monotonic() - held_since + LOCK_TIMEOUT + 0.5 > p["hold_s"]:
+                        break  # it could not time out while the lock is still held
+                    body = {"memory_growth": bool(n % 2)}
+                    code, answer, seconds = call(server, "PUT", "tfgpu/api/policies/nb.ipynb", body)
+                    puts.append({
+                        "status": code, "seconds": round(seconds, 2),
+                        "reason": (answer or {}).get("reason"),
+                        "held": holder.poll() is None,
+                    })  # fmt: skip
+
+            writing = threading.Thread(target=writer, daemon=True)
+            writing.start()
+            poller = Poller(server, [
+                "tfgpu/api/status", "tfgpu/api/gpus", "tfgpu/api/kernels", "tfgpu/api/policies",
+            ])  # fmt: skip
+            poller.run(until=lambda: holder.poll() is not None, max_seconds=p["hold_s"] + 30)
+            held_s = time.monotonic() - held_since
+            writing.join(LOCK_TIMEOUT + 30)
+            code, answer, seconds = call(
+                server, "PUT", "tfgpu/api/policies/nb.ipynb", {"memory_growth": False}
+            )
+            after = {
+                "status": code,
+                "seconds": round(seconds, 3),
+                "policy": (answer or {}).get("policy"),
+            }
+            call(server, "DELETE", f"api/sessions/{session['id']}")
+    finally:
+        if holder is not None:
+            stop_process(holder)
+        state.cleanup()
+    return {
+        "hold_s": round(held_s, 1),
+        "holder": locked,
+        "lock_timeout_s": LOCK_TIMEOUT,
+        "put_before_hold": first[0],
+        "reads_while_held": poller.summary(),
+        "puts_while_held": puts,
+        "put_after_release": after,
+    }
+
+
+# -- 4: kernel churn -----------------------------------------------------------------------------
+
+
+def kernel_state(server: FakeServer) -> dict[str, int | str]:
+    """Kernel ids the extension keeps something for, counted per place (bench endpoint)."""
+    status, state, _ = call(server, "GET", "bench/kernel-state")
+    if status != 200:
+        return {"unavailable": str(status)}
+    return {place: len(ids) if isinstance(ids, list) else ids for place, ids in state.items()}
+
+
+def section_churn(p: dict[str, Any]) -> dict[str, Any]:
+    """Kernels started and stopped in batches through the REST API; what stays behind."""
+    with FakeServer() as server:
+        idle = server_figures(server)
+        warm = start_session(server, "warm-up.ipynb")  # one-time imports before "before"
+        ready(server, warm["kernel"]["id"])
+        call(server, "DELETE", f"api/sessions/{warm['id']}")
+        time.sleep(2)
+        before = server_figures(server)
+        batches = []
+        pool = ThreadPoolExecutor(max_workers=p["batch"])
+        try:
+            for b in range(p["kernels"] // p["batch"]):
+                names = [f"churn-{b}-{n}.ipynb" for n in range(p["batch"])]
+                started = time.monotonic()
+                sessions = list(pool.map(start_session, [server] * len(names), names))
+                start_s = time.monotonic() - started
+                codes = [LEAVE_TRACES] + ["print('ready')"] * (len(sessions) - 1)
+                ids = [s["kernel"]["id"] for s in sessions]
+                ready_n = sum(pool.map(ready, [server] * len(ids), ids, codes))
+                running = server_figures(server)
+                state_running = kernel_state(server)
+                started = time.monotonic()
+                codes = list(pool.map(
+                    lambda s: call(server, "DELETE", f"api/sessions/{s['id']}")[0], sessions
+                ))  # fmt: skip
+                batches.append({
+                    "start_s": round(start_s, 2), "ready": ready_n,
+                    "stop_s": round(time.monotonic() - started, 2),
+                    "delete_statuses": dict(collections.Counter(map(str, codes))),
+                    "server_while_running": running, "state_while_running": state_running,
+                })  # fmt: skip
+        finally:
+            pool.shutdown(wait=True)
+        # Then wait (bounded) for the kernels to exit and the periodic prune to forget them.
+        settled_at = time.monotonic()
+        while time.monotonic() - settled_at < 60:
+            state = kernel_state(server)
+            figures = server_figures(server)
+            if figures["children"] == 0 and not any(
+                v for v in state.values() if isinstance(v, int)
+            ):
+                break
+            time.sleep(0.5)
+        settle_s = time.monotonic() - settled_at
+        _, kernels_left, _ = call(server, "GET", "api/kernels")
+        after = server_figures(server)
+    return {
+        "kernels": p["kernels"],
+        "batch": p["batch"],
+        "server": {"idle": idle, "before": before, "after": after},
+        "rss_growth_mib": round(after["rss_mib"] - before["rss_mib"], 1),
+        "leftover_kernel_processes": after["children"],
+        "kernels_listed_after": len(kernels_left) if isinstance(kernels_left, list) else None,
+        "state_after": state,
+        "settle_s": round(settle_s, 1),
+        "rss_mib_by_batch": [b["server_while_running"]["rss_mib"] for b in batches],
+        "batches": batches,
+    }
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+SECTIONS = {
+    "1": ("hostile_kernel_flood", section_flood),
+    "2": ("nvml_faults", section_faults),
+    "3": ("held_store_lock", section_store_lock),
+    "4": ("kernel_churn", section_churn),
+}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The headline figures as a markdown table."""
+    rows = [("section", "figure", "value")]
+    s = result["sections"]
+    if "hostile_kernel_flood" in s and "error" not in s["hostile_kernel_flood"]:
+        f = s["hostile_kernel_flood"]
+        c, srv = f["client_during_flood"], f["server"]
+        after_key = next(k for k in srv if k.endswith("s_after"))
+        rows += [
+            ("1 flood", "hostile kernel answers by status", json.dumps(f["hostile_kernel"]["by_status"])),
+            ("1 flood", "client served / errors", f"{c['served']} / {c['errors']}"),
+            ("1 flood", "client p50 / p99 / max ms", f"{c['p50_ms']} / {c['p99_ms']} / {c['max_ms']}"),
+            ("1 flood", "server RSS MiB before / peak / end / " + after_key,
+             f"{srv['before_flood']['rss_mib']} / {srv['peak_rss_mib_during_flood']} / "
+             f"{srv['end_of_flood']['rss_mib']} / {srv[after_key]['rss_mib']}"),
+        ]  # fmt: skip
+    if "nvml_faults" in s and "error" not in s["nvml_faults"]:
+        f = s["nvml_faults"]
+        c = f["client_during_faults"]
+        rows += [
+            ("2 NVML faults", "faults raised", f["faults_raised"]),
+            ("2 NVML faults", "client served / non-200", f"{c['served']} / {c['errors']}"),
+            ("2 NVML faults", "client p99 ms", c["p99_ms"]),
+            ("2 NVML faults", "GPU rows with errors / rows / lost",
+             f"{f['gpu_rows_during_faults'].get('with_errors')} / {f['gpu_rows_during_faults'].get('rows')}"
+             f" / {f['gpu_rows_during_faults'].get('lost')}"),
+            ("2 NVML faults", "all fields back after clear (s)", f"{f['fields_back_after_clear']} ({f['seconds_to_recover']})"),
+            ("2 NVML faults", "fields back on GPUs not lost (s)", f["fields_back_on_gpus_not_lost_s"]),
+            ("2 NVML faults", f"GPUs still lost {f['recover_window_s']:g} s after clear", f["lost_gpus_after_clear"]),
+        ]  # fmt: skip
+    if "held_store_lock" in s and "error" not in s["held_store_lock"]:
+        f = s["held_store_lock"]
+        c = f["reads_while_held"]
+        rows += [
+            ("3 store lock", "reads served / errors while held", f"{c['served']} / {c['errors']}"),
+            ("3 store lock", "reads p99 / max ms", f"{c['p99_ms']} / {c['max_ms']}"),
+            ("3 store lock", "PUT while held: status (s)",
+             ", ".join(f"{x['status']} ({x['seconds']})" for x in f["puts_while_held"])),
+            ("3 store lock", "PUT after release", f["put_after_release"]["status"]),
+        ]  # fmt: skip
+    if "kernel_churn" in s and "error" not in s["kernel_churn"]:
+        f = s["kernel_churn"]
+        b, a = f["server"]["before"], f["server"]["after"]
+        rows += [
+            ("4 churn", f"{f['kernels']} kernels: RSS MiB before / after", f"{b['rss_mib']} / {a['rss_mib']}"),
+            ("4 churn", "server threads before / after", f"{b['threads']} / {a['threads']}"),
+            ("4 churn", "leftover kernel processes", f["leftover_kernel_processes"]),
+            ("4 churn", "per-kernel state left", json.dumps({k: v for k, v in f["state_after"].items() if v})),
+        ]  # fmt: skip
+    for name, data in s.items():
+        if "error" in data:
+            rows.append((name, "error", data["error"].splitlines()[-1]))
+    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.insert(1, "|---|---|---|")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the chosen sections; print the JSON document and a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (about a minute)")
+    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. '13'")
+    parser.add_argument("--kernels", type=int, default=None, help="section 4: kernels in all")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON result here")
+    args = parser.parse_args()
+    params = dict(QUICK if args.quick else FULL)
+    if args.kernels:
+        params["kernels"] = max(params["batch"], min(args.kernels, 1000))
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "quick": args.quick,
+        "sections": {},
+    }
+    started = time.monotonic()
+    for key in args.sections:
+        if key not in SECTIONS:
+            continue
+        name, run = SECTIONS[key]
+        t0 = time.monotonic()
+        try:
+            result["sections"][name] = run(params)
+        except Exception:  # noqa: BLE001 - one broken section must not lose the others
+            result["sections"][name] = {"error": traceback.format_exc()[-3000:]}
+        result["sections"][name]["section_s"] = round(time.monotonic() - t0, 1)
+        print(f"[{name}] done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    result["total_s"] = round(time.monotonic() - started, 1)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    print()
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
