@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
+from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, default, validate
@@ -11,6 +14,85 @@ from traitlets.config import Configurable
 from .policy.model import PolicyError, validate_policy
 
 DEFAULT_SIMULATED_GPUS = [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count": 2}]
+
+# Settings whose default an environment variable sets (a config file or the command line wins).
+ENVIRONMENT_VARIABLES = {"backend": "TFGPU_BACKEND", "on_config_error": "TFGPU_ON_CONFIG_ERROR"}
+
+
+def parse_value(text: str) -> Any:
+    """A value given as text: JSON, else a Python literal, else the text itself."""
+    # JSON first: it is what JupyterHub's Spawner.args and Kubernetes manifests carry
+    # (true, null); Python literals (True, None) are what the config-file examples use.
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+class JSONDict(Dict):
+    """A Dict that can be given on the command line as JSON or as repeated key=value items."""
+
+    def from_string(self, s: str) -> dict | None:
+        """``{"memory_growth": true}`` (JSON or a Python literal) or one ``key=value``."""
+        if s == "None" and self.allow_none:
+            return None
+        value = parse_value(s)
+        if isinstance(value, dict):
+            return value
+        if "=" in s:
+            return self.item_from_string(s)
+        raise TraitError(
+            'expected a JSON object such as {"memory_growth": true}, or key=value, got ' + repr(s)
+        )
+
+    def from_string_list(self, s_list: list[str]) -> dict | None:
+        """Each item a JSON object or a ``key=value``, merged in order."""
+        combined: dict = {}
+        for s in s_list:
+            value = self.from_string(s)
+            if value is None:
+                return None
+            combined.update(value)
+        return combined
+
+    def item_from_string(self, s: str) -> dict:
+        """``key=value``, the value read as JSON or a Python literal (true, 512, [0, 1], auto)."""
+        if "=" not in s:
+            raise TraitError(f"expected key=value, got {s!r}")
+        key, text = s.split("=", 1)
+        value = self._value_trait.from_string(text) if self._value_trait else parse_value(text)
+        return {key.strip(): value}
+
+
+class JSONList(List):
+    """A List that can be given on the command line as JSON or as repeated items."""
+
+    def from_string(self, s: str) -> list | None:
+        """``[0, 1]`` (JSON or a Python literal), or a single item."""
+        if s == "None" and self.allow_none:
+            return None
+        value = parse_value(s)
+        if isinstance(value, list):
+            return value
+        return [self.item_from_string(s)]
+
+    def from_string_list(self, s_list: list[str]) -> list | None:
+        """One JSON list, or one item per ``--TFGPU.name=item``."""
+        if len(s_list) == 1:
+            return self.from_string(s_list[0])
+        return [self.item_from_string(s) for s in s_list]
+
+    def item_from_string(self, s: str, index: int | None = None) -> Any:
+        """One item, read by the item trait (a JSON object for a list of dicts)."""
+        return self._trait.from_string(s) if self._trait else parse_value(s)
+
+    def default_value_repr(self) -> str:
+        """``None`` for a list whose default is None (traitlets would show [])."""
+        return "None" if self.default_value is None else super().default_value_repr()
 
 
 class TFGPU(Configurable):
@@ -29,7 +111,7 @@ class TFGPU(Configurable):
 
     @default("backend")
     def _default_backend(self):
-        return os.environ.get("TFGPU_BACKEND", "auto")
+        return os.environ.get(ENVIRONMENT_VARIABLES["backend"], "auto")
 
     sample_interval = Float(
         1.0,
@@ -76,8 +158,8 @@ class TFGPU(Configurable):
         read at all while nobody asks for it.""",
     ).tag(config=True)
 
-    simulated_gpus = List(
-        Dict(),
+    simulated_gpus = JSONList(
+        JSONDict(),
         default_value=DEFAULT_SIMULATED_GPUS,
         help="""GPUs of the simulated backend: a list of {"name": str, "memory_gb": number,
         "count": int}. Example: [{"name": "Simulated A100 80GB", "memory_gb": 80, "count": 4}].""",
@@ -102,7 +184,7 @@ class TFGPU(Configurable):
 
     # -- policies ----------------------------------------------------------------------------
 
-    default_policy = Dict(
+    default_policy = JSONDict(
         {},
         help="""Policy applied to every notebook that does not set a field itself, e.g.
         {"memory_growth": true} so no TensorFlow kernel maps a whole GPU by default.
@@ -125,7 +207,7 @@ class TFGPU(Configurable):
         a limit get this one; a notebook asking for more is refused with 403.""",
     ).tag(config=True)
 
-    allowed_devices = List(
+    allowed_devices = JSONList(
         Union([Int(min=0), Unicode()]),
         default_value=None,
         allow_none=True,
@@ -154,7 +236,7 @@ class TFGPU(Configurable):
     def _default_policy_store_path(self):
         return os.path.join(jupyter_data_dir(), "tfgpu", "policies.json")
 
-    forced_policy = Dict(
+    forced_policy = JSONDict(
         {},
         help="""Policy fields the admin fixes for every kernel, whatever the notebook asks,
         e.g. {"deterministic": true, "log_placement": false}. A notebook asking for another
@@ -255,3 +337,21 @@ class TFGPU(Configurable):
         enforcer only warns, so a notebook that re-allocates at once cannot be restarted in
         a loop.""",
     ).tag(config=True)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    on_config_error = Enum(
+        ["stop", "warn"],
+        default_value="stop",
+        help="""What the server does when a TFGPU setting is wrong: a value that does not
+        validate, a setting name that does not exist, or a config file with TFGPU settings
+        that failed to load. 'stop': log each error (CRITICAL) and stop the server with exit
+        status 1, so it never runs kernels without the admin's caps. 'warn': log each error,
+        start without the wrong settings (their defaults apply) and list them under problems
+        in GET config. Environment variable: TFGPU_ON_CONFIG_ERROR, which still counts when
+        the config file that would set this one is broken.""",
+    ).tag(config=True)
+
+    @default("on_config_error")
+    def _default_on_config_error(self):
+        return os.environ.get(ENVIRONMENT_VARIABLES["on_config_error"], "stop")

@@ -15,10 +15,12 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Any as AnyTrait
 from traitlets import Dict as DictTrait
 from traitlets import Instance
+from traitlets import List as ListTrait
 
 from . import metrics
 from .attribution import Attribution
 from .config import TFGPU
+from .config_check import check_allowed_devices, check_settings
 from .enforcement import Decision, Enforcer, Rules, act_on_kernel
 from .gpu import make_backend
 from .routes import route_patterns
@@ -60,13 +62,16 @@ class TFGPUApp(ExtensionApp):
     _unregister_metrics = AnyTrait(allow_none=True)
     _unsubscribe = AnyTrait(allow_none=True)
     provisioner_state = DictTrait()
+    config_problems = ListTrait()  # admin settings that do not apply (GET config)
     _refresher = AnyTrait(allow_none=True)
 
     def initialize_settings(self) -> None:
         """Build config, sampler, policies and kernel registry; start sampling."""
         # Settings live in the server's config so `--TFGPU.x=...` and
-        # `c.TFGPU.x = ...` in jupyter_server_config.py both reach them.
-        self.config_traits = cfg = TFGPU(parent=self.serverapp)
+        # `c.TFGPU.x = ...` in jupyter_server_config.py both reach them. A wrong one stops the
+        # server here, before anything is built or served (TFGPU.on_config_error).
+        cfg, self.config_problems = check_settings(self.serverapp, self.log)
+        self.config_traits = cfg
         self.tokens = KernelTokens()
         self.reports = KernelReports()
         self.attribution = Attribution(reports=self.reports.current)
@@ -130,6 +135,7 @@ class TFGPUApp(ExtensionApp):
             )
         )
         self.sampler.start(loop=self._event_loop())
+        check_allowed_devices(cfg.allowed_devices, self.sampler, self.config_problems, self.log)
         self.settings["tfgpu"] = self
         event_logger = getattr(self.serverapp, "event_logger", None)
         if event_logger is not None:

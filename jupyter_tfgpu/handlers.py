@@ -320,5 +320,7 @@ class ConfigHandler(TFGPUAPIHandler):
                 "nvml_budget": cfg.nvml_budget,
                 "provisioner": self.tfgpu.provisioner_state,
                 "enforcement": self.tfgpu.enforcer.rules.to_json(),
+                # Admin settings that do not apply (with TFGPU.on_config_error = 'warn').
+                "problems": [problem.to_json() for problem in self.tfgpu.config_problems],
             }
         )

@@ -16,7 +16,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_tfgpu.config import TFGPU  # noqa: E402
+from jupyter_tfgpu.config import ENVIRONMENT_VARIABLES, TFGPU  # noqa: E402
 
 # Defaults that depend on the machine, shown as what they are rather than this machine's value.
 SHOWN_DEFAULTS = {"policy_store_path": "<Jupyter data dir>/tfgpu/policies.json"}  # in backticks
@@ -32,7 +32,8 @@ def table() -> str:
     order = [name for name, _ in inspect.getmembers(TFGPU) if name in traits]
     source = inspect.getsource(TFGPU)
     order.sort(key=lambda name: source.find(f"    {name} = "))
-    os.environ.pop("TFGPU_BACKEND", None)  # document the defaults, not this shell's overrides
+    for variable in ENVIRONMENT_VARIABLES.values():
+        os.environ.pop(variable, None)  # document the defaults, not this shell's overrides
     defaults = TFGPU()
     for name in order:
         trait = traits[name]

@@ -1,0 +1,413 @@
+"""A wrong admin setting never leaves a server running kernels without the admin's caps.
+
+By default the server stops with the error (a real ``jupyter server`` process, below); with
+``TFGPU_ON_CONFIG_ERROR=warn`` it runs without the wrong settings and says so in GET config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+import yaml
+from openapi_core import OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+from jupyter_server.serverapp import ServerApp
+from traitlets.config import Config
+
+from jupyter_tfgpu.config import DEFAULT_SIMULATED_GPUS, TFGPU
+from jupyter_tfgpu.config_check import (
+    check_allowed_devices,
+    environment_problems,
+    failed_config_files,
+    on_config_error,
+    setting_problems,
+    without_settings,
+)
+from jupyter_tfgpu.gpu import make_backend
+from jupyter_tfgpu.sampler import Sampler
+
+SPEC = yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+TOKEN = "fail-closed-test-token"
+START_TIMEOUT = 90  # seconds a server may take to stop, or to answer, on a busy machine
+# A Python config file as a new admin pastes it from JSON: `true` is a NameError in Python.
+BROKEN_PY = 'c.TFGPU.max_memory_mb = 20480\nc.TFGPU.default_policy = {"memory_growth": true}\n'
+
+
+# -- a real server process ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `jupyter server` subprocess with its own config folder and log."""
+
+    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.log = tmp_path / "server.log"
+        self.config_dir = tmp_path / "config"
+        root = tmp_path / "root"
+        root.mkdir()
+        command = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={root}",
+            f"--IdentityProvider.token={TOKEN}",
+            "--TFGPU.backend=simulated",
+            *args,
+        ]
+        if os.geteuid() == 0:
+            command.append("--allow-root")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "TFGPU_"))}
+        self.env.update(
+            HOME=str(tmp_path / "home"),
+            JUPYTER_CONFIG_DIR=str(self.config_dir),
+            JUPYTER_DATA_DIR=str(tmp_path / "data"),
+            JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+            **(env or {}),
+        )
+        self.command = command
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        """Start the process, its output going to the log."""
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                self.command, cwd=self.log.parent, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def exit_status(self) -> int:
+        """Wait for the process to end by itself."""
+        try:
+            return self.process.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server kept running:\n{self.text()[-3000:]}")
+
+    def get(self, path: str) -> dict:
+        """GET a JSON route with the token."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/{path}", headers={"Authorization": f"token {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def wait_until_serving(self) -> None:
+        """Poll GET api/status until it answers; fail if the process ends first."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited:\n{self.text()[-3000:]}")
+            try:
+                self.get("api/status")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer:\n{self.text()[-3000:]}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop the process if it still runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def text(self) -> str:
+        """What the server logged."""
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def server_in(tmp_path):
+    """Make servers in tmp_path; stop whatever still runs at the end."""
+    made = []
+
+    def make(args: list[str], env: dict[str, str] | None = None, files: dict[str, str] | None = None):
+        server = Server(tmp_path, args, env)
+        for name, text in (files or {}).items():
+            path = server.config_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+def critical_lines(log: str) -> list[str]:
+    """The log's CRITICAL lines."""
+    return [line for line in log.splitlines() if line.startswith("[C ")]
+
+
+def test_a_wrong_command_line_setting_stops_the_server(server_in):
+    # Given a cap on the command line whose value does not validate
+    server = server_in(['--TFGPU.forced_policy={"deterministic": "yes"}', "--TFGPU.max_memory_mb=20480"])
+    # When the server starts
+    status = server.start().exit_status()
+    # Then it exits with an error before it serves, and its log names the setting and why
+    assert status != 0
+    log = server.text()
+    assert any("TFGPU.forced_policy" in line and "deterministic" in line for line in critical_lines(log))
+    assert "is running at" not in log
+
+
+def test_a_config_file_with_tfgpu_settings_that_fails_stops_the_server(server_in):
+    # Given jupyter_server_config.py with a Python mistake among the admin's TFGPU settings
+    server = server_in([], files={"jupyter_server_config.py": BROKEN_PY})
+    # When the server starts
+    status = server.start().exit_status()
+    # Then it exits with an error, and its log names the file, the line and the error
+    assert status != 0
+    path = str(server.config_dir / "jupyter_server_config.py")
+    assert any(
+        path in line and "line 2" in line and "NameError" in line for line in critical_lines(server.text())
+    )
+    assert "is running at" not in server.text()
+
+
+def test_with_the_opt_out_the_server_runs_and_reports_every_problem(server_in):
+    # Given on_config_error=warn in the environment, and wrong settings of every kind
+    server = server_in(
+        [
+            '--TFGPU.forced_policy={"deterministic": "yes"}',
+            "--TFGPU.max_threads=4",
+            "--TFGPU.allowed_devices=[0, 7]",
+        ],
+        env={"TFGPU_ON_CONFIG_ERROR": "warn"},
+        files={
+            "jupyter_server_config.py": BROKEN_PY,
+            # jupyter_server reads only jpserver_extensions from the .d folder
+            "jupyter_server_config.d/caps.json": json.dumps({"TFGPU": {"idle_timeout": 60}}),
+        },
+    )
+    # When the server starts
+    server.start().wait_until_serving()
+    config = server.get("tfgpu/api/config")
+    # Then GET config lists each problem
+    problems = config["problems"]
+    by_setting = {p["setting"]: p for p in problems if p["setting"]}
+    by_file = {Path(p["file"]).name: p for p in problems if p["file"]}
+    assert "deterministic" in by_setting["TFGPU.forced_policy"]["message"]
+    assert "7" in by_setting["TFGPU.allowed_devices"]["message"]
+    assert "NameError" in by_file["jupyter_server_config.py"]["message"]
+    assert "jupyter_server_config.d" in by_file["caps.json"]["message"]
+    # And the wrong setting's default applies, the good ones hold
+    assert config["forced_policy"] == {}
+    assert config["max_threads"] == 4
+    assert config["enforcement"]["idle_timeout"] == 0.0
+
+
+def test_a_failed_config_file_without_tfgpu_settings_only_warns(server_in):
+    # Given a config file that fails but holds no TFGPU settings
+    server = server_in([], files={"jupyter_server_config.py": "c.ServerApp.terminals_enabled = Flase\n"})
+    # When the server starts
+    server.start().wait_until_serving()
+    # Then it runs, with a warning naming the file, and no problem in GET config
+    assert server.get("tfgpu/api/config")["problems"] == []
+    path = str(server.config_dir / "jupyter_server_config.py")
+    assert any(line.startswith("[W ") and path in line for line in server.text().splitlines())
+
+
+# -- in process: GET config ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tfgpu_config():
+    """Wrong settings, with the opt-out: the server runs and reports them."""
+    return {
+        "backend": "simulated",
+        "on_config_error": "warn",
+        "default_policy": {"memory_growth": "yes"},
+        "max_memory_mb": 1000,
+        "allowed_devices": [0, "GPU-not-here"],
+    }
+
+
+async def test_get_config_lists_the_problems(jp_fetch):
+    # Given a server started with a wrong default_policy and a GPU that is not there
+    # When an admin reads GET config
+    response = await jp_fetch("tfgpu", "api", "config")
+    config = json.loads(response.body)
+    # Then both are listed, each with its setting and why
+    problems = {p["setting"]: p["message"] for p in config["problems"]}
+    assert set(problems) == {"TFGPU.default_policy", "TFGPU.allowed_devices"}
+    assert "memory_growth" in problems["TFGPU.default_policy"]
+    assert "GPU-not-here" in problems["TFGPU.allowed_devices"]
+    assert problems["TFGPU.allowed_devices"].startswith("names no GPU of this server: GPU-not-here (")
+    # And the good settings hold
+    assert config["max_memory_mb"] == 1000
+    assert config["default_policy"] == {}
+    # And the answer is the shape the shipped spec promises
+    request = MockRequest("http://localhost", "get", "/tfgpu/api/config")
+    body = MockResponse(response.body, status_code=response.code, content_type="application/json")
+    OpenAPI.from_dict(SPEC).validate_response(request, body)
+
+
+# -- the checks, one by one ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, setting, why",
+    [
+        ({"max_memory": 20480}, "TFGPU.max_memory", "did you mean TFGPU.max_memory_mb?"),
+        ({"max_memory_mb": "lots"}, "TFGPU.max_memory_mb", "expected an int"),
+        ({"default_policy": {"memory_growth": "True"}}, "TFGPU.default_policy", "memory_growth"),
+        ({"enforcement": "kill"}, "TFGPU.enforcement", "'kill'"),
+        ({"simulated_gpus": [{"name": "A", "count": -1}]}, "TFGPU.simulated_gpus", "count"),
+    ],
+)
+def test_a_wrong_setting_is_named_with_why(settings, setting, why):
+    # Given a wrong setting
+    config = Config({"TFGPU": settings})
+    # When the settings are checked
+    problems = setting_problems(config)
+    # Then the problem names the setting and says why
+    assert [p.setting for p in problems] == [setting]
+    assert why in problems[0].message
+
+
+def test_a_wrong_command_line_value_says_what_was_expected():
+    # Given a dict setting given as broken JSON on the command line
+    app = ServerApp()
+    app.parse_command_line(['--TFGPU.default_policy={"memory_growth": tru}'])
+    # When the settings are checked
+    problems = setting_problems(app.config)
+    # Then the message says what form it takes
+    assert "expected a JSON object" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    "config, env, mode",
+    [
+        ({}, {}, "stop"),
+        ({}, {"TFGPU_ON_CONFIG_ERROR": "warn"}, "warn"),
+        ({"on_config_error": "warn"}, {}, "warn"),
+        ({"on_config_error": "stop"}, {"TFGPU_ON_CONFIG_ERROR": "warn"}, "stop"),
+        ({"on_config_error": "ignore"}, {"TFGPU_ON_CONFIG_ERROR": "warn"}, "stop"),
+        ({}, {"TFGPU_ON_CONFIG_ERROR": "ignore"}, "stop"),
+    ],
+)
+def test_what_happens_on_a_wrong_setting(config, env, mode, monkeypatch):
+    # Given on_config_error in config and/or the environment (a wrong value means stop)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    # Then the mode is the one given, and stop when in doubt
+    assert on_config_error(Config({"TFGPU": config})) == mode
+
+
+def test_a_wrong_environment_variable_is_a_problem_and_its_default_is_dropped(monkeypatch):
+    # Given TFGPU_BACKEND set to a backend that does not exist
+    monkeypatch.setenv("TFGPU_BACKEND", "cuda")
+    # When the settings are checked
+    problems = environment_problems(Config())
+    # Then the problem names the setting and the variable
+    assert [p.setting for p in problems] == ["TFGPU.backend"]
+    assert "$TFGPU_BACKEND" in problems[0].message
+    # And without the wrong setting the built-in default applies
+    assert TFGPU(config=without_settings(Config(), problems)).backend == "auto"
+
+
+def test_a_config_file_wins_over_a_wrong_environment_variable(monkeypatch):
+    # Given a wrong TFGPU_BACKEND, and the backend set in config
+    monkeypatch.setenv("TFGPU_BACKEND", "cuda")
+    # Then the variable does not matter
+    assert environment_problems(Config({"TFGPU": {"backend": "none"}})) == []
+
+
+def test_failed_config_files_are_found_with_their_error(tmp_path, monkeypatch):
+    # Given a config folder with a broken .py, and a broken .json, that Jupyter's loader skips
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "jupyter_server_config.py").write_text("# the caps\n" + BROKEN_PY)
+    (tmp_path / "jupyter_server_config.json").write_text('{"TFGPU": {"max_memory_mb": 1,}}')
+    (tmp_path / "jupyter_config.py").write_text("# nothing set here\n")
+    app = ServerApp()
+    app.load_config_file()
+    # When the files the server looked for are compared with the ones it loaded
+    failed = {Path(f.path).name: f for f in failed_config_files([app])}
+    # Then the broken ones are listed, with the line and the error; the empty one is not
+    assert set(failed) == {"jupyter_server_config.py", "jupyter_server_config.json"}
+    assert failed["jupyter_server_config.py"].error.startswith("line 3: NameError")
+    assert failed["jupyter_server_config.py"].mentions_tfgpu
+    assert "JSONDecodeError" in failed["jupyter_server_config.json"].error
+
+
+def test_allowed_devices_naming_no_gpu_warn_at_start(caplog):
+    # Given two simulated GPUs, read
+    sampler = Sampler(make_backend("simulated", DEFAULT_SIMULATED_GPUS))
+    sampler.open()
+    problems = []
+    uuid = sampler.devices[1].uuid
+    # When allowed_devices names them and two that are not there
+    with caplog.at_level(logging.WARNING):
+        check_allowed_devices([0, uuid, 5, "GPU-gone"], sampler, problems, logging.getLogger("t"))
+    sampler.stop()
+    # Then a warning names those two and the GPUs there are
+    assert [p.setting for p in problems] == ["TFGPU.allowed_devices"]
+    message = problems[0].message
+    assert "5, GPU-gone" in message and uuid in message
+    assert "GPU-gone" in caplog.text
+
+
+def test_allowed_devices_are_checked_once_the_gpus_are_first_read():
+    # Given a sampler that has not read its GPUs yet
+    sampler = Sampler(make_backend("simulated", DEFAULT_SIMULATED_GPUS))
+    problems = []
+    check_allowed_devices([3], sampler, problems, logging.getLogger("t"))
+    assert problems == []
+
+    # When it starts and publishes its first snapshot
+    async def start_and_publish():
+        sampler.start(loop=asyncio.get_running_loop())
+        for _ in range(1000):
+            if problems:
+                break
+            await asyncio.sleep(0)
+
+    try:
+        asyncio.run(start_and_publish())
+    finally:
+        sampler.stop()
+    # Then the entry that names no GPU is reported, once
+    assert [p.setting for p in problems] == ["TFGPU.allowed_devices"]
+
+
+def test_help_all_prints_the_tfgpu_settings_only():
+    # When an admin asks for the manual
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter_tfgpu", "--help-all"], capture_output=True, text=True, check=True, timeout=120
+    )
+    # Then it lists every TFGPU setting with its help, and no other application's options
+    out = result.stdout
+    for name, trait in TFGPU.class_traits(config=True).items():
+        assert f"--TFGPU.{name}=" in out
+        assert " ".join(trait.help.split()[:4]) in " ".join(out.split())
+    assert "--ServerApp." not in out
+    assert "--TFGPUApp." not in out
