@@ -105,6 +105,7 @@ class TFGPUApp(ExtensionApp):
             ),
             devices=lambda: self.sampler.devices,
             devices_known=lambda: self.sampler.available,
+            monitoring_reason=lambda: self.sampler.reason,
             root_dir=self.serverapp.root_dir,
             log=self.log,
             placement=Placement(lambda: self.sampler.latest.data, cfg.placement_strategy),

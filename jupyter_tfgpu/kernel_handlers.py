@@ -217,6 +217,8 @@ class KernelStatusHandler(KernelChannelHandler):
             {
                 "available": self.sampler.available,
                 "reason": self.sampler.reason,
+                "configured_backend": self.tfgpu.config_traits.backend,
+                "retry_in": self.sampler.retry_in,
                 "simulated": self.sampler.simulated,
                 "timestamp": snapshot.get("timestamp"),
                 "gpus": gpus,

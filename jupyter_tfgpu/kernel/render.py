@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from .notices import availability, placement_note
 from .policy_fields import policy_fields, requested
 from .units import format_bytes
 
@@ -259,10 +260,13 @@ class StatusView(View):
             )
         return "This kernel runs with its notebook's policy."
 
-    def _lines(self) -> list[str]:
-        lines = list(self.notes)
-        if not self.data.get("available", bool(self.rows)):
-            lines.append(f"No GPU: {self.data.get('reason') or 'no GPU backend'}.")
+    def _lines(self) -> list[tuple[str, bool]]:
+        """Notes and warnings, each with whether it is a warning (else a calm remark)."""
+        lines = [(note, True) for note in self.notes]
+        if said := availability(self.data):
+            lines.append(said)
+        if note := placement_note(self.data.get("kernel")):
+            lines.append((note, True))
         return lines
 
     def text(self) -> str:
@@ -278,7 +282,7 @@ class StatusView(View):
                 if policy
                 else NOTHING_SET
             )
-        parts.extend(self._lines())
+        parts.extend(line for line, _ in self._lines())
         if verdict := self._verdict():
             parts.append(verdict)
         return "\n".join(parts)
@@ -307,7 +311,10 @@ class StatusView(View):
                 if policy
                 else f'<div style="{MUTED}">{_e(NOTHING_SET)}</div>'
             )
-        parts.extend(f'<div style="{WARN}">{_e(line)}</div>' for line in self._lines())
+        parts.extend(
+            f'<div style="{WARN if warning else MUTED}">{_e(line)}</div>'
+            for line, warning in self._lines()
+        )
         if verdict := self._verdict():
             style = WARN if self.restart_required else MUTED
             parts.append(f'<div style="{style}">{_e(verdict)}</div>')
@@ -345,9 +352,8 @@ class KernelsView(View):
         return cells
 
     def _empty(self) -> str:
-        if not self.data.get("available", bool(self.rows)):
-            return f"No GPU: {self.data.get('reason') or 'no GPU backend'}."
-        return "No process holds GPU memory."
+        said = availability(self.data)
+        return said[0] if said else "No process holds GPU memory."
 
     def text(self) -> str:
         cells = self._cells()
@@ -359,7 +365,8 @@ class KernelsView(View):
         if cells:
             table = _table(["GPU", "PID", "memory", "held by"], [[_e(c) for c in r] for r in cells])
         else:
-            table = f'<div style="{MUTED}">{_e(self._empty())}</div>'
+            fault = (availability(self.data) or ("", False))[1]
+            table = f'<div style="{WARN if fault else MUTED}">{_e(self._empty())}</div>'
         return table + "".join(f'<div style="{WARN}">{_e(note)}</div>' for note in self.notes)
 
 

@@ -22,6 +22,7 @@ from traitlets import Float, Unicode
 from .client import NotConfigured, ServerClient, ServerError, TokenRefused
 from .inprocess import restart_required
 from .local import local_status
+from .notices import availability, placement_note
 from .render import (
     MINE,
     MUTED,
@@ -233,11 +234,15 @@ class GPUPanel(widgets.VBox):
         when = time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "–"
         parts = [f'<b>{_e(title)}</b> <span style="{MUTED}">updated {when}</span>']
         if not rows:
-            parts.append(
-                f'<div style="{WARN}">No GPU: {_e(status.get("reason") or "no GPU backend")}.</div>'
+            said, fault = availability(status) or (
+                f"No GPU: {status.get('reason') or 'no GPU backend'}.",
+                False,
             )
+            parts.append(f'<div style="{WARN if fault else MUTED}">{_e(said)}</div>')
         if problem:
             parts.append(f'<div style="{WARN}">{_e(problem)}</div>')
+        if note := placement_note(kernel):
+            parts.append(f'<div style="{WARN}">{_e(note)}</div>')
         if restart_required(kernel):
             said = "This notebook's policy changed: restart the kernel to apply it."
             parts.append(f'<div style="{WARN}">{_e(said)}</div>')

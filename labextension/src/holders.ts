@@ -1,6 +1,6 @@
 /** Who holds GPU memory, from a snapshot's process lists (pure functions). */
 
-import { IGpu, IKernel, ISnapshot } from './types';
+import { IKernel, ISnapshot } from './types';
 
 /** One kernel's (or one other process's) memory across the GPUs. */
 export interface IHolder {
@@ -54,31 +54,6 @@ export function groupHolders(snapshot: ISnapshot | null): {
   }
   const bySize = (a: IHolder, b: IHolder) => b.total - a.total;
   return { kernels: [...kernels.values()].sort(bySize), others: others.sort(bySize) };
-}
-
-/**
- * The GPUs a kernel uses: where it holds memory, else those it started with (its applied
- * policy's devices), else null (it may use any).
- */
-export function kernelGpus(
-  snapshot: ISnapshot | null,
-  kernelId: string | null | undefined,
-  kernel?: IKernel
-): IGpu[] | null {
-  const gpus = snapshot?.gpus ?? [];
-  if (!kernelId) {
-    return null;
-  }
-  const holding = gpus.filter(g => g.processes.some(p => p.kernel_id === kernelId));
-  if (holding.length) {
-    return holding;
-  }
-  const devices = kernel?.applied?.devices;
-  if (!Array.isArray(devices)) {
-    return null;
-  }
-  const names = devices.map(String);
-  return gpus.filter(g => names.includes(g.uuid) || names.includes(String(g.index)));
 }
 
 /** A kernel holding at least `percent` of its per-GPU memory limit on some GPU. */

@@ -19,7 +19,8 @@ import { GpuPanel, KernelAction } from './panel';
 import { PolicyModel, policyFields } from './policy';
 import schema from './policy.schema.json';
 import { requestAPI } from './request';
-import { IStatusChoice, GpuStatusItem } from './statusitem';
+import { GpuStatusItem } from './statusitem';
+import { IStatusChoice } from './statustext';
 import { GpuStreamModel } from './stream';
 import { IApi } from './types';
 
@@ -125,6 +126,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
       events: serviceManager.events,
       stream,
       kernels,
+      openKernels: () => {
+        const ids: string[] = [];
+        tracker.forEach(widget => {
+          const id = widget.sessionContext.session?.kernel?.id;
+          if (id) {
+            ids.push(id);
+          }
+        });
+        return ids;
+      },
       notify: (notice: INotice) => {
         const actions: Notification.IAction[] = [
           { label: 'GPU panel', callback: () => void app.commands.execute(OPEN_PANEL) }

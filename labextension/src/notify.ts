@@ -5,7 +5,7 @@ import { basename, formatBytes } from './format';
 import { INearCap, nearCap } from './holders';
 import { KernelsModel } from './kernels';
 import { GpuStreamModel } from './stream';
-import { IEnforcementEvent } from './types';
+import { IEnforcementEvent, IKernel } from './types';
 
 /** Schema id of the server's enforcement events on jupyter_server's event bus. */
 export const ENFORCEMENT_SCHEMA = 'https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1';
@@ -46,7 +46,24 @@ export function capNotice(near: INearCap): INotice {
 }
 
 /**
- * Turns enforcement events and kernels nearing their memory limit into notifications.
+ * The notice for a kernel that asked the server to choose its GPUs (`devices: "auto"`) and
+ * got none, so it runs on the CPU only; null for any other kernel.
+ */
+export function placementNotice(kernel: IKernel): INotice | null {
+  const placement = kernel.applied?.placement;
+  if (!placement || placement.chosen.length) {
+    return null;
+  }
+  const where = kernel.notebook ? basename(kernel.notebook) : `Kernel ${kernel.id.slice(0, 8)}`;
+  const reason = placement.reason ?? 'no GPU was free';
+  // Without a strategy the server could not place at all, and its reason says what follows.
+  const cpu = placement.strategy === null ? '' : '; this kernel runs on the CPU only';
+  return { type: 'warning', message: `${where}: ${reason}${cpu}.`, notebook: kernel.notebook };
+}
+
+/**
+ * Turns enforcement events, kernels nearing their memory limit, and open notebooks' kernels
+ * that started without the GPU they asked for into notifications.
  * Every kernel of this (single-user) server is the user's own.
  */
 export class GpuNotifier implements IDisposable {
@@ -54,6 +71,7 @@ export class GpuNotifier implements IDisposable {
   constructor(private _options: GpuNotifier.IOptions) {
     _options.events.stream.connect(this._onEvent, this);
     _options.stream.changed.connect(this._onSnapshot, this);
+    _options.kernels.changed.connect(this._onKernels, this);
   }
 
   /** Whether to notify enforcement actions. */
@@ -72,6 +90,7 @@ export class GpuNotifier implements IDisposable {
     this._disposed = true;
     this._options.events.stream.disconnect(this._onEvent, this);
     this._options.stream.changed.disconnect(this._onSnapshot, this);
+    this._options.kernels.changed.disconnect(this._onKernels, this);
   }
 
   private _onEvent(_: unknown, event: Event.Emission): void {
@@ -99,7 +118,21 @@ export class GpuNotifier implements IDisposable {
     }
   }
 
+  /** Once per kernel start (a restart keeps the id, not the start time). */
+  private _onKernels(): void {
+    const open = new Set(this._options.openKernels());
+    for (const kernel of this._options.kernels.kernels) {
+      const notice = open.has(kernel.id) ? placementNotice(kernel) : null;
+      const start = `${kernel.id} ${kernel.applied?.started ?? ''}`;
+      if (notice && !this._placed.has(start)) {
+        this._placed.add(start);
+        this._options.notify(notice);
+      }
+    }
+  }
+
   private _disposed = false;
+  private _placed = new Set<string>();
   private _warned = new Set<string>();
 }
 
@@ -110,6 +143,8 @@ export namespace GpuNotifier {
     events: Event.IManager;
     stream: GpuStreamModel;
     kernels: KernelsModel;
+    /** The ids of the kernels of the notebooks open in this lab. */
+    openKernels: () => string[];
     notify: (notice: INotice) => void;
   }
 }

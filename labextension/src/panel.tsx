@@ -3,6 +3,7 @@ import { closeIcon, ReactWidget, refreshIcon, stopIcon } from '@jupyterlab/ui-co
 import type { LabIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { describeAvailability } from './availability';
 import { basename, formatBytes } from './format';
 import { GpuCard } from './gpucard';
 import { groupHolders, IHolder } from './holders';
@@ -265,21 +266,18 @@ function Connection(props: { stream: GpuStreamModel }): JSX.Element {
   );
 }
 
-/** The explanation shown when the server cannot read any GPU. */
+/** The explanation shown when the server cannot read any GPU: calm, or a warning. */
 function Unavailable(props: { status: IStatus }): JSX.Element {
-  const { status } = props;
-  const off = status.configured_backend === 'none' || status.backend === 'none';
+  const said = describeAvailability(props.status);
+  const warning = said.level === 'warning';
   return (
-    <div className="jp-tfgpu-Unavailable" role="status">
-      <h3>No GPU information</h3>
-      <p>{status.reason ?? 'This server cannot read its GPUs.'}</p>
-      <p className="jp-tfgpu-Muted">
-        {off && status.configured_backend === 'none'
-          ? 'The admin turned GPU monitoring off for this server. Notebooks still run as usual.'
-          : 'Notebooks still run, on the CPU. On a GPU server, ask the admin to check the ' +
-            'NVIDIA driver; to try this panel without a GPU, start JupyterLab with ' +
-            '--TFGPU.backend=simulated.'}
-      </p>
+    <div
+      className={`jp-tfgpu-Unavailable${warning ? ' jp-mod-warning' : ''}`}
+      role={warning ? 'alert' : 'status'}
+    >
+      <h3>{said.title}</h3>
+      <p>{said.message}</p>
+      <p className="jp-tfgpu-Muted">{said.hint}</p>
     </div>
   );
 }

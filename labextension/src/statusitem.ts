@@ -1,22 +1,13 @@
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { describeGpu, DASH, statusText } from './format';
-import { kernelGpus } from './holders';
 import { KernelsModel } from './kernels';
+import { IStatusChoice, statusLine } from './statustext';
 import { GpuStreamModel } from './stream';
 
-/** Which GPUs the status bar shows (the extension's settings). */
-export interface IStatusChoice {
-  /** `kernel`: those the current notebook's kernel uses (else all); `all`: every GPU. */
-  mode: 'kernel' | 'all';
-  /** When not empty, exactly these GPU indices. */
-  indices: number[];
-}
-
-/** Status bar item: utilization and memory of the current notebook's GPUs; click opens the panel. */
+/** Status bar item: the GPU memory the current notebook's kernel holds; click opens the panel. */
 export class GpuStatusItem extends Widget {
-  /** Show `stream`'s figures for the GPUs `tracker`'s current notebook uses. */
+  /** Show `stream`'s figures for `tracker`'s current notebook's kernel. */
   constructor(private _options: GpuStatusItem.IOptions) {
     super();
     this.addClass('jp-tfgpu-StatusItem');
@@ -48,50 +39,19 @@ export class GpuStatusItem extends Widget {
 
   private _render(): void {
     const { stream, kernels, tracker } = this._options;
-    const status = stream.status;
-    const snapshot = stream.snapshot;
-    if (stream.error) {
-      return this._show('GPU: error', stream.error, false);
-    }
-    if (!status) {
-      return this._show(`GPU: ${DASH}`, 'Waiting for the GPU server', false);
-    }
-    if (!status.available) {
-      return this._show('GPU: n/a', status.reason ?? 'No GPU backend is available', false);
-    }
-    if (!snapshot) {
-      return this._show(`GPU: ${DASH}`, 'Waiting for the first sample', status.simulated);
-    }
-    const all = snapshot.gpus;
-    const { mode, indices } = this._choice;
-    let gpus = all;
-    let why = 'All GPUs';
-    if (indices.length) {
-      gpus = all.filter(g => indices.includes(g.index));
-      why = 'GPUs chosen in the settings';
-    } else if (mode === 'kernel') {
-      const kernelId = tracker?.currentWidget?.sessionContext.session?.kernel?.id;
-      const used = kernelGpus(snapshot, kernelId, kernels.find(kernelId));
-      if (used && !used.length) {
-        return this._show(
-          'GPU: CPU only',
-          "This notebook's kernel sees no GPU",
-          snapshot.simulated
-        );
-      }
-      if (used) {
-        gpus = used;
-        why = "GPUs this notebook's kernel uses";
-      }
-    }
-    const tooltip = `${why} (click for the GPU panel)\n${gpus.map(describeGpu).join('\n')}`;
-    this._show(statusText(gpus), tooltip, snapshot.simulated);
-  }
-
-  private _show(text: string, tooltip: string, simulated: boolean): void {
-    this._text.textContent = text;
-    this.node.title = simulated ? `${tooltip}\n(simulated GPUs)` : tooltip;
-    this._label.hidden = !simulated;
+    const kernelId = tracker?.currentWidget?.sessionContext.session?.kernel?.id;
+    const line = statusLine({
+      status: stream.status,
+      snapshot: stream.snapshot,
+      error: stream.error,
+      kernelId,
+      kernel: kernels.find(kernelId),
+      choice: this._choice
+    });
+    this._text.textContent = line.text;
+    this.node.title = line.simulated ? `${line.tooltip}\n(simulated GPUs)` : line.tooltip;
+    this._label.hidden = !line.simulated;
+    this.toggleClass('jp-mod-warning', line.warning);
   }
 
   private _choice: IStatusChoice = { mode: 'kernel', indices: [] };

@@ -3,9 +3,12 @@
 /** GET `status`: which backend runs and whether GPUs can be read. */
 export interface IStatus {
   backend: 'nvml' | 'simulated' | 'none';
-  configured_backend?: string;
+  /** `TFGPU.backend` as the admin set it. */
+  configured_backend?: 'auto' | 'nvml' | 'simulated' | 'none';
   available: boolean;
   reason: string | null;
+  /** Seconds until the server tries the backend again; null when it is open or off. */
+  retry_in?: number | null;
   simulated: boolean;
   device_count: number;
   /** Seconds between the server's samples. */
@@ -73,6 +76,16 @@ export interface IPolicyDescription {
   effective: EffectivePolicy;
 }
 
+/** How a kernel whose policy said `devices: "auto"` got its GPUs when it started. */
+export interface IPlacement {
+  /** null when the server could not place at all (no GPU monitoring). */
+  strategy: string | null;
+  requested: number;
+  /** The GPUs' UUIDs; empty: the kernel runs on the CPU only. */
+  chosen: string[];
+  reason: string | null;
+}
+
 /** One running kernel (GET `kernels`). */
 export interface IKernel {
   id: string;
@@ -85,7 +98,8 @@ export interface IKernel {
   };
   policy: EffectivePolicy;
   /** The policy document the kernel's process started with. */
-  applied: (Policy & { devices?: string[] | null }) | null;
+  applied:
+    (Policy & { devices?: string[] | null; placement?: IPlacement; started?: number }) | null;
   restart_required: boolean;
 }
 

@@ -42,7 +42,9 @@ def _free_port() -> int:
 class Lab:
     """A running `jupyter lab` subprocess with its own throw-away HOME and Jupyter folders."""
 
-    def __init__(self, scratch: Path, backend: str, extra: list[str]) -> None:
+    def __init__(
+        self, scratch: Path, backend: str, extra: list[str], without_nvml: bool = False
+    ) -> None:
         self.token = secrets.token_hex(16)
         self.port = _free_port()
         self.root = scratch / "root"
@@ -77,9 +79,12 @@ class Lab:
         env.pop("TFGPU_BACKEND", None)
         self.log_path = scratch / "lab.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # The one fake: an NVML whose library is missing, for a backend named "nvml".
+        lab = [sys.executable, str(Path(__file__).with_name("lab_without_nvml.py"))]
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+                *(lab if without_nvml else [sys.executable, "-m", "jupyterlab"]),
+                "--no-browser", "--allow-root",
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                 "--ServerApp.port_retries=0", f"--ServerApp.base_url={BASE_URL}",
                 f"--ServerApp.root_dir={self.root}", f"--IdentityProvider.token={self.token}",
@@ -154,9 +159,11 @@ class Lab:
         self._log.close()
 
 
-def start_lab(tmp_path_factory: pytest.TempPathFactory, backend: str, *extra: str) -> Iterator[Lab]:
+def start_lab(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, *extra: str, without_nvml: bool = False
+) -> Iterator[Lab]:
     """Run one lab server for a module (use from a module-scoped fixture)."""
-    lab = Lab(tmp_path_factory.mktemp(f"lab-{backend}"), backend, list(extra))
+    lab = Lab(tmp_path_factory.mktemp(f"lab-{backend}"), backend, list(extra), without_nvml)
     try:
         yield lab
     finally:

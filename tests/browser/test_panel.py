@@ -113,9 +113,19 @@ def test_notebook_memory_shows_under_that_notebook(browser: Any, lab: Lab, conso
     assert mib(memory.inner_text()) >= 300
     for label in ("Interrupt the kernel", "Restart the kernel", "Shut down the kernel"):
         assert holder.locator(f'button[title="{label}"]').is_visible()
-    # And the status bar shows the GPU that notebook's kernel uses
-    text = page.locator(".jp-tfgpu-StatusItem-text").inner_text()
-    assert re.fullmatch(r"GPU 0: \d+% · \d+\.\d / 16\.0 GiB", text), text
+    # And the status bar shows the memory that notebook's kernel holds, the GPUs' totals in
+    # its tooltip
+    item = page.locator(".jp-tfgpu-StatusItem")
+    page.wait_for_function(
+        """() => { const t = document.querySelector('.jp-tfgpu-StatusItem-text').textContent;
+                   const [, n, unit] = t.match(/^GPU: ([\\d.]+) (MiB|GiB)$/) || [];
+                   return n && Number(n) * (unit === 'GiB' ? 1024 : 1) >= 300; }""",
+        timeout=15_000,
+    )
+    assert mib(item.locator(".jp-tfgpu-StatusItem-text").inner_text()) >= 300
+    tooltip = item.get_attribute("title")
+    assert tooltip.startswith("This notebook's kernel holds "), tooltip
+    assert "GPU 0 Simulated GPU 16GB" in tooltip and "GPU 1 Simulated GPU 16GB" in tooltip
     page.context.close()
     assert console.errors == []
 
@@ -166,12 +176,17 @@ def test_policy_from_the_panel_needs_a_restart_then_applies(
 def test_status_bar_item_shows_numbers_and_opens_the_panel(page: Any) -> None:
     # Given JupyterLab with no notebook open
     item = page.locator(".jp-tfgpu-StatusItem")
-    # Then the status bar item shows both GPUs' figures
+    # Then the status bar item has no notebook kernel to show, and both GPUs' figures in its
+    # tooltip
     page.wait_for_function(
-        "() => /\\d+%/.test(document.querySelector('.jp-tfgpu-StatusItem-text').textContent)"
+        "() => /GPU 1 /.test(document.querySelector('.jp-tfgpu-StatusItem').title)"
     )
-    text = item.locator(".jp-tfgpu-StatusItem-text").inner_text()
-    assert re.fullmatch(r"GPU 0,1: \d+% · \d+\.\d / 32\.0 GiB", text), text
+    assert item.locator(".jp-tfgpu-StatusItem-text").inner_text() == "GPU: \u2013"
+    tooltip = item.get_attribute("title")
+    for index in (0, 1):
+        assert re.search(
+            rf"GPU {index} Simulated GPU 16GB: \d+% busy, memory [\d.]+ / 16\.0 GiB", tooltip
+        )
     assert item.locator(".jp-tfgpu-mod-simulated").is_visible()
     # When the user focuses it with the keyboard and presses Enter, the panel opens
     item.focus()

@@ -1,4 +1,4 @@
-import { groupHolders, kernelGpus, nearCap } from '../holders';
+import { groupHolders, nearCap } from '../holders';
 import { gpu, kernel, snapshot } from './fixtures';
 
 const MiB = 2 ** 20;
@@ -39,22 +39,6 @@ describe('groupHolders', () => {
     expect(groupHolders(null)).toEqual({ kernels: [], others: [] });
     const { kernels } = groupHolders(snapshot(1, [gpu(0, [[1, null, 'k', null]])]));
     expect(kernels[0].total).toBe(0);
-  });
-});
-
-describe('kernelGpus', () => {
-  const snap = snapshot(1, [gpu(0), gpu(1, [[5, MiB, 'k1', null]]), gpu(2)]);
-
-  it('prefers the GPUs where the kernel holds memory', () => {
-    expect(kernelGpus(snap, 'k1')?.map(g => g.index)).toEqual([1]);
-  });
-
-  it('falls back to the devices the kernel started with, else to none known', () => {
-    const started = kernel('k2', { applied: { devices: ['GPU-2'] } });
-    expect(kernelGpus(snap, 'k2', started)?.map(g => g.index)).toEqual([2]);
-    expect(kernelGpus(snap, 'k2', kernel('k2', { applied: { devices: [] } }))).toEqual([]);
-    expect(kernelGpus(snap, 'k2', kernel('k2'))).toBeNull();
-    expect(kernelGpus(snap, undefined)).toBeNull();
   });
 });
 

@@ -1,0 +1,114 @@
+/** What the status bar item says (pure functions). */
+
+import { describeAvailability } from './availability';
+import { DASH, describeGpu, formatBytes, formatMemory, statusText } from './format';
+import { groupHolders } from './holders';
+import { IKernel, ISnapshot, IStatus } from './types';
+
+/** Which GPUs the status bar shows (the extension's settings). */
+export interface IStatusChoice {
+  /** `kernel`: the current notebook's kernel's GPU memory; `all`: every GPU's figures. */
+  mode: 'kernel' | 'all';
+  /** When not empty, exactly these GPU indices. */
+  indices: number[];
+}
+
+/** The item's text and tooltip; `warning` when a backend the admin named failed. */
+export interface IStatusLine {
+  text: string;
+  tooltip: string;
+  simulated: boolean;
+  warning: boolean;
+}
+
+/** What the status bar knows: the server's status and latest snapshot, and the notebook's kernel. */
+export interface IStatusInput {
+  status: IStatus | null;
+  snapshot: ISnapshot | null;
+  /** Why the last request failed. */
+  error: string | null;
+  /** The current notebook's kernel id (none without a notebook or a kernel). */
+  kernelId: string | null | undefined;
+  /** That kernel as GET `kernels` last showed it (its policy and what it started with). */
+  kernel: IKernel | undefined;
+  choice: IStatusChoice;
+}
+
+const CLICK = 'Click for the GPU panel.';
+
+/** A kernel's per-GPU memory limit in bytes: what it started with, or its policy's. */
+function limitOf(kernel: IKernel | undefined): number | null {
+  const source = kernel?.applied ?? kernel?.policy;
+  const mib = source?.memory_limit_mb;
+  return typeof mib === 'number' ? mib * 2 ** 20 : null;
+}
+
+/**
+ * The status bar's text. By default it is the GPU memory the current notebook's kernel holds
+ * (with its limit when it has one and holds on one GPU at most); the GPUs' totals are in the
+ * tooltip. Without a notebook kernel it shows a dash rather than the machine's total, which
+ * would read as this notebook's; the `all` setting shows the machine's figures instead.
+ */
+export function statusLine(input: IStatusInput): IStatusLine {
+  const { status, snapshot, error, kernelId, kernel, choice } = input;
+  const line = (text: string, tooltip: string, warning = false): IStatusLine => ({
+    text,
+    tooltip,
+    simulated: !!snapshot?.simulated && !!status?.available,
+    warning
+  });
+  if (error) {
+    return line('GPU: error', error);
+  }
+  if (!status) {
+    return line(`GPU: ${DASH}`, 'Waiting for the GPU server');
+  }
+  if (!status.available) {
+    const said = describeAvailability(status);
+    return line('GPU: n/a', `${said.title}: ${said.message}`, said.level === 'warning');
+  }
+  if (!snapshot) {
+    return line(`GPU: ${DASH}`, 'Waiting for the first sample');
+  }
+  const all = snapshot.gpus;
+  const totals = all.map(describeGpu).join('\n');
+  if (choice.indices.length) {
+    const gpus = all.filter(g => choice.indices.includes(g.index));
+    return line(
+      statusText(gpus),
+      `GPUs chosen in the settings\n${gpus.map(describeGpu).join('\n')}\n${CLICK}`
+    );
+  }
+  if (choice.mode === 'all') {
+    return line(statusText(all), `All GPUs\n${totals}\n${CLICK}`);
+  }
+  if (!kernelId) {
+    return line(
+      `GPU: ${DASH}`,
+      `No notebook with a running kernel: this shows the GPU memory of the current ` +
+        `notebook's kernel.\n${totals}\n${CLICK}`
+    );
+  }
+  const holder = groupHolders(snapshot).kernels.find(h => h.kernelId === kernelId);
+  const devices = kernel?.applied?.devices;
+  if (!holder && Array.isArray(devices) && !devices.length) {
+    const why = kernel?.applied?.placement?.reason ?? "This notebook's kernel sees no GPU";
+    return line('GPU: CPU only', `${why}\n${totals}\n${CLICK}`);
+  }
+  const held = holder?.total ?? 0;
+  const limit = limitOf(kernel);
+  const onOne = (holder?.gpus.length ?? 0) <= 1;
+  const text =
+    limit !== null && onOne
+      ? `GPU: ${formatMemory(held, limit)} limit`
+      : `GPU: ${formatBytes(held)}`;
+  const where = holder?.gpus.length
+    ? ` (${holder.gpus.map(g => `GPU ${g.index}: ${formatBytes(g.used)}`).join(', ')})`
+    : '';
+  const capped = limit === null ? '' : `; its limit is ${formatBytes(limit)} per GPU`;
+  return line(
+    text,
+    `This notebook's kernel holds ${formatBytes(held)} of GPU memory${where}${capped}.\n` +
+      `${totals}\n${CLICK}`
+  );
+}
