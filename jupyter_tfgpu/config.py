@@ -187,7 +187,7 @@ class TFGPU(Configurable):
     default_policy = JSONDict(
         {},
         help="""Policy applied to every notebook that does not set a field itself, e.g.
-        {"memory_growth": true} so no TensorFlow kernel maps a whole GPU by default.
+        {"memory_growth": True} so no TensorFlow kernel maps a whole GPU by default.
         Fields: memory_growth (bool), memory_limit_mb (MiB), devices (GPU indices or UUIDs;
         [] = CPU only), allocator ("default" or "cuda_malloc_async").""",
     ).tag(config=True)
@@ -239,7 +239,7 @@ class TFGPU(Configurable):
     forced_policy = JSONDict(
         {},
         help="""Policy fields the admin fixes for every kernel, whatever the notebook asks,
-        e.g. {"deterministic": true, "log_placement": false}. A notebook asking for another
+        e.g. {"deterministic": True, "log_placement": False}. A notebook asking for another
         value gets 403 naming forced_policy.""",
     ).tag(config=True)
 

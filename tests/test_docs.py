@@ -8,6 +8,7 @@ build tests are skipped on a developer's machine and fail in CI (where ``CI`` is
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,69 @@ EXAMPLES = DOCS / "examples"
 SCREENSHOTS = ("panel-light.png", "panel-dark.png")
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def _tool(name: str):
+    """A module of docs/_tools (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / "_tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _tool("generate")
+openapi_md = _tool("openapi_md")
+
+
+# -- the generated tables are written into the pages -------------------------------------------
+
+
+def test_the_generated_tables_in_the_pages_are_current():
+    """Run `python docs/_tools/generate.py` when a trait, the spec or a schema changes."""
+    # Given the pages that hold generated tables
+    pages = {page.relative_to(DOCS).as_posix() for page in generate.pages()}
+    assert {
+        "admin/settings.md",
+        "reference/rest-api.md",
+        "user-guide.md",
+        "admin/monitoring.md",
+    } <= pages
+    # Then each holds exactly what the sources make now
+    assert generate.stale_pages() == []
+
+
+def test_a_table_edited_by_hand_is_made_anew():
+    """The check is real: a table that differs from its source is found and rewritten."""
+    # Given the settings page with one row of its table edited by hand
+    page = (DOCS / "admin" / "settings.md").read_text()
+    edited = page.replace("| `TFGPU.backend` |", "| `TFGPU.backend_typo` |", 1)
+    assert edited != page
+    # When it is regenerated
+    # Then the table is the generated one again
+    assert generate.regenerate(edited) == page
+
+
+def test_the_pages_hold_their_tables_in_the_repository():
+    """A reader of the Markdown files (on the code host) sees the settings and the REST reference."""
+    settings = (DOCS / "admin" / "settings.md").read_text()
+    for name in TFGPU.class_traits(config=True):
+        assert f"| `TFGPU.{name}` |" in settings, name
+    api = (DOCS / "reference" / "rest-api.md").read_text()
+    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "openapi.yaml").read_text())
+    for path in spec["paths"]:
+        assert f"`{path}`" in api, path
+
+
+def test_the_403_caps_are_every_cap_the_code_refuses_by():
+    """The REST reference lists each cap a policy write can be refused by, found in the code."""
+    # Given the caps the server raises CapExceeded with
+    caps = generate.admin_caps()
+    assert {"forced_policy", "max_threads", "max_memory_mb", "allowed_devices"} <= set(caps)
+    assert set(caps) <= set(TFGPU.class_traits(config=True))
+    # Then the REST reference names each of them
+    api = (DOCS / "reference" / "rest-api.md").read_text()
+    listed = re.findall(r"^- `TFGPU\.(\w+)`", api, re.MULTILINE)
+    assert sorted(listed) == sorted(caps)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +151,11 @@ def test_the_api_page_has_every_operation_and_schema(site):
     for path, item in spec["paths"].items():
         for method in ("get", "put", "post", "patch", "delete"):
             if method in item:
-                anchor = method + "-" + re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+                anchor = openapi_md.operation_anchor(method, path)
                 assert f'id="{anchor}"' in html, (method, path)
+                assert f'href="#{anchor}"' in html, (method, path)
     for name in spec["components"]["schemas"]:
-        assert f'id="schema-{name.lower()}"' in html, name
+        assert f'id="{openapi_md.schema_anchor(name)}"' in html, name
 
 
 def test_the_user_guide_lists_every_policy_field(site):

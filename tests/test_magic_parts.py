@@ -181,3 +181,15 @@ def test_record_entries_read_in_the_fields_own_form():
     assert setting_text({"setting": "memory_growth", "value": True}, "=") == "memory_growth=on"
     # an entry that is no policy field (e.g. "no policy set") keeps just its name
     assert setting_text({"setting": "policy", "value": None}) == "policy"
+
+
+def test_the_help_starts_with_the_usage_line():
+    """`%tfgpu --help` reads as plain text: no `::` left over from IPython's Sphinx markup."""
+    # Given the magic's parser
+    from jupyter_tfgpu.kernel.magic import TFGPUMagics
+
+    # When its help is made, as `%tfgpu --help` prints it
+    text = TFGPUMagics.tfgpu.parser.format_help()
+    # Then it opens with the usage line and holds no RST literal-block marker
+    assert text.startswith("usage: %tfgpu [-h]")
+    assert "::" not in text.splitlines()

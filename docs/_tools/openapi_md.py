@@ -1,16 +1,19 @@
-"""Render the OpenAPI 3.1 spec shipped in the package as one Markdown page (no JavaScript, no CDN).
+"""Render the OpenAPI 3.1 spec shipped in the package as Markdown (no JavaScript, no CDN).
 
-    python docs/_tools/openapi_md.py > api.md    # what the docs build puts in reference/rest-api.md
+    python docs/_tools/openapi_md.py    # print it; docs/_tools/generate.py writes it into
+                                        # docs/reference/rest-api.md
 
-Every operation gets a heading with a stable anchor (``get-status``, ``put-policies-path``), its
-parameters, request body and responses; every schema under ``components`` gets a table of its
-properties, with links between them.
+Every operation gets a heading (``get-status``, ``put-policiespath``), its parameters, request
+body and responses; every schema under ``components`` gets a table of its properties, with links
+between them. The anchors are the headings' own slugs, the same on the docs site and on the code
+host, so the page reads the same on both.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +28,26 @@ def load(path: Path = SPEC) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def slug(heading: str) -> str:
+    """A heading's anchor as MkDocs (Python-Markdown's toc) and GitHub both make it."""
+    text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def operation_heading(method: str, path: str) -> str:
+    """``GET `/policies/{path}```: an operation's heading text."""
+    return f"{method.upper()} `{path}`"
+
+
 def operation_anchor(method: str, path: str) -> str:
-    """``get-policies-path`` for GET /policies/{path}."""
-    return method + "-" + re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
+    """``get-policiespath`` for GET /policies/{path}."""
+    return slug(operation_heading(method, path).replace("`", ""))
 
 
 def schema_anchor(name: str) -> str:
-    """``schema-policy`` for the Policy schema."""
-    return "schema-" + name.lower()
+    """``policy`` for the Policy schema."""
+    return slug(name)
 
 
 def escape_html(markdown: str) -> str:
@@ -151,7 +166,7 @@ def render_operation(
     spec: dict[str, Any], path: str, method: str, operation: dict[str, Any], shared: list
 ) -> list[str]:
     """One operation: heading, text, parameters, body, responses."""
-    lines = [f"### {method.upper()} `{path}` {{#{operation_anchor(method, path)}}}", ""]
+    lines = [f"### {operation_heading(method, path)}", ""]
     if operation.get("summary"):
         lines += [_paragraphs(operation["summary"]) + ".", ""]
     if operation.get("description"):
@@ -186,7 +201,7 @@ def render_operation(
 
 def render_schema(name: str, schema: dict[str, Any]) -> list[str]:
     """One component schema: its type, description and property table."""
-    lines = [f"### {name} {{#{schema_anchor(name)}}}", ""]
+    lines = [f"### {name}", ""]
     if schema.get("description"):
         lines += [_paragraphs(schema["description"]), ""]
     properties = schema.get("properties") or {}
@@ -217,7 +232,7 @@ def render(spec: dict[str, Any]) -> str:
     base = (spec.get("servers") or [{}])[0].get("url", "")
     generated = (
         f"*Generated from `jupyter_tfgpu/openapi.yaml` (OpenAPI {spec.get('openapi')}, "
-        f"API version {info.get('version')}) when the docs are built.*"
+        f"API version {info.get('version')}) by `python docs/_tools/generate.py`.*"
     )
     lines = [
         generated,
@@ -239,7 +254,7 @@ def render(spec: dict[str, Any]) -> str:
                 lines.append(
                     f"| {method.upper()} | [`{path}`](#{operation_anchor(method, path)}) | {summary} |"
                 )
-    lines += ["", "## Authentication {#authentication}", "", "| scheme | how |", "|---|---|"]
+    lines += ["", "## Authentication", "", "| scheme | how |", "|---|---|"]
     for name, scheme in (spec.get("components", {}).get("securitySchemes") or {}).items():
         where = f"{scheme.get('in', '')} `{scheme.get('name', '')}`".strip()
         lines.append(f"| `{name}` | {where}: {_one_line(scheme.get('description'))} |")

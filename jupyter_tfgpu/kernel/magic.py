@@ -14,6 +14,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import (
+    MagicHelpFormatter,
     argument,
     argument_group,
     kwds,
@@ -53,6 +54,14 @@ through NVML; policies need the server.
 
 def _help(text: str) -> str:
     return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+class _HelpFormatter(MagicHelpFormatter):
+    """IPython's magic help, with a plain usage line: its own starts with ``::``, for Sphinx."""
+
+    def add_usage(self, usage, actions, groups, prefix="usage: %"):
+        """``usage: %tfgpu [-h] ...`` rather than an RST literal block."""
+        super().add_usage(usage, actions, groups, prefix)
 
 
 def _policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,7 +119,7 @@ class TFGPUMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @kwds(description=USAGE)
+    @kwds(description=USAGE, formatter_class=_HelpFormatter)
     @argument(
         "command",
         nargs="?",
