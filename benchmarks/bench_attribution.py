@@ -25,7 +25,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_tfgpu.attribution import Attribution, KernelProcess  # noqa: E402
+from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess  # noqa: E402
 
 CHILD = "import subprocess, sys, time\n" \
     "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']) for _ in range({n})]\n" \

@@ -1,4 +1,4 @@
-"""Benchmark jupyter_tfgpu.history.History: memory for 8 GPUs x 1 hour at 1 s, and since() time.
+"""Benchmark jupyter_tfgpu.server.sampling.history.History: memory for 8 GPUs x 1 hour at 1 s, and since() time.
 
 Fills a History of capacity 3600 for 8 GPUs completely, measures it with tracemalloc and
 ``History.nbytes()``, fills it to twice its capacity to show it stays bounded, and times
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import machine  # noqa: E402
 
-from jupyter_tfgpu.history import History  # noqa: E402
+from jupyter_tfgpu.server.sampling.history import History  # noqa: E402
 
 GPUS = 8
 CAPACITY = 3600  # 1 hour at sample_interval = 1 s

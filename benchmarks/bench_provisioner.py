@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from jupyter_tfgpu.gpu.simulated import expand_gpu_list  # noqa: E402
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore  # noqa: E402
-from jupyter_tfgpu.provisioner import PROVISIONER_NAME, TFGPUProvisioner  # noqa: E402
+from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner  # noqa: E402
 
 
 async def start_once(provisioner: str, notebook: Path) -> float:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import FakeServer, machine, percentile, stop_process  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jupyter_tfgpu.kernel_channel import REPORT_TTL  # noqa: E402
+from jupyter_tfgpu.server.kernels.channel import REPORT_TTL  # noqa: E402
 from jupyter_tfgpu.policy.store import LOCK_TIMEOUT  # noqa: E402
 
 MB = 2**20

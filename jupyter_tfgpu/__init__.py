@@ -1,13 +1,13 @@
 """jupyter-tfgpu: see who holds which GPU and set per-notebook GPU policies from Jupyter."""
 
-from ._version import __version__
+from jupyter_tfgpu._version import __version__
 
 __all__ = ["__version__"]
 
 
 def _jupyter_server_extension_points() -> list[dict]:
     """Where jupyter_server finds the server extension."""
-    from .extension import TFGPUApp
+    from jupyter_tfgpu.server.app import TFGPUApp
 
     return [{"module": "jupyter_tfgpu", "app": TFGPUApp}]
 
@@ -19,6 +19,6 @@ def _jupyter_labextension_paths() -> list[dict]:
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext jupyter_tfgpu``: register the ``%tfgpu`` magic."""
-    from .kernel.magic import load_ipython_extension as load
+    from jupyter_tfgpu.kernel.magic import load_ipython_extension as load
 
     load(ipython)

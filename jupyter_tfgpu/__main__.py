@@ -7,7 +7,7 @@ import sys
 
 from traitlets import TraitType
 
-from .config import ENVIRONMENT_VARIABLES, TFGPU, JSONDict, JSONList
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU, JSONDict, JSONList
 
 HEADER = """jupyter-tfgpu settings: the traits of the TFGPU configurable.
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--help-all" in argv:
         sys.stdout.write(settings_manual())
         return
-    from .extension import TFGPUApp  # only when a server starts: the manual needs no server
+    from jupyter_tfgpu.server.app import TFGPUApp  # only when a server starts: the manual needs no server
 
     TFGPUApp.launch_instance(argv)
 

@@ -16,7 +16,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_tfgpu.config import ENVIRONMENT_VARIABLES, TFGPU  # noqa: E402
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU  # noqa: E402
 
 # Defaults that depend on the machine, shown as what they are rather than this machine's value.
 SHOWN_DEFAULTS = {"policy_store_path": "<Jupyter data dir>/tfgpu/policies.json"}  # in backticks

@@ -1,6 +1,6 @@
 """Copy the policy JSON Schema into the OpenAPI spec, so both describe one policy.
 
-    python scripts/sync_openapi.py           # rewrite jupyter_tfgpu/openapi.yaml
+    python scripts/sync_openapi.py           # rewrite jupyter_tfgpu/server/api/openapi.yaml
     python scripts/sync_openapi.py --check   # exit 1 if the spec's copy is stale
 
 The policy schema (`jupyter_tfgpu/policy/policy.schema.json`) is the one source of truth for
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "jupyter_tfgpu" / "openapi.yaml"
+SPEC = ROOT / "jupyter_tfgpu" / "server" / "api" / "openapi.yaml"
 POLICY = ROOT / "jupyter_tfgpu" / "policy" / "policy.schema.json"
 
 

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jupyter_tfgpu.policy.render import POLICY_ENV
+from jupyter_tfgpu.policy.environment import POLICY_ENV
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "kernel" / "bootstrap"
 HAS_TF = importlib.util.find_spec("tensorflow") is not None

@@ -8,7 +8,7 @@ from jupyter_server.serverapp import ServerWebApplication
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketHandler
 
-from jupyter_tfgpu.routes import ROUTES
+from jupyter_tfgpu.server.api.routes import ROUTES
 
 VERBS = ("get", "put", "post", "patch", "delete")
 

@@ -26,8 +26,8 @@ from openapi_core.testing import MockRequest, MockResponse
 from jupyter_server.serverapp import ServerApp
 from traitlets.config import Config
 
-from jupyter_tfgpu.config import DEFAULT_SIMULATED_GPUS, TFGPU
-from jupyter_tfgpu.config_check import (
+from jupyter_tfgpu.server.config import DEFAULT_SIMULATED_GPUS, TFGPU
+from jupyter_tfgpu.server.config_check import (
     check_allowed_devices,
     environment_problems,
     failed_config_files,
@@ -36,9 +36,9 @@ from jupyter_tfgpu.config_check import (
     without_settings,
 )
 from jupyter_tfgpu.gpu import make_backend
-from jupyter_tfgpu.sampler import Sampler
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 
-SPEC = yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+SPEC = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 TOKEN = "fail-closed-test-token"
 START_TIMEOUT = 90  # seconds a server may take to stop, or to answer, on a busy machine
 # A Python config file as a new admin pastes it from JSON: `true` is a NameError in Python.

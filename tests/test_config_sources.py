@@ -20,9 +20,9 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 from traitlets.config import Config
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
-from jupyter_tfgpu.config import ENVIRONMENT_VARIABLES, TFGPU
-from jupyter_tfgpu.config_check import setting_problems
-from jupyter_tfgpu.extension import TFGPUApp
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
+from jupyter_tfgpu.server.config_check import setting_problems
+from jupyter_tfgpu.server.app import TFGPUApp
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import yaml
 from jupyter_server.serverapp import ServerApp
 from traitlets.config import Application, Config
 
-from jupyter_tfgpu.config import TFGPU
+from jupyter_tfgpu.server.config import TFGPU
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -78,7 +78,7 @@ def test_the_pages_hold_their_tables_in_the_repository():
     for name in TFGPU.class_traits(config=True):
         assert f"| `TFGPU.{name}` |" in settings, name
     api = (DOCS / "reference" / "rest-api.md").read_text()
-    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "openapi.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "server" / "api" / "openapi.yaml").read_text())
     for path in spec["paths"]:
         assert f"`{path}`" in api, path
 
@@ -146,7 +146,7 @@ def test_the_settings_page_has_every_setting_with_its_help(site):
 
 def test_the_api_page_has_every_operation_and_schema(site):
     """Every path, method and schema of the OpenAPI spec is in the REST API reference."""
-    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "openapi.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "server" / "api" / "openapi.yaml").read_text())
     html = (site / "reference" / "rest-api.html").read_text()
     for path, item in spec["paths"].items():
         for method in ("get", "put", "post", "patch", "delete"):

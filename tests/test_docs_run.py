@@ -40,7 +40,7 @@ from jupyter_server.serverapp import ServerApp
 from traitlets.config import Config
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
-from jupyter_tfgpu.config import TFGPU
+from jupyter_tfgpu.server.config import TFGPU
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -222,7 +222,7 @@ def check_event_logger(config: Config) -> None:
     """The event logger takes the handlers, and an enforcement event reaches each log file."""
     from jupyter_events import EventLogger
 
-    schema_file = ROOT / "jupyter_tfgpu" / "events" / "enforcement.yaml"
+    schema_file = ROOT / "jupyter_tfgpu" / "server" / "events" / "enforcement.yaml"
     schema = yaml.safe_load(schema_file.read_text())
     logger = EventLogger(config=config)
     try:
@@ -337,7 +337,7 @@ def check_script(path: str, args: list[str]) -> None:
 
 def check_curl(args: list[str]) -> None:
     """The method and path are in the OpenAPI spec, and a JSON body is valid for it."""
-    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "openapi.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "jupyter_tfgpu" / "server" / "api" / "openapi.yaml").read_text())
     method, body, url = None, None, None
     words = iter(args)
     for word in words:

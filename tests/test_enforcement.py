@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from jupyter_tfgpu.enforcement import Enforcer, KernelFacts, Rules
+from jupyter_tfgpu.server.kernels.enforcement import Enforcer, KernelFacts, Rules
 from tests.kernel_helpers import run_code, start_session
 
 MiB = 2**20
@@ -233,7 +233,7 @@ def listen(jp_serverapp, schema_id):
 
 async def hungry_kernel(jp_fetch, jp_serverapp):
     """A kernel for hungry.ipynb that allocated ~500 MB; the enforcement events it causes."""
-    from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
+    from jupyter_tfgpu.server.app import ENFORCEMENT_EVENT
 
     events = listen(jp_serverapp, ENFORCEMENT_EVENT)
     session = await start_session(jp_fetch, "hungry.ipynb")

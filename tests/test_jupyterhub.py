@@ -27,7 +27,7 @@ import psutil
 import pytest
 from traitlets.config import Config
 
-from jupyter_tfgpu.config import TFGPU
+from jupyter_tfgpu.server.config import TFGPU
 
 requests = pytest.importorskip("requests")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_tfgpu.attribution import KERNEL_ID_ENV
-from jupyter_tfgpu.provisioner import HUB_TOKEN_ENV, SERVER_TOKEN_ENV
+from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV
+from jupyter_tfgpu.server.kernels.provisioner import HUB_TOKEN_ENV, SERVER_TOKEN_ENV
 from tests.kernel_helpers import run_json, start_session
 
 HUB_TOKEN = "hub-token-for-this-single-user-server"

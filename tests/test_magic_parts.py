@@ -15,7 +15,7 @@ from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, Unreachable
 from jupyter_tfgpu.kernel.local import local_status
 from jupyter_tfgpu.kernel.policy_fields import field_named, policy_fields, schema, setting_text
 from jupyter_tfgpu.kernel.units import format_bytes, parse_mib
-from jupyter_tfgpu.provisioner import MAGIC_EXTENSION, bootstrap_dir, is_ipykernel, with_magic
+from jupyter_tfgpu.server.kernels.provisioner import MAGIC_EXTENSION, bootstrap_dir, is_ipykernel, with_magic
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
 SECRET = "kernel-token-that-must-never-show"

@@ -9,7 +9,7 @@ import pynvml
 import pytest
 
 from jupyter_tfgpu.gpu import BackendUnavailable, GpuLost, NvmlBackend
-from jupyter_tfgpu.sampler import Sampler
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
 
 GIB = 2**30
@@ -861,8 +861,8 @@ def test_open_retries_back_off_to_five_minutes(install):
 def test_the_worker_thread_retries_the_open(install, monkeypatch):
     """The running sampler's own thread opens the backend once the driver answers."""
     # Given a running sampler whose open failed, retrying every few milliseconds
-    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_SECONDS", 0.01)
-    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_MAX_SECONDS", 0.01)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_MAX_SECONDS", 0.01)
     fake = install(gpus=[FakeGpu(util_gpu=5)])
     fake.inject("nvmlDeviceGetCount", pynvml.NVML_ERROR_TIMEOUT)
     sampler = Sampler(NvmlBackend(), interval=0.05)
@@ -894,7 +894,7 @@ def test_unavailable_backend_is_logged_once_per_reason(install, caplog, warn, le
     sampler = Sampler(NvmlBackend(), warn_unavailable=warn, clock=clock)
 
     # When it is opened and retried twice
-    with caplog.at_level("DEBUG", logger="jupyter_tfgpu.sampler"):
+    with caplog.at_level("DEBUG", logger="jupyter_tfgpu.server.sampling.sampler"):
         sampler.open()
         for _ in range(2):
             clock.advance(sampler.retry_in)
@@ -981,7 +981,7 @@ def test_a_failing_field_is_logged_once(install, caplog):
     sampler.open()
 
     # When five rounds run
-    with caplog.at_level("WARNING", logger="jupyter_tfgpu.sampler"):
+    with caplog.at_level("WARNING", logger="jupyter_tfgpu.server.sampling.sampler"):
         row = rounds_from(sampler, 100.0, 5)["gpus"][0]
 
     # Then one line, and the field still says why

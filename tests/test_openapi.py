@@ -9,9 +9,9 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from jupyter_tfgpu.routes import ROUTES
+from jupyter_tfgpu.server.api.routes import ROUTES
 
-SPEC = yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+SPEC = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 
 
 def spec_path(route: str) -> str:

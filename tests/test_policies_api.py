@@ -17,7 +17,7 @@ from jupyter_tfgpu.policy.model import policy_fields
 from tests.kernel_helpers import poll
 
 SPEC = OpenAPI.from_dict(
-    yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+    yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 )
 GPU_NAME = "Simulated GPU 16GB"
 UUID0, UUID1 = simulated_uuid(GPU_NAME, 0), simulated_uuid(GPU_NAME, 1)

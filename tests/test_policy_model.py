@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from jupyter_tfgpu.config import TFGPU
+from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.gpu import DeviceInfo, MigInstance
 from jupyter_tfgpu.policy import (
     AdminPolicy,
@@ -21,7 +21,7 @@ from jupyter_tfgpu.policy import (
     validate_policy,
 )
 from jupyter_tfgpu.policy.model import policy_fields
-from jupyter_tfgpu.policy.render import POLICY_ENV
+from jupyter_tfgpu.policy.environment import POLICY_ENV
 
 GIB = 2**30
 UUID0 = "GPU-00000000-1111-2222-3333-444444444444"

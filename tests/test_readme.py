@@ -24,7 +24,7 @@ def test_readme_config_table_is_current():
 
 def test_every_trait_has_help():
     """Every operator setting documents itself (the help is the admin manual)."""
-    from jupyter_tfgpu.config import TFGPU
+    from jupyter_tfgpu.server.config import TFGPU
 
     for name, trait in TFGPU.class_traits(config=True).items():
         assert len((trait.help or "").split()) >= 8, name

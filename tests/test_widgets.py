@@ -218,7 +218,7 @@ async def test_the_kernel_channel_serves_history_and_the_view_the_spec_documents
     token = jp_serverapp.web_app.settings["tfgpu"].tokens.issue(kernel_id)
     headers = {"Authorization": f"tfgpu-kernel {token}"}
     spec = OpenAPI.from_dict(
-        yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+        yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
     )
     await asyncio.sleep(0.5)  # a few samples in the server's history
     for route, params in (("history", {"seconds": "30"}), ("policy", {}), ("status", {})):

@@ -15,7 +15,7 @@ site, and ``tests/test_docs.py`` fails when one is out of date (as ``tests/test_
 for the README's settings table, which is the same table as in the settings reference). NAME is:
 
 - ``settings``: every ``TFGPU`` setting, from the traits' ``help=`` (``scripts/config_table.py``);
-- ``openapi``: the REST API reference, from ``jupyter_tfgpu/openapi.yaml``;
+- ``openapi``: the REST API reference, from ``jupyter_tfgpu/server/api/openapi.yaml``;
 - ``caps``: the admin caps a policy write can be refused (403) by, from the code that refuses it;
 - ``policy-fields``: the policy fields, from ``policy.schema.json``, with their ``%tfgpu policy``
   options;
@@ -106,7 +106,7 @@ def admin_caps() -> list[str]:
 def caps_list() -> str:
     """One line per admin cap: its setting and the first sentence of its help."""
     _on_path()
-    from jupyter_tfgpu.config import TFGPU
+    from jupyter_tfgpu.server.config import TFGPU
 
     traits = TFGPU.class_traits(config=True)
     source = inspect.getsource(TFGPU)
@@ -138,7 +138,7 @@ def policy_fields_table() -> str:
 
 def event_fields_table() -> str:
     """The fields of the enforcement event, from its jupyter_events schema."""
-    schema = yaml.safe_load((PACKAGE / "events" / "enforcement.yaml").read_text())
+    schema = yaml.safe_load((PACKAGE / "server" / "events" / "enforcement.yaml").read_text())
     render = openapi_md()
     required = set(schema.get("required") or [])
     rows = [

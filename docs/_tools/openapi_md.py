@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-SPEC = Path(__file__).resolve().parents[2] / "jupyter_tfgpu" / "openapi.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "jupyter_tfgpu" / "server" / "api" / "openapi.yaml"
 METHODS = ("get", "put", "post", "patch", "delete")
 
 
@@ -231,7 +231,7 @@ def render(spec: dict[str, Any]) -> str:
     info = spec.get("info", {})
     base = (spec.get("servers") or [{}])[0].get("url", "")
     generated = (
-        f"*Generated from `jupyter_tfgpu/openapi.yaml` (OpenAPI {spec.get('openapi')}, "
+        f"*Generated from `jupyter_tfgpu/server/api/openapi.yaml` (OpenAPI {spec.get('openapi')}, "
         f"API version {info.get('version')}) by `python docs/_tools/generate.py`.*"
     )
     lines = [

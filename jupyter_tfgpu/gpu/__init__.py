@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from .backend import Backend, BackendUnavailable, DeviceInfo, GpuLost, MigInstance
-from .nvml import NvmlBackend
-from .simulated import SimulatedBackend
+from jupyter_tfgpu.gpu.backend import Backend, BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from jupyter_tfgpu.gpu.nvml import NvmlBackend
+from jupyter_tfgpu.gpu.simulated import SimulatedBackend
 
 __all__ = [
     "Backend",

@@ -6,7 +6,7 @@ import importlib
 import threading
 from typing import Any, Callable
 
-from .backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from jupyter_tfgpu.gpu.backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
 
 # Errors that mean "this field is not available here", not "something broke".
 _UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from .backend import DeviceInfo
+from jupyter_tfgpu.gpu.backend import DeviceInfo
 
 _NAMESPACE = uuidlib.UUID("6b1d3f0e-3c55-4f43-9d5e-1f1f0a7a6a11")
 # Memory the "driver" holds on an idle simulated GPU, like a real context-free GPU shows.

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policy_fields import requested, same_policy, setting_text
+from jupyter_tfgpu.kernel.policy_fields import requested, same_policy, setting_text
 
 FRAMEWORKS = ("tensorflow", "torch", "jax")
 LABELS = {"tensorflow": "TensorFlow", "torch": "PyTorch", "jax": "JAX"}

@@ -14,11 +14,11 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Bool, Unicode
 
-from .client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
-from .inprocess import apply_policy, restart_required, tell_server
-from .policy_fields import PolicyField, policy_fields
-from .render import MUTED, SOURCES, WARN, _e
-from .widgets import Poller
+from jupyter_tfgpu.kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
+from jupyter_tfgpu.kernel.inprocess import apply_policy, restart_required, tell_server
+from jupyter_tfgpu.kernel.policy_fields import PolicyField, policy_fields
+from jupyter_tfgpu.kernel.views import MUTED, SOURCES, WARN, _e
+from jupyter_tfgpu.kernel.widgets import Poller
 
 NOT_SET = "not set"
 WIDE = widgets.Layout(width="160px")

@@ -19,11 +19,11 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Float, Unicode
 
-from .client import NotConfigured, ServerClient, ServerError, TokenRefused
-from .inprocess import restart_required
-from .local import local_status
-from .notices import availability, placement_note
-from .render import (
+from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, ServerError, TokenRefused
+from jupyter_tfgpu.kernel.inprocess import restart_required
+from jupyter_tfgpu.kernel.local import local_status
+from jupyter_tfgpu.kernel.notices import availability, placement_note
+from jupyter_tfgpu.kernel.views import (
     MINE,
     MUTED,
     WARN,
@@ -33,7 +33,7 @@ from .render import (
     memory_bar_html,
     sparkline_svg,
 )
-from .units import format_bytes
+from jupyter_tfgpu.kernel.units import format_bytes
 
 THREAD_PREFIX = "tfgpu-widget"
 MAX_BACKOFF = 30.0

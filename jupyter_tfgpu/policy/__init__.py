@@ -1,10 +1,10 @@
 """Per-notebook GPU policies. Nothing in this package knows about tornado."""
 
-from .admin import AdminPolicy
-from .model import CapExceeded, PolicyError, normalize_notebook_path, policy_schema, validate_policy
-from .render import render_env
-from .service import PolicyService
-from .store import PolicyStore, StoreUnavailable
+from jupyter_tfgpu.policy.admin import AdminPolicy
+from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, normalize_notebook_path, policy_schema, validate_policy
+from jupyter_tfgpu.policy.environment import render_env
+from jupyter_tfgpu.policy.service import PolicyService
+from jupyter_tfgpu.policy.store import PolicyStore, StoreUnavailable
 
 __all__ = [
     "AdminPolicy",

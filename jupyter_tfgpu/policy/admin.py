@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..gpu import DeviceInfo
-from .model import CapExceeded, empty_policy, policy_fields, resolve_device
+from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.policy.model import CapExceeded, empty_policy, policy_fields, resolve_device
 
 THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import jsonschema
 
-from ..gpu import DeviceInfo
+from jupyter_tfgpu.gpu import DeviceInfo
 
 
 class PolicyError(ValueError):

@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from ..gpu import DeviceInfo
-from .admin import AdminPolicy
-from .placement import Placement
-from .model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
-from .render import encode, policy_document, render_env
-from .store import PolicyStore
+from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.policy.admin import AdminPolicy
+from jupyter_tfgpu.policy.placement import Placement
+from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
+from jupyter_tfgpu.policy.environment import encode, policy_document, render_env
+from jupyter_tfgpu.policy.store import PolicyStore
 
 
 class PolicyService:

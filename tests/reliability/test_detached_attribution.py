@@ -17,8 +17,8 @@ import sys
 import psutil
 import pytest
 
-from jupyter_tfgpu import attribution as attribution_module
-from jupyter_tfgpu.attribution import KERNEL_ID_ENV, Attribution, KernelProcess
+from jupyter_tfgpu.server.kernels import attribution as attribution_module
+from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV, Attribution, KernelProcess
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 from tests.kernel_helpers import poll, run_json, start_session
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from jupyter_tfgpu.kernel_channel import MAX_BODY_BYTES, MAX_REPORTERS, REPORT_BURST, REPORT_WINDOW
+from jupyter_tfgpu.server.kernels.channel import MAX_BODY_BYTES, MAX_REPORTERS, REPORT_BURST, REPORT_WINDOW
 from tests.fake_pynvml import FakeGpu, FakeNvml
 from tests.kernel_helpers import poll, run_code, run_json, start_session
 
@@ -107,7 +107,7 @@ async def test_a_huge_figure_is_refused_and_others_are_still_enforced(
     """A kernel reporting 10**400 bytes gets a 400; another kernel over its cap is still warned
     about, and /metrics still answers."""
     # Given two kernels and a listener for enforcement events
-    from jupyter_tfgpu.extension import ENFORCEMENT_EVENT
+    from jupyter_tfgpu.server.app import ENFORCEMENT_EVENT
 
     events = []
 
@@ -380,7 +380,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
 
 def test_metrics_leave_out_a_kernel_whose_row_is_bad_and_say_so_once(caplog):
     """A figure a float cannot hold drops that kernel's gauge, not the whole scrape."""
-    from jupyter_tfgpu.metrics import SnapshotCollector
+    from jupyter_tfgpu.server.api.metrics import SnapshotCollector
 
     # Given one kernel row with an absurd figure and one sound row
     def row(kernel_id, used):
@@ -406,8 +406,8 @@ def test_the_reporters_frameworks_are_the_ones_the_server_accepts():
     import importlib.util
     from pathlib import Path
 
-    from jupyter_tfgpu import kernel_channel
-    from jupyter_tfgpu.provisioner import bootstrap_dir
+    from jupyter_tfgpu.server.kernels import channel as kernel_channel
+    from jupyter_tfgpu.server.kernels.provisioner import bootstrap_dir
 
     # Given the reporter module as a kernel loads it
     path = Path(bootstrap_dir()) / "tfgpu_report.py"

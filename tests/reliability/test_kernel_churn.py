@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from jupyter_tfgpu.provisioner import TFGPUProvisioner
+from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from tests.kernel_helpers import run_code, start_session
 
 KERNELS = 50

@@ -21,7 +21,7 @@ from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 from tests.kernel_helpers import poll
 
 SPEC = OpenAPI.from_dict(
-    yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+    yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 )
 GIB = 2**30
 # The server retries a failed open this often in these tests (5 s, doubling, in production).
@@ -71,8 +71,8 @@ def tfgpu_config():
 @pytest.fixture(autouse=True)
 def installed_nvml(monkeypatch, fake_nvml, start_fault) -> FakeNvml:
     """Install the fake as ``pynvml``, with the start fault if any, and short open retries."""
-    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_SECONDS", RETRY_SECONDS)
-    monkeypatch.setattr("jupyter_tfgpu.sampler.OPEN_RETRY_MAX_SECONDS", RETRY_SECONDS)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_SECONDS", RETRY_SECONDS)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_MAX_SECONDS", RETRY_SECONDS)
     if start_fault is not None:
         fake_nvml.inject(*start_fault)
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)

@@ -17,7 +17,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from tests.kernel_helpers import run_json, start_session
 
 SPEC = OpenAPI.from_dict(
-    yaml.safe_load(files("jupyter_tfgpu").joinpath("openapi.yaml").read_text())
+    yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 )
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 ADMIN_DEFAULT = {"memory_growth": True}

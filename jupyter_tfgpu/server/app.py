@@ -17,17 +17,17 @@ from traitlets import Dict as DictTrait
 from traitlets import Instance
 from traitlets import List as ListTrait
 
-from . import metrics
-from .attribution import Attribution
-from .config import TFGPU
-from .config_check import check_allowed_devices, check_settings
-from .enforcement import Decision, Enforcer, Rules, act_on_kernel
-from .gpu import make_backend
-from .routes import route_patterns
-from .kernel_channel import KernelReports, KernelTokens
-from .kernels import KernelRegistry
-from .policy.placement import Placement
-from .policy import (
+from jupyter_tfgpu.server.api import metrics
+from jupyter_tfgpu.server.kernels.attribution import Attribution
+from jupyter_tfgpu.server.config import TFGPU
+from jupyter_tfgpu.server.config_check import check_allowed_devices, check_settings
+from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
+from jupyter_tfgpu.gpu import make_backend
+from jupyter_tfgpu.server.api.routes import route_patterns
+from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
+from jupyter_tfgpu.server.kernels.registry import KernelRegistry
+from jupyter_tfgpu.policy.placement import Placement
+from jupyter_tfgpu.policy import (
     AdminPolicy,
     PolicyError,
     PolicyService,
@@ -35,8 +35,8 @@ from .policy import (
     StoreUnavailable,
     normalize_notebook_path,
 )
-from .provisioner import PROVISIONER_NAME, TFGPUProvisioner
-from .sampler import Sampler
+from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 ENFORCEMENT_EVENT = "https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1"

@@ -11,11 +11,11 @@ import stat
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from .attribution import Attribution, KernelProcess, process_start
-from .enforcement import KernelFacts
-from .kernel_channel import KernelReports, KernelTokens
-from .policy import PolicyService
-from .sampler import Sampler
+from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess, process_start
+from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
+from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
+from jupyter_tfgpu.policy import PolicyService
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 # The bootstrap's record is a few KiB; the kernel writes the file, so its size is not trusted.
 MAX_RECORD_BYTES = 256 * 1024

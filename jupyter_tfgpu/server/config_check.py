@@ -28,8 +28,8 @@ from traitlets.config.loader import (
     PyFileConfigLoader,
 )
 
-from .config import ENVIRONMENT_VARIABLES, TFGPU
-from .policy.model import resolve_device
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
+from jupyter_tfgpu.policy.model import resolve_device
 
 SECTION = "TFGPU"
 # jupyter_core's JupyterApp loads this one before each application's own config file.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
-from .handlers import (
+from jupyter_tfgpu.server.api.handlers import (
     ConfigHandler,
     EnforcementHandler,
     GpusHandler,
@@ -16,7 +16,7 @@ from .handlers import (
     StatusHandler,
     StreamHandler,
 )
-from .kernel_handlers import KERNEL_ROUTES
+from jupyter_tfgpu.server.api.kernel_channel import KERNEL_ROUTES
 
 API_PREFIX = "tfgpu/api"
 

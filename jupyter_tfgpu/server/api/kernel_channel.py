@@ -14,8 +14,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.auth.identity import IdentityProvider
 from tornado import web
 
-from .handlers import HistoryHandler, TFGPUAPIHandler
-from .kernel_channel import (
+from jupyter_tfgpu.server.api.handlers import HistoryHandler, TFGPUAPIHandler
+from jupyter_tfgpu.server.kernels.channel import (
     AUTH_SCHEME,
     MAX_BODY_BYTES,
     REPORT_BURST,
@@ -23,8 +23,8 @@ from .kernel_channel import (
     KernelIdentity,
     validate_report,
 )
-from .policy import CapExceeded, PolicyError
-from .policy.render import policy_document, render_env
+from jupyter_tfgpu.policy import CapExceeded, PolicyError
+from jupyter_tfgpu.policy.environment import policy_document, render_env
 
 
 class KernelScopeAuthorizer(Authorizer):

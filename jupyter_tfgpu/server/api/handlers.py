@@ -13,12 +13,12 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ._version import __version__
-from .policy import CapExceeded, PolicyError, StoreUnavailable
+from jupyter_tfgpu._version import __version__
+from jupyter_tfgpu.policy import CapExceeded, PolicyError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from .extension import TFGPUApp
-    from .sampler import Sampler, Snapshot
+    from jupyter_tfgpu.server.app import TFGPUApp
+    from jupyter_tfgpu.server.sampling.sampler import Sampler, Snapshot
 
 AUTH_RESOURCE = "tfgpu"
 DOMAIN_ERRORS = (PolicyError, CapExceeded, StoreUnavailable)

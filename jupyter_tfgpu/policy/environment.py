@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ..gpu import DeviceInfo
-from .model import policy_fields, resolve_device
+from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.policy.model import policy_fields, resolve_device
 
 # Every variable a policy may set; a kernel's inherited values for these are replaced, so
 # the server's own environment cannot leak a different policy into a kernel.

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
-from .history import History
+from jupyter_tfgpu.gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
+from jupyter_tfgpu.server.sampling.history import History
 
 # Reading groups, cheapest and most wanted first. Each gets a share of the driver-time budget;
 # a share a group does not need passes to the others.

@@ -11,7 +11,7 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import Configurable
 
-from .policy.model import PolicyError, validate_policy
+from jupyter_tfgpu.policy.model import PolicyError, validate_policy
 
 DEFAULT_SIMULATED_GPUS = [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count": 2}]
 

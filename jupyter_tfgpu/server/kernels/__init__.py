@@ -1,0 +1,1 @@
+"""This server's kernels: tracking, attribution, tokens and reports, the provisioner, enforcement."""

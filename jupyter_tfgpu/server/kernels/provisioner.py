@@ -1,0 +1,119 @@
+"""The kernel provisioner: starts each kernel with its notebook's effective GPU policy.
+
+It is a ``LocalProvisioner`` that, just before the kernel process starts, renders the policy
+into the kernel's environment (CUDA_VISIBLE_DEVICES, TF_*, XLA_*, PYTORCH_* and the policy as
+JSON) and prepends the kernel bootstrap folder to PYTHONPATH, so the in-process knobs are
+applied when the notebook imports TensorFlow, PyTorch or JAX. Every process the kernel starts
+inherits the same environment. Non-Python kernels start normally and still get the variables.
+
+It also takes the server's own credentials out of the kernel's environment (the kernel talks
+to the server with a token of its own), and names the kernel in it (``TFGPU_KERNEL_ID``) so
+that processes the kernel detaches are still attributed to it.
+
+A kernelspec that names another provisioner keeps it: that kernel gets no policy, and
+``GET kernels`` shows ``applied: null`` for it.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client.provisioning import LocalProvisioner
+
+from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV
+
+if TYPE_CHECKING:
+    from jupyter_tfgpu.server.kernels.channel import KernelTokens
+    from jupyter_tfgpu.policy import PolicyService
+
+PROVISIONER_NAME = "tfgpu-provisioner"
+# The IPython extension that loads %tfgpu; it lives in the bootstrap folder, so an ipykernel in
+# another Python environment finds it too, and it fails soft there (see its docstring).
+MAGIC_EXTENSION = "tfgpu_magic"
+# The server's own credentials, as jupyter_server reads them from its environment: with either,
+# a notebook's code could use every route of the server as the user, not just its own channel.
+SERVER_TOKEN_ENV = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
+# JupyterHub's token of the single-user server (JPY_API_TOKEN is its older name): it opens this
+# server's every route too. Kept in kernels only with TFGPU.keep_hub_token_in_kernels.
+HUB_TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
+
+
+def bootstrap_dir() -> str:
+    """The folder holding the kernel-side sitecustomize.py."""
+    return str(Path(str(files("jupyter_tfgpu.kernel").joinpath("bootstrap"))))
+
+
+def is_ipykernel(cmd: list[str]) -> bool:
+    """Whether a kernel command line starts ipykernel (``ipykernel_launcher`` or ``-m ipykernel``)."""
+    names = [os.path.basename(str(arg)) for arg in cmd]
+    if any(name in ("ipykernel_launcher", "ipykernel_launcher.py") for name in names):
+        return True
+    return any(
+        flag == "-m" and module in ("ipykernel", "ipykernel_launcher")
+        for flag, module in pairwise(cmd)
+    )
+
+
+def with_magic(cmd: list[str]) -> list[str]:
+    """An ipykernel command line that also loads the %tfgpu magic; other kernels' unchanged."""
+    flag = f"--IPKernelApp.extra_extensions={MAGIC_EXTENSION}"
+    if not cmd or not is_ipykernel(cmd) or flag in cmd:
+        return cmd
+    return [*cmd, flag]
+
+
+class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """A LocalProvisioner that applies the notebook's GPU policy at every (re)start."""
+
+    # Set by the server extension when it loads; without it the provisioner is a plain
+    # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
+    policies: PolicyService | None = None
+    tokens: KernelTokens | None = None
+    report_root: str | None = None
+    server_url: str | None = None
+    keep_hub_token: bool = False
+
+    @classmethod
+    def strip_credentials(cls, env: dict[str, str]) -> None:
+        """Remove the server's own credentials (and, unless kept, the hub's) from ``env``."""
+        names = SERVER_TOKEN_ENV if cls.keep_hub_token else SERVER_TOKEN_ENV + HUB_TOKEN_ENV
+        for name in names:
+            env.pop(name, None)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
+        kwargs = await super().pre_launch(**kwargs)
+        env = kwargs["env"]
+        # Before anything else, even without a policy service: the kernel runs untrusted code.
+        self.strip_credentials(env)
+        kernel_id = self.kernel_id or kwargs.get("kernel_id")
+        env.pop(KERNEL_ID_ENV, None)  # never inherited from the server's own environment
+        if kernel_id:
+            env[KERNEL_ID_ENV] = kernel_id
+        service = type(self).policies
+        if service is None:
+            return kwargs
+        policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
+        for name, value in policy_env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (bootstrap_dir(), env.get("PYTHONPATH", "")) if p
+        )
+        if kwargs.get("cmd"):
+            kwargs["cmd"] = with_magic(kwargs["cmd"])
+        cls = type(self)
+        if cls.report_root and kernel_id:
+            env["TFGPU_REPORT_DIR"] = os.path.join(cls.report_root, kernel_id)
+        # The kernel channel: a token for this kernel alone, never the server's own token.
+        env.pop("TFGPU_KERNEL_TOKEN", None)
+        if cls.tokens is not None and cls.server_url and kernel_id:
+            env["TFGPU_SERVER_URL"] = cls.server_url
+            env["TFGPU_KERNEL_TOKEN"] = cls.tokens.issue(kernel_id)
+        return kwargs
