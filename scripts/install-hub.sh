@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what tests/test_jupyterhub.py needs: JupyterHub from PyPI into the active Python, and
+# Install what tests/server/test_jupyterhub.py needs: JupyterHub from PyPI into the active Python, and
 # the hub's proxy, configurable-http-proxy, from npm into build/hub/ (git-ignored), where the
 # test finds it. Needs Node.js 20+ and npm (the lab extension's build needs them anyway).
 set -euo pipefail

@@ -14,7 +14,7 @@ python=${PYTHON:-python3}
 python -m pip install -q --upgrade "pip>=24"
 # Editable install: also builds the lab extension (npm) through hatch-jupyter-builder.
 python -m pip install -q -e ".[test,docs]"
-# A real JupyterHub and its proxy (npm) for tests/test_jupyterhub.py.
+# A real JupyterHub and its proxy (npm) for tests/server/test_jupyterhub.py.
 bash scripts/install-hub.sh
 
 # Nothing a test does may touch the real home or Jupyter folders.

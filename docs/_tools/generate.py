@@ -11,7 +11,7 @@ A page holds a generated block as
 
 and this script rewrites what is between the markers; the rest of the page is left as it is.
 The tables are in the Markdown files, so the pages read the same on the code host as on the
-site, and ``tests/test_docs.py`` fails when one is out of date (as ``tests/test_readme.py`` does
+site, and ``tests/project/test_docs.py`` fails when one is out of date (as ``tests/project/test_readme.py`` does
 for the README's settings table, which is the same table as in the settings reference). NAME is:
 
 - ``settings``: every ``TFGPU`` setting, from the traits' ``help=`` (``scripts/config_table.py``);

@@ -2,7 +2,7 @@
 
 Add this to the hub's jupyterhub_config.py. jupyter-tfgpu must be installed in the Python
 environment the single-user servers run in (installing it enables it there). The test
-tests/test_jupyterhub.py starts a real hub with these arguments.
+tests/server/test_jupyterhub.py starts a real hub with these arguments.
 """
 
 c = get_config()  # noqa: F821 - provided by traitlets when JupyterHub loads the file

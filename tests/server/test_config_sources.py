@@ -24,7 +24,7 @@ from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
 from jupyter_tfgpu.server.config_check import setting_problems
 from jupyter_tfgpu.server.app import TFGPUApp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # One value per setting, each different from its default.
 VALUES = {

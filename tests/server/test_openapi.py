@@ -74,6 +74,6 @@ def test_the_spec_embeds_the_current_policy_schema():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     check = subprocess.run([sys.executable, "scripts/sync_openapi.py", "--check"], cwd=root)
     assert check.returncode == 0

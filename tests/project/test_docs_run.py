@@ -42,7 +42,7 @@ from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
 from jupyter_tfgpu.server.config import TFGPU
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]

@@ -20,7 +20,7 @@ from tests.kernel_helpers import run_code, start_session
 from tests.notebooks.run import IopubRecorder, code_cells, copy_notebook, execute, printed_json
 
 PYTHON = os.environ.get("TFGPU_TEST_IPYKERNEL6_PYTHON")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not PYTHON, reason="TFGPU_TEST_IPYKERNEL6_PYTHON is not set")
 
 

@@ -40,7 +40,7 @@ requests = pytest.importorskip("requests")
 from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
 DEMO = "binder/demo.ipynb"
 TOKEN = "tfgpu-binder-test-token"

@@ -31,7 +31,7 @@ from jupyter_tfgpu.server.config import TFGPU
 
 requests = pytest.importorskip("requests")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CHP = ROOT / "build" / "hub" / "node_modules" / ".bin" / "configurable-http-proxy"
 USERS = ("alice", "bob")
 PASSWORD = "not-a-real-secret"
@@ -121,7 +121,7 @@ CAP_MB = EXPECTED["max_memory_mb"]
 
 
 HUB_CONFIG = """\
-# Written by tests/test_jupyterhub.py; the admin guide explains each line.
+# Written by tests/server/test_jupyterhub.py; the admin guide explains each line.
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"

@@ -24,7 +24,7 @@ from traitlets.config import Application, Config
 
 from jupyter_tfgpu.server.config import TFGPU
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
 SCREENSHOTS = ("panel-light.png", "panel-dark.png")

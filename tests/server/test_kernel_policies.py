@@ -4,7 +4,7 @@ There is no GPU here, so TensorFlow's GPU calls themselves (set_memory_growth,
 set_logical_device_configuration) cannot run for real: these tests check the environment, that
 the hook runs once on import before any op, what it records, and the real TensorFlow paths a
 CPU build has (no GPU visible, visible devices, "already initialized"). The GPU calls are spied
-on in tests/test_bootstrap.py and exercised for real by scripts/gpu-check.sh on a GPU machine.
+on in tests/bootstrap/test_bootstrap.py and exercised for real by scripts/gpu-check.sh on a GPU machine.
 """
 
 from __future__ import annotations
