@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from jupyter_tfgpu.gpu.keys import gpu_keys
+from jupyter_tfgpu.server.kernels.channel import KernelReports
+from jupyter_tfgpu.server.kernels.memory import KernelMemoryReader
+from jupyter_tfgpu.server.sampling.sampler import Snapshot
 from tests.kernel_helpers import start_session
 
 
@@ -31,3 +35,46 @@ async def test_stream_messages_list_kernels(jp_fetch, jp_ws_fetch):
     assert mine[0]["notebook"] == "live.ipynb"
     assert mine[0]["memory_limit_mb"] == 2048
     assert mine[0]["restart_required"] is False
+
+
+def _snapshot(used: int | None) -> Snapshot:
+    gpu = {
+        "index": 0,
+        "uuid": "GPU-a",
+        "mig": {"instances": [{"uuid": "MIG-a1"}]},
+        "processes": [
+            {"pid": 7, "used_memory": used, "kernel_id": "k1", "attributed_by": "pid"},
+            {"pid": 8, "used_memory": 5, "kernel_id": None, "attributed_by": None},
+        ],
+    }
+    return Snapshot({"timestamp": 1.0, "gpus": [gpu]})
+
+
+def test_gpu_keys_name_a_gpu_by_uuid_index_and_mig_instances():
+    """A reporter may name a GPU by its UUID, its index or a MIG instance's UUID."""
+    # Given / When / Then
+    assert gpu_keys(_snapshot(1).data["gpus"][0]) == {"GPU-a", "0", "MIG-a1"}
+
+
+def test_kernel_memory_is_worked_out_once_per_snapshot():
+    """Every view of one snapshot shares one reading; a new snapshot or report is read anew."""
+    # Given a snapshot where NVML gives no figure for the kernel's PID, and a reporter's figure
+    reports = KernelReports()
+    reports.put("k1", {"framework": "torch", "pid": 7, "devices": [{"uuid": "MIG-a1", "reserved": 3}]})
+    latest = [_snapshot(None)]
+    reader = KernelMemoryReader(lambda: latest[0], reports)
+    # When two views read it
+    first, again = reader.of("k1"), reader.of("k1")
+    # Then they share the result, which takes the reporter's figure
+    assert again is first
+    assert first.as_dict() == {
+        "total": 3,
+        "per_gpu": [{"index": 0, "uuid": "GPU-a", "used_memory": 3, "source": "kernel_report", "pids": [7]}],
+    }
+    # When the sampler publishes a new snapshot with NVML's figure, NVML's figure wins
+    latest[0] = _snapshot(2)
+    assert reader.of("k1").as_dict()["per_gpu"][0] == {
+        "index": 0, "uuid": "GPU-a", "used_memory": 2, "source": "nvml", "pids": [7],
+    }
+    # And a kernel that holds nothing has nothing
+    assert reader.of("k2").as_dict() == {"total": 0, "per_gpu": []}

@@ -1,0 +1,95 @@
+"""One kernel at one moment (``KernelRow``), and the views the API, the stream, the enforcer
+and metrics make of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jupyter_tfgpu.policy import PolicyService
+from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
+from jupyter_tfgpu.server.kernels.memory import KernelMemory
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """The facts every view of a kernel is made from."""
+
+    kernel_id: str
+    name: str | None
+    notebook: str | None
+    execution_state: str | None
+    last_activity: Any  # a datetime, as the kernel manager keeps it
+    pid: int | None
+    provisioner: str | None  # its class name
+    applied: dict[str, Any] | None  # the policy document it started with
+    memory: KernelMemory
+
+    def applied_value(self, name: str) -> Any:
+        """One field of the policy it started with; None if it started with none."""
+        return (self.applied or {}).get(name)
+
+
+def describe(
+    row: KernelRow, policies: PolicyService, framework: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One kernel as ``GET kernels/{id}`` shows it."""
+    return {
+        "id": row.kernel_id,
+        "name": row.name,
+        "notebook": row.notebook,
+        "execution_state": row.execution_state,
+        "last_activity": _iso(row.last_activity),
+        "pid": row.pid,
+        "provisioner": row.provisioner,
+        "gpu_memory": row.memory.as_dict(),
+        "policy": policies.effective(row.notebook),
+        "applied": row.applied,
+        "restart_required": policies.restart_required(row.kernel_id, row.notebook),
+        "framework": framework,
+    }
+
+
+def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts:
+    """A kernel's GPU memory, cap and idleness, for the enforcer."""
+    per_gpu = row.memory.known
+    # The cap is the tighter of what the kernel started with and what is in force now.
+    limits = [
+        doc.get("memory_limit_mb")
+        for doc in (row.applied or {}, policies.effective(row.notebook))
+        if doc.get("memory_limit_mb")
+    ]
+    limit_mb = min(limits) if limits else None
+    idle = None
+    if row.execution_state == "idle" and isinstance(row.last_activity, datetime):
+        idle = max(0.0, (now - row.last_activity).total_seconds())
+    return KernelFacts(
+        kernel_id=row.kernel_id,
+        notebook=row.notebook,
+        peak_gpu_bytes=max(per_gpu, default=0),
+        total_gpu_bytes=sum(per_gpu),
+        limit_bytes=limit_mb * 2**20 if limit_mb else None,
+        idle_seconds=idle,
+    )
+
+
+def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
+    """A short view of a kernel, for the websocket stream."""
+    return {
+        "id": row.kernel_id,
+        "notebook": row.notebook,
+        "execution_state": row.execution_state,
+        "gpu_memory": row.memory.total,
+        "memory_limit_mb": row.applied_value("memory_limit_mb"),
+        "restart_required": policies.restart_required(row.kernel_id, row.notebook),
+    }
+
+
+def memory_row(row: KernelRow) -> dict[str, Any]:
+    """A kernel's GPU memory per GPU, for metrics."""
+    return {"kernel_id": row.kernel_id, "notebook": row.notebook, **row.memory.as_dict()}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else None
