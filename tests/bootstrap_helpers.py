@@ -10,23 +10,24 @@ import sys
 import textwrap
 from pathlib import Path
 
-from jupyter_tfgpu.policy.environment import POLICY_ENV
+from jupyter_tfgpu import protocol
+from jupyter_tfgpu.policy.environment import POLICY_VARIABLES
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "kernel" / "bootstrap"
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 # Variables a developer's shell (or the server's test kernel) could leak into the children.
 LEAKY = (
     "PYTHONPATH",
-    "TFGPU_POLICY",
-    "TFGPU_REPORT_DIR",
-    "TFGPU_SERVER_URL",
-    "TFGPU_KERNEL_TOKEN",
-    "TFGPU_KERNEL_ID",
-    "TFGPU_REPORT_INTERVAL",
+    protocol.POLICY_ENV,
+    protocol.REPORT_DIR_ENV,
+    protocol.SERVER_URL_ENV,
+    protocol.KERNEL_TOKEN_ENV,
+    protocol.KERNEL_ID_ENV,
+    protocol.REPORT_INTERVAL_ENV,
     "JAX_PLATFORMS",
     "http_proxy",
     "HTTP_PROXY",
-    *POLICY_ENV,
+    *POLICY_VARIABLES,
 )
 
 

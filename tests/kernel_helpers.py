@@ -46,6 +46,17 @@ async def run_json(serverapp, kernel_id: str, code: str, timeout: float = 120) -
     return json.loads(out.strip().splitlines()[-1])
 
 
+async def kernel_token(serverapp, kernel_id: str) -> str:
+    """The kernel-channel token the provisioner gave a running kernel, read inside the kernel."""
+    code = "import json, os; print(json.dumps(os.environ['TFGPU_KERNEL_TOKEN']))"
+    return await run_json(serverapp, kernel_id, code)
+
+
+def kernel_headers(token: str) -> dict[str, str]:
+    """The kernel channel's credentials (replacing the user token jp_fetch would add)."""
+    return {"Authorization": f"tfgpu-kernel {token}"}
+
+
 async def poll(check, timeout: float = 10.0):
     """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -17,9 +17,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-URL_ENV = "TFGPU_SERVER_URL"
-TOKEN_ENV = "TFGPU_KERNEL_TOKEN"
-SCHEME = "tfgpu-kernel"
+from jupyter_tfgpu.protocol import AUTH_SCHEME, KERNEL_TOKEN_ENV, SERVER_URL_ENV
+
 API = "tfgpu/api/kernel/"
 TIMEOUT = 5.0
 
@@ -68,7 +67,7 @@ class _Secret:
         self._value = value
 
     def header(self) -> str:
-        return f"{SCHEME} {self._value}"
+        return f"{AUTH_SCHEME} {self._value}"
 
     def __repr__(self) -> str:
         return "<hidden>"
@@ -101,11 +100,11 @@ class ServerClient:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerClient:
         """The client for this kernel, or ``NotConfigured`` outside a jupyter-tfgpu kernel."""
         env = os.environ if environ is None else environ
-        url, token = env.get(URL_ENV), env.get(TOKEN_ENV)
+        url, token = env.get(SERVER_URL_ENV), env.get(KERNEL_TOKEN_ENV)
         if not url or not token:
             raise NotConfigured(
                 "this kernel was not started by a Jupyter server with jupyter-tfgpu "
-                f"({URL_ENV} / {TOKEN_ENV} are not set); policies need the server"
+                f"({SERVER_URL_ENV} / {KERNEL_TOKEN_ENV} are not set); policies need the server"
             )
         return cls(url, token)
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_tfgpu.kernel.policy_fields import requested, same_policy, setting_text
+from jupyter_tfgpu.protocol import POLICY_ENV, REPORTING_FRAMEWORKS
 
-FRAMEWORKS = ("tensorflow", "torch", "jax")
 LABELS = {"tensorflow": "TensorFlow", "torch": "PyTorch", "jax": "JAX"}
-POLICY_ENV = "TFGPU_POLICY"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 FLAG_LISTS = ("XLA_FLAGS",)
 RESTART_HINT = "restart the kernel to apply it (Kernel > Restart Kernel)"
@@ -48,7 +47,7 @@ def _label(names: list[str]) -> str:
 
 def imported_frameworks() -> list[str]:
     """GPU frameworks this process has imported."""
-    return [name for name in FRAMEWORKS if name in sys.modules]
+    return [name for name in REPORTING_FRAMEWORKS if name in sys.modules]
 
 
 def initialized_frameworks() -> list[str]:

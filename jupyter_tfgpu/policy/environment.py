@@ -15,7 +15,7 @@ from jupyter_tfgpu.policy.model import policy_fields, resolve_device
 
 # Every variable a policy may set; a kernel's inherited values for these are replaced, so
 # the server's own environment cannot leak a different policy into a kernel.
-POLICY_ENV = (
+POLICY_VARIABLES = (
     "CUDA_VISIBLE_DEVICES",
     "TF_FORCE_GPU_ALLOW_GROWTH",
     "TF_GPU_ALLOCATOR",
@@ -64,7 +64,7 @@ def render_env(
     inherited: Mapping[str, str] | None = None,
 ) -> dict[str, str | None]:
     """Variables to set in the kernel's environment; ``None`` means remove the variable."""
-    env: dict[str, str | None] = dict.fromkeys(POLICY_ENV)
+    env: dict[str, str | None] = dict.fromkeys(POLICY_VARIABLES)
     uuids = visible_devices(policy, devices)
     if uuids is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else CPU_ONLY
@@ -76,7 +76,7 @@ def render_env(
     if fraction is not None:
         # One name only: jaxlib 0.11 refuses to start its GPU backend (and falls back to the
         # CPU) when both are set. Every jaxlib reads this one; newer ones call it deprecated.
-        # XLA_CLIENT_MEM_FRACTION stays in POLICY_ENV so an inherited value is removed.
+        # XLA_CLIENT_MEM_FRACTION stays in POLICY_VARIABLES so an inherited value is removed.
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction}"
     if policy.get("allocator") == "cuda_malloc_async":
         env["TF_GPU_ALLOCATOR"] = "cuda_malloc_async"

@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.protocol import POLICY_ENV
 from jupyter_tfgpu.policy.admin import AdminPolicy
 from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
@@ -207,7 +208,7 @@ class PolicyService:
             if error is not None:
                 document["error"] = error
             env = render_env(effective, self.devices, inherited)
-            env["TFGPU_POLICY"] = encode(document)
+            env[POLICY_ENV] = encode(document)
         except Exception:
             if kernel_id and self.placement is not None:
                 self.placement.release(kernel_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import sys
 
 import pynvml
 import pytest
@@ -28,12 +27,10 @@ def tfgpu_config():
 
 
 @pytest.fixture
-def jp_server_config(jp_server_config, monkeypatch):
+def fake_nvml() -> FakeNvml:
     """An NVML whose library is missing, in place before the server starts (the backend named
     'none' never asks for it)."""
-    missing = FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-    monkeypatch.setitem(sys.modules, "pynvml", missing.module)
-    return jp_server_config
+    return FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
 
 
 async def test_no_gpu_is_said_plainly(jp_fetch, jp_serverapp, jp_root_dir):

@@ -21,7 +21,7 @@ from jupyter_tfgpu.policy import (
     validate_policy,
 )
 from jupyter_tfgpu.policy.model import policy_fields
-from jupyter_tfgpu.policy.environment import POLICY_ENV
+from jupyter_tfgpu.policy.environment import POLICY_VARIABLES
 
 GIB = 2**30
 UUID0 = "GPU-00000000-1111-2222-3333-444444444444"
@@ -380,7 +380,7 @@ def test_an_empty_policy_removes_every_policy_variable():
     env = render_env({}, DEVICES)
 
     # Then
-    assert env == dict.fromkeys(POLICY_ENV)
+    assert env == dict.fromkeys(POLICY_VARIABLES)
     assert set(env) >= {
         "CUDA_VISIBLE_DEVICES",
         "TF_FORCE_GPU_ALLOW_GROWTH",
@@ -675,6 +675,6 @@ def test_without_an_applicable_admin_default_the_kernel_starts_without_a_policy(
     env, document = service.launch("k1", str(tmp_path / "nb.ipynb"))
 
     # Then it starts with no policy variables, and the document says why
-    assert {name: env[name] for name in POLICY_ENV} == dict.fromkeys(POLICY_ENV)
+    assert {name: env[name] for name in POLICY_VARIABLES} == dict.fromkeys(POLICY_VARIABLES)
     assert document["devices"] is None
     assert "without a policy" in document["error"]

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from jupyter_tfgpu.server.kernels import attribution as attribution_module
-from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV, Attribution, KernelProcess
+from jupyter_tfgpu.protocol import KERNEL_ID_ENV
+from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 from tests.kernel_helpers import poll, run_json, start_session
 
@@ -67,7 +68,7 @@ def test_a_setsid_process_is_found_by_the_kernel_id_it_inherited(processes):
     attribution = Attribution()
     attribution.set_kernels([as_kernel(kernel, "k1")])
     # When attribution is asked about it
-    owner = attribution.owner(detached.pid)
+    owner = attribution.owners([detached.pid])[detached.pid]
     # Then it belongs to that kernel
     assert owner is not None and owner.kernel_id == "k1"
 
@@ -83,7 +84,7 @@ def test_a_kernel_id_is_not_taken_from_a_process_older_than_the_kernel(processes
     attribution.set_kernels([as_kernel(kernel, "k1")])
     # When attribution is asked about it
     # Then it belongs to no kernel
-    assert attribution.owner(older.pid) is None
+    assert attribution.owners([older.pid])[older.pid] is None
 
 
 def test_a_kernel_id_is_not_taken_from_another_users_process(processes):
@@ -97,7 +98,7 @@ def test_a_kernel_id_is_not_taken_from_another_users_process(processes):
     attribution.set_kernels([as_kernel(kernel, "k1")])
     # When attribution is asked about it
     # Then it belongs to no kernel
-    assert attribution.owner(detached.pid) is None
+    assert attribution.owners([detached.pid])[detached.pid] is None
 
 
 def test_an_unknown_kernel_id_is_no_kernels(processes):
@@ -108,7 +109,7 @@ def test_an_unknown_kernel_id_is_no_kernels(processes):
     processes.append(stranger)
     attribution = Attribution()
     attribution.set_kernels([as_kernel(kernel, "k1")])
-    assert attribution.owner(stranger.pid) is None
+    assert attribution.owners([stranger.pid])[stranger.pid] is None
 
 
 def test_a_process_environment_is_read_once(processes, monkeypatch):
@@ -166,13 +167,6 @@ def fake_nvml() -> FakeNvml:
 def tfgpu_config():
     """NVML over the fake; process lists read every 0.2 s."""
     return {"backend": "nvml", "sample_interval": 0.1, "process_interval": 0.2}
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config, monkeypatch, fake_nvml):
-    """The root conftest's config, built once the fake is installed as ``pynvml``."""
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)
-    return jp_server_config
 
 
 async def gpu_rows(jp_fetch, pids: set[int]) -> list[dict] | None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 
 import pytest
 
 from jupyter_tfgpu.server.kernels.channel import MAX_BODY_BYTES, MAX_REPORTERS, REPORT_BURST, REPORT_WINDOW
 from tests.fake_pynvml import FakeGpu, FakeNvml
-from tests.kernel_helpers import poll, run_code, run_json, start_session
+from tests.kernel_helpers import kernel_headers, kernel_token, poll, run_code, start_session
 
 GIB = 2**30
-READ_TOKEN = "import json, os; print(json.dumps(os.environ['TFGPU_KERNEL_TOKEN']))"
 
 
 @pytest.fixture
@@ -40,19 +38,6 @@ def tfgpu_config():
     }
 
 
-@pytest.fixture(autouse=True)
-def installed_nvml(monkeypatch, fake_nvml) -> FakeNvml:
-    """Install the fake as ``pynvml`` for the whole test."""
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)
-    return fake_nvml
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config, installed_nvml):
-    """The root conftest's config, built only once the fake is in place."""
-    return jp_server_config
-
-
 @pytest.fixture
 def tfgpu(jp_serverapp):
     """The extension's services in the running server."""
@@ -72,7 +57,7 @@ class FakeClock:
 async def kernel_with_token(jp_fetch, jp_serverapp, notebook: str) -> tuple[str, str]:
     """Start a notebook's kernel; its id and the token the provisioner gave it."""
     kernel_id = (await start_session(jp_fetch, notebook))["kernel"]["id"]
-    return kernel_id, await run_json(jp_serverapp, kernel_id, READ_TOKEN)
+    return kernel_id, await kernel_token(jp_serverapp, kernel_id)
 
 
 async def send(jp_fetch, token: str, route: str = "report", body: str = "", **headers: str):
@@ -81,7 +66,7 @@ async def send(jp_fetch, token: str, route: str = "report", body: str = "", **he
         "tfgpu", "api", "kernel", route,
         method="POST" if body else "GET",
         body=body or None,
-        headers={"Authorization": f"tfgpu-kernel {token}", **headers},
+        headers={**kernel_headers(token), **headers},
         raise_error=False,
     )  # fmt: skip
     return response
@@ -400,20 +385,3 @@ def test_metrics_leave_out_a_kernel_whose_row_is_bad_and_say_so_once(caplog):
     assert [(s.labels["kernel_id"], s.value) for s in samples] == [("good", GIB)]
     assert sum("kernel bad left out" in r.getMessage() for r in caplog.records) == 1
 
-
-def test_the_reporters_frameworks_are_the_ones_the_server_accepts():
-    """The kernel-side reporter keeps its own copy (it imports nothing from the server)."""
-    import importlib.util
-    from pathlib import Path
-
-    from jupyter_tfgpu.server.kernels import channel as kernel_channel
-    from jupyter_tfgpu.server.kernels.provisioner import bootstrap_dir
-
-    # Given the reporter module as a kernel loads it
-    path = Path(bootstrap_dir()) / "tfgpu_report.py"
-    spec = importlib.util.spec_from_file_location("tfgpu_report_copy", path)
-    reporter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reporter)
-    # Then it sends the frameworks and the auth scheme the kernel channel accepts
-    assert reporter.FRAMEWORKS == kernel_channel.FRAMEWORKS
-    assert reporter.SCHEME == kernel_channel.AUTH_SCHEME

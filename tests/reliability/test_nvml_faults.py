@@ -8,7 +8,6 @@ each test are the figures docs/reliability.md quotes (run with ``-s`` to see the
 from __future__ import annotations
 
 import json
-import sys
 
 import pynvml
 import pytest
@@ -69,20 +68,14 @@ def tfgpu_config():
 
 
 @pytest.fixture(autouse=True)
-def installed_nvml(monkeypatch, fake_nvml, start_fault) -> FakeNvml:
-    """Install the fake as ``pynvml``, with the start fault if any, and short open retries."""
+def installed_nvml(installed_nvml, monkeypatch, start_fault) -> FakeNvml:
+    """The fake installed as ``pynvml`` (tests/conftest.py), with the start fault if any, and
+    short open retries."""
     monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_SECONDS", RETRY_SECONDS)
     monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_MAX_SECONDS", RETRY_SECONDS)
     if start_fault is not None:
-        fake_nvml.inject(*start_fault)
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)
-    return fake_nvml
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config, installed_nvml):
-    """The root conftest's config, built only once the fake is in place."""
-    return jp_server_config
+        installed_nvml.inject(*start_fault)
+    return installed_nvml
 
 
 class Client:

@@ -14,7 +14,7 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
-from tests.kernel_helpers import run_json, start_session
+from tests.kernel_helpers import kernel_headers, kernel_token, run_json, start_session
 
 SPEC = OpenAPI.from_dict(
     yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
@@ -22,7 +22,6 @@ SPEC = OpenAPI.from_dict(
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 ADMIN_DEFAULT = {"memory_growth": True}
 READ_POLICY = "import json, os; print(json.dumps(json.loads(os.environ['TFGPU_POLICY'])))"
-READ_TOKEN = "import json, os; print(json.dumps(os.environ['TFGPU_KERNEL_TOKEN']))"
 
 
 @pytest.fixture
@@ -122,10 +121,10 @@ async def test_a_kernel_starts_with_the_admin_default_when_the_store_cannot_be_r
     # When a notebook is opened, and its kernel tries to change its policy (as %tfgpu does)
     session = await start_session(jp_fetch, notebook)
     document = await run_json(jp_serverapp, session["kernel"]["id"], READ_POLICY)
-    token = await run_json(jp_serverapp, session["kernel"]["id"], READ_TOKEN)
+    token = await kernel_token(jp_serverapp, session["kernel"]["id"])
     response = await jp_fetch(
         "tfgpu", "api", "kernel", "policy", method="PUT", body=json.dumps({"devices": []}),
-        headers={"Authorization": f"tfgpu-kernel {token}"}, raise_error=False,
+        headers=kernel_headers(token), raise_error=False,
     )
 
     # Then its kernel runs with the admin default, and the change is refused saying why

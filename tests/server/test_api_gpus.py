@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 
 import pynvml
@@ -47,19 +46,6 @@ def fake_nvml() -> FakeNvml:
 def tfgpu_config():
     """NVML over the fake, sampled fast; parametrize ``tfgpu_config`` to change it."""
     return {"backend": "nvml", "sample_interval": INTERVAL, "history_seconds": 60}
-
-
-@pytest.fixture(autouse=True)
-def installed_nvml(monkeypatch, fake_nvml) -> FakeNvml:
-    """Install the fake as ``pynvml`` for the whole test."""
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)
-    return fake_nvml
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config, installed_nvml):
-    """The root conftest's config, built only once the fake is in place."""
-    return jp_server_config
 
 
 @pytest.fixture

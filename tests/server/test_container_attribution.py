@@ -8,18 +8,15 @@ The kernels talk to the server for real, over HTTP, with the token the provision
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import textwrap
-import time
 
 import psutil
 import pytest
 from tornado.httpclient import HTTPClientError
 
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
-from tests.kernel_helpers import run_code, run_json, start_session
+from tests.kernel_helpers import kernel_headers, kernel_token, poll, run_code, run_json, start_session
 
 GIB = 2**30
 NOTEBOOK_A = "team/a.ipynb"
@@ -29,7 +26,6 @@ import json, subprocess, sys
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 print(json.dumps(child.pid))
 """
-READ_TOKEN = "import json, os; print(json.dumps(os.environ['TFGPU_KERNEL_TOKEN']))"
 
 
 @pytest.fixture
@@ -42,19 +38,6 @@ def fake_nvml() -> FakeNvml:
 def tfgpu_config():
     """NVML over the fake; process lists read every 0.2 s."""
     return {"backend": "nvml", "sample_interval": 0.1, "process_interval": 0.2}
-
-
-@pytest.fixture(autouse=True)
-def installed_nvml(monkeypatch, fake_nvml) -> FakeNvml:
-    """Install the fake as ``pynvml`` for the whole test."""
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml.module)
-    return fake_nvml
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config, installed_nvml):
-    """The root conftest's config, built only once the fake is in place."""
-    return jp_server_config
 
 
 @pytest.fixture
@@ -74,27 +57,12 @@ async def get_json(jp_fetch, *parts: str, **kwargs):
     return json.loads(response.body)
 
 
-async def poll(check, timeout: float = 20.0):
-    """Await ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met within the time allowed")
-        await asyncio.sleep(0.05)
-    return result
-
-
 def unused_pid() -> int:
     """A PID no process here has: what NVML shows for a process in another PID namespace."""
     pid = 999_999
     while psutil.pid_exists(pid):
         pid += 1
     return pid
-
-
-def kernel_headers(token: str) -> dict[str, str]:
-    """The kernel channel's credentials (replacing the user token jp_fetch would add)."""
-    return {"Authorization": f"tfgpu-kernel {token}"}
 
 
 async def post_report(jp_fetch, token: str, report: dict) -> int:
@@ -133,7 +101,7 @@ async def test_a_kernel_child_process_is_attributed_by_pid(
     try:
         # When NVML lists that child on GPU 1 with 5 GiB
         fake_nvml.gpus[1].processes.append(FakeProcess(pid=child, used_memory=5 * GIB))
-        row = await poll(lambda: process_row(jp_fetch, 1, child))
+        row = await poll(lambda: process_row(jp_fetch, 1, child), timeout=20)
         view = await get_json(jp_fetch, "kernels", kernel_id)
     finally:
         await run_code(jp_serverapp, kernel_id, "child.kill(); child.wait()")
@@ -174,7 +142,7 @@ async def test_container_pids_are_attributed_by_the_kernels_own_report(
     fake_nvml.gpus[0].processes.append(FakeProcess(pid=stranger, used_memory=3 * GIB))
     session = await start_session(jp_fetch, NOTEBOOK_A)
     kernel_id = session["kernel"]["id"]
-    before = await poll(lambda: process_row(jp_fetch, 0, stranger, attributed=False))
+    before = await poll(lambda: process_row(jp_fetch, 0, stranger, attributed=False), timeout=20)
     assert before["kernel_id"] is None and before["attributed_by"] is None
 
     # When the kernel reports its framework's figures over its own channel, with its own token
@@ -189,7 +157,7 @@ async def test_container_pids_are_attributed_by_the_kernels_own_report(
             """
         ),
     )
-    row = await poll(lambda: process_row(jp_fetch, 0, stranger))
+    row = await poll(lambda: process_row(jp_fetch, 0, stranger), timeout=20)
     view = await get_json(jp_fetch, "kernels", kernel_id)
 
     # Then the server stored it, and GET gpus gives the process to that kernel by its report
@@ -243,7 +211,7 @@ async def test_two_processes_of_one_kernel_report_side_by_side(
         view = await get_json(jp_fetch, "kernels", kernel_id)
         return view if view["gpu_memory"]["total"] == 3 * GIB else None
 
-    view = await poll(both_counted)
+    view = await poll(both_counted, timeout=20)
 
     # Then neither overwrote the other
     assert codes == [204, 204]
@@ -294,7 +262,7 @@ async def test_the_kernels_own_reporter_reports_by_itself(
         f"import sys; sys.path.insert(0, {str(stand_in.parent)!r})\n"
         "import torch; torch.cuda.init()",
     )
-    row = await poll(lambda: process_row(jp_fetch, 0, stranger))
+    row = await poll(lambda: process_row(jp_fetch, 0, stranger), timeout=20)
     status = await run_json(
         jp_serverapp,
         kernel_id,
@@ -316,7 +284,7 @@ async def test_kernel_tokens_open_only_the_kernel_routes(jp_fetch, jp_serverapp,
     """A kernel token is no user token, and a wrong token opens no kernel route."""
     # Given a kernel and its token
     session = await start_session(jp_fetch, NOTEBOOK_A)
-    token = await run_json(jp_serverapp, session["kernel"]["id"], READ_TOKEN)
+    token = await kernel_token(jp_serverapp, session["kernel"]["id"])
     mine = kernel_headers(token)
     wrong = kernel_headers("not-" + token)
 
@@ -352,10 +320,10 @@ async def test_kernel_status_does_not_reveal_other_notebooks(
     b = (await start_session(jp_fetch, NOTEBOOK_B))["kernel"]["id"]
     b_pid = jp_serverapp.kernel_manager.get_kernel(b).provisioner.pid
     fake_nvml.gpus[0].processes.append(FakeProcess(pid=b_pid, used_memory=7 * GIB))
-    user_row = await poll(lambda: process_row(jp_fetch, 0, b_pid))
+    user_row = await poll(lambda: process_row(jp_fetch, 0, b_pid), timeout=20)
     assert user_row["notebook"] == NOTEBOOK_B  # the user's view names it
-    token_a = await run_json(jp_serverapp, a, READ_TOKEN)
-    token_b = await run_json(jp_serverapp, b, READ_TOKEN)
+    token_a = await kernel_token(jp_serverapp, a)
+    token_b = await kernel_token(jp_serverapp, b)
 
     # When kernel A and kernel B ask for kernel/status
     response = await jp_fetch("tfgpu", "api", "kernel", "status", headers=kernel_headers(token_a))
@@ -382,7 +350,7 @@ async def test_a_restart_revokes_the_old_token_and_its_reports(
     # Given a kernel that reported 2 GiB on GPU 0 with its token
     gpu0 = fake_nvml.gpus[0].uuid
     kernel_id = (await start_session(jp_fetch, NOTEBOOK_A))["kernel"]["id"]
-    old = await run_json(jp_serverapp, kernel_id, READ_TOKEN)
+    old = await kernel_token(jp_serverapp, kernel_id)
     report = {"framework": "tensorflow", "pid": 1, "devices": [{"uuid": gpu0, "in_use": 2 * GIB}]}
     assert await post_report(jp_fetch, old, report) == 204
     view = await get_json(jp_fetch, "kernels", kernel_id)
@@ -390,7 +358,7 @@ async def test_a_restart_revokes_the_old_token_and_its_reports(
 
     # When the kernel restarts
     await jp_fetch("api", "kernels", kernel_id, "restart", method="POST", body="")
-    new = await run_json(jp_serverapp, kernel_id, READ_TOKEN)
+    new = await kernel_token(jp_serverapp, kernel_id)
 
     # Then the old token is refused and the new one works
     assert new != old
@@ -408,7 +376,7 @@ async def test_a_restart_revokes_the_old_token_and_its_reports(
         view = await get_json(jp_fetch, "kernels", kernel_id)
         return view if view["gpu_memory"]["per_gpu"] == [] else None
 
-    await poll(forgotten)
+    await poll(forgotten, timeout=20)
     assert await post_report(jp_fetch, new, report) == 204
 
 
@@ -421,10 +389,10 @@ async def test_a_kernel_pid_without_an_nvml_figure_falls_back_to_its_report(
     kernel_id = (await start_session(jp_fetch, NOTEBOOK_A))["kernel"]["id"]
     pid = jp_serverapp.kernel_manager.get_kernel(kernel_id).provisioner.pid
     fake_nvml.gpus[0].processes.append(FakeProcess(pid=pid, used_memory=None))
-    await poll(lambda: process_row(jp_fetch, 0, pid))
+    await poll(lambda: process_row(jp_fetch, 0, pid), timeout=20)
 
     # When the kernel reports 3 GiB reserved on GPU 0
-    token = await run_json(jp_serverapp, kernel_id, READ_TOKEN)
+    token = await kernel_token(jp_serverapp, kernel_id)
     report = {"framework": "torch", "pid": pid, "devices": [{"uuid": gpu0, "reserved": 3 * GIB}]}
     assert await post_report(jp_fetch, token, report) == 204
     view = await get_json(jp_fetch, "kernels", kernel_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV
+from jupyter_tfgpu.protocol import KERNEL_ID_ENV
 from jupyter_tfgpu.server.kernels.provisioner import HUB_TOKEN_ENV, SERVER_TOKEN_ENV
 from tests.kernel_helpers import run_json, start_session
 

@@ -14,9 +14,9 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.auth.identity import IdentityProvider
 from tornado import web
 
+from jupyter_tfgpu.protocol import AUTH_SCHEME
 from jupyter_tfgpu.server.api.handlers import HistoryHandler, TFGPUAPIHandler
 from jupyter_tfgpu.server.kernels.channel import (
-    AUTH_SCHEME,
     MAX_BODY_BYTES,
     REPORT_BURST,
     REPORT_WINDOW,

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import psutil
 
-# Set by the provisioner in each kernel's environment, read back from detached processes.
-KERNEL_ID_ENV = "TFGPU_KERNEL_ID"
+from jupyter_tfgpu.gpu.keys import gpu_keys
+from jupyter_tfgpu.protocol import KERNEL_ID_ENV
 
 
 @dataclass(frozen=True)
@@ -222,10 +222,6 @@ class Attribution:
             return None
         return kernel.kernel_id
 
-    def owner(self, pid: int) -> KernelProcess | None:
-        """The kernel whose process tree holds one PID, if any."""
-        return self.owners([pid]).get(pid)
-
     def annotate(self, snapshot: dict[str, Any]) -> None:
         """Fill ``kernel_id``, ``notebook`` and ``attributed_by`` of each GPU process.
 
@@ -258,18 +254,14 @@ class Attribution:
         reports: dict[str, dict[str, Any]],
         kernels: dict[str, KernelProcess],
     ) -> None:
-        # A reporter names a GPU by UUID where it knows one, else by its index (as
-        # KernelRegistry.gpu_memory also accepts).
-        uuids = {gpu.get("uuid"), str(gpu.get("index"))} | {
-            m["uuid"] for m in ((gpu.get("mig") or {}).get("instances") or ())
-        }
+        keys = gpu_keys(gpu)  # a reporter names a GPU by any of them
         seen = {p["kernel_id"] for p in processes if p.get("kernel_id")}
         claims = sorted(
             (
-                (sum(held for uuid, held in report["devices"].items() if uuid in uuids), kernel_id)
+                (sum(held for uuid, held in report["devices"].items() if uuid in keys), kernel_id)
                 for kernel_id, report in reports.items()
                 if kernel_id in kernels and kernel_id not in seen
-                and any(uuid in uuids for uuid in report["devices"])
+                and any(uuid in keys for uuid in report["devices"])
             ),
             reverse=True,
         )

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-AUTH_SCHEME = "tfgpu-kernel"
+from jupyter_tfgpu.protocol import AUTH_SCHEME, REPORTING_FRAMEWORKS
+
 # How long a report counts as current; a reporter sends every few seconds.
 REPORT_TTL = 30.0
 
@@ -35,7 +36,6 @@ MAX_REPORTERS = 64
 # Per kernel: a reporter sends one report per framework every few seconds.
 REPORT_BURST = 60
 REPORT_WINDOW = 10.0
-FRAMEWORKS = ("tensorflow", "torch", "jax")
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def validate_report(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("body: expected a JSON object")
     framework = data.get("framework")
-    if framework not in FRAMEWORKS:
+    if framework not in REPORTING_FRAMEWORKS:
         raise ValueError("framework: expected tensorflow, torch or jax")
     pid = data.get("pid")
     if pid is not None and (not _is_int(pid) or not 0 < pid <= MAX_PID):

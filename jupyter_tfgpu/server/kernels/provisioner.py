@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
-from jupyter_tfgpu.server.kernels.attribution import KERNEL_ID_ENV
+from jupyter_tfgpu.protocol import KERNEL_ID_ENV, KERNEL_TOKEN_ENV, REPORT_DIR_ENV, SERVER_URL_ENV
 
 if TYPE_CHECKING:
     from jupyter_tfgpu.server.kernels.channel import KernelTokens
@@ -110,10 +110,10 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
             kwargs["cmd"] = with_magic(kwargs["cmd"])
         cls = type(self)
         if cls.report_root and kernel_id:
-            env["TFGPU_REPORT_DIR"] = os.path.join(cls.report_root, kernel_id)
+            env[REPORT_DIR_ENV] = os.path.join(cls.report_root, kernel_id)
         # The kernel channel: a token for this kernel alone, never the server's own token.
-        env.pop("TFGPU_KERNEL_TOKEN", None)
+        env.pop(KERNEL_TOKEN_ENV, None)
         if cls.tokens is not None and cls.server_url and kernel_id:
-            env["TFGPU_SERVER_URL"] = cls.server_url
-            env["TFGPU_KERNEL_TOKEN"] = cls.tokens.issue(kernel_id)
+            env[SERVER_URL_ENV] = cls.server_url
+            env[KERNEL_TOKEN_ENV] = cls.tokens.issue(kernel_id)
         return kwargs
