@@ -13,6 +13,9 @@ _CHAINED_ERROR = (
     "Error in sitecustomize (chained by jupyter-tfgpu); set PYTHONVERBOSE for traceback:\n{}: {}\n"
 )
 _NOT_INSTALLED = "jupyter-tfgpu: GPU policy hooks not installed ({}: {})\n"
+# tfgpu_bootstrap.POLICY_ENV, copied rather than imported so that a process without a policy
+# imports nothing more; tests/project/test_protocol.py pins it like the others.
+POLICY_ENV = "TFGPU_POLICY"
 
 
 def _chain():
@@ -50,7 +53,7 @@ def _report(exc):
 _chained = _chain()
 
 # The hooks themselves need Python 3.7 or later.
-if os.environ.get("TFGPU_POLICY") and sys.version_info >= (3, 7):
+if os.environ.get(POLICY_ENV) and sys.version_info >= (3, 7):
     try:
         import tfgpu_bootstrap
 

@@ -7,16 +7,30 @@ real loader's ``exec_module`` so the policy's in-process knobs are applied right
 framework's ``__init__`` finished, before user code can run an op, once per process.
 
 This module is on the start-up path of every Python process a kernel starts, so it holds only the
-hook; the policy code lives in ``tfgpu_apply`` next to it and is imported with the first
-framework. Its public names (``record``, ``apply_now``, ``apply_tensorflow``, ``apply_torch``,
-``apply_jax``, ``load_policy``, ...) are reachable here too: ``tfgpu_bootstrap.record()``.
+hook and the names shared with the server; the policy code lives in ``tfgpu_apply`` next to it,
+which pulls in the rest of the folder, and is imported with the first framework. Its public
+names (``record``, ``apply_now``, ``apply_tensorflow``, ``apply_torch``, ``apply_jax``,
+``load_policy``, ...) are reachable here too: ``tfgpu_bootstrap.record()``.
 Nothing here imports ``jupyter_tfgpu`` or a framework, and no failure here breaks an import.
 """
 
 import os
 import sys
 
-FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
+# -- names shared with the server ------------------------------------------------------------------
+# Copies of ``jupyter_tfgpu/protocol.py`` (the bootstrap runs in any Python and cannot import it),
+# pinned to it by tests/project/test_protocol.py. The one place the bootstrap's modules take them
+# from: here, as this module is loaded anyway when a policy is set (one more module would cost
+# every start-up). sitecustomize keeps its own pinned POLICY_ENV, to import nothing without one.
+AUTH_SCHEME = "tfgpu-kernel"
+POLICY_ENV = "TFGPU_POLICY"
+SERVER_URL_ENV = "TFGPU_SERVER_URL"
+KERNEL_TOKEN_ENV = "TFGPU_KERNEL_TOKEN"
+REPORT_DIR_ENV = "TFGPU_REPORT_DIR"
+REPORT_INTERVAL_ENV = "TFGPU_REPORT_INTERVAL"
+REPORTING_FRAMEWORKS = ("tensorflow", "torch", "jax")
+HOOKED_MODULES = ("tensorflow", "keras", "torch", "jax")
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _hooked = set()  # frameworks whose first import this process has seen
 _searching = set()  # names being resolved by the finders after ours (no recursion)
@@ -70,7 +84,7 @@ class PostImportFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         """The real spec, ``exec_module`` wrapped, for a framework not seen yet; else None."""
-        if fullname not in FRAMEWORKS or fullname in _hooked or fullname in _searching:
+        if fullname not in HOOKED_MODULES or fullname in _hooked or fullname in _searching:
             return None
         try:
             return self._hooked_spec(fullname, path, target)
@@ -121,16 +135,10 @@ def install():
     """Put the finder first on ``sys.meta_path`` (idempotent); hook frameworks already imported."""
     if _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
-    for name in FRAMEWORKS:
+    for name in HOOKED_MODULES:
         module = sys.modules.get(name)
         if module is not None and name not in _hooked:
             _after_import(name, module)
-
-
-def uninstall():
-    """Take the finder off ``sys.meta_path``; what was applied stays applied."""
-    while _finder in sys.meta_path:
-        sys.meta_path.remove(_finder)
 
 
 def __getattr__(name):

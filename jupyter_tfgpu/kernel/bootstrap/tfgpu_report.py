@@ -20,17 +20,25 @@ import os
 import sys
 import threading
 
+from tfgpu_bootstrap import (
+    AUTH_SCHEME,
+    KERNEL_TOKEN_ENV,
+    REPORT_INTERVAL_ENV,
+    REPORTING_FRAMEWORKS,
+    SERVER_URL_ENV,
+)
+
 __all__ = ["FRAMEWORKS", "collect", "device_id", "framework_imported", "send_once", "status"]
 
-FRAMEWORKS = ("tensorflow", "torch", "jax")
+FRAMEWORKS = REPORTING_FRAMEWORKS
 ROUTE = "tfgpu/api/kernel/report"
-SCHEME = "tfgpu-kernel"
 DEFAULT_INTERVAL = 5.0
 MAX_BACKOFF = 60.0
 TIMEOUT = 5.0
 # Answers after which sending again cannot help: token revoked (403), server or route gone (404).
 FINAL = (403, 404)
 GPU_PLATFORMS = ("cuda", "rocm", "gpu")  # JAX backend names that mean a GPU
+NOT_A_KERNEL = f"{SERVER_URL_ENV} or {KERNEL_TOKEN_ENV} is not set (not a jupyter-tfgpu kernel)"
 
 _lock = threading.Lock()
 _modules: dict = {}  # framework name -> module, as the import hook handed it in
@@ -87,8 +95,8 @@ def framework_imported(name: str, module) -> bool:
 
 def _channel_problem() -> str | None:
     """Why this process cannot report at all, or None."""
-    if not os.environ.get("TFGPU_SERVER_URL") or not os.environ.get("TFGPU_KERNEL_TOKEN"):
-        return "TFGPU_SERVER_URL or TFGPU_KERNEL_TOKEN is not set (not a jupyter-tfgpu kernel)"
+    if not os.environ.get(SERVER_URL_ENV) or not os.environ.get(KERNEL_TOKEN_ENV):
+        return NOT_A_KERNEL
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     # CUDA stops at the first invalid entry: "" or "-1" first hides every GPU.
     if visible is not None and visible.split(",")[0].strip() in ("", "-1"):
@@ -117,7 +125,7 @@ def _no_gpu_build(name: str, module) -> str | None:
 
 def _interval() -> float:
     try:
-        value = float(os.environ.get("TFGPU_REPORT_INTERVAL") or DEFAULT_INTERVAL)
+        value = float(os.environ.get(REPORT_INTERVAL_ENV) or DEFAULT_INTERVAL)
     except ValueError:
         return DEFAULT_INTERVAL
     return max(0.05, value) if value == value and value != float("inf") else DEFAULT_INTERVAL
@@ -202,10 +210,10 @@ def _note(kind: str, message: str) -> None:
         if kind in _noted:
             return
         _noted.add(kind)
-    apply = sys.modules.get("tfgpu_apply")
-    if apply is not None:
+    recorder = sys.modules.get("tfgpu_record")
+    if recorder is not None:
         try:
-            apply.error(None, f"GPU memory reporter: {message}", announce=False)
+            recorder.error(None, f"GPU memory reporter: {message}", announce=False)
         except Exception:
             pass
 
@@ -353,11 +361,9 @@ def send_once(framework_name: str, devices: list) -> int:
     if framework_name not in FRAMEWORKS:
         names = ", ".join(FRAMEWORKS)
         raise ValueError(f"framework must be one of {names}, not {framework_name!r}")
-    url = os.environ.get("TFGPU_SERVER_URL")
-    if not url or not os.environ.get("TFGPU_KERNEL_TOKEN"):
-        raise RuntimeError(
-            "TFGPU_SERVER_URL or TFGPU_KERNEL_TOKEN is not set (not a jupyter-tfgpu kernel)"
-        )
+    url = os.environ.get(SERVER_URL_ENV)
+    if not url or not os.environ.get(KERNEL_TOKEN_ENV):
+        raise RuntimeError(NOT_A_KERNEL)
     rows = [
         {
             "uuid": str(device["uuid"]),
@@ -398,7 +404,7 @@ def _post(url: str, framework: str, rows: list) -> tuple:
         method="POST",
         headers={
             "Content-Type": "application/json",
-            "Authorization": SCHEME + " " + os.environ.get("TFGPU_KERNEL_TOKEN", ""),
+            "Authorization": AUTH_SCHEME + " " + os.environ.get(KERNEL_TOKEN_ENV, ""),
         },
     )
     failure = None

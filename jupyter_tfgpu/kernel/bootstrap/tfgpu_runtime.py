@@ -1,7 +1,7 @@
 """Runtime settings of a policy beyond memory: precision, XLA, TF32, determinism, placement,
 threads. Loaded by ``tfgpu_apply`` with the first framework; imports no framework itself.
 
-Each ``apply_*`` adds to the framework's result what it applied, and what it skipped and why
+Each ``apply_runtime_*`` adds to the framework's result what it applied, and what it skipped and why
 (including "this framework has no such knob"), the same way the memory settings are recorded.
 """
 
@@ -31,7 +31,9 @@ def check(policy: dict, reject) -> None:
             reject(field, "true, false or null")
     for field in ("intra_op_threads", "inter_op_threads"):
         value = policy.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             reject(field, "a number of threads >= 1 or null")
 
 
@@ -39,7 +41,7 @@ def _wanted(policy: dict):
     return [(f, policy.get(f)) for f in RUNTIME_FIELDS if policy.get(f) is not None]
 
 
-def apply_tensorflow(tf, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_tensorflow(tf, policy: dict, result: dict, call, skip) -> None:
     """TensorFlow's knobs; ``call`` runs one config call and records it (restart-aware)."""
     config = tf.config
     for field, value in _wanted(policy):
@@ -48,11 +50,18 @@ def apply_tensorflow(tf, policy: dict, result: dict, call, skip) -> None:
             if keras is not None:
                 call(result, field, value, lambda: keras.mixed_precision.set_global_policy(value))
             else:
-                result["pending"].append({"setting": field, "value": value, "reason": KERAS_PENDING})
+                result["pending"].append(
+                    {"setting": field, "value": value, "reason": KERAS_PENDING}
+                )
         elif field == "xla_jit":
             call(result, field, value, lambda: config.optimizer.set_jit(value))
         elif field == "tf32":
-            call(result, field, value, lambda: config.experimental.enable_tensor_float_32_execution(value))
+            call(
+                result,
+                field,
+                value,
+                lambda: config.experimental.enable_tensor_float_32_execution(value),
+            )
         elif field == "deterministic":
             if value:
                 call(result, field, value, config.experimental.enable_op_determinism)
@@ -65,19 +74,31 @@ def apply_tensorflow(tf, policy: dict, result: dict, call, skip) -> None:
         elif field == "log_placement":
             call(result, field, value, lambda: tf.debugging.set_log_device_placement(value))
         elif field == "intra_op_threads":
-            call(result, field, value, lambda: config.threading.set_intra_op_parallelism_threads(value))
+            call(
+                result,
+                field,
+                value,
+                lambda: config.threading.set_intra_op_parallelism_threads(value),
+            )
         elif field == "inter_op_threads":
-            call(result, field, value, lambda: config.threading.set_inter_op_parallelism_threads(value))
+            call(
+                result,
+                field,
+                value,
+                lambda: config.threading.set_inter_op_parallelism_threads(value),
+            )
 
 
-def apply_keras(keras, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_keras(keras, policy: dict, result: dict, call, skip) -> None:
     """Keras's global dtype policy (the only Keras knob of a policy)."""
     value = policy.get("mixed_precision")
     if value is not None:
-        call(result, "mixed_precision", value, lambda: keras.mixed_precision.set_global_policy(value))
+        call(
+            result, "mixed_precision", value, lambda: keras.mixed_precision.set_global_policy(value)
+        )
 
 
-def apply_torch(torch, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_torch(torch, policy: dict, result: dict, call, skip) -> None:
     """PyTorch's equivalents, where it has them."""
     for field, value in _wanted(policy):
         if field == "tf32":
@@ -97,16 +118,26 @@ def apply_torch(torch, policy: dict, result: dict, call, skip) -> None:
             skip(result, field, value, f"PyTorch has no process-wide {field} setting")
 
 
-def apply_jax(jax, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_jax(jax, policy: dict, result: dict, call, skip) -> None:
     """JAX's equivalents; determinism comes from XLA_FLAGS, set by the server."""
     for field, value in _wanted(policy):
         if field == "tf32":
             precision = "tensorfloat32" if value else "float32"
-            call(result, field, value, lambda: jax.config.update("jax_default_matmul_precision", precision))
+            call(
+                result,
+                field,
+                value,
+                lambda: jax.config.update("jax_default_matmul_precision", precision),
+            )
         elif field == "deterministic" and value:
             result["applied"].append({"setting": field, "value": value, "via": "XLA_FLAGS"})
         else:
             skip(result, field, value, f"JAX has no process-wide {field} setting")
 
 
-APPLY = {"tensorflow": apply_tensorflow, "keras": apply_keras, "torch": apply_torch, "jax": apply_jax}
+APPLY = {
+    "tensorflow": apply_runtime_tensorflow,
+    "keras": apply_runtime_keras,
+    "torch": apply_runtime_torch,
+    "jax": apply_runtime_jax,
+}

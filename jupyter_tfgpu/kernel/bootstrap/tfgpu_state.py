@@ -1,0 +1,46 @@
+"""The one state of the bootstrap in this process: the policy in force, the record, the lock.
+
+Imported with the first framework (by ``tfgpu_apply``); the modules that apply, record and report
+read and change ``STATE`` instead of globals of their own.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BootstrapState:
+    """What this process's bootstrap knows: policy, per-framework record, errors, what was said."""
+
+    def __init__(self) -> None:
+        # The torch lazy callback may run while apply_torch still holds the lock: reentrant.
+        self.lock = _thread.RLock()
+        self.hooked: set = set()  # frameworks the policy was applied to at import (once)
+        self.frameworks: dict = {}  # the record's per-framework entries
+        self.errors: list = []
+        self.policy: dict | None = None
+        self.policy_loaded = False
+        self.policy_note: str | None = None  # why there is no policy to apply, when there is none
+        self.warned = False  # the one stderr line was written
+        self.report_failed = False  # writing the record failed once: never try again
+
+
+STATE = BootstrapState()
+
+
+def sibling(name: str):
+    """A module of this folder, imported on first use even if the user changed sys.path."""
+    module = sys.modules.get(name)
+    if module is None:
+        import importlib
+
+        sys.path.insert(0, _HERE)
+        try:
+            module = importlib.import_module(name)
+        finally:
+            sys.path.remove(_HERE)
+    return module
