@@ -94,7 +94,14 @@ export interface IKernel {
   execution_state: string | null;
   gpu_memory: {
     total: number;
-    per_gpu: { index: number; uuid: string; used_memory: number | null }[];
+    per_gpu: {
+      index: number;
+      uuid: string;
+      used_memory: number | null;
+      pids: number[];
+      /** nvml: matched by the kernel's PIDs; kernel_report: the framework's own figures. */
+      source: 'nvml' | 'kernel_report';
+    }[];
   };
   policy: EffectivePolicy;
   /** The policy document the kernel's process started with. */
