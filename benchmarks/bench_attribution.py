@@ -25,6 +25,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jupyter_tfgpu.gpu.readings import GpuReading  # noqa: E402
 from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess  # noqa: E402
 
 CHILD = "import subprocess, sys, time\n" \
@@ -65,8 +66,10 @@ def main() -> None:
         for n, pid in enumerate(pids):
             gpus[n % 8]["processes"].append({"pid": pid, "used_memory": 2**30})
 
+        readings = tuple(GpuReading.from_json(g) for g in gpus)
+
         def snapshot():
-            return {"gpus": [{**g, "processes": [dict(p) for p in g["processes"]]} for g in gpus]}
+            return readings
 
         cold, warm = [], []
         for _ in range(args.rounds):
@@ -74,13 +77,13 @@ def main() -> None:
             attribution.set_kernels(registry)
             data = snapshot()
             began = time.perf_counter()
-            attribution.annotate(data)
+            data = attribution.annotate(data)
             cold.append(time.perf_counter() - began)
             data = snapshot()
             began = time.perf_counter()
-            attribution.annotate(data)
+            data = attribution.annotate(data)
             warm.append(time.perf_counter() - began)
-        matched = sum(1 for g in data["gpus"] for p in g["processes"] if p.get("kernel_id"))
+        matched = sum(1 for g in data for p in g.processes if p.kernel_id)
         print(
             json.dumps(
                 {

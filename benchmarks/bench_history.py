@@ -16,7 +16,6 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import machine  # noqa: E402
 
+from jupyter_tfgpu.gpu.readings import GpuReading  # noqa: E402
 from jupyter_tfgpu.server.sampling.history import History  # noqa: E402
 
 GPUS = 8
@@ -31,16 +31,17 @@ CAPACITY = 3600  # 1 hour at sample_interval = 1 s
 TARGET_BYTES = 10 * 2**20
 
 
-def gpu_rows(step: int) -> list[dict[str, Any]]:
-    """One snapshot's GPU rows, shaped like the sampler's (only the fields History reads vary)."""
+def gpu_rows(step: int) -> list[GpuReading]:
+    """One snapshot's GPU readings, as the sampler's (only the fields History reads vary)."""
     return [
-        {
+        GpuReading.from_json({
             "index": i,
+            "uuid": f"GPU-{i}",
             "utilization": {"gpu": (step + 7 * i) % 101, "memory": (step + 3 * i) % 101},
             "memory": {"total": 80 * 2**30, "used": (10 + i) * 2**30 + step, "free": None},
             "temperature": 40 + (step + i) % 30,
             "power": {"draw": 100.0 + (step % 200), "limit": 400.0},
-        }
+        })
         for i in range(GPUS)
     ]
 

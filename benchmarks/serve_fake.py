@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         @web.authenticated
         def get(self) -> None:
             """Per place (public accessors only), the kernel ids held there."""
-            app = self.settings.get("tfgpu")
+            app = self.settings.get("tfgpu_services")
             places = {
                 "policies.applied": lambda: set(app.policies.applied),
                 "tokens": lambda: app.tokens.kernel_ids(),

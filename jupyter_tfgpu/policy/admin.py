@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jupyter_tfgpu.gpu import DeviceInfo
@@ -11,31 +12,47 @@ from jupyter_tfgpu.policy.model import CapExceeded, empty_policy, policy_fields,
 THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
 
 
+def _setting(name: str, **kwargs: Any) -> Any:
+    """A field whose admin setting (``TFGPU.<name>``, and its name in ``GET config``) differs."""
+    return field(metadata={"setting": name}, **kwargs)
+
+
 @dataclass(frozen=True)
 class AdminPolicy:
-    """What the operator set in the server's config (traits of ``TFGPU``)."""
+    """What the operator set in the server's config (traits of ``TFGPU``).
 
-    default: dict[str, Any] = field(default_factory=dict)
+    Each field is one setting, under its own name unless its metadata names the setting:
+    ``from_settings`` and ``to_json`` read this list, so a new cap is a field here and a trait.
+    """
+
+    default: dict[str, Any] = _setting("default_policy", default_factory=dict)
     max_memory_mb: int | None = None
     allowed_devices: tuple[int | str, ...] | None = None
     force_memory_growth: bool = False
     allow_user_policies: bool = True
-    forced: dict[str, Any] = field(default_factory=dict)
+    forced: dict[str, Any] = _setting("forced_policy", default_factory=dict)
     max_threads: int | None = None
     placement_strategy: str = "most_free_memory"
 
+    @classmethod
+    def settings(cls) -> dict[str, str]:
+        """Setting name -> field name, in the order ``GET config`` shows them."""
+        return {f.metadata.get("setting", f.name): f.name for f in fields(cls)}
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> AdminPolicy:
+        """The admin policy from setting values (``TFGPU`` traits, or any mapping of them)."""
+        kwargs = {name: values[setting] for setting, name in cls.settings().items()}
+        if kwargs["allowed_devices"] is not None:
+            kwargs["allowed_devices"] = tuple(kwargs["allowed_devices"])
+        return cls(**kwargs)
+
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``GET config``."""
-        return {
-            "default_policy": self.default,
-            "max_memory_mb": self.max_memory_mb,
-            "allowed_devices": list(self.allowed_devices) if self.allowed_devices is not None else None,
-            "force_memory_growth": self.force_memory_growth,
-            "allow_user_policies": self.allow_user_policies,
-            "forced_policy": self.forced,
-            "max_threads": self.max_threads,
-            "placement_strategy": self.placement_strategy,
-        }
+        shown = {setting: getattr(self, name) for setting, name in self.settings().items()}
+        if self.allowed_devices is not None:
+            shown["allowed_devices"] = list(self.allowed_devices)
+        return shown
 
     # -- checks on what a user asks for ------------------------------------------------------
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+from jupyter_tfgpu.gpu.readings import GpuReading
 
 STRATEGIES = ("most_free_memory", "fewest_kernels", "pack")
 # A reservation the sampler has not confirmed by then is dropped (the kernel failed to start,
@@ -43,38 +45,37 @@ class Reservation:
 class Placement:
     """Chooses GPUs for kernels, race-safe across kernels starting at once."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]], strategy: str = "most_free_memory"):
+    def __init__(
+        self, gpus: Callable[[], Sequence[GpuReading]], strategy: str = "most_free_memory"
+    ):
         if strategy not in STRATEGIES:
             raise ValueError(f"placement strategy must be one of {STRATEGIES}, not {strategy!r}")
         self.strategy = strategy
-        self._snapshot = snapshot
+        self._gpus = gpus  # the latest snapshot's readings
         self._reserved: dict[str, Reservation] = {}
         self._lock = threading.Lock()
 
     def candidates(self, allowed: set[str] | None) -> list[Candidate]:
         """GPUs and MIG slices from the latest snapshot, minus lost and excluded ones."""
         found = []
-        for gpu in self._snapshot().get("gpus", ()):
-            if gpu.get("lost"):
+        for gpu in self._gpus():
+            if gpu.lost:
                 continue
-            mig = gpu.get("mig") or {}
             units = []
-            if mig.get("enabled"):
-                for inst in mig.get("instances") or ():
-                    memory = inst.get("memory") or {}
+            if gpu.mig is not None and gpu.mig.enabled:
+                for inst in gpu.mig.instances:
                     owners = {
-                        p["kernel_id"] for p in gpu.get("processes", ())
-                        if p.get("kernel_id") and p.get("mig") == inst["index"]
+                        p.kernel_id for p in gpu.processes if p.kernel_id and p.mig == inst.index
                     }
-                    units.append((inst["uuid"], memory.get("free"), inst.get("memory_total"), owners))
+                    free = inst.memory.free if inst.memory is not None else None
+                    units.append((inst.uuid, free, inst.instance.memory_total, owners))
             else:
-                memory = gpu.get("memory") or {}
-                owners = {p["kernel_id"] for p in gpu.get("processes", ()) if p.get("kernel_id")}
-                units.append((gpu["uuid"], memory.get("free"), memory.get("total"), owners))
+                owners = {p.kernel_id for p in gpu.processes if p.kernel_id}
+                units.append((gpu.uuid, gpu.memory.free, gpu.memory.total, owners))
             for uuid, free, total, owners in units:
                 if allowed is not None and uuid not in allowed:
                     continue
-                found.append(Candidate(uuid, gpu["index"], free or 0, total or 0, set(owners)))
+                found.append(Candidate(uuid, gpu.index, free or 0, total or 0, set(owners)))
         return found
 
     def choose(

@@ -145,6 +145,20 @@ class PolicyService:
             )
         return self.store.delete(self.key(key))
 
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every stored notebook policy, by notebook."""
+        return self.store.all()
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """The store's problems: files set aside as corrupt, why it cannot be read now."""
+        return self.store.problems
+
+    @property
+    def default(self) -> dict[str, Any]:
+        """The admin's default policy."""
+        return self.admin.default
+
     def describe(self, key: str) -> dict[str, Any]:
         """What the API shows for one notebook."""
         return {"notebook": key, "policy": self.own(key), "effective": self.effective(key)}

@@ -31,7 +31,7 @@ def install(monkeypatch):
 def sampled(sampler: Sampler) -> dict:
     """Run one sampler round in this thread and return the snapshot's data."""
     sampler._sample_round(time.monotonic())
-    return sampler.latest.data
+    return sampler.latest.to_json()
 
 
 def wait_for(condition, timeout: float = 10.0) -> None:
@@ -86,8 +86,8 @@ def test_sampler_over_missing_library_stays_up_unavailable(install):
     try:
         assert sampler.available is False
         assert sampler.reason == "NVML Shared Library Not Found"
-        assert sampler.latest.data["gpus"] == []
-        assert sampler.latest.data["simulated"] is False
+        assert sampler.latest.to_json()["gpus"] == []
+        assert sampler.latest.to_json()["simulated"] is False
     finally:
         sampler.stop()
 
@@ -106,7 +106,7 @@ def test_zero_gpus(install):
         assert sampler.device_count == 0
         assert sampler.available is False
         assert sampler.reason == "nvml: no GPU found"
-        assert sampler.latest.data["gpus"] == []
+        assert sampler.latest.to_json()["gpus"] == []
         assert sampler._thread is None  # nothing to poll
     finally:
         sampler.stop()
@@ -323,14 +323,14 @@ def test_gpu_lost_mid_run(install, failure):
 
         # When GPU 1 falls off the bus (or goes into an unknown state)
         setattr(fake.gpus[1], failure, True)
-        wait_for(lambda: sampler.latest.data["gpus"][1]["lost"])
+        wait_for(lambda: sampler.latest.to_json()["gpus"][1]["lost"])
 
         # Then the others keep reporting fresh readings and the worker keeps going
         fake.gpus[0].util_gpu = 42
         fake.gpus[2].util_gpu = 43
         rounds = sampler.rounds
         wait_for(lambda: sampler.rounds >= rounds + 3)
-        rows = sampler.latest.data["gpus"]
+        rows = sampler.latest.to_json()["gpus"]
         assert [r["lost"] for r in rows] == [False, True, False]
         assert rows[1]["lost_reason"]
         assert rows[0]["utilization"]["gpu"] == 42
@@ -733,7 +733,7 @@ def rounds_from(sampler: Sampler, start: float, count: int) -> dict:
     sampler._tokens_at = start
     for tick in range(count):
         sampler._sample_round(start + tick)
-    return sampler.latest.data
+    return sampler.latest.to_json()
 
 
 def every_second(**kwargs) -> Sampler:
@@ -792,7 +792,7 @@ def test_any_error_at_open_leaves_the_sampler_up_with_a_reason(
         assert sampler.available is False
         assert said in sampler.reason
         assert sampler.retry_in == 5.0
-        assert sampler.latest.data["gpus"] == []
+        assert sampler.latest.to_json()["gpus"] == []
         assert sampler.devices == []
         assert not fake.initialized
         assert sampler._thread is not None and sampler._thread.is_alive()  # the one that retries
@@ -830,7 +830,7 @@ def test_open_succeeds_on_a_later_retry(install):
     assert sampler.reason is None
     assert sampler.retry_in is None
     assert [d.uuid for d in sampler.devices] == [g.uuid for g in fake.gpus]
-    assert len(sampler.latest.data["gpus"]) == 2
+    assert len(sampler.latest.to_json()["gpus"]) == 2
     assert rounds_from(sampler, 2000.0, 1)["gpus"][0]["utilization"]["gpu"] == 7
     sampler.stop()
     assert not fake.initialized
@@ -877,7 +877,7 @@ def test_the_worker_thread_retries_the_open(install, monkeypatch):
         # Then the same thread opens it and samples
         wait_for(lambda: sampler.rounds >= 2)
         assert sampler.available is True
-        assert sampler.latest.data["gpus"][0]["utilization"]["gpu"] == 5
+        assert sampler.latest.to_json()["gpus"][0]["utilization"]["gpu"] == 5
     finally:
         sampler.stop()
     assert not fake.initialized

@@ -215,7 +215,7 @@ async def test_the_kernel_channel_serves_history_and_the_view_the_spec_documents
     # Given a kernel of a notebook, and the token the provisioner gave it
     _, _, session = await open_notebook(jp_fetch, jp_serverapp, jp_root_dir, "status.ipynb")
     kernel_id = session["kernel"]["id"]
-    token = jp_serverapp.web_app.settings["tfgpu"].tokens.issue(kernel_id)
+    token = jp_serverapp.web_app.settings["tfgpu_services"].tokens.issue(kernel_id)
     headers = {"Authorization": f"tfgpu-kernel {token}"}
     spec = OpenAPI.from_dict(
         yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())

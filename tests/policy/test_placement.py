@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from jupyter_tfgpu.gpu.readings import GpuReading
 from jupyter_tfgpu.policy.placement import Placement
 from tests.fake_pynvml import FakeGpu, FakeNvml
 from tests.kernel_helpers import start_session
@@ -16,21 +17,21 @@ GiB = 2**30
 
 
 def gpu(index, free_gib=16, kernels=(), lost=False):
-    """A snapshot row of a 16 GiB GPU."""
-    return {
+    """A snapshot reading of a 16 GiB GPU."""
+    return GpuReading.from_json({
         "index": index,
         "uuid": f"GPU-{index}",
         "lost": lost,
         "mig": None,
         "memory": {"total": 16 * GiB, "free": free_gib * GiB, "used": (16 - free_gib) * GiB},
         "processes": [{"pid": 100 + n, "kernel_id": k, "mig": None} for n, k in enumerate(kernels)],
-    }
+    })
 
 
 def test_kernels_placed_together_spread_over_equal_gpus():
     """Three picks from one unchanged snapshot land on three GPUs (reservations count)."""
     # Given three equal GPUs and a snapshot that will not change meanwhile
-    placement = Placement(lambda: {"gpus": [gpu(0), gpu(1), gpu(2)]})
+    placement = Placement(lambda: [gpu(0), gpu(1), gpu(2)])
     # When three kernels are placed one after the other
     chosen = [placement.choose(f"k{n}", 1, None)["chosen"] for n in range(3)]
     # Then each got its own GPU
@@ -39,20 +40,20 @@ def test_kernels_placed_together_spread_over_equal_gpus():
 
 def test_most_free_memory_prefers_the_emptiest_gpu():
     """The default strategy picks the GPU with the most free memory."""
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=2), gpu(1, free_gib=12), gpu(2, free_gib=8)]})
+    placement = Placement(lambda: [gpu(0, free_gib=2), gpu(1, free_gib=12), gpu(2, free_gib=8)])
     assert placement.choose("k", 2, None)["chosen"] == ["GPU-1", "GPU-2"]
 
 
 def test_a_reserved_limit_counts_against_free_memory():
     """A kernel placed with a memory limit makes its GPU look that much fuller."""
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=10), gpu(1, free_gib=8)]})
+    placement = Placement(lambda: [gpu(0, free_gib=10), gpu(1, free_gib=8)])
     assert placement.choose("a", 1, 4096)["chosen"] == ["GPU-0"]  # 10 GiB free -> 6 left
     assert placement.choose("b", 1, 4096)["chosen"] == ["GPU-1"]  # 8 GiB beats 6 GiB
 
 
 def test_fewest_kernels_and_pack():
     """fewest_kernels spreads kernels; pack fills the fullest GPU that still has room."""
-    snapshot = {"gpus": [gpu(0, free_gib=10, kernels=["x"]), gpu(1, free_gib=4, kernels=["y", "z"]), gpu(2, free_gib=16)]}
+    snapshot = [gpu(0, free_gib=10, kernels=["x"]), gpu(1, free_gib=4, kernels=["y", "z"]), gpu(2, free_gib=16)]
     assert Placement(lambda: snapshot, "fewest_kernels").choose("k", 1, None)["chosen"] == ["GPU-2"]
     assert Placement(lambda: snapshot, "pack").choose("k", 1, 2048)["chosen"] == ["GPU-1"]
     # a limit bigger than the fullest GPU's free memory moves on to the next fullest
@@ -61,7 +62,7 @@ def test_fewest_kernels_and_pack():
 
 def test_lost_and_excluded_gpus_are_never_chosen():
     """A lost GPU and one outside allowed_devices are skipped, even if emptiest."""
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=1), gpu(1, lost=True), gpu(2)]})
+    placement = Placement(lambda: [gpu(0, free_gib=1), gpu(1, lost=True), gpu(2)])
     result = placement.choose("k", 2, None, allowed={"GPU-0", "GPU-1"})
     assert result["chosen"] == ["GPU-0"]
     assert result["reason"] == "asked for 2 GPU(s), 1 available"
@@ -69,7 +70,7 @@ def test_lost_and_excluded_gpus_are_never_chosen():
 
 def test_a_released_kernel_frees_its_reservation():
     """After a kernel goes away its GPU counts as empty again."""
-    placement = Placement(lambda: {"gpus": [gpu(0), gpu(1)]})
+    placement = Placement(lambda: [gpu(0), gpu(1)])
     assert placement.choose("a", 1, None)["chosen"] == ["GPU-0"]
     placement.release("a")
     assert placement.choose("b", 1, None)["chosen"] == ["GPU-0"]
@@ -82,7 +83,7 @@ STRATEGIES = ("most_free_memory", "fewest_kernels", "pack")
 def test_kernels_without_a_limit_started_together_spread_over_unequal_gpus(strategy):
     """Two kernels with no limit, placed from one snapshot, get two GPUs whatever the strategy."""
     # Given two empty GPUs, one with more free memory, and a snapshot that will not change
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=10)]}, strategy)
+    placement = Placement(lambda: [gpu(0, free_gib=12), gpu(1, free_gib=10)], strategy)
     # When two kernels without a memory limit are placed one after the other
     first = placement.choose("a", 1, None)["chosen"]
     second = placement.choose("b", 1, None)["chosen"]
@@ -94,7 +95,7 @@ def test_kernels_without_a_limit_started_together_spread_over_unequal_gpus(strat
 def test_more_kernels_without_a_limit_than_gpus_are_spread_evenly(strategy):
     """Four kernels with no limit on two GPUs: two each, not four on one."""
     # Given two empty GPUs of unequal free memory
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=10)]}, strategy)
+    placement = Placement(lambda: [gpu(0, free_gib=12), gpu(1, free_gib=10)], strategy)
     # When four kernels without a limit are placed
     chosen = [placement.choose(f"k{n}", 1, None)["chosen"][0] for n in range(4)]
     # Then each GPU got two
@@ -104,7 +105,7 @@ def test_more_kernels_without_a_limit_than_gpus_are_spread_evenly(strategy):
 def test_most_free_memory_places_a_limited_kernel_beside_an_unlimited_one():
     """A GPU reserved by a kernel without a limit counts as full for the next pick."""
     # Given a kernel without a limit placed on the emptiest GPU
-    placement = Placement(lambda: {"gpus": [gpu(0, free_gib=12), gpu(1, free_gib=4)]})
+    placement = Placement(lambda: [gpu(0, free_gib=12), gpu(1, free_gib=4)])
     assert placement.choose("big", 1, None)["chosen"] == ["GPU-0"]
     # When a kernel limited to 1 GiB is placed
     result = placement.choose("small", 1, 1024)
@@ -115,7 +116,7 @@ def test_most_free_memory_places_a_limited_kernel_beside_an_unlimited_one():
 def test_pack_keeps_a_gpu_reserved_by_an_unlimited_kernel_for_it():
     """pack puts an unlimited kernel on the fullest GPU in use, then nothing else there."""
     # Given a GPU in use by kernel x with 6 GiB free, and an empty GPU
-    snapshot = {"gpus": [gpu(0, free_gib=16), gpu(1, free_gib=6, kernels=["x"])]}
+    snapshot = [gpu(0, free_gib=16), gpu(1, free_gib=6, kernels=["x"])]
     placement = Placement(lambda: snapshot, "pack")
     # When a kernel without a limit, then one limited to 2 GiB, are placed
     unlimited = placement.choose("a", 1, None)["chosen"]
@@ -188,7 +189,7 @@ async def test_kernels_without_a_limit_started_together_land_on_unequal_gpus(jp_
 )
 async def test_an_excluded_gpu_is_never_chosen(jp_fetch, jp_serverapp):
     """With allowed_devices [0, 2], kernels with `auto` only ever get GPU 0 or 2."""
-    devices = jp_serverapp.web_app.settings["tfgpu"].sampler.devices
+    devices = jp_serverapp.web_app.settings["tfgpu_services"].sampler.devices
     allowed = {devices[0].uuid, devices[2].uuid}
     sessions = await asyncio.gather(*(start_session(jp_fetch, f"x{n}.ipynb") for n in range(3)))
     for session in sessions:

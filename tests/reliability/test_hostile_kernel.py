@@ -41,7 +41,7 @@ def tfgpu_config():
 @pytest.fixture
 def tfgpu(jp_serverapp):
     """The extension's services in the running server."""
-    return jp_serverapp.web_app.settings["tfgpu"]
+    return jp_serverapp.web_app.settings["tfgpu_services"]
 
 
 class FakeClock:
@@ -92,7 +92,7 @@ async def test_a_huge_figure_is_refused_and_others_are_still_enforced(
     """A kernel reporting 10**400 bytes gets a 400; another kernel over its cap is still warned
     about, and /metrics still answers."""
     # Given two kernels and a listener for enforcement events
-    from jupyter_tfgpu.server.app import ENFORCEMENT_EVENT
+    from jupyter_tfgpu.server.services import ENFORCEMENT_EVENT
 
     events = []
 
@@ -373,7 +373,7 @@ def test_metrics_leave_out_a_kernel_whose_row_is_bad_and_say_so_once(caplog):
         return {"kernel_id": kernel_id, "notebook": None, "total": used, "per_gpu": [gpu]}
 
     collector = SnapshotCollector(
-        snapshot=lambda: {"gpus": []},
+        snapshot=lambda: (),
         kernel_memory=lambda: [row("bad", 10**400), row("good", GIB)],
         sampler_stats=dict,
     )

@@ -83,10 +83,10 @@ def running(processes: dict[int, float]) -> set[int]:
 
 async def test_fifty_kernels_started_and_stopped_leave_nothing_behind(jp_fetch, jp_serverapp):
     """After 50 kernels came and went, the server keeps nothing for any of them."""
-    app = jp_serverapp.web_app.settings["tfgpu"]
+    app = jp_serverapp.web_app.settings["tfgpu_services"]
     # jupyter_server starts its extensions once its event loop runs (pytest-jupyter does not):
     # start this one as a running server has it, with its periodic refresh-and-prune pass.
-    await app.start_extension()
+    await jp_serverapp.web_app.settings["jupyter_tfgpu"].start_extension()
     processes: dict[int, float] = {}
     seen_while_running: list[dict[str, set[str]]] = []
     # Given batches of ten notebooks opened at once, one per batch leaving traces, then closed

@@ -190,7 +190,7 @@ async def test_faults_mid_run_keep_every_route_answering(jp_fetch, jp_serverapp,
     """Faults on several calls of several GPUs: nulls with reasons, 200s everywhere, recovery."""
     # Given a server that has sampled its four GPUs
     client = Client(jp_fetch)
-    sampler = jp_serverapp.web_app.settings["tfgpu"].sampler
+    sampler = jp_serverapp.web_app.settings["tfgpu_services"].sampler
 
     async def sampled():
         return sampler.rounds >= 2

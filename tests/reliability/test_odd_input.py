@@ -87,7 +87,7 @@ async def test_a_policy_that_cannot_be_applied_starts_the_kernel_with_the_admin_
 ):
     """Placement breaks at a kernel start: the kernel starts anyway and the API says why."""
     # Given a notebook asking for automatic placement, and placement broken by a bug
-    policies = jp_serverapp.web_app.settings["tfgpu"].policies
+    policies = jp_serverapp.web_app.settings["tfgpu_services"].policies
 
     def broken(*args, **kwargs):
         raise RuntimeError("placement is broken")

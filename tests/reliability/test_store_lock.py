@@ -59,7 +59,7 @@ async def test_a_store_locked_by_another_process_does_not_freeze_the_server(
     code, _ = await fetch(jp_fetch, "PUT", "policies", "nb.ipynb", body={"memory_growth": True})
     assert code == 200
     await start_session(jp_fetch, "nb.ipynb")
-    store = jp_serverapp.web_app.settings["tfgpu"].policies.store
+    store = jp_serverapp.web_app.settings["tfgpu_services"].policies.store
     store.lock_timeout = 0.5
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, f"{store.path}.lock", str(HOLDER_GIVES_UP_AFTER)],

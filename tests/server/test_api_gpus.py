@@ -51,7 +51,7 @@ def tfgpu_config():
 @pytest.fixture
 def sampler(jp_serverapp):
     """The server's one sampler."""
-    return jp_serverapp.web_app.settings["tfgpu"].sampler
+    return jp_serverapp.web_app.settings["tfgpu_services"].sampler
 
 
 async def get_json(jp_fetch, *parts: str, **kwargs):

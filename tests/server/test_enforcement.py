@@ -233,7 +233,7 @@ def listen(jp_serverapp, schema_id):
 
 async def hungry_kernel(jp_fetch, jp_serverapp):
     """A kernel for hungry.ipynb that allocated ~500 MB; the enforcement events it causes."""
-    from jupyter_tfgpu.server.app import ENFORCEMENT_EVENT
+    from jupyter_tfgpu.server.services import ENFORCEMENT_EVENT
 
     events = listen(jp_serverapp, ENFORCEMENT_EVENT)
     session = await start_session(jp_fetch, "hungry.ipynb")

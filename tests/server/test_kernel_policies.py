@@ -61,7 +61,7 @@ async def test_policy_reaches_the_kernel_environment(jp_fetch, jp_serverapp, not
     """The stored policy is rendered into the kernel's environment when it starts."""
     # Given a stored policy for a nested notebook
     await put_policy(jp_fetch, notebook, POLICY)
-    gpu0 = jp_serverapp.web_app.settings["tfgpu"].sampler.devices[0].uuid
+    gpu0 = jp_serverapp.web_app.settings["tfgpu_services"].sampler.devices[0].uuid
     # When JupyterLab opens the notebook (a session through the REST API)
     session = await start_session(jp_fetch, notebook)
     env = await run_json(jp_serverapp, session["kernel"]["id"], READ_ENV)
@@ -174,7 +174,7 @@ async def test_restart_picks_up_a_changed_policy(jp_fetch, jp_serverapp, noteboo
     await jp_fetch("api", "kernels", kernel_id, "restart", method="POST", body="{}")
     env = await run_json(jp_serverapp, kernel_id, READ_ENV)
     # Then it runs with the new policy and no restart is required any more
-    gpu1 = jp_serverapp.web_app.settings["tfgpu"].sampler.devices[1].uuid
+    gpu1 = jp_serverapp.web_app.settings["tfgpu_services"].sampler.devices[1].uuid
     assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "false"
     assert env["CUDA_VISIBLE_DEVICES"] == gpu1
     assert (await kernel_view(jp_fetch, kernel_id))["restart_required"] is False
@@ -277,7 +277,7 @@ print(json.dumps({
 """,
     )
     # Then the kernel got two GPUs and TensorFlow four threads per op
-    gpus = {d.uuid for d in jp_serverapp.web_app.settings["tfgpu"].sampler.devices}
+    gpus = {d.uuid for d in jp_serverapp.web_app.settings["tfgpu_services"].sampler.devices}
     assert result["policy"]["gpu_count"] == 2
     assert result["policy"]["intra_op_threads"] == 4
     assert set(result["visible"].split(",")) == gpus

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from jupyter_tfgpu.gpu.keys import gpu_keys
+from jupyter_tfgpu.gpu.readings import GpuReading
 from jupyter_tfgpu.server.kernels.channel import KernelReports
 from jupyter_tfgpu.server.kernels.memory import KernelMemoryReader
 from jupyter_tfgpu.server.sampling.sampler import Snapshot
@@ -47,13 +48,13 @@ def _snapshot(used: int | None) -> Snapshot:
             {"pid": 8, "used_memory": 5, "kernel_id": None, "attributed_by": None},
         ],
     }
-    return Snapshot({"timestamp": 1.0, "gpus": [gpu]})
+    return Snapshot(1.0, False, (GpuReading.from_json(gpu),))
 
 
 def test_gpu_keys_name_a_gpu_by_uuid_index_and_mig_instances():
     """A reporter may name a GPU by its UUID, its index or a MIG instance's UUID."""
     # Given / When / Then
-    assert gpu_keys(_snapshot(1).data["gpus"][0]) == {"GPU-a", "0", "MIG-a1"}
+    assert gpu_keys(_snapshot(1).gpus[0]) == {"GPU-a", "0", "MIG-a1"}
 
 
 def test_kernel_memory_is_worked_out_once_per_snapshot():

@@ -17,27 +17,48 @@ from jupyter_tfgpu._version import __version__
 from jupyter_tfgpu.policy import CapExceeded, PolicyError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from jupyter_tfgpu.server.app import TFGPUApp
+    from jupyter_tfgpu.policy import PolicyService
+    from jupyter_tfgpu.server.kernels.registry import KernelRegistry
     from jupyter_tfgpu.server.sampling.sampler import Sampler, Snapshot
+    from jupyter_tfgpu.server.services import Services
 
 AUTH_RESOURCE = "tfgpu"
+# Where the extension app puts its services in the tornado settings (the app itself is under
+# jupyter_server's own key, "jupyter_tfgpu"; handlers do not use it).
+SERVICES_KEY = "tfgpu_services"
 DOMAIN_ERRORS = (PolicyError, CapExceeded, StoreUnavailable)
 
 
-class TFGPUAPIHandler(APIHandler):
-    """Base for every REST handler: JSON answers (errors too), resource ``tfgpu``."""
+class ServicesMixin:
+    """The services a handler reaches, each through one short property."""
 
-    auth_resource = AUTH_RESOURCE
+    settings: dict[str, Any]
 
     @property
-    def tfgpu(self) -> TFGPUApp:
+    def services(self) -> Services:
         """The extension's services."""
-        return self.settings["tfgpu"]
+        return self.settings[SERVICES_KEY]
 
     @property
     def sampler(self) -> Sampler:
         """The server's one sampler."""
-        return self.tfgpu.sampler
+        return self.services.sampler
+
+    @property
+    def policies(self) -> PolicyService:
+        """The server's policies."""
+        return self.services.policies
+
+    @property
+    def kernels(self) -> KernelRegistry:
+        """The server's kernels."""
+        return self.services.kernels
+
+
+class TFGPUAPIHandler(ServicesMixin, APIHandler):
+    """Base for every REST handler: JSON answers (errors too), resource ``tfgpu``."""
+
+    auth_resource = AUTH_RESOURCE
 
     def write_json(self, data: Any) -> None:
         """Finish with a JSON body."""
@@ -94,7 +115,7 @@ class StatusHandler(TFGPUAPIHandler):
         self.write_json(
             {
                 "backend": backend,
-                "configured_backend": self.tfgpu.config_traits.backend,
+                "configured_backend": self.services.configured_backend,
                 "available": sampler.available,
                 "reason": sampler.reason,
                 "retry_in": sampler.retry_in,
@@ -144,7 +165,7 @@ class HistoryHandler(TFGPUAPIHandler):
         self.finish(body)
 
 
-class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
     """WS stream: pushes every snapshot as it is taken: GET gpus's JSON plus ``kernels``.
 
     A client may send ``{"pcie": true}`` to have PCIe throughput sampled while it watches.
@@ -162,7 +183,7 @@ class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Send the latest snapshot at once, then every new one."""
         super().open(*args, **kwargs)
-        sampler: Sampler = self.settings["tfgpu"].sampler
+        sampler = self.sampler
         self._release_pcie = None
         self._unsubscribe = sampler.subscribe(self._send)
         self._send(sampler.latest)
@@ -171,7 +192,7 @@ class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
         try:
-            self.write_message(self.settings["tfgpu"].stream_message(snapshot))
+            self.write_message(self.services.stream.message(snapshot))
         except WebSocketClosedError:
             pass
 
@@ -183,7 +204,7 @@ class StreamHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
             return
         if not isinstance(request, dict) or "pcie" not in request:
             return
-        sampler: Sampler = self.settings["tfgpu"].sampler
+        sampler = self.sampler
         if request["pcie"] and self._release_pcie is None:
             self._release_pcie = sampler.watch_pcie()
         elif not request["pcie"] and self._release_pcie is not None:
@@ -206,13 +227,9 @@ class PoliciesHandler(TFGPUAPIHandler):
     @authorized
     def get(self) -> None:
         """List stored policies."""
-        service = self.tfgpu.policies
+        policies = self.policies
         self.write_json(
-            {
-                "policies": service.store.all(),
-                "default": service.admin.default,
-                "problems": service.store.problems,
-            }
+            {"policies": policies.all(), "default": policies.default, "problems": policies.problems}
         )
 
 
@@ -221,7 +238,7 @@ class PolicyHandler(TFGPUAPIHandler):
 
     def _key(self, path: str) -> str:
         try:
-            return self.tfgpu.policies.key(path)
+            return self.policies.key(path)
         except PolicyError as err:
             raise self.domain_error(err) from None
 
@@ -229,7 +246,7 @@ class PolicyHandler(TFGPUAPIHandler):
     @authorized
     def get(self, path: str) -> None:
         """The notebook's own policy (null if none) and its effective policy."""
-        self.write_json(self.tfgpu.policies.describe(self._key(path)))
+        self.write_json(self.policies.describe(self._key(path)))
 
     @web.authenticated
     @authorized
@@ -238,12 +255,11 @@ class PolicyHandler(TFGPUAPIHandler):
         says why the store cannot be written."""
         key = self._key(path)
         body = self.read_json_body()
-        service = self.tfgpu.policies
         try:
-            await asyncio.to_thread(service.set, key, body)
+            await asyncio.to_thread(self.policies.set, key, body)
         except DOMAIN_ERRORS as err:
             raise self.domain_error(err) from None
-        self.write_json(service.describe(key))
+        self.write_json(self.policies.describe(key))
 
     @web.authenticated
     @authorized
@@ -251,7 +267,7 @@ class PolicyHandler(TFGPUAPIHandler):
         """Remove the notebook's own policy (the admin default applies again)."""
         key = self._key(path)
         try:
-            removed = await asyncio.to_thread(self.tfgpu.policies.reset, key)
+            removed = await asyncio.to_thread(self.policies.reset, key)
         except (CapExceeded, StoreUnavailable) as err:
             raise self.domain_error(err) from None
         if not removed:
@@ -267,9 +283,8 @@ class KernelsHandler(TFGPUAPIHandler):
     @authorized
     async def get(self) -> None:
         """List kernels."""
-        registry = self.tfgpu.kernels
-        await registry.refresh()
-        self.write_json({"kernels": await registry.list()})
+        await self.kernels.refresh()
+        self.write_json({"kernels": await self.kernels.list()})
 
 
 class KernelHandler(TFGPUAPIHandler):
@@ -279,11 +294,10 @@ class KernelHandler(TFGPUAPIHandler):
     @authorized
     async def get(self, kernel_id: str) -> None:
         """Describe one kernel, or 404."""
-        registry = self.tfgpu.kernels
-        if kernel_id not in registry.kernel_manager:
+        if not self.kernels.has(kernel_id):
             raise web.HTTPError(404, f"no kernel {kernel_id!r}", reason="no such kernel")
-        await registry.refresh()
-        self.write_json(await registry.describe(kernel_id))
+        await self.kernels.refresh()
+        self.write_json(await self.kernels.describe(kernel_id))
 
 
 class EnforcementHandler(TFGPUAPIHandler):
@@ -293,7 +307,7 @@ class EnforcementHandler(TFGPUAPIHandler):
     @authorized
     def get(self) -> None:
         """Rules and recent decisions, newest first."""
-        enforcer = self.tfgpu.enforcer
+        enforcer = self.services.enforcer
         self.write_json(
             {
                 "rules": enforcer.rules.to_json(),
@@ -310,17 +324,4 @@ class ConfigHandler(TFGPUAPIHandler):
     @authorized
     def get(self) -> None:
         """Defaults, caps and sampling settings."""
-        cfg = self.tfgpu.config_traits
-        self.write_json(
-            {
-                **self.tfgpu.policies.admin.to_json(),
-                "backend": cfg.backend,
-                "sample_interval": cfg.sample_interval,
-                "history_seconds": cfg.history_seconds,
-                "nvml_budget": cfg.nvml_budget,
-                "provisioner": self.tfgpu.provisioner_state,
-                "enforcement": self.tfgpu.enforcer.rules.to_json(),
-                # Admin settings that do not apply (with TFGPU.on_config_error = 'warn').
-                "problems": [problem.to_json() for problem in self.tfgpu.config_problems],
-            }
-        )
+        self.write_json(self.services.settings_json())

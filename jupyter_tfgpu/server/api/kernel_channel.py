@@ -21,6 +21,7 @@ from jupyter_tfgpu.server.kernels.channel import (
     REPORT_BURST,
     REPORT_WINDOW,
     KernelIdentity,
+    KernelReports,
     validate_report,
 )
 from jupyter_tfgpu.policy import CapExceeded, PolicyError
@@ -40,9 +41,9 @@ class KernelTokenIdentityProvider(IdentityProvider):
 
     def get_user(self, handler: Any) -> KernelIdentity | None:  # type: ignore[override]
         """The calling kernel, or None (refused) for any other token or a kernel that is gone."""
-        tfgpu = handler.settings["tfgpu"]
-        identity = tfgpu.tokens.identify(handler.request.headers.get("Authorization"))
-        if identity is None or identity.kernel_id not in tfgpu.kernels.kernel_manager:
+        services = handler.services
+        identity = services.tokens.identify(handler.request.headers.get("Authorization"))
+        if identity is None or not services.kernels.has(identity.kernel_id):
             return None
         return identity
 
@@ -108,6 +109,11 @@ class KernelChannelHandler(TFGPUAPIHandler):
         """Kernel requests carry a header token and no cookie, so XSRF does not apply."""
 
     @property
+    def reports(self) -> KernelReports:
+        """The kernels' own memory reports."""
+        return self.services.reports
+
+    @property
     def kernel_id(self) -> str:
         """The calling kernel."""
         return self.current_user.kernel_id
@@ -116,9 +122,9 @@ class KernelChannelHandler(TFGPUAPIHandler):
         """The calling kernel as ``GET kernels/{id}`` shows it, plus what only it needs: its
         notebook's ``own`` policy (to change one field) and ``next_start``, the environment and
         policy document a (re)start would give it now (to apply a change in-process)."""
-        view = await self.tfgpu.kernels.describe(self.kernel_id)
+        view = await self.kernels.describe(self.kernel_id)
         notebook = view["notebook"]
-        policies = self.tfgpu.policies
+        policies = self.policies
         effective = view["policy"]
         devices = policies.devices
         document = policy_document(effective, devices, notebook=notebook, kernel_id=self.kernel_id)
@@ -128,7 +134,7 @@ class KernelChannelHandler(TFGPUAPIHandler):
 
     def notebook(self) -> str:
         """The calling kernel's notebook, or 409 when it has none."""
-        notebook = self.tfgpu.kernels.notebook_of(self.kernel_id)
+        notebook = self.kernels.notebook_of(self.kernel_id)
         if notebook is None:
             raise web.HTTPError(
                 409, "this kernel was not started for a notebook", reason="no notebook"
@@ -143,7 +149,7 @@ class KernelReportHandler(KernelChannelHandler):
     @authorized
     def post(self) -> None:
         """Store the report (used where NVML's PIDs cannot be matched, e.g. in containers)."""
-        if not self.tfgpu.reports.limiter.allow(self.kernel_id):
+        if not self.reports.limiter.allow(self.kernel_id):
             raise web.HTTPError(
                 429,
                 f"too many reports: at most {REPORT_BURST} per {REPORT_WINDOW:g} s per kernel",
@@ -154,7 +160,7 @@ class KernelReportHandler(KernelChannelHandler):
         except ValueError as err:
             field = str(err).split(":", 1)[0]
             raise self.bad_request(field, str(err).split(": ", 1)[-1]) from None
-        self.tfgpu.reports.put(self.kernel_id, report)
+        self.reports.put(self.kernel_id, report)
         self.set_status(204)
         self.finish()
 
@@ -175,7 +181,7 @@ class KernelPolicyHandler(KernelChannelHandler):
         key = self.notebook()
         body = self.read_json_body()
         try:
-            await asyncio.to_thread(self.tfgpu.policies.set, key, body)
+            await asyncio.to_thread(self.policies.set, key, body)
         except (PolicyError, CapExceeded) as err:
             raise self.domain_error(err) from None
         self.write_json(await self.view())
@@ -186,7 +192,7 @@ class KernelPolicyHandler(KernelChannelHandler):
         """Remove this notebook's own policy."""
         key = self.notebook()
         try:
-            await asyncio.to_thread(self.tfgpu.policies.reset, key)
+            await asyncio.to_thread(self.policies.reset, key)
         except CapExceeded as err:
             raise self.domain_error(err) from None
         self.write_json(await self.view())
@@ -199,28 +205,28 @@ class KernelStatusHandler(KernelChannelHandler):
     @authorized
     async def get(self) -> None:
         """GPU snapshot (other kernels' processes shown without their id or notebook) + this kernel."""
-        snapshot = self.sampler.latest.data
+        snapshot = self.sampler.latest
         mine = self.kernel_id
         gpus = [
             {
-                **gpu,
+                **gpu.to_json(),
                 "processes": [
-                    {**p, "mine": True}
-                    if p.get("kernel_id") == mine
-                    else {**p, "kernel_id": None, "notebook": None, "mine": False}
-                    for p in gpu.get("processes", ())
+                    {**p.to_json(), "mine": True}
+                    if p.kernel_id == mine
+                    else {**p.to_json(), "kernel_id": None, "notebook": None, "mine": False}
+                    for p in gpu.processes
                 ],
             }
-            for gpu in snapshot.get("gpus", ())
+            for gpu in snapshot.gpus
         ]
         self.write_json(
             {
                 "available": self.sampler.available,
                 "reason": self.sampler.reason,
-                "configured_backend": self.tfgpu.config_traits.backend,
+                "configured_backend": self.services.configured_backend,
                 "retry_in": self.sampler.retry_in,
                 "simulated": self.sampler.simulated,
-                "timestamp": snapshot.get("timestamp"),
+                "timestamp": snapshot.timestamp,
                 "gpus": gpus,
                 "kernel": await self.view(),
             }
@@ -239,7 +245,7 @@ class KernelAppliedHandler(KernelChannelHandler):
     @authorized
     async def post(self) -> None:
         """Record the server's own rendering of the current policy as what the kernel runs."""
-        self.tfgpu.policies.applied_in_process(self.kernel_id, self.notebook())
+        self.policies.applied_in_process(self.kernel_id, self.notebook())
         self.write_json(await self.view())
 
 

@@ -7,11 +7,13 @@ sampling costs nothing extra and a scrape never calls NVML.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from jupyter_tfgpu.gpu.readings import GpuReading
 
 # Module-level: one counter per process, however many servers a test suite starts.
 ENFORCEMENT_ACTIONS = Counter(
@@ -26,7 +28,7 @@ class SnapshotCollector(Collector):
 
     def __init__(
         self,
-        snapshot: Callable[[], dict[str, Any]],
+        snapshot: Callable[[], Sequence[GpuReading]],
         kernel_memory: Callable[[], list[dict[str, Any]]],
         sampler_stats: Callable[[], dict[str, Any]],
         log: logging.Logger | None = None,
@@ -50,15 +52,15 @@ class SnapshotCollector(Collector):
         temp = GaugeMetricFamily("tfgpu_gpu_temperature_celsius", "GPU temperature.", labels=labels)
         power = GaugeMetricFamily("tfgpu_gpu_power_watts", "GPU power draw.", labels=labels)
         lost = GaugeMetricFamily("tfgpu_gpu_lost", "1 when the GPU stopped answering.", labels=labels)
-        for gpu in self._snapshot().get("gpus", ()):
-            values = [str(gpu["index"]), gpu["uuid"], gpu["name"]]
+        for gpu in self._snapshot():
+            values = [str(gpu.index), gpu.uuid, gpu.name]
             for family, value in (
-                (util, (gpu.get("utilization") or {}).get("gpu")),
-                (used, (gpu.get("memory") or {}).get("used")),
-                (total, (gpu.get("memory") or {}).get("total")),
-                (temp, gpu.get("temperature")),
-                (power, (gpu.get("power") or {}).get("draw")),
-                (lost, 1 if gpu.get("lost") else 0),
+                (util, gpu.utilization.gpu),
+                (used, gpu.memory.used),
+                (total, gpu.memory.total),
+                (temp, gpu.temperature),
+                (power, gpu.power.draw),
+                (lost, 1 if gpu.lost else 0),
             ):
                 if value is not None:  # unknown is absent, never 0
                     family.add_metric(values, value)

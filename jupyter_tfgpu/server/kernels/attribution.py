@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import psutil
 
 from jupyter_tfgpu.gpu.keys import gpu_keys
+from jupyter_tfgpu.gpu.readings import GpuReading, ProcessReading
 from jupyter_tfgpu.protocol import KERNEL_ID_ENV
 
 
@@ -222,40 +223,40 @@ class Attribution:
             return None
         return kernel.kernel_id
 
-    def annotate(self, snapshot: dict[str, Any]) -> None:
-        """Fill ``kernel_id``, ``notebook`` and ``attributed_by`` of each GPU process.
+    def annotate(self, gpus: Sequence[GpuReading]) -> tuple[GpuReading, ...]:
+        """The readings with ``kernel_id``, ``notebook`` and ``attributed_by`` of each GPU
+        process filled in (copies; the readings given are not changed).
 
         First by PID (the kernel's process tree). Processes left over, e.g. host PIDs seen
         from inside a container, are matched with the kernels whose own reporter says they
         hold memory on that GPU, largest with largest.
         """
-        for gpu in snapshot.get("gpus", ()):
-            for proc in gpu.get("processes", ()):
-                proc.setdefault("attributed_by", None)
+        gpus = tuple(gpus)
         if not self._kernels:
-            return
+            return gpus
         by_id = {k.kernel_id: k for k in self._kernels.values()}
         reports = self._reports() or {}
-        pids = [p["pid"] for gpu in snapshot.get("gpus", ()) for p in gpu.get("processes", ())]
-        owners = self.owners(pids)
-        for gpu in snapshot.get("gpus", ()):
-            processes = gpu.get("processes", ())
-            for proc in processes:
-                kernel = owners.get(proc["pid"])
-                if kernel is not None:
-                    proc.update(kernel_id=kernel.kernel_id, notebook=kernel.notebook, attributed_by="pid")
+        owners = self.owners([p.pid for gpu in gpus for p in gpu.processes])
+        attributed = []
+        for gpu in gpus:
+            processes = [_owned(p, owners.get(p.pid), "pid") for p in gpu.processes]
             if reports:
                 self._match_reports(gpu, processes, reports, by_id)
+            if any(new is not old for new, old in zip(processes, gpu.processes)):
+                gpu = replace(gpu, processes=tuple(processes))
+            attributed.append(gpu)
+        return tuple(attributed)
 
     def _match_reports(
         self,
-        gpu: dict[str, Any],
-        processes: list[dict[str, Any]],
+        gpu: GpuReading,
+        processes: list[ProcessReading],
         reports: dict[str, dict[str, Any]],
         kernels: dict[str, KernelProcess],
     ) -> None:
+        """Give the GPU's processes no PID matched to the kernels that report memory there."""
         keys = gpu_keys(gpu)  # a reporter names a GPU by any of them
-        seen = {p["kernel_id"] for p in processes if p.get("kernel_id")}
+        seen = {p.kernel_id for p in processes if p.kernel_id}
         claims = sorted(
             (
                 (sum(held for uuid, held in report["devices"].items() if uuid in keys), kernel_id)
@@ -266,10 +267,16 @@ class Attribution:
             reverse=True,
         )
         unmatched = sorted(
-            (p for p in processes if not p.get("kernel_id")),
-            key=lambda p: p.get("used_memory") or 0,
+            (n for n, p in enumerate(processes) if not p.kernel_id),
+            key=lambda n: processes[n].used_memory or 0,
             reverse=True,
         )
-        for proc, (_, kernel_id) in zip(unmatched, claims):
-            kernel = kernels[kernel_id]
-            proc.update(kernel_id=kernel_id, notebook=kernel.notebook, attributed_by="kernel_report")
+        for n, (_, kernel_id) in zip(unmatched, claims):
+            processes[n] = _owned(processes[n], kernels[kernel_id], "kernel_report")
+
+
+def _owned(proc: ProcessReading, kernel: KernelProcess | None, how: str) -> ProcessReading:
+    """The process as owned by ``kernel`` (found by ``how``); unchanged without a kernel."""
+    if kernel is None:
+        return proc
+    return proc.owned_by(kernel.kernel_id, kernel.notebook, how)

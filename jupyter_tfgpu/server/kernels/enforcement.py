@@ -13,9 +13,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 ACTIONS = ("warn", "interrupt", "restart", "shutdown")
 PAST = {"interrupt": "interrupted", "restart": "restarted", "shutdown": "shut down"}
@@ -24,14 +24,19 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class Rules:
-    """The admin's enforcement settings."""
+    """The admin's enforcement settings: each field is the setting its metadata names."""
 
-    action: str = "off"  # off / warn / interrupt / restart / shutdown
-    grace: float = 30.0
+    action: str = field(default="off", metadata={"setting": "enforcement"})  # off / warn / ...
+    grace: float = field(default=30.0, metadata={"setting": "enforcement_grace"})
     idle_timeout: float = 0.0  # 0 = no idle reaping
     idle_min_memory_mb: int = 256
     idle_action: str = "restart"
     max_actions_per_hour: int = 3
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> Rules:
+        """The rules from setting values (``TFGPU`` traits, or any mapping of them)."""
+        return cls(**{f.name: values[f.metadata.get("setting", f.name)] for f in fields(cls)})
 
     def to_json(self) -> dict[str, Any]:
         """JSON form for ``GET config``."""

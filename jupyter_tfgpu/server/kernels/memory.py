@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from jupyter_tfgpu.gpu.keys import gpu_keys
+from jupyter_tfgpu.gpu.readings import GpuReading
 from jupyter_tfgpu.server.kernels.channel import KernelReports
 from jupyter_tfgpu.server.sampling.sampler import Snapshot
 
@@ -65,10 +66,10 @@ class _GpuHoldings:
 
 
 class SnapshotMemory:
-    """Every kernel's GPU memory in one snapshot, read from its GPU rows once."""
+    """Every kernel's GPU memory in one snapshot, read from its GPU readings once."""
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._gpus = [_holdings(gpu) for gpu in data.get("gpus", ())]
+    def __init__(self, gpus: Sequence[GpuReading]) -> None:
+        self._gpus = [_holdings(gpu) for gpu in gpus]
         # kernel id -> (the reported devices it was worked out with, the result)
         self._memo: dict[str, tuple[Mapping[str, int], KernelMemory]] = {}
 
@@ -97,17 +98,16 @@ class SnapshotMemory:
         return memory
 
 
-def _holdings(gpu: Mapping[str, Any]) -> _GpuHoldings:
+def _holdings(gpu: GpuReading) -> _GpuHoldings:
     pids: dict[str, list[int]] = {}
     figures: dict[str, list[int]] = {}
-    for proc in gpu.get("processes", ()):
-        if proc.get("attributed_by") != "pid":
+    for proc in gpu.processes:
+        if proc.attributed_by != "pid" or proc.kernel_id is None:
             continue
-        kernel_id = proc.get("kernel_id")
-        pids.setdefault(kernel_id, []).append(proc["pid"])
-        if proc.get("used_memory") is not None:
-            figures.setdefault(kernel_id, []).append(proc["used_memory"])
-    return _GpuHoldings(gpu["index"], gpu["uuid"], gpu_keys(gpu), pids, figures)
+        pids.setdefault(proc.kernel_id, []).append(proc.pid)
+        if proc.used_memory is not None:
+            figures.setdefault(proc.kernel_id, []).append(proc.used_memory)
+    return _GpuHoldings(gpu.index, gpu.uuid, gpu_keys(gpu), pids, figures)
 
 
 class KernelMemoryReader:
@@ -125,6 +125,6 @@ class KernelMemoryReader:
         snapshot = self._latest()
         cached = self._cached
         if cached is None or cached[0] is not snapshot:
-            cached = self._cached = (snapshot, SnapshotMemory(snapshot.data))
+            cached = self._cached = (snapshot, SnapshotMemory(snapshot.gpus))
         reported = (self._reports.get(kernel_id) or {}).get("devices", {})
         return cached[1].of(kernel_id, reported)

@@ -133,6 +133,10 @@ class KernelRegistry:
     def _applied_notebook(self, kernel_id: str) -> str | None:
         return (self.policies.applied.get(kernel_id) or {}).get("notebook")
 
+    def has(self, kernel_id: str) -> bool:
+        """Whether the kernel runs on this server."""
+        return kernel_id in self.kernel_manager
+
     def notebook_of(self, kernel_id: str) -> str | None:
         """The notebook a kernel was started for, if any."""
         return self._notebooks.get(kernel_id) or self._applied_notebook(kernel_id)

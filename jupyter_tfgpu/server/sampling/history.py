@@ -5,20 +5,21 @@ from __future__ import annotations
 import math
 import threading
 from array import array
-from typing import Any
+from typing import Any, Sequence
 
-# The series kept for each GPU, and where each comes from in a snapshot's GPU row.
+from jupyter_tfgpu.gpu.readings import GpuReading
+
+# The series kept for each GPU, and where each comes from in a GPU reading.
 SERIES = ("utilization", "memory_utilization", "memory_used", "temperature", "power")
 
 
-def _series_values(gpu: dict[str, Any]) -> tuple[Any, ...]:
-    util = gpu.get("utilization") or {}
+def _series_values(gpu: GpuReading) -> tuple[float | None, ...]:
     return (
-        util.get("gpu"),
-        util.get("memory"),
-        (gpu.get("memory") or {}).get("used"),
-        gpu.get("temperature"),
-        (gpu.get("power") or {}).get("draw"),
+        gpu.utilization.gpu,
+        gpu.utilization.memory,
+        gpu.memory.used,
+        gpu.temperature,
+        gpu.power.draw,
     )
 
 
@@ -43,13 +44,13 @@ class History:
         """Memory held by the buffers."""
         return (len(self._times) + len(self._values)) * 8
 
-    def append(self, timestamp: float, gpus: list[dict[str, Any]]) -> None:
-        """Record one snapshot's GPU rows (in index order)."""
+    def append(self, timestamp: float, gpus: Sequence[GpuReading]) -> None:
+        """Record one snapshot's GPU readings (in index order)."""
         if self.capacity == 0:
             return
         row = [math.nan] * self._width
         for gpu in gpus[: self.gpu_count]:
-            base = gpu["index"] * len(SERIES)
+            base = gpu.index * len(SERIES)
             for offset, value in enumerate(_series_values(gpu)):
                 if value is not None:
                     row[base + offset] = float(value)

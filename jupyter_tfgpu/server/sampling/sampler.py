@@ -13,9 +13,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from jupyter_tfgpu.gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
+from jupyter_tfgpu.gpu.readings import (
+    ClockReading,
+    GpuReading,
+    MemoryReading,
+    MigInstanceReading,
+    MigReading,
+    PcieReading,
+    PowerReading,
+    ProcessReading,
+    UtilizationReading,
+)
 from jupyter_tfgpu.server.sampling.history import History
 
 # Reading groups, cheapest and most wanted first. Each gets a share of the driver-time budget;
@@ -45,16 +56,27 @@ GROUP_FIELDS = {
 }
 
 Subscriber = Callable[["Snapshot"], None]
+# Turns a round's readings into the ones published (attribution fills in the owners).
+Annotator = Callable[[tuple[GpuReading, ...]], "Sequence[GpuReading] | None"]
 
 
 @dataclass
 class Snapshot:
-    """One sample of every GPU, as the API serves it, and its JSON text made once."""
+    """One sample of every GPU, typed, and its JSON text (``GET gpus``) made once."""
 
-    data: dict[str, Any]
+    timestamp: float | None
+    simulated: bool
+    gpus: tuple[GpuReading, ...] = ()
     text: str = ""
     taken: float = 0.0
-    stream_text: str | None = None  # the websocket message (adds kernels), made on first use
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``GET gpus`` serves it."""
+        return {
+            "timestamp": self.timestamp,
+            "simulated": self.simulated,
+            "gpus": [gpu.to_json() for gpu in self.gpus],
+        }
 
 
 @dataclass
@@ -154,12 +176,13 @@ class Sampler:
             "slow": GroupStats(slow_interval, slow_interval),
             "pcie": GroupStats(pcie_interval, pcie_interval),
         }
-        self.annotators: list[Callable[[dict[str, Any]], None]] = []
+        # Each returns the readings to publish (or None to keep them as they are).
+        self.annotators: list[Annotator] = []
         self.rounds = 0
         self._gpus: list[_GpuState] = []
         self._history = History(0, 0)
-        self._latest = Snapshot({"timestamp": None, "simulated": self.simulated, "gpus": []})
-        self._latest.text = json.dumps(self._latest.data)
+        self._latest = Snapshot(None, self.simulated)
+        self._latest.text = json.dumps(self._latest.to_json())
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -538,64 +561,78 @@ class Sampler:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def _gpu_row(self, gpu: _GpuState, pcie_on: bool) -> dict[str, Any]:
+    def _gpu_reading(self, gpu: _GpuState, pcie_on: bool) -> GpuReading:
         info, f = gpu.info, gpu.fields
-        memory = dict(f.get("memory") or {"total": info.memory_total, "used": None, "free": None})
-        memory.setdefault("reserved", None)
-        clocks = dict(f.get("clocks") or {"sm": None, "memory": None})
-        clocks["sm_max"] = info.max_clocks.get("sm")
-        clocks["memory_max"] = info.max_clocks.get("memory")
-        mig_memory = f.get("mig_memory") or {}
+        memory = f.get("memory")
+        clocks = f.get("clocks") or {}
         mig = None
         if info.mig_mode is not None:
-            mig = {
-                "enabled": info.mig_mode,
-                "instances": [
-                    {**inst.to_json(), "memory": mig_memory.get(inst.index)}
+            mig_memory = f.get("mig_memory") or {}
+            mig = MigReading(
+                info.mig_mode,
+                tuple(
+                    MigInstanceReading(inst, MemoryReading.from_json(mig_memory.get(inst.index)))
                     for inst in info.mig_instances
-                ],
-            }
-        power = dict(f.get("power") or {"draw": None, "limit": info.power_limit})
-        return {
-            "index": info.index,
-            "uuid": info.uuid,
-            "name": info.name,
-            "lost": gpu.lost,
-            "lost_reason": gpu.lost_reason,
-            "errors": {
+                ),
+            )
+        power = f.get("power")
+        util = f.get("utilization")
+        pcie = f.get("pcie") if pcie_on else None
+        return GpuReading(
+            index=info.index,
+            uuid=info.uuid,
+            name=info.name,
+            lost=gpu.lost,
+            lost_reason=gpu.lost_reason,
+            errors={
                 path: reason
                 for group, errors in gpu.errors.items()
                 if group != "pcie" or pcie_on
                 for path, reason in errors.items()
             },
-            "memory": memory,
-            "utilization": f.get("utilization") or {"gpu": None, "memory": None},
-            "temperature": f.get("temperature"),
-            "power": power,
-            "fan": f.get("fan"),
-            "clocks": clocks,
-            "pcie": (f.get("pcie") if pcie_on else None) or {"tx": None, "rx": None},
-            "mig": mig,
-            "processes": [
-                {"kernel_id": None, "notebook": None, "attributed_by": None, **proc}
-                for proc in gpu.processes
-            ],
-        }
+            memory=(
+                MemoryReading.from_json(memory)
+                if memory
+                else MemoryReading(info.memory_total, None, None)
+            ),
+            utilization=(
+                UtilizationReading(util.get("gpu"), util.get("memory"))
+                if util
+                else UtilizationReading(None, None)
+            ),
+            temperature=f.get("temperature"),
+            power=(
+                PowerReading(power.get("draw"), power.get("limit"))
+                if power
+                else PowerReading(None, info.power_limit)
+            ),
+            fan=f.get("fan"),
+            clocks=ClockReading(
+                clocks.get("sm"),
+                clocks.get("memory"),
+                info.max_clocks.get("sm"),
+                info.max_clocks.get("memory"),
+            ),
+            pcie=PcieReading(pcie.get("tx"), pcie.get("rx")) if pcie else PcieReading(None, None),
+            mig=mig,
+            processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes),
+        )
 
     def _publish_round(self, now: float) -> None:
         pcie_on = self.pcie_wanted()
-        data = {
-            "timestamp": time.time(),
-            "simulated": self.simulated,
-            "gpus": [self._gpu_row(g, pcie_on) for g in self._gpus],
-        }
+        timestamp = time.time()
+        gpus = tuple(self._gpu_reading(g, pcie_on) for g in self._gpus)
         for annotate in self.annotators:
             try:
-                annotate(data)
+                annotated = annotate(gpus)
             except Exception:  # noqa: BLE001
                 self.log.exception("snapshot annotator failed")
-        self._history.append(data["timestamp"], data["gpus"])
-        snapshot = Snapshot(data, json.dumps(data, separators=(",", ":")), now)
+                continue
+            if annotated is not None:
+                gpus = tuple(annotated)
+        self._history.append(timestamp, gpus)
+        snapshot = Snapshot(timestamp, self.simulated, gpus, taken=now)
+        snapshot.text = json.dumps(snapshot.to_json(), separators=(",", ":"))
         self._latest = snapshot
         loop = self._loop
         if loop is not None and self._subscribers:

@@ -1,0 +1,204 @@
+"""The extension's services, built once per server from the admin's ``TFGPU`` settings.
+
+``build_services`` makes them and wires them to each other; the extension app starts and stops
+them and hands them to the handlers, which reach each one through a short property.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_core.paths import jupyter_runtime_dir
+
+from jupyter_tfgpu.gpu import make_backend
+from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
+from jupyter_tfgpu.policy.placement import Placement
+from jupyter_tfgpu.server.api import metrics
+from jupyter_tfgpu.server.api.stream import StreamMessages
+from jupyter_tfgpu.server.config import TFGPU
+from jupyter_tfgpu.server.config_check import Problem
+from jupyter_tfgpu.server.kernels.attribution import Attribution
+from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
+from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
+from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner
+from jupyter_tfgpu.server.kernels.registry import KernelRegistry
+from jupyter_tfgpu.server.sampling.sampler import Sampler
+
+ENFORCEMENT_EVENT = "https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1"
+ENFORCEMENT_SCHEMA = Path(__file__).parent / "events" / "enforcement.yaml"
+
+# The sampling settings: TFGPU trait -> (the Sampler argument it sets, whether GET config shows
+# it). The caps and the enforcement rules list their own settings (AdminPolicy, Rules).
+SAMPLING: dict[str, tuple[str, bool]] = {
+    "sample_interval": ("interval", True),
+    "history_seconds": ("history_seconds", True),
+    "nvml_budget": ("budget", True),
+    "slow_interval": ("slow_interval", False),
+    "process_interval": ("process_interval", False),
+    "pcie_interval": ("pcie_interval", False),
+}
+
+
+@dataclass
+class Services:
+    """Everything the handlers and the app use, made once per server."""
+
+    settings: dict[str, Any]  # every TFGPU setting's value, by trait name
+    sampler: Sampler
+    policies: PolicyService
+    kernels: KernelRegistry
+    attribution: Attribution
+    tokens: KernelTokens
+    reports: KernelReports
+    enforcer: Enforcer
+    stream: StreamMessages
+    provisioner: dict[str, Any]  # whether the tfgpu provisioner is the default, and why not
+    problems: list[Problem] = field(default_factory=list)  # settings that do not apply
+
+    @property
+    def configured_backend(self) -> str:
+        """The backend the admin asked for (``auto`` unless set)."""
+        return self.settings["backend"]
+
+    def settings_json(self) -> dict[str, Any]:
+        """The admin settings in force, as ``GET config`` shows them."""
+        return {
+            **self.policies.admin.to_json(),
+            "backend": self.configured_backend,
+            **{name: self.settings[name] for name, (_, shown) in SAMPLING.items() if shown},
+            "provisioner": self.provisioner,
+            "enforcement": self.enforcer.rules.to_json(),
+            # Admin settings that do not apply (with TFGPU.on_config_error = 'warn').
+            "problems": [problem.to_json() for problem in self.problems],
+        }
+
+
+def build_services(
+    config: TFGPU, serverapp: Any, log: logging.Logger, problems: list[Problem] | None = None
+) -> Services:
+    """Build every service from the checked settings; nothing is started yet."""
+    settings = {name: getattr(config, name) for name in config.trait_names(config=True)}
+    tokens = KernelTokens()
+    reports = KernelReports()
+    attribution = Attribution(reports=reports.current)
+    backend = make_backend(
+        settings["backend"], settings["simulated_gpus"], pid_source=attribution.kernel_pids
+    )
+    sampler = Sampler(
+        backend,
+        **{argument: settings[name] for name, (argument, _) in SAMPLING.items()},
+        # An admin who names a backend expects it to work: its absence is a warning.
+        warn_unavailable=settings["backend"] != "auto",
+        log=log,
+    )
+    sampler.annotators.append(attribution.annotate)
+    policies = PolicyService(
+        PolicyStore(settings["policy_store_path"], log=log),
+        AdminPolicy.from_settings(settings),
+        devices=lambda: sampler.devices,
+        devices_known=lambda: sampler.available,
+        monitoring_reason=lambda: sampler.reason,
+        root_dir=serverapp.root_dir,
+        log=log,
+        placement=Placement(lambda: sampler.latest.gpus, settings["placement_strategy"]),
+    )
+    report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
+    kernels = KernelRegistry(
+        serverapp.kernel_manager,
+        serverapp.session_manager,
+        policies,
+        sampler,
+        attribution,
+        report_root,
+        tokens=tokens,
+        reports=reports,
+        log=log,
+    )
+    provisioner = install_provisioner(settings, policies, tokens, report_root, serverapp, log)
+    return Services(
+        settings=settings,
+        sampler=sampler,
+        policies=policies,
+        kernels=kernels,
+        attribution=attribution,
+        tokens=tokens,
+        reports=reports,
+        enforcer=make_enforcer(settings, kernels, serverapp, log),
+        stream=StreamMessages(kernels.summary),
+        provisioner=provisioner,
+        problems=problems if problems is not None else [],
+    )
+
+
+def make_enforcer(
+    settings: dict[str, Any], kernels: KernelRegistry, serverapp: Any, log: logging.Logger
+) -> Enforcer:
+    """The enforcer of caps and idle reaping; it emits each decision as an event."""
+    event_logger = getattr(serverapp, "event_logger", None)
+    if event_logger is not None and ENFORCEMENT_EVENT not in event_logger.schemas.schema_ids:
+        event_logger.register_event_schema(ENFORCEMENT_SCHEMA)
+
+    def emit(decision: Decision) -> None:
+        metrics.ENFORCEMENT_ACTIONS.labels(rule=decision.rule, action=decision.action).inc()
+        if event_logger is not None:
+            event_logger.emit(schema_id=ENFORCEMENT_EVENT, data=decision.to_event())
+
+    return Enforcer(
+        Rules.from_settings(settings),
+        facts=kernels.facts,
+        act=lambda kernel_id, action: act_on_kernel(serverapp.kernel_manager, kernel_id, action),
+        emit=emit,
+        log=log,
+    )
+
+
+def install_provisioner(
+    settings: dict[str, Any],
+    policies: PolicyService,
+    tokens: KernelTokens,
+    report_root: str,
+    serverapp: Any,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Make the tfgpu provisioner the default one, unless an admin chose another; say which.
+
+    Setting ``default_provisioner_name`` in a config file has no effect: jupyter_client
+    builds this singleton without config when it lists kernelspecs. So the extension sets
+    the trait on the instance.
+    """
+    TFGPUProvisioner.policies = policies
+    TFGPUProvisioner.report_root = report_root
+    TFGPUProvisioner.tokens = tokens
+    TFGPUProvisioner.server_url = local_url(serverapp)
+    TFGPUProvisioner.keep_hub_token = settings["keep_hub_token_in_kernels"]
+    factory = KernelProvisionerFactory.instance()
+    current = factory.default_provisioner_name
+    state = {"name": PROVISIONER_NAME, "default": False, "reason": None}
+    if not settings["use_provisioner"]:
+        state["reason"] = "TFGPU.use_provisioner is False"
+    elif PROVISIONER_NAME not in factory.provisioners:
+        state["reason"] = "the tfgpu-provisioner entry point is not installed"
+    elif current not in ("local-provisioner", PROVISIONER_NAME):
+        state["reason"] = f"the admin chose {current!r} as the default provisioner"
+    else:
+        factory.default_provisioner_name = PROVISIONER_NAME
+        state["default"] = True
+    if state["reason"]:
+        log.warning("jupyter-tfgpu: policies are not applied to kernels: %s", state["reason"])
+    return state
+
+
+def local_url(app: Any) -> str | None:
+    """The server's URL as a process on this machine reaches it (None on a unix socket)."""
+    if getattr(app, "sock", None):
+        return None
+    scheme = "https" if app.certfile else "http"
+    host = app.ip if app.ip not in ("", "0.0.0.0", "::", "*") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{app.port}{app.base_url}"
