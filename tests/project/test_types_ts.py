@@ -42,10 +42,10 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "Source": ("Source",),
     "EffectivePolicy": ("EffectivePolicy",),
     "Policy": ("Policy",),
+    "IPlacement": ("Placement",),
 }
 # Names in types.ts that mirror no schema, and why.
 NOT_MIRRORED = {
-    "IPlacement": "Kernel.applied.placement: the spec does not describe it (see KNOWN_GAPS)",
     "IApi": "the lab's request helpers, not a JSON shape",
 }
 # Differences found when this test was written, each with why it is still there. The test fails
@@ -61,10 +61,6 @@ KNOWN_GAPS = {
     "stream.spec.ts's HISTORY would need it too",
     "IHistory.gpus[].temperature": "as memory_utilization",
     "IHistory.gpus[].power": "as memory_utilization",
-    "IKernel.name": "the server always sends it (server/kernels/views.py); the spec should "
-    "require it",
-    "IKernel.applied.placement": "the server sends it for devices 'auto' (policy/service.py); "
-    "the spec's Kernel.applied should describe it",
 }
 
 
