@@ -15,6 +15,18 @@ export interface IStatus {
   sample_interval: number;
   history_seconds?: number;
   versions: Record<string, string | null>;
+  /** What the sampler measured about its own NVML calls. */
+  sampler: {
+    nvml_budget: number;
+    backend_time_fraction: number;
+    rounds?: number;
+    history_bytes?: number;
+    pcie_watched?: boolean;
+    groups: Record<
+      string,
+      { interval: number; configured_interval: number; cost_ms: number; calls: number }
+    >;
+  };
 }
 
 /** One process holding memory on a GPU. */
@@ -35,6 +47,26 @@ export interface IGpu {
   utilization: { gpu: number | null; memory: number | null };
   temperature: number | null;
   power: { draw: number | null; limit: number | null };
+  fan: number | null;
+  clocks: {
+    sm?: number | null;
+    memory?: number | null;
+    sm_max?: number | null;
+    memory_max?: number | null;
+  };
+  pcie: { tx: number | null; rx: number | null };
+  /** null when the GPU does not support MIG. */
+  mig: {
+    enabled: boolean;
+    instances: {
+      index: number;
+      uuid: string;
+      gpu_instance_id?: number | null;
+      compute_instance_id?: number | null;
+      memory_total?: number | null;
+      memory?: { total: number | null; used: number | null; free: number | null } | null;
+    }[];
+  } | null;
   lost: boolean;
   lost_reason?: string | null;
   processes: IGpuProcess[];
@@ -57,6 +89,9 @@ export interface IHistory {
     index: number;
     utilization: (number | null)[];
     memory_used: (number | null)[];
+    memory_utilization: (number | null)[];
+    temperature: (number | null)[];
+    power: (number | null)[];
   }[];
 }
 

@@ -48,20 +48,6 @@ MIRRORS: dict[str, tuple[str, ...]] = {
 NOT_MIRRORED = {
     "IApi": "the lab's request helpers, not a JSON shape",
 }
-# Differences found when this test was written, each with why it is still there. The test fails
-# when one of them is fixed, so that its line here goes too.
-KNOWN_GAPS = {
-    "IStatus.sampler": "the lab does not show it; the IStatus literals of statustext.spec.ts and "
-    "availability.spec.ts would need it too",
-    "IGpu.fan": "the lab does not show it; fixtures.ts gpu() would need it too",
-    "IGpu.clocks": "the lab does not show it; fixtures.ts gpu() would need it too",
-    "IGpu.pcie": "the lab does not show it; fixtures.ts gpu() would need it too",
-    "IGpu.mig": "the lab does not show it; fixtures.ts gpu() would need it too",
-    "IHistory.gpus[].memory_utilization": "the lab plots utilization and memory_used only; "
-    "stream.spec.ts's HISTORY would need it too",
-    "IHistory.gpus[].temperature": "as memory_utilization",
-    "IHistory.gpus[].power": "as memory_utilization",
-}
 
 
 # -- types.ts --------------------------------------------------------------------------------
@@ -405,7 +391,7 @@ def problems_of(types_ts: str) -> list[tuple[str, str]]:
 
 
 def unexpected(problems: list[tuple[str, str]]) -> list[str]:
-    return [f"{path}: {what}" for path, what in problems if path not in KNOWN_GAPS]
+    return [f"{path}: {what}" for path, what in problems]
 
 
 # -- the tests -------------------------------------------------------------------------------
@@ -425,9 +411,8 @@ def test_types_ts_mirrors_the_spec():
     """Property names, ``?`` and types of types.ts agree with openapi.yaml."""
     # Given types.ts as it is
     problems = problems_of(TYPES_TS.read_text())
-    # Then the only differences are the known ones, and each known one is still there
+    # Then they agree
     assert unexpected(problems) == []
-    assert sorted(KNOWN_GAPS) == sorted({path for path, _ in problems})
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 import { describeAvailability } from '../availability';
 import { IStatus } from '../types';
+import { SAMPLER } from './fixtures';
 
 const status = (extra: Partial<IStatus>): IStatus => ({
   backend: 'none',
@@ -10,6 +11,7 @@ const status = (extra: Partial<IStatus>): IStatus => ({
   simulated: false,
   device_count: 0,
   sample_interval: 1,
+  sampler: SAMPLER,
   versions: {},
   ...extra
 });

@@ -1,6 +1,6 @@
 /** Small builders and fakes shared by the model tests. */
 
-import { IApi, IGpu, IKernel, ISnapshot } from '../types';
+import { IApi, IGpu, IKernel, ISnapshot, IStatus } from '../types';
 
 /** A GPU row; `processes` as [pid, bytes, kernel id, notebook]. */
 export function gpu(
@@ -16,6 +16,10 @@ export function gpu(
     utilization: { gpu: 40, memory: 20 },
     temperature: 50,
     power: { draw: 100, limit: 300 },
+    fan: null,
+    clocks: {},
+    pcie: { tx: null, rx: null },
+    mig: null,
     lost: false,
     processes: processes.map(([pid, used_memory, kernel_id, notebook]) => ({
       pid,
@@ -26,6 +30,13 @@ export function gpu(
     ...extra
   };
 }
+
+/** What GET status says of the sampler's own calls (the lab does not show it). */
+export const SAMPLER: IStatus['sampler'] = {
+  nvml_budget: 0.02,
+  backend_time_fraction: 0.001,
+  groups: {}
+};
 
 /** A snapshot taken at `timestamp`. */
 export function snapshot(timestamp: number | null, gpus: IGpu[]): ISnapshot {

@@ -1,6 +1,6 @@
 import { statusLine, IStatusInput } from '../statustext';
 import { IStatus } from '../types';
-import { gpu, kernel, snapshot } from './fixtures';
+import { gpu, kernel, SAMPLER, snapshot } from './fixtures';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -13,6 +13,7 @@ const available: IStatus = {
   simulated: true,
   device_count: 2,
   sample_interval: 1,
+  sampler: SAMPLER,
   versions: {}
 };
 

@@ -8,7 +8,16 @@ const HISTORY: IHistory = {
   interval: 1,
   simulated: true,
   timestamps: [100, 101, 102],
-  gpus: [{ index: 0, utilization: [1, null, 3], memory_used: [10, 20, 30] }]
+  gpus: [
+    {
+      index: 0,
+      utilization: [1, null, 3],
+      memory_used: [10, 20, 30],
+      memory_utilization: [null, null, null],
+      temperature: [null, null, null],
+      power: [null, null, null]
+    }
+  ]
 };
 
 describe('series', () => {
