@@ -8,7 +8,8 @@ import time
 import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
-from jupyter_tfgpu.server.sampling.sampler import Sampler, plan_intervals
+from jupyter_tfgpu.server.sampling.budget import plan_intervals
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
 # Latencies measured on a desktop driver (PCIe samples a counter for 20 ms per call).
