@@ -133,11 +133,3 @@ def apply_runtime_jax(jax, policy: dict, result: dict, call, skip) -> None:
             result["applied"].append({"setting": field, "value": value, "via": "XLA_FLAGS"})
         else:
             skip(result, field, value, f"JAX has no process-wide {field} setting")
-
-
-APPLY = {
-    "tensorflow": apply_runtime_tensorflow,
-    "keras": apply_runtime_keras,
-    "torch": apply_runtime_torch,
-    "jax": apply_runtime_jax,
-}
