@@ -80,6 +80,9 @@ class FakeGpu:
     mig_enabled: bool = False
     mig_devices: list[FakeMig | None] = field(default_factory=list)  # None marks an empty slot
     max_mig_devices: int = 7
+    # NVML lists every instance's processes on the parent handle only for a privileged caller;
+    # True: the parent's process lists raise NoPermission in MIG mode (an ordinary user).
+    mig_parent_lists_privileged: bool = False
     not_supported: set[str] = field(default_factory=set)
     no_permission: set[str] = field(default_factory=set)
     lost: bool = False
@@ -297,6 +300,8 @@ class FakeNvml:
     def _process_list(self, name):
         def call(handle):
             gpu, mig = self._device(handle, name)
+            if mig is None and gpu.mig_enabled and gpu.mig_parent_lists_privileged:
+                raise _ERR(real.NVML_ERROR_NO_PERMISSION)
             out = []
             for p in list(gpu.graphics_processes if "Graphics" in name else gpu.processes):
                 ids = (p.gpu_instance_id, p.compute_instance_id)

@@ -34,6 +34,11 @@ class NvmlBackend:
         self._nvml: Any = None
         self._handles: list[Any] = []
         self._mig_handles: dict[int, list[tuple[int, Any]]] = {}
+        # (GPU instance id, compute instance id) -> MIG slot, per GPU.
+        self._mig_slots: dict[int, dict[tuple[int, int], int]] = {}
+        # Where a MIG GPU's processes are listed: "parent" (one list with instance ids, for a
+        # caller NVML allows) or "instances" (one list per slot); absent until known.
+        self._mig_process_source: dict[int, str] = {}
         self._infos: list[DeviceInfo] = []
         # Versioned symbols are probed once, then the working variant is kept.
         self._memory_v2: bool | None = None
@@ -67,6 +72,8 @@ class NvmlBackend:
         nvml = self._nvml
         self._memory_v2 = None
         self._mig_handles = {}
+        self._mig_slots = {}
+        self._mig_process_source = {}
         self._process_util_ts = {}
         self._process_readers = {
             "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
@@ -238,6 +245,9 @@ class NvmlBackend:
                 )
             )
             handles.append((slot, mig))
+            ids = (instances[-1].gpu_instance_id, instances[-1].compute_instance_id)
+            if None not in ids:
+                self._mig_slots.setdefault(index, {})[ids] = slot  # type: ignore[index]
         self._mig_handles[index] = handles
         return True, instances
 
@@ -371,29 +381,75 @@ class NvmlBackend:
     def read_processes(self, index: int) -> list[dict[str, Any]]:
         """Compute and graphics processes, one row per PID, with per-process utilization."""
         handle = self._handle(index)
-        targets: list[tuple[int | None, Any]] = [(None, handle)]
-        targets += self._mig_handles.get(index, [])
         by_pid: dict[int, dict[str, Any]] = {}
-        for mig_slot, target in targets:
-            for kind in ("compute", "graphics"):
-                for proc in self._process_list(index, kind, target) or []:
-                    row = by_pid.setdefault(
-                        proc.pid,
-                        {"pid": proc.pid, "used_memory": None, "type": kind, "mig": mig_slot},
-                    )
-                    if mig_slot is not None:
-                        # The whole-GPU list, read first, also holds MIG processes but not where.
-                        row["mig"] = mig_slot
-                    if row["type"] != kind:
-                        row["type"] = "compute+graphics"
-                    used = proc.usedGpuMemory
-                    if used is not None:
-                        # A PID seen in both lists reports the same allocation twice.
-                        row["used_memory"] = max(row["used_memory"] or 0, used)
+        if self._mig_handles.get(index):
+            self._read_mig_processes(index, handle, by_pid)
+        else:
+            self._collect_processes(index, handle, by_pid, lambda proc: None)
         utilization = self._process_utilization(index, handle)
         for pid, row in by_pid.items():
             row["utilization"] = utilization.get(pid)
         return list(by_pid.values())
+
+    def _read_mig_processes(self, index: int, handle: Any, by_pid: dict[int, dict[str, Any]]) -> None:
+        """A MIG GPU: one list from the parent where NVML allows it, else one per instance.
+
+        NVML answers the parent handle with every instance's processes (and their instance ids)
+        only for a caller with the privilege; others get NoPermission and must ask each MIG
+        device. An empty parent list proves nothing until the parent has once named instances,
+        so until then the instances are asked as well.
+        """
+        source = self._mig_process_source.get(index)
+        if source != "instances":
+            slots = self._mig_slots.get(index, {})
+            found: dict[int, dict[str, Any]] = {}
+            answered = self._collect_processes(
+                index,
+                handle,
+                found,
+                lambda proc: slots.get(
+                    (getattr(proc, "gpuInstanceId", None), getattr(proc, "computeInstanceId", None))
+                ),
+            )
+            placed = all(row["mig"] is not None for row in found.values())
+            if answered and placed and (found or source == "parent"):
+                self._mig_process_source[index] = "parent"
+                by_pid.update(found)
+                return
+            if not answered or not placed:
+                # NoPermission, or records without instance ids: ask each instance from now on.
+                self._mig_process_source[index] = "instances"
+        for slot, target in self._mig_handles[index]:
+            self._collect_processes(index, target, by_pid, lambda proc, slot=slot: slot)
+        if by_pid and index not in self._mig_process_source:
+            self._mig_process_source[index] = "instances"  # the parent's empty list was wrong
+
+    def _collect_processes(
+        self,
+        index: int,
+        target: Any,
+        by_pid: dict[int, dict[str, Any]],
+        slot_of: Callable[[Any], int | None],
+    ) -> bool:
+        """Add the compute and graphics lists of one handle; False if the compute list is refused."""
+        answered = False
+        for kind in ("compute", "graphics"):
+            procs = self._process_list(index, kind, target)
+            if procs is None:
+                continue
+            answered = answered or kind == "compute"
+            for proc in procs:
+                row = by_pid.setdefault(
+                    proc.pid,
+                    {"pid": proc.pid, "used_memory": None, "type": kind, "mig": slot_of(proc)},
+                )
+                if row["type"] != kind:
+                    row["type"] = "compute+graphics"
+                used = proc.usedGpuMemory
+                if used is not None:
+                    # A PID seen in both lists reports the same allocation twice.
+                    row["used_memory"] = max(row["used_memory"] or 0, used)
+        return answered
 
     def _process_utilization(self, index: int, handle: Any) -> dict[int, dict[str, int]]:
         nvml = self._nvml

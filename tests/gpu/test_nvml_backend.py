@@ -467,6 +467,67 @@ def test_mig_processes_found_when_parent_lists_refuse(install):
     assert {pid: r["mig"] for pid, r in rows.items()} == {101: 0, 202: 2}
 
 
+def test_mig_processes_come_from_one_parent_list_where_nvml_allows(install):
+    """A privileged caller lists every instance's processes from the parent: no per-slot calls."""
+    # Given a MIG GPU whose parent handle answers with the instance ids
+    fake = mig_fake(install)
+    backend = NvmlBackend()
+    backend.open()
+    backend.read_processes(0)
+    fake.reset_counters()
+
+    # When the processes are read again
+    rows = {p["pid"]: p for p in backend.read_processes(0)}
+
+    # Then one compute and one graphics list were read (the parent's), with each slot right
+    assert {pid: r["mig"] for pid, r in rows.items()} == {101: 0, 202: 2}
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+    assert fake.calls["nvmlDeviceGetGraphicsRunningProcesses_v3"] == 1
+
+
+def test_mig_parent_refusal_is_remembered(install):
+    """An unprivileged caller (NoPermission on the parent) reads each instance, and stops asking."""
+    # Given a parent whose process lists need privileges
+    fake = mig_fake(install)
+    fake.gpus[0].mig_parent_lists_privileged = True
+    backend = NvmlBackend()
+    backend.open()
+    first = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+    fake.reset_counters()
+
+    # When the processes are read again
+    again = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+
+    # Then both rounds place each process; the second asks the two instances only
+    assert first == again == {101: 0, 202: 2}
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 2
+
+
+def test_mig_empty_parent_list_is_checked_on_the_instances(install):
+    """An empty parent list proves nothing until the parent has once named instances."""
+    # Given a MIG GPU with no processes yet
+    fake = mig_fake(install)
+    procs, fake.gpus[0].processes = fake.gpus[0].processes, []
+    backend = NvmlBackend()
+    backend.open()
+    fake.reset_counters()
+
+    # When it is read empty, then the processes start and it is read twice more
+    empty = backend.read_processes(0)
+    asked_while_empty = fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"]
+    fake.gpus[0].processes = procs
+    backend.read_processes(0)
+    fake.reset_counters()
+    rows = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+
+    # Then the empty round asked the parent and both instances; once the parent named the
+    # instances, it alone is asked
+    assert empty == []
+    assert asked_while_empty == 3
+    assert rows == {101: 0, 202: 2}
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+
+
 # -- versioned symbols -------------------------------------------------------------------------
 
 
