@@ -8,6 +8,7 @@ import threading
 import time
 import types
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pynvml as real
@@ -138,11 +139,16 @@ class FakeNvml:
         latency: dict[str, float] | None = None,
         driver_version: str = "550.54.15",
         cuda_driver_version: int = 12040,
+        sleep: Callable[[float], None] = time.sleep,
+        timer: Callable[[], float] = time.perf_counter,
     ):
         self.gpus = [FakeGpu()] if gpus is None else list(gpus)
         self.init_error = init_error
         self.missing_symbols = set(missing_symbols)
         self.latency = dict(latency or {})
+        # How latencies pass and call_time is measured: a test may inject a simulated clock.
+        self.sleep = sleep
+        self.timer = timer
         self.driver_version = driver_version
         self.cuda_driver_version = cuda_driver_version
         self.calls: collections.Counter[str] = collections.Counter()
@@ -238,13 +244,13 @@ class FakeNvml:
         def call(*args, **kwargs):
             depth = getattr(self._tls, "depth", 0)
             self._tls.depth = depth + 1
-            start = time.perf_counter()
+            start = self.timer()
             try:
                 with self._lock:
                     self.calls[name] += 1
                 delay = self.latency.get(name)
                 if delay:
-                    time.sleep(delay)
+                    self.sleep(delay)
                 fault = self._take_fault(name, args)
                 if fault is not None:
                     if fault.delay:
@@ -257,7 +263,7 @@ class FakeNvml:
                 self._tls.depth = depth
                 if depth == 0:  # aliases call their versioned twin: count the time once
                     with self._lock:
-                        self.call_time += time.perf_counter() - start
+                        self.call_time += self.timer() - start
 
         call.__name__ = call.__qualname__ = name
         return call

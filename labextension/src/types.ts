@@ -22,9 +22,22 @@ export interface IStatus {
     rounds?: number;
     history_bytes?: number;
     pcie_watched?: boolean;
+    /** Groups the freshness floor keeps above their share of the budget. */
+    over_budget?: string[];
+    /** Why memory and utilization are read less often than configured; null when they are not. */
+    stretch_reason?: string | null;
     groups: Record<
       string,
-      { interval: number; configured_interval: number; cost_ms: number; calls: number }
+      {
+        interval: number;
+        configured_interval: number;
+        /** The freshness floor: the longest the budget may stretch the interval. */
+        max_interval?: number | null;
+        stretched?: boolean;
+        cost_ms: number;
+        measured_ms?: number;
+        calls: number;
+      }
     >;
   };
 }
@@ -77,6 +90,16 @@ export interface ISnapshot {
   timestamp: number | null;
   simulated: boolean;
   gpus: IGpu[];
+  /** How often memory and utilization are read now (absent before the GPUs are open). */
+  cadence?: ICadence;
+}
+
+/** The sampler's cadence: the driver-time budget may stretch it, at most to 5 times. */
+export interface ICadence {
+  interval: number;
+  configured_interval: number;
+  /** Why figures refresh less often than configured; null when they do not. */
+  stretch_reason: string | null;
 }
 
 /** GET `gpus/history`: one list per series per GPU, aligned with `timestamps`. */

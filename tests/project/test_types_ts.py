@@ -34,6 +34,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "IGpuProcess": ("GpuProcess",),
     "IGpu": ("Gpu",),
     "ISnapshot": ("Snapshot",),
+    "ICadence": ("Cadence",),
     "IHistory": ("History",),
     "IPolicyDescription": ("PolicyDescription",),
     "IKernel": ("Kernel",),

@@ -2,11 +2,21 @@
 
 NVML calls hold the driver's lock that users' GPU work needs too, so the sampler spends at most
 a share of wall time (``TFGPU.nvml_budget``) inside them; these are the numbers and the planning.
+
+What a reading costs is estimated from the lowest of its recent times, per GPU, not their
+average. A call timed from Python also holds the time the sampler's thread waited for a CPU or
+for the GIL (a start storm of kernels on a small machine, a busy event loop); those waits only
+ever add, so the lowest recent time is the closest to what the driver itself took (the reason
+``timeit`` reports the minimum). The estimate falls as soon as one quick reading comes, and rises
+only when every reading of the window was slower: a genuine rise (more processes to list) shows
+within ``COST_WINDOW_SECONDS``; load on the machine for less than that does not show at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import deque
+from dataclasses import dataclass, field
 
 # Reading groups, cheapest and most wanted first. Each gets a share of the driver-time budget;
 # a share a group does not need passes to the others.
@@ -18,6 +28,14 @@ PLAN_SHARE = 0.9
 TOKEN_WINDOW = 10.0
 # Typical seconds per GPU for a group never measured yet (PCIe: two 20 ms counter samples).
 TYPICAL_COST = {"fast": 0.0001, "processes": 0.01, "slow": 0.001, "pcie": 0.04}
+# A GPU's cost for a group is the lowest of its readings of the last this many seconds (and at
+# most this many readings; the newest is always kept).
+COST_WINDOW_SECONDS = 120.0
+COST_WINDOW_READINGS = 64
+# Freshness floor: the budget never stretches these groups past this many times their
+# configured interval. Memory and utilization must stay current (the sidebar, the stream, the
+# enforcer read them); when the floor holds a group above its share, the sampler says so.
+MAX_STRETCH = {"fast": 5.0}
 
 
 @dataclass
@@ -26,26 +44,62 @@ class GroupStats:
 
     desired: float
     interval: float
-    cost: float = 0.0  # seconds inside the backend per round over all GPUs (moving average)
+    max_interval: float | None = None  # the freshness floor's bound, for groups that have one
+    cost: float = 0.0  # planning estimate: seconds per round over all GPUs (lowest recent)
+    last: float = 0.0  # seconds the last round took, as timed (waits included)
     calls: int = 0
-    seconds: float = 0.0  # total seconds inside the backend
-    next_due: float = 0.0
+    seconds: float = 0.0  # total seconds inside the backend, as timed
+    last_read: float | None = None
+    recent: dict[int, deque[tuple[float, float]]] = field(default_factory=dict)
 
-    def record(self, seconds: float) -> None:
-        """Fold one round's measured cost into the moving average."""
+    @property
+    def next_due(self) -> float:
+        """When the group is due, from its last reading and the interval planned now."""
+        return -math.inf if self.last_read is None else self.last_read + self.interval
+
+    def record(self, now: float, per_gpu: dict[int, float]) -> float:
+        """Fold one round's times (seconds per GPU) into the estimate; return the new cost."""
         self.calls += 1
-        self.seconds += seconds
-        self.cost = seconds if self.calls == 1 else 0.8 * self.cost + 0.2 * seconds
+        self.last = sum(per_gpu.values())
+        self.seconds += self.last
+        self.last_read = now
+        for key in [k for k in self.recent if k not in per_gpu]:
+            del self.recent[key]  # a GPU not read this round (lost) costs nothing
+        cost = 0.0
+        for key, seconds in per_gpu.items():
+            window = self.recent.setdefault(key, deque(maxlen=COST_WINDOW_READINGS))
+            window.append((now, seconds))
+            while len(window) > 1 and window[0][0] < now - COST_WINDOW_SECONDS:
+                window.popleft()
+            cost += min(s for _, s in window)
+        self.cost = cost
+        return cost
 
 
-def plan_intervals(
-    costs: dict[str, float], desired: dict[str, float], budget: float
-) -> dict[str, float]:
+@dataclass
+class Plan:
+    """Cadences for a set of measured costs, and each group's share of the budget."""
+
+    intervals: dict[str, float]
+    allowances: dict[str, float]  # fraction of wall time each group may spend in the driver
+
+    def over_budget(self, costs: dict[str, float]) -> list[str]:
+        """Groups the freshness floor keeps above their allowance."""
+        return [
+            g
+            for g, interval in self.intervals.items()
+            if g in self.allowances
+            and costs.get(g, 0.0) / interval > self.allowances[g] * (1 + 1e-9)
+        ]
+
+
+def plan(costs: dict[str, float], desired: dict[str, float], budget: float) -> Plan:
     """Stretch each group's interval so the total time inside the backend stays within budget.
 
     ``costs`` are seconds per round, ``desired`` the configured intervals, ``budget`` a
     fraction of wall time. Each group may use its share of the budget; shares a group
-    leaves unused are handed to the groups that need more, in ``GROUPS`` order.
+    leaves unused are handed to the groups that need more, in ``GROUPS`` order. A group with a
+    freshness floor (``MAX_STRETCH``) is never stretched past it, even over its share.
     """
     groups = [g for g in GROUPS if g in desired]
     allowance = {g: SHARES[g] * budget for g in groups}
@@ -64,8 +118,18 @@ def plan_intervals(
         weight = sum(SHARES[g] for g in needy)
         for g in needy:
             allowance[g] += spare * SHARES[g] / weight
-    planned = {}
+    intervals = {}
     for g in groups:
         cost = costs.get(g, 0.0)
-        planned[g] = desired[g] if cost <= 0 else max(desired[g], cost / max(allowance[g], 1e-9))
-    return planned
+        interval = desired[g] if cost <= 0 else max(desired[g], cost / max(allowance[g], 1e-9))
+        if g in MAX_STRETCH:
+            interval = min(interval, desired[g] * MAX_STRETCH[g])
+        intervals[g] = interval
+    return Plan(intervals, allowance)
+
+
+def plan_intervals(
+    costs: dict[str, float], desired: dict[str, float], budget: float
+) -> dict[str, float]:
+    """The intervals of ``plan``."""
+    return plan(costs, desired, budget).intervals

@@ -29,11 +29,13 @@ from jupyter_tfgpu.gpu.readings import (
 )
 from jupyter_tfgpu.server.sampling.budget import (
     GROUPS,
+    MAX_STRETCH,
     PLAN_SHARE,
     TOKEN_WINDOW,
     TYPICAL_COST,
     GroupStats,
-    plan_intervals,
+    Plan,
+    plan,
 )
 from jupyter_tfgpu.server.sampling.history import History
 
@@ -67,14 +69,19 @@ class Snapshot:
     gpus: tuple[GpuReading, ...] = ()
     text: str = ""
     taken: float = 0.0
+    # How often memory and utilization are read now, and why less often than configured.
+    cadence: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """As ``GET gpus`` serves it."""
-        return {
+        out: dict[str, Any] = {
             "timestamp": self.timestamp,
             "simulated": self.simulated,
             "gpus": [gpu.to_json() for gpu in self.gpus],
         }
+        if self.cadence is not None:
+            out["cadence"] = self.cadence
+        return out
 
 
 @dataclass
@@ -104,12 +111,14 @@ class Sampler:
         unavailable_reason: str | None = None,
         warn_unavailable: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
         log: logging.Logger | None = None,
     ) -> None:
         self.backend = backend
         # The admin named this backend: its absence is a fault to warn about, not a GPU-less host.
         self.warn_unavailable = warn_unavailable
         self._clock = clock  # times the open retries
+        self._timer = timer  # times each reading (tests inject one)
         self.interval = interval
         self.history_seconds = history_seconds
         self.budget = budget
@@ -117,12 +126,17 @@ class Sampler:
         self.available = False
         self.reason = unavailable_reason
         self.versions: dict[str, str | None] = {"driver": None, "nvml": None, "cuda": None}
-        self.stats = {
-            "fast": GroupStats(interval, interval),
-            "processes": GroupStats(process_interval, process_interval),
-            "slow": GroupStats(slow_interval, slow_interval),
-            "pcie": GroupStats(pcie_interval, pcie_interval),
+        desired = {
+            "fast": interval,
+            "processes": process_interval,
+            "slow": slow_interval,
+            "pcie": pcie_interval,
         }
+        self.stats = {
+            name: GroupStats(value, value, value * MAX_STRETCH[name] if name in MAX_STRETCH else None)
+            for name, value in desired.items()
+        }
+        self._plan = Plan(dict(desired), {})
         # Each returns the readings to publish (or None to keep them as they are).
         self.annotators: list[Annotator] = []
         self.rounds = 0
@@ -350,13 +364,52 @@ class Sampler:
                 name: {
                     "interval": round(s.interval, 3),
                     "configured_interval": s.desired,
+                    "max_interval": s.max_interval,
+                    "stretched": self._stretched(s),
                     "cost_ms": round(s.cost * 1000, 3),
+                    "measured_ms": round(s.last * 1000, 3),
                     "calls": s.calls,
                 }
                 for name, s in self.stats.items()
             },
+            "over_budget": self._plan.over_budget({n: s.cost for n, s in self.stats.items()}),
+            "stretch_reason": self.stretch_reason(),
             "pcie_watched": self.pcie_wanted(),
         }
+
+    def cadence(self) -> dict[str, Any] | None:
+        """The fast group's cadence for each snapshot; None before the GPUs are open."""
+        if not self._gpus:
+            return None
+        fast = self.stats["fast"]
+        return {
+            "interval": round(fast.interval, 3),
+            "configured_interval": fast.desired,
+            "stretch_reason": self.stretch_reason(),
+        }
+
+    @staticmethod
+    def _stretched(stats: GroupStats) -> bool:
+        return stats.interval > stats.desired * 1.001
+
+    def stretch_reason(self) -> str | None:
+        """Why GPU figures refresh less often than configured, in words; None when they do not."""
+        fast = self.stats["fast"]
+        if not self._stretched(fast):
+            return None
+        share = fast.cost / fast.desired
+        text = (
+            f"GPU figures refresh every {fast.interval:.1f} s instead of {fast.desired:g} s: "
+            f"reading {len(self._gpus)} GPU(s) takes {fast.cost * 1000:.1f} ms in the driver, "
+            f"{share:.1%} of the time at {fast.desired:g} s, over the {self.budget:.1%} driver-time "
+            "budget (TFGPU.nvml_budget)"
+        )
+        if fast.max_interval is not None and fast.interval >= fast.max_interval * 0.999:
+            text += (
+                f"; held at the {fast.max_interval:g} s freshness floor, which spends more than "
+                "the budget"
+            )
+        return text + "."
 
     # -- worker ------------------------------------------------------------------------------
 
@@ -432,13 +485,14 @@ class Sampler:
     def _sample_round(self, now: float) -> None:
         self._earn(now)
         due = self._due(now)
-        spent = dict.fromkeys(due, 0.0)
+        spent: dict[str, dict[int, float]] = {name: {} for name in due}
         for gpu in self._gpus:
             if gpu.lost and now < gpu.retry_at:
                 continue
+            index = gpu.info.index
             try:
                 for name in due:
-                    started = time.perf_counter()
+                    started = self._timer()
                     try:
                         self._read_group(gpu, name)
                     except GpuLost:
@@ -446,7 +500,7 @@ class Sampler:
                     except Exception as err:  # noqa: BLE001 - nulls this group, not the round
                         self._group_failed(gpu, name, err)
                     finally:
-                        spent[name] += time.perf_counter() - started
+                        spent[name][index] = self._timer() - started
                 if gpu.lost:
                     self.log.warning("GPU %d answers again", gpu.info.index)
                 gpu.lost, gpu.lost_reason = False, None
@@ -457,18 +511,23 @@ class Sampler:
                 gpu.errors = {}  # lost_reason says it all
                 gpu.retry_at = now + LOST_RETRY_SECONDS
         for name in due:
-            self.stats[name].record(spent[name])
-        self._tokens -= sum(spent.values())
-        planned = plan_intervals(
+            self.stats[name].record(now, spent[name])
+        self._plan = plan(
             {n: s.cost for n, s in self.stats.items()},
             {n: s.desired for n, s in self.stats.items()},
             self.budget * PLAN_SHARE,
         )
-        for name, interval in planned.items():
+        for name, interval in self._plan.intervals.items():
             self.stats[name].interval = interval
-        # Scheduled after re-planning, so a slow first reading stretches its own next one.
+        # The bucket pays for the driver's time (the estimates), not for waits on a busy
+        # machine; the fast group's spending over its share (the freshness floor) is not
+        # taken from the others' savings.
         for name in due:
-            self.stats[name].next_due = now + self.stats[name].interval
+            stats = self.stats[name]
+            charge = stats.cost
+            if name in MAX_STRETCH:
+                charge = min(charge, self._plan.allowances.get(name, 0.0) * stats.interval)
+            self._tokens -= charge
         self.rounds += 1
         self._publish_round(now)
 
@@ -578,7 +637,7 @@ class Sampler:
             if annotated is not None:
                 gpus = tuple(annotated)
         self._history.append(timestamp, gpus)
-        snapshot = Snapshot(timestamp, self.simulated, gpus, taken=now)
+        snapshot = Snapshot(timestamp, self.simulated, gpus, taken=now, cadence=self.cadence())
         snapshot.text = json.dumps(snapshot.to_json(), separators=(",", ":"))
         self._latest = snapshot
         loop = self._loop
