@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 from jupyter_tfgpu.gpu import DeviceInfo
 from jupyter_tfgpu.protocol import POLICY_ENV
 from jupyter_tfgpu.policy.admin import AdminPolicy
+from jupyter_tfgpu.policy.changes import PolicyChanges
 from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
 from jupyter_tfgpu.policy.environment import encode, policy_document, render_env
@@ -35,6 +36,9 @@ class PolicyService:
         self.placement = placement
         self.store = store
         self.admin = admin
+        # Every change to the stored policies, numbered (the stream pushes it to open views).
+        self.changes = PolicyChanges()
+        store.on_change = self.changes.record
         self._devices = devices
         self._devices_known = devices_known
         self._monitoring_reason = monitoring_reason
@@ -160,8 +164,14 @@ class PolicyService:
         return self.admin.default
 
     def describe(self, key: str) -> dict[str, Any]:
-        """What the API shows for one notebook."""
-        return {"notebook": key, "policy": self.own(key), "effective": self.effective(key)}
+        """What the API shows for one notebook, with the revision it is as new as."""
+        revision = self.changes.revision  # read first: a change after it only costs a re-read
+        return {
+            "notebook": key,
+            "policy": self.own(key),
+            "effective": self.effective(key),
+            "revision": revision,
+        }
 
     # -- kernel launches ---------------------------------------------------------------------
 

@@ -68,7 +68,11 @@ class PolicyStore:
         self._cache: dict[str, dict[str, Any]] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
+        self._published = False
         self._stop_refreshing: threading.Event | None = None
+        # Called with the keys whose policy changed (after the first read), from the thread
+        # that found or made the change.
+        self.on_change: Callable[[set[str]], None] | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -165,7 +169,17 @@ class PolicyStore:
     def _publish(
         self, policies: dict[str, dict[str, Any]], stamp: tuple[int, int, int] | None
     ) -> None:
+        old, first = self._cache, not self._published
         self._cache, self._stamp, self._unreadable = policies, stamp, None
+        self._published = True
+        if first or self.on_change is None:
+            return
+        changed = {key for key in old.keys() | policies.keys() if old.get(key) != policies.get(key)}
+        if changed:
+            try:
+                self.on_change(changed)
+            except Exception:  # noqa: BLE001 - a listener must not undo a stored write
+                self.log.exception("jupyter-tfgpu: a policy change listener failed")
 
     def _mark_unreadable(self, err: OSError) -> None:
         """Keep serving the last good copy, say why the file cannot be read, log it once."""

@@ -35,6 +35,7 @@ class TFGPUApp(ExtensionApp):
     _unregister_metrics = AnyTrait(allow_none=True)
     _unsubscribe = AnyTrait(allow_none=True)
     _refresher = AnyTrait(allow_none=True)
+    _unsubscribe_policies = AnyTrait(allow_none=True)
 
     def initialize_settings(self) -> None:
         """Build the services, start sampling, and hand the services to the handlers."""
@@ -57,7 +58,11 @@ class TFGPUApp(ExtensionApp):
                 sampler_stats=sampler.describe,
             )
         )
-        sampler.start(loop=self._event_loop())
+        loop = self._event_loop()
+        sampler.start(loop=loop)
+        self._unsubscribe_policies = services.policies.changes.subscribe(
+            lambda: self._call_on_loop(loop, services.stream.policies_changed)
+        )
         check_allowed_devices(cfg.allowed_devices, sampler, services.problems, self.log)
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
@@ -92,6 +97,8 @@ class TFGPUApp(ExtensionApp):
             services.policies.store.stop_refreshing()
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unsubscribe_policies is not None:
+            self._unsubscribe_policies()
         if self._unregister_metrics is not None:
             self._unregister_metrics()
             self._unregister_metrics = None
@@ -100,6 +107,16 @@ class TFGPUApp(ExtensionApp):
         if TFGPUProvisioner.policies is services.policies:
             TFGPUProvisioner.policies = None
         await asyncio.get_running_loop().run_in_executor(None, services.sampler.stop)
+
+    @staticmethod
+    def _call_on_loop(loop: asyncio.AbstractEventLoop | None, callback: Any) -> None:
+        """Run ``callback`` on the server's loop, from whichever thread made the change."""
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:
+            pass  # the loop is closing with the server
 
     def _on_snapshot(self, snapshot: Any) -> None:
         asyncio.ensure_future(self.services.enforcer.enforce())

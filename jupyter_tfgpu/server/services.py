@@ -129,7 +129,7 @@ def build_services(
         tokens=tokens,
         reports=reports,
         enforcer=make_enforcer(settings, kernels, serverapp, log),
-        stream=StreamMessages(kernels.summary),
+        stream=StreamMessages(kernels.summary, policies.changes),
         provisioner=provisioner,
         problems=problems if problems is not None else [],
     )

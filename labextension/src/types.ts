@@ -132,6 +132,18 @@ export interface IPolicyDescription {
   notebook: string;
   policy: Policy | null;
   effective: EffectivePolicy;
+  /** The policy revision this answer is as new as (see `IPolicyChanges`). */
+  revision: number;
+}
+
+/** The stream's `policies`: every change to the stored policies, numbered. */
+export interface IPolicyChanges {
+  /** Changes with each server start. */
+  epoch: string;
+  /** The last change's number; 0 until the first change. */
+  revision: number;
+  /** The last changes, oldest first. */
+  changes: { revision: number; path: string }[];
 }
 
 /** How a kernel whose policy said `devices: "auto"` got its GPUs when it started. */

@@ -35,6 +35,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "IGpu": ("Gpu",),
     "ISnapshot": ("Snapshot",),
     "ICadence": ("Cadence",),
+    "IPolicyChanges": ("PolicyChanges",),
     "IHistory": ("History",),
     "IPolicyDescription": ("PolicyDescription",),
     "IKernel": ("Kernel",),

@@ -144,6 +144,7 @@ async def test_put_get_delete_round_trip(jp_fetch, store_path, path):
         "notebook": path,
         "policy": policy,
         "effective": {**NO_SOURCES, **policy, "sources": {**NO_SOURCES, **dict.fromkeys(FIELDS, "notebook")}},
+        "revision": 1,
     }
     assert await call(jp_fetch, "GET", "policies", path) == (200, put)
     assert await stored(jp_fetch) == {path: policy}
@@ -315,6 +316,7 @@ async def test_a_notebook_without_a_policy_gets_the_default(jp_fetch):
             "memory_limit_mb": 2048,
             "sources": {**NO_SOURCES, "memory_growth": "default", "memory_limit_mb": "default"},
         },
+        "revision": 0,
     }
     assert listing == {"policies": {}, "default": DEFAULTS["default_policy"], "problems": []}
 

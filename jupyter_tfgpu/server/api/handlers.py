@@ -186,6 +186,9 @@ class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHand
         sampler = self.sampler
         self._release_pcie = None
         self._unsubscribe = sampler.subscribe(self._send)
+        self._unsubscribe_policies = self.services.stream.on_policy_change(
+            lambda: self._send(self.sampler.latest)
+        )
         self._send(sampler.latest)
 
     def _send(self, snapshot: Snapshot) -> None:
@@ -215,6 +218,8 @@ class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHand
         """Stop sending; release PCIe sampling."""
         if getattr(self, "_unsubscribe", None):
             self._unsubscribe()
+        if getattr(self, "_unsubscribe_policies", None):
+            self._unsubscribe_policies()
         if getattr(self, "_release_pcie", None):
             self._release_pcie()
             self._release_pcie = None
