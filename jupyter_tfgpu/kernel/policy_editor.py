@@ -3,8 +3,10 @@
 The form shows the notebook's own policy; beside each control, what is in force and where it
 comes from (admin default, admin cap). Save stores the policy through the server and applies it
 in this kernel when the frameworks still allow it, else says that a restart is needed. A daemon
-thread refreshes only those hints (never what the user is typing) and stops on ``close()`` and
-at kernel exit.
+thread reads the server's view every second: the hints follow it, and so do the controls when
+the policy was saved elsewhere (the sidebar, ``%tfgpu``, another tab) - unless the form has
+unsaved edits, which are kept with a notice and a Reload button. It stops on ``close()`` and at
+kernel exit.
 """
 
 from __future__ import annotations
@@ -116,15 +118,26 @@ class PolicyEditor(widgets.VBox):
         sync=True
     )
     message = Unicode("", help="The outcome of the last Save or Remove.").tag(sync=True)
+    changed_elsewhere = Bool(
+        False, help="Whether the saved policy changed while the form has unsaved edits."
+    ).tag(sync=True)
 
     def __init__(
-        self, interval: float = 5.0, client: ServerClient | None = None, **kwargs: Any
+        self, interval: float = 1.0, client: ServerClient | None = None, **kwargs: Any
     ) -> None:
         self._state = widgets.HTML()
         self._said = widgets.HTML()
         self._controls: list[_FieldControl] = []
         self._save = widgets.Button(description="Save", button_style="primary")
         self._remove = widgets.Button(description="Remove policy")
+        self._conflict = widgets.HTML()
+        self._reload = widgets.Button(
+            description="Reload",
+            tooltip="Show the saved policy; drops the edits made here",
+            layout=widgets.Layout(display="none"),
+        )
+        self._base: dict[str, Any] = {}  # the saved policy the controls started from
+        self._saved: dict[str, Any] = {}  # the saved policy as last read
         super().__init__(**kwargs)
         self._poller: Poller | None = None
         try:
@@ -138,13 +151,14 @@ class PolicyEditor(widgets.VBox):
             self._disable(f"{err}.")
             return
         self._controls = [_FieldControl(field, gpus) for field in policy_fields()]
-        for control in self._controls:
-            control.set((view.get("own") or {}).get(control.field.name))
+        self._load(view.get("own") or {})
         self._save.on_click(lambda _: self.save())
         self._remove.on_click(lambda _: self.remove())
+        self._reload.on_click(lambda _: self._load(self._saved))
         self.children = [
             *(c.row for c in self._controls),
             widgets.HBox([self._save, self._remove]),
+            widgets.HBox([self._conflict, self._reload]),
             self._said,
             self._state,
         ]
@@ -173,15 +187,57 @@ class PolicyEditor(widgets.VBox):
             self._state.value = f'<div style="{WARN if restart else MUTED}">{_e(line)}</div>'
         self.restart_required = restart
 
+    def _load(self, own: dict[str, Any]) -> None:
+        """Set every control to the saved policy ``own``, dropping edits."""
+        for control in self._controls:
+            control.set(own.get(control.field.name))
+        self._base = self._saved = dict(own)
+        self._show_conflict(False)
+
+    def _show_conflict(self, conflict: bool) -> None:
+        self.changed_elsewhere = conflict
+        self._conflict.value = (
+            f'<div style="{WARN}">This notebook\'s policy was changed elsewhere while you were '
+            "editing. Save keeps your edits; Reload shows the saved policy and drops them.</div>"
+            if conflict
+            else ""
+        )
+        self._reload.layout.display = None if conflict else "none"
+
+    def _follow(self, own: dict[str, Any]) -> None:
+        """The saved policy is ``own`` now: show it, unless that would lose the user's edits."""
+        self._saved = own
+        if own == self._base:
+            if self.changed_elsewhere:
+                self._show_conflict(False)  # changed back
+            return
+        try:
+            edited = self.policy() != self._base
+        except ValueError:
+            edited = True  # half-typed input counts as an edit
+        if edited and own != self.policy_or_none():
+            self._show_conflict(True)
+        else:
+            self._load(own)
+
+    def policy_or_none(self) -> dict[str, Any] | None:
+        """The form's policy, or None while an input is not valid."""
+        try:
+            return self.policy()
+        except ValueError:
+            return None
+
     def refresh(self) -> bool:
         """Re-read the server's view (from the update thread); False stops the thread."""
         if self._client is None:
             return False
         try:
-            self._show_view(self._client.policy())
+            view = self._client.policy()
         except TokenRefused as err:
             self._tell(str(err), warn=True)
             return False
+        self._follow(view.get("own") or {})
+        self._show_view(view)
         return True
 
     def _tell(self, message: str, warn: bool) -> None:
@@ -222,6 +278,7 @@ class PolicyEditor(widgets.VBox):
             return
         outcome = apply_policy(view.get("next_start"))
         tell_server(self._client, outcome)
+        self._load(view.get("own") or {})
         self._show_view(view)
         self._tell(f"{done} {outcome.message}", warn=outcome.restart_required)
 
@@ -244,7 +301,7 @@ class PolicyEditor(widgets.VBox):
         """Stop the update thread, then close the form and its parts."""
         if self._poller is not None:
             self._poller.stop()
-        for part in [self._state, self._said, self._save, self._remove]:
+        for part in [self._state, self._said, self._save, self._remove, self._conflict, self._reload]:
             part.close()
         for control in self._controls:
             for part in control.parts():

@@ -117,6 +117,34 @@ async def test_policy_editor_saves_what_the_user_chose(jp_fetch, jp_serverapp, j
     assert printed_json(after) == {"updating": False, "threads": []}
 
 
+async def test_policy_editor_follows_changes_saved_elsewhere(jp_fetch, jp_serverapp, jp_root_dir):
+    """A change by REST shows in the form; with unsaved edits the form keeps them and says so."""
+    # Given a notebook showing a PolicyEditor with no policy
+    nb, km, _ = await open_notebook(jp_fetch, jp_serverapp, jp_root_dir, "policy_editor_live.ipynb")
+    path = ("tfgpu", "api", "policies", "policy_editor_live.ipynb")
+
+    async def elsewhere(index, cell):
+        if index == 1:
+            # When the policy is saved elsewhere while the form is untouched
+            await jp_fetch(*path, method="PUT", body='{"memory_growth": true}')
+        elif index == 2:
+            # When the user types a limit, and the policy is saved elsewhere again
+            limit = printed_json(code_cells(nb)[0])["limit"]
+            await front_end.send_comm(limit, {"method": "update", "state": {"value": "3GiB"}, "buffer_paths": []})
+            await jp_fetch(*path, method="PUT", body='{"memory_limit_mb": 1024}')
+
+    async with IopubRecorder(km) as front_end:
+        await execute(nb, km, allow_errors=False, after_cell=elsewhere)
+    created, followed, noticed, reloaded = code_cells(nb)
+    # Then the untouched form showed the saved policy
+    assert printed_json(created)["policy"] == {}
+    assert printed_json(followed) == {"followed": True, "policy": {"memory_growth": True}, "conflict": False}
+    # And the edited form kept the user's edit and said the policy changed elsewhere
+    assert printed_json(noticed) == {"noticed": True, "policy": {"memory_growth": True, "memory_limit_mb": 3072}}
+    # And Reload showed the saved policy, dropping the edit
+    assert printed_json(reloaded) == {"policy": {"memory_limit_mb": 1024}, "conflict": False}
+
+
 async def test_the_panel_thread_stops_when_the_kernel_shuts_down(
     jp_fetch, jp_serverapp, jp_root_dir
 ):
