@@ -19,7 +19,8 @@ for the README's settings table, which is the same table as in the settings refe
 - ``caps``: the admin caps a policy write can be refused (403) by, from the code that refuses it;
 - ``policy-fields``: the policy fields, from ``policy.schema.json``, with their ``%tfgpu policy``
   options;
-- ``event-fields``: the enforcement event's fields, from its event schema.
+- ``event-fields``: the enforcement event's fields, from its event schema;
+- ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/api/metrics.py``.
 """
 
 from __future__ import annotations
@@ -155,12 +156,25 @@ def event_fields_table() -> str:
     return "\n".join(rows)
 
 
+def metrics_table() -> str:
+    """Every Prometheus series, from the catalogue the collector builds them from."""
+    _on_path()
+    from jupyter_tfgpu.server.api.metrics import SERIES
+
+    rows = ["| series | type | labels | what |", "|---|---|---|---|"]
+    for series in SERIES:
+        labels = ", ".join(f"`{label}`" for label in series.labels) or "none"
+        rows.append(f"| `{series.name}` | {series.kind} | {labels} | {_cell(series.help)} |")
+    return "\n".join(rows)
+
+
 GENERATED: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "openapi": openapi_reference,
     "caps": caps_list,
     "policy-fields": policy_fields_table,
     "event-fields": event_fields_table,
+    "metrics": metrics_table,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -47,6 +48,8 @@ class PolicyService:
         literal = os.path.normpath(os.path.abspath(root_dir))
         self.roots = tuple(dict.fromkeys([literal, os.path.realpath(root_dir)]))
         self.root_dir = literal
+        # (strategy, outcome) -> how many "devices: auto" launches were decided so
+        self.placements: collections.Counter[tuple[str, str]] = collections.Counter()
         # kernel id -> the policy document its process was started with
         self.applied: dict[str, dict[str, Any]] = {}
         self._applied_lock = threading.Lock()
@@ -247,14 +250,20 @@ class PolicyService:
         if self.placement is None or not self._devices_known():
             why = self._monitoring_reason()
             reason = f"no GPU monitoring ({why})" if why else "no GPU monitoring"
-            return {"strategy": None, "requested": count, "chosen": [],
-                    "reason": f"{reason}: this kernel runs on the CPU only"}
-        return self.placement.choose(
-            kernel_id or "",
-            count,
-            effective.get("memory_limit_mb"),
-            allowed=self.admin.allowed_uuids(self.devices),
-        )
+            decision = {"strategy": None, "requested": count, "chosen": [],
+                        "reason": f"{reason}: this kernel runs on the CPU only"}
+        else:
+            decision = self.placement.choose(
+                kernel_id or "",
+                count,
+                effective.get("memory_limit_mb"),
+                allowed=self.admin.allowed_uuids(self.devices),
+            )
+        chosen = len(decision["chosen"])
+        outcome = "placed" if chosen >= count else "partial" if chosen else "cpu_only"
+        with self._applied_lock:
+            self.placements[(decision["strategy"] or "none", outcome)] += 1
+        return decision
 
     def applied_in_process(self, kernel_id: str, key: str | None) -> dict[str, Any]:
         """A kernel applied its notebook's current policy in-process (no restart).

@@ -11,6 +11,7 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Any as AnyTrait
 from traitlets import Instance
 
+from jupyter_tfgpu._version import __version__
 from jupyter_tfgpu.policy import PolicyError, StoreUnavailable, normalize_notebook_path
 from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
@@ -49,13 +50,17 @@ class TFGPUApp(ExtensionApp):
         # log); from then on reads answer from memory and a thread looks for other writers.
         services.policies.store.refresh()
         services.policies.store.start_refreshing()
-        if services.enforcer.enabled:
-            self._unsubscribe = sampler.subscribe(self._on_snapshot)
+        self._unsubscribe = sampler.subscribe(self._on_snapshot)
         self._unregister_metrics = metrics.register(
             metrics.SnapshotCollector(
                 snapshot=lambda: sampler.latest.gpus,
-                kernel_memory=kernels.memory_rows,
+                kernel_rows=kernels.metrics_rows,
                 sampler_stats=sampler.describe,
+                identity=metrics.ServerIdentity.from_environment(),
+                usage=services.usage.totals,
+                placements=lambda: dict(services.policies.placements),
+                version=__version__,
+                log=self.log,
             )
         )
         loop = self._event_loop()
@@ -119,7 +124,13 @@ class TFGPUApp(ExtensionApp):
             pass  # the loop is closing with the server
 
     def _on_snapshot(self, snapshot: Any) -> None:
-        asyncio.ensure_future(self.services.enforcer.enforce())
+        services = self.services
+        try:
+            services.usage.add(snapshot.timestamp, snapshot.gpus, services.kernels.metrics_rows())
+        except Exception:  # noqa: BLE001 - usage totals must not stop enforcement
+            self.log.exception("jupyter-tfgpu: counting GPU usage failed")
+        if services.enforcer.enabled:
+            asyncio.ensure_future(services.enforcer.enforce())
 
     # -- events ------------------------------------------------------------------------------
 

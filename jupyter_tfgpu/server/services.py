@@ -20,6 +20,7 @@ from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
 from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.stream import StreamMessages
+from jupyter_tfgpu.server.kernels.usage import KernelUsage
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import Problem
 from jupyter_tfgpu.server.kernels.attribution import Attribution
@@ -59,6 +60,8 @@ class Services:
     stream: StreamMessages
     provisioner: dict[str, Any]  # whether the tfgpu provisioner is the default, and why not
     problems: list[Problem] = field(default_factory=list)  # settings that do not apply
+    # Each kernel's GPU memory-seconds and busy seconds, counted per snapshot (for metrics).
+    usage: KernelUsage = field(default_factory=KernelUsage)
 
     @property
     def configured_backend(self) -> str:

@@ -374,7 +374,7 @@ def test_metrics_leave_out_a_kernel_whose_row_is_bad_and_say_so_once(caplog):
 
     collector = SnapshotCollector(
         snapshot=lambda: (),
-        kernel_memory=lambda: [row("bad", 10**400), row("good", GIB)],
+        kernel_rows=lambda: [row("bad", 10**400), row("good", GIB)],
         sampler_stats=dict,
     )
     # When it is scraped twice

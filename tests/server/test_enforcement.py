@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_tfgpu.server.kernels.enforcement import Enforcer, KernelFacts, Rules
 from tests.kernel_helpers import run_code, start_session
@@ -306,12 +307,17 @@ async def test_metrics_have_gpu_and_kernel_gauges(jp_fetch, jp_serverapp):
 
     async def scraped():
         text = (await jp_fetch("metrics")).body.decode()
-        return text if f'kernel_id="{kernel_id}"' in text else None
+        held = [l for l in text.splitlines() if l.startswith("tfgpu_kernel_gpu_memory_bytes{") and kernel_id in l]
+        return text if held else None
 
     text = await wait_for(scraped)
-    assert 'tfgpu_gpu_memory_total_bytes{gpu="0"' in text
-    assert 'name="Simulated GPU 16GB"' in text
-    for name in ("utilization_percent", "memory_used_bytes", "temperature_celsius", "power_watts"):
-        assert f"tfgpu_gpu_{name}{{" in text
-    line = next(l for l in text.splitlines() if l.startswith("tfgpu_kernel_gpu_memory_bytes{") and kernel_id in l)
-    assert 'notebook="metered.ipynb"' in line and 'source="nvml"' in line and 'gpu="0"' in line
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample.labels)
+    gpu0 = [labels for labels in samples["tfgpu_gpu_memory_total_bytes"] if labels["gpu"] == "0"]
+    assert gpu0 and gpu0[0]["modelName"] == "Simulated GPU 16GB" and gpu0[0]["UUID"]
+    for name in ("utilization_ratio", "memory_used_bytes", "temperature_celsius", "power_watts"):
+        assert samples[f"tfgpu_gpu_{name}"]
+    mine = [labels for labels in samples["tfgpu_kernel_gpu_memory_bytes"] if labels["kernel_id"] == kernel_id]
+    assert mine[0]["notebook"] == "metered.ipynb" and mine[0]["source"] == "nvml" and mine[0]["gpu"] == "0"

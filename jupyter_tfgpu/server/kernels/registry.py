@@ -208,9 +208,10 @@ class KernelRegistry:
         """A short view of every kernel, for the websocket stream."""
         return self._per_kernel(lambda row: views.summary(row, self.policies), "the stream")
 
-    def memory_rows(self) -> list[dict[str, Any]]:
-        """Per kernel GPU memory rows, for metrics."""
-        return self._per_kernel(views.memory_row, "metrics")
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """Per kernel GPU memory, cap and idleness, for metrics and usage totals."""
+        now = datetime.now(timezone.utc)
+        return self._per_kernel(lambda row: views.metrics_row(row, self.policies, now), "metrics")
 
     async def list(self) -> list[dict[str, Any]]:
         """Every running kernel."""

@@ -86,9 +86,16 @@ def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
     }
 
 
-def memory_row(row: KernelRow) -> dict[str, Any]:
-    """A kernel's GPU memory per GPU, for metrics."""
-    return {"kernel_id": row.kernel_id, "notebook": row.notebook, **row.memory.as_dict()}
+def metrics_row(row: KernelRow, policies: PolicyService, now: datetime) -> dict[str, Any]:
+    """A kernel's GPU memory per GPU, its cap and idleness, for metrics."""
+    known = facts(row, policies, now)
+    return {
+        "kernel_id": row.kernel_id,
+        "notebook": row.notebook,
+        "idle_seconds": known.idle_seconds,
+        "limit_bytes": known.limit_bytes,
+        **row.memory.as_dict(),
+    }
 
 
 def _iso(value: Any) -> str | None:
