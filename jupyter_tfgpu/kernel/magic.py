@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import (
     parse_argstring,
 )
 
-from jupyter_tfgpu.kernel import inprocess
+from jupyter_tfgpu.kernel import inprocess, oom_hook
 from jupyter_tfgpu.kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
 from jupyter_tfgpu.kernel.local import local_status
 from jupyter_tfgpu.kernel.policy_fields import PolicyField, field_named, policy_fields, same_policy, setting_text
@@ -276,5 +276,6 @@ def _framework_lines() -> list[str]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register ``%tfgpu``."""
+    """Register ``%tfgpu``, and the explanation below GPU out-of-memory tracebacks."""
     ipython.register_magics(TFGPUMagics)
+    oom_hook.install(ipython)

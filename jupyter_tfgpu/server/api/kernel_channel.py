@@ -204,21 +204,25 @@ class KernelStatusHandler(KernelChannelHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        """GPU snapshot (other kernels' processes shown without their id or notebook) + this kernel."""
+        """GPU snapshot (other kernels' processes shown without their id or notebook, with how
+        long their kernel has been idle) + this kernel + the idle reaping in force."""
         snapshot = self.sampler.latest
         mine = self.kernel_id
+        idle = {facts.kernel_id: facts.idle_seconds for facts in self.kernels.facts()}
+
+        def row(process: Any) -> dict[str, Any]:
+            seconds = idle.get(process.kernel_id) if process.kernel_id else None
+            shown = {**process.to_json(), "mine": process.kernel_id == mine}
+            if not shown["mine"]:
+                shown.update(kernel_id=None, notebook=None)
+            shown["idle_seconds"] = None if seconds is None else round(seconds, 1)
+            return shown
+
         gpus = [
-            {
-                **gpu.to_json(),
-                "processes": [
-                    {**p.to_json(), "mine": True}
-                    if p.kernel_id == mine
-                    else {**p.to_json(), "kernel_id": None, "notebook": None, "mine": False}
-                    for p in gpu.processes
-                ],
-            }
+            {**gpu.to_json(), "processes": [row(p) for p in gpu.processes]}
             for gpu in snapshot.gpus
         ]
+        rules = self.services.enforcer.rules
         self.write_json(
             {
                 "available": self.sampler.available,
@@ -229,6 +233,13 @@ class KernelStatusHandler(KernelChannelHandler):
                 "timestamp": snapshot.timestamp,
                 "gpus": gpus,
                 "kernel": await self.view(),
+                "idle_reaping": {
+                    "timeout": rules.idle_timeout,
+                    "min_memory_mb": rules.idle_min_memory_mb,
+                    "action": rules.idle_action,
+                }
+                if rules.idle_timeout > 0
+                else None,
             }
         )
 
