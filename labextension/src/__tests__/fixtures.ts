@@ -107,7 +107,12 @@ export function fakeApi(answers: Record<string, unknown>): IApi & {
   };
 }
 
-/** Let timers and promises run. */
-export function settle(ms = 20): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms));
+/**
+ * Let pending promise callbacks run: no timer and no wall clock. Code that waits on timers
+ * (polls, back-off) is tested under jest's fake timers with `jest.advanceTimersByTimeAsync`.
+ */
+export async function settle(rounds = 20): Promise<void> {
+  for (let i = 0; i < rounds; i++) {
+    await Promise.resolve();
+  }
 }

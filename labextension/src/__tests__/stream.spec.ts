@@ -1,6 +1,6 @@
 import { appendSnapshot, GpuStreamModel, ISeries, seriesFromHistory } from '../stream';
 import { IHistory } from '../types';
-import { fakeApi, gpu, settle, snapshot } from './fixtures';
+import { fakeApi, gpu, snapshot } from './fixtures';
 
 const STATUS = { backend: 'simulated', available: true, reason: null, simulated: true };
 const HISTORY: IHistory = {
@@ -47,8 +47,17 @@ describe('series', () => {
 });
 
 describe('GpuStreamModel', () => {
+  // Fake timers throughout: the poll, the reconnects and the back-off run on jest's clock, so
+  // a loaded machine cannot make a test wait too short or too long.
   let model: GpuStreamModel;
-  afterEach(() => model.dispose());
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => {
+    model.dispose();
+    jest.useRealTimers();
+  });
+
+  /** Let `ms` of fake time pass, running the timers and the promises they settle. */
+  const advance = (ms = 20) => jest.advanceTimersByTimeAsync(ms);
 
   it('streams over the websocket while live, with the history first', async () => {
     // Given an available backend
@@ -56,10 +65,10 @@ describe('GpuStreamModel', () => {
     model = new GpuStreamModel({ api, historySeconds: 60 });
     // When the panel watches live
     model.live = true;
-    await settle();
+    await advance();
     expect(api.sockets).toHaveLength(1);
     api.sockets[0].send(snapshot(103, [gpu(0)]));
-    await settle();
+    await advance();
     // Then the history and the streamed snapshot make the series
     expect(model.connected).toBe(true);
     expect(model.snapshot?.timestamp).toBe(103);
@@ -72,55 +81,48 @@ describe('GpuStreamModel', () => {
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY });
     model = new GpuStreamModel({ api });
     model.live = true;
-    await settle();
+    await advance();
     api.sockets[0].send(snapshot(1, [gpu(0)]));
-    await settle();
+    await advance();
     // When the server drops the connection
     api.sockets[0].drop();
-    await settle();
+    await advance();
     // Then a new socket is opened at once
     expect(api.sockets).toHaveLength(2);
   });
 
   it('backs off when the stream keeps failing before it delivers', async () => {
-    // Fake timers: the back-off is a wait the wall clock of a loaded machine can overrun.
-    jest.useFakeTimers();
-    try {
-      const api = fakeApi({ status: STATUS });
-      model = new GpuStreamModel({ api, interval: 1 });
-      model.live = true;
-      await jest.advanceTimersByTimeAsync(20);
-      // When the socket closes before any message
-      api.sockets[0].drop();
-      await jest.advanceTimersByTimeAsync(990);
-      // Then the model reports it and does not hammer the server
-      expect(model.connected).toBe(false);
-      expect(model.error).toMatch(/closed/);
-      expect(api.sockets).toHaveLength(1);
-      // And tries again after the interval, then after three times as long
-      await jest.advanceTimersByTimeAsync(20);
-      expect(api.sockets).toHaveLength(2);
-      api.sockets[1].drop();
-      await jest.advanceTimersByTimeAsync(2990);
-      expect(api.sockets).toHaveLength(2);
-      await jest.advanceTimersByTimeAsync(20);
-      expect(api.sockets).toHaveLength(3);
-    } finally {
-      model.dispose();
-      jest.useRealTimers();
-    }
+    const api = fakeApi({ status: STATUS });
+    model = new GpuStreamModel({ api, interval: 1 });
+    model.live = true;
+    await advance(20);
+    // When the socket closes before any message
+    api.sockets[0].drop();
+    await advance(990);
+    // Then the model reports it and does not hammer the server
+    expect(model.connected).toBe(false);
+    expect(model.error).toMatch(/closed/);
+    expect(api.sockets).toHaveLength(1);
+    // And tries again after the interval, then after three times as long
+    await advance(20);
+    expect(api.sockets).toHaveLength(2);
+    api.sockets[1].drop();
+    await advance(2990);
+    expect(api.sockets).toHaveLength(2);
+    await advance(20);
+    expect(api.sockets).toHaveLength(3);
   });
 
   it('polls GET gpus instead while nobody watches live, and closes the socket', async () => {
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY, gpus: snapshot(5, [gpu(0)]) });
     model = new GpuStreamModel({ api });
     model.live = true;
-    await settle();
+    await advance();
     api.sockets[0].send(snapshot(4, [gpu(0)]));
-    await settle();
+    await advance();
     // When the panel is hidden
     model.live = false;
-    await settle();
+    await advance();
     // Then the socket is closed and the snapshot comes over REST
     expect(api.sockets[0].closed).toBe(true);
     expect(model.connected).toBe(false);
@@ -132,7 +134,7 @@ describe('GpuStreamModel', () => {
     const api = fakeApi({ status: { ...STATUS, available: false, reason } });
     model = new GpuStreamModel({ api });
     model.live = true;
-    await settle();
+    await advance();
     expect(model.status?.reason).toBe(reason);
     expect(api.sockets).toHaveLength(0);
     expect(api.calls).toEqual(['GET status']);
@@ -141,7 +143,7 @@ describe('GpuStreamModel', () => {
   it('reports a failing server, and asks for the status again', async () => {
     const api = fakeApi({ status: new Error('Network down') });
     model = new GpuStreamModel({ api });
-    await settle();
+    await advance();
     expect(model.error).toBe('Network down');
     expect(model.status).toBeNull();
   });
