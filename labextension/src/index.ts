@@ -1,4 +1,9 @@
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import {
+  ILabShell,
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
 import {
   Dialog,
   ICommandPalette,
@@ -7,7 +12,7 @@ import {
   showErrorMessage
 } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { KernelAPI } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
@@ -22,26 +27,33 @@ import { requestAPI } from './request';
 import { GpuStatusItem } from './statusitem';
 import { IStatusChoice } from './statustext';
 import { GpuStreamModel } from './stream';
+import { addToolbarItem } from './toolbaritem';
 import { IApi } from './types';
 
 const PLUGIN_ID = 'jupyter-tfgpu:plugin';
-const OPEN_PANEL = 'jupyter-tfgpu:open-panel';
+/** Opens the GPU panel (the View menu's entry comes from the plugin's schema). */
+const OPEN_PANEL = 'tfgpu:open';
 
-/** The GPU sidebar panel, the status bar item and the notifications, over one set of models. */
+/**
+ * The GPU sidebar panel, the status bar item and the notifications, over one set of models.
+ * In Notebook 7, which has no status bar, the panel is in the right sidebar and each notebook's
+ * toolbar shows its kernel's GPU memory.
+ */
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description:
     'GPU panel, status bar item and notifications for the jupyter-tfgpu server extension.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ILayoutRestorer, IStatusBar, ISettingRegistry, ICommandPalette],
+  optional: [ILayoutRestorer, IStatusBar, ISettingRegistry, ICommandPalette, ILabShell],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     restorer: ILayoutRestorer | null,
     statusBar: IStatusBar | null,
     registry: ISettingRegistry | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    labShell: ILabShell | null
   ) => {
     const { serviceManager } = app;
     const settings = serviceManager.serverSettings;
@@ -104,23 +116,35 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openNotebook: path => void app.commands.execute('docmanager:open', { path }),
       kernelAction: (action, id, notebook) => void kernelAction(action, id, notebook)
     });
-    app.shell.add(panel, 'left', { rank: 600, type: 'GPUs' });
+    // Notebook 7 (no lab shell) has it beside the notebook, where its debugger opens too.
+    app.shell.add(panel, labShell ? 'left' : 'right', { rank: 600, type: 'GPUs' });
     restorer?.add(panel, 'jupyter-tfgpu:panel');
 
     app.commands.addCommand(OPEN_PANEL, {
-      label: 'Show the GPU Panel',
+      label: args => (args.isPalette ? 'Show the GPU Panel' : 'GPU Panel'),
       caption: 'GPUs, who holds their memory, and the current notebook’s GPU policy',
       execute: () => app.shell.activateById(panel.id)
     });
-    palette?.addItem({ command: OPEN_PANEL, category: 'GPU' });
+    palette?.addItem({ command: OPEN_PANEL, category: 'GPU', args: { isPalette: true } });
 
-    const item = new GpuStatusItem({
-      stream,
-      kernels,
-      tracker,
-      onClick: () => void app.commands.execute(OPEN_PANEL)
-    });
-    statusBar?.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
+    const openPanel = () => void app.commands.execute(OPEN_PANEL);
+    let item: GpuStatusItem | null = null;
+    if (statusBar) {
+      item = new GpuStatusItem({
+        stream,
+        kernels,
+        kernelId: () => tracker.currentWidget?.sessionContext.session?.kernel?.id,
+        kernelChanged: [tracker.currentChanged],
+        onClick: openPanel
+      });
+      statusBar.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
+    } else {
+      // No status bar (Notebook 7): each notebook's toolbar shows its own kernel's memory.
+      app.docRegistry.addWidgetExtension('Notebook', {
+        createNew: widget =>
+          addToolbarItem(widget as NotebookPanel, { stream, kernels, onClick: openPanel })
+      });
+    }
 
     const notifier = new GpuNotifier({
       events: serviceManager.events,
@@ -137,9 +161,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return ids;
       },
       notify: (notice: INotice) => {
-        const actions: Notification.IAction[] = [
-          { label: 'GPU panel', callback: () => void app.commands.execute(OPEN_PANEL) }
-        ];
+        const actions: Notification.IAction[] = [{ label: 'GPU panel', callback: openPanel }];
         if (notice.notebook) {
           const path = notice.notebook;
           actions.unshift({
@@ -155,10 +177,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       historySeconds = (values.historySeconds as number) ?? 300;
       stream.historySeconds = historySeconds;
       stream.interval = (values.refreshInterval as number) ?? 5;
-      item.choice = {
+      const choice: IStatusChoice = {
         mode: (values.statusBarGpus as IStatusChoice['mode']) ?? 'kernel',
         indices: (values.statusBarIndices as number[]) ?? []
       };
+      if (item) {
+        item.choice = choice;
+      }
       notifier.capPercent = (values.capWarningPercent as number) ?? 90;
       notifier.enforcement = (values.notifyEnforcement as boolean) ?? true;
       panel.update();

@@ -29,6 +29,8 @@ export class GpuPanel extends ReactWidget {
     this.title.icon = gpuIcon;
     this.title.caption = 'GPUs';
     this.addClass('jp-tfgpu-Panel');
+    this.node.setAttribute('role', 'region');
+    this.node.setAttribute('aria-label', 'GPU panel');
     const update = () => this.update();
     _options.stream.changed.connect(update);
     _options.kernels.changed.connect(update);
@@ -308,6 +310,7 @@ function Holder(props: {
           <button
             className="jp-tfgpu-Link jp-tfgpu-Holder-name"
             title={`Open ${holder.notebook}`}
+            aria-label={`Open ${holder.notebook}`}
             onClick={() => onOpen(holder.notebook as string)}
           >
             {basename(holder.notebook)}

@@ -1,19 +1,26 @@
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { ISignal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { KernelsModel } from './kernels';
 import { IStatusChoice, statusLine } from './statustext';
 import { GpuStreamModel } from './stream';
 
-/** Status bar item: the GPU memory the current notebook's kernel holds; click opens the panel. */
+/**
+ * The GPU memory a notebook's kernel holds, as a button that opens the panel: JupyterLab's
+ * status bar item (the current notebook's kernel) and, where there is no status bar
+ * (Notebook 7), an item in each notebook's toolbar (that notebook's kernel).
+ */
 export class GpuStatusItem extends Widget {
-  /** Show `stream`'s figures for `tracker`'s current notebook's kernel. */
+  /** Show `stream`'s figures for the kernel `kernelId` names. */
   constructor(private _options: GpuStatusItem.IOptions) {
     super();
     this.addClass('jp-tfgpu-StatusItem');
     this._text.className = 'jp-tfgpu-StatusItem-text';
     this._label.className = 'jp-tfgpu-Badge jp-tfgpu-mod-simulated';
     this._label.textContent = 'SIMULATED';
+    // The item's aria-label says it all; the parts would only repeat it.
+    this._text.setAttribute('aria-hidden', 'true');
+    this._label.setAttribute('aria-hidden', 'true');
     this.node.append(this._text, this._label);
     this.node.tabIndex = 0;
     this.node.setAttribute('role', 'button');
@@ -24,10 +31,12 @@ export class GpuStatusItem extends Widget {
         _options.onClick();
       }
     });
-    const render = () => this._render();
-    _options.stream.changed.connect(render);
-    _options.kernels.changed.connect(render);
-    _options.tracker?.currentChanged.connect(render);
+    // Connected with `this`, so that disposing of the item (its notebook closed) disconnects.
+    _options.stream.changed.connect(this._render, this);
+    _options.kernels.changed.connect(this._render, this);
+    for (const signal of _options.kernelChanged) {
+      signal.connect(this._render, this);
+    }
     this._render();
   }
 
@@ -38,18 +47,23 @@ export class GpuStatusItem extends Widget {
   }
 
   private _render(): void {
-    const { stream, kernels, tracker } = this._options;
-    const kernelId = tracker?.currentWidget?.sessionContext.session?.kernel?.id;
+    const { stream, kernels, kernelId } = this._options;
+    const id = kernelId();
     const line = statusLine({
       status: stream.status,
       snapshot: stream.snapshot,
       error: stream.error,
-      kernelId,
-      kernel: kernels.find(kernelId),
+      kernelId: id,
+      kernel: kernels.find(id),
       choice: this._choice
     });
     this._text.textContent = line.text;
-    this.node.title = line.simulated ? `${line.tooltip}\n(simulated GPUs)` : line.tooltip;
+    const simulated = '(simulated GPUs)';
+    this.node.title = line.simulated ? `${line.tooltip}\n${simulated}` : line.tooltip;
+    this.node.setAttribute(
+      'aria-label',
+      line.simulated ? `${line.label} ${simulated}` : line.label
+    );
     this._label.hidden = !line.simulated;
     this.toggleClass('jp-mod-warning', line.warning);
   }
@@ -61,11 +75,14 @@ export class GpuStatusItem extends Widget {
 
 /** Options of `GpuStatusItem`. */
 export namespace GpuStatusItem {
-  /** The models to show and what a click does. */
+  /** The models to show, whose kernel, and what a click does. */
   export interface IOptions {
     stream: GpuStreamModel;
     kernels: KernelsModel;
-    tracker: INotebookTracker | null;
+    /** The kernel whose memory to show (none without a notebook or a kernel). */
+    kernelId: () => string | null | undefined;
+    /** Signals after which `kernelId` may name another kernel. */
+    kernelChanged: ISignal<unknown, unknown>[];
     onClick: () => void;
   }
 }

@@ -16,6 +16,8 @@ export interface IStatusChoice {
 /** The item's text and tooltip; `warning` when a backend the admin named failed. */
 export interface IStatusLine {
   text: string;
+  /** What a screen reader says: the text, then what its numbers are (the tooltip's first line). */
+  label: string;
   tooltip: string;
   simulated: boolean;
   warning: boolean;
@@ -35,6 +37,8 @@ export interface IStatusInput {
 }
 
 const CLICK = 'Click for the GPU panel.';
+/** What the figures of the `all` and chosen-GPU modes are. */
+const MACHINE = 'mean utilization \u00b7 memory used / total';
 
 /** A kernel's per-GPU memory limit in bytes: what it started with, or its policy's. */
 function limitOf(kernel: IKernel | undefined): number | null {
@@ -53,6 +57,7 @@ export function statusLine(input: IStatusInput): IStatusLine {
   const { status, snapshot, error, kernelId, kernel, choice } = input;
   const line = (text: string, tooltip: string, warning = false): IStatusLine => ({
     text,
+    label: `${text}. ${tooltip.split('\n')[0]}`,
     tooltip,
     simulated: !!snapshot?.simulated && !!status?.available,
     warning
@@ -76,11 +81,11 @@ export function statusLine(input: IStatusInput): IStatusLine {
     const gpus = all.filter(g => choice.indices.includes(g.index));
     return line(
       statusText(gpus),
-      `GPUs chosen in the settings\n${gpus.map(describeGpu).join('\n')}\n${CLICK}`
+      `GPUs chosen in the settings: ${MACHINE}\n${gpus.map(describeGpu).join('\n')}\n${CLICK}`
     );
   }
   if (choice.mode === 'all') {
-    return line(statusText(all), `All GPUs\n${totals}\n${CLICK}`);
+    return line(statusText(all), `All GPUs: ${MACHINE}\n${totals}\n${CLICK}`);
   }
   if (!kernelId) {
     return line(

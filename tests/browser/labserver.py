@@ -31,6 +31,11 @@ BASE_URL = "/lab-base/"
 REPO = Path(__file__).resolve().parents[2]
 BUILT_EXTENSION = REPO / "jupyter_tfgpu" / "labextension"
 VIEWPORT = {"width": 1280, "height": 900}
+# The front ends the tests start: the module `python -m` runs, and its own options.
+APPS = {
+    "lab": ("jupyterlab", ["--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True"]),
+    "notebook": ("notebook", ["--JupyterNotebookApp.expose_app_in_browser=True"]),
+}
 
 
 def _free_port() -> int:
@@ -40,10 +45,16 @@ def _free_port() -> int:
 
 
 class Lab:
-    """A running `jupyter lab` subprocess with its own throw-away HOME and Jupyter folders."""
+    """A running `jupyter lab` (or `jupyter notebook`, `app="notebook"`) subprocess with its own
+    throw-away HOME and Jupyter folders."""
 
     def __init__(
-        self, scratch: Path, backend: str, extra: list[str], without_nvml: bool = False
+        self,
+        scratch: Path,
+        backend: str,
+        extra: list[str],
+        without_nvml: bool = False,
+        app: str = "lab",
     ) -> None:
         self.token = secrets.token_hex(16)
         self.port = _free_port()
@@ -81,14 +92,15 @@ class Lab:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # The one fake: an NVML whose library is missing, for a backend named "nvml".
         lab = [sys.executable, str(Path(__file__).with_name("lab_without_nvml.py"))]
+        module, app_options = APPS[app]
         self.proc = subprocess.Popen(
             [
-                *(lab if without_nvml else [sys.executable, "-m", "jupyterlab"]),
+                *(lab if without_nvml else [sys.executable, "-m", module]),
                 "--no-browser", "--allow-root",
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                 "--ServerApp.port_retries=0", f"--ServerApp.base_url={BASE_URL}",
                 f"--ServerApp.root_dir={self.root}", f"--IdentityProvider.token={self.token}",
-                "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
+                *app_options,
                 f"--TFGPU.backend={backend}", "--TFGPU.process_interval=0.5",
                 "--TFGPU.sample_interval=0.5", *extra,
             ],
@@ -160,10 +172,15 @@ class Lab:
 
 
 def start_lab(
-    tmp_path_factory: pytest.TempPathFactory, backend: str, *extra: str, without_nvml: bool = False
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: str,
+    *extra: str,
+    without_nvml: bool = False,
+    app: str = "lab",
 ) -> Iterator[Lab]:
-    """Run one lab server for a module (use from a module-scoped fixture)."""
-    lab = Lab(tmp_path_factory.mktemp(f"lab-{backend}"), backend, list(extra), without_nvml)
+    """Run one lab (or notebook) server for a module (use from a module-scoped fixture)."""
+    scratch = tmp_path_factory.mktemp(f"{app}-{backend}")
+    lab = Lab(scratch, backend, list(extra), without_nvml, app)
     try:
         yield lab
     finally:
@@ -191,8 +208,11 @@ class Console:
         self.errors.append(f"uncaught: {error}")
 
 
-def open_lab(browser: Any, lab: Lab, console: Console, path: str = "lab") -> Any:
-    """A fresh browser context logged in with the token, on `path`, once JupyterLab started."""
+def open_lab(
+    browser: Any, lab: Lab, console: Console, path: str = "lab", ready: str = "#jp-main-statusbar"
+) -> Any:
+    """A fresh browser context logged in with the token, on `path`, once JupyterLab started
+    (for Notebook 7, which has no status bar, `ready` names another element to wait for)."""
     ctx = browser.new_context(viewport=VIEWPORT)
     page = ctx.new_page()
     page.on("console", console.on_message)
@@ -201,7 +221,7 @@ def open_lab(browser: Any, lab: Lab, console: Console, path: str = "lab") -> Any
     page.goto(lab.url(f"{path}{sep}reset&token={lab.token}"))
     page.wait_for_function("() => !!window.jupyterapp", timeout=60_000)
     page.evaluate("() => window.jupyterapp.restored")
-    page.wait_for_selector("#jp-main-statusbar")
+    page.wait_for_selector(ready)
     return page
 
 

@@ -97,6 +97,27 @@ describe('statusLine', () => {
     expect(one.text).toBe('GPU 1: 40% \u00b7 1.0 / 16.0 GiB');
   });
 
+  it('says what its numbers are, first in the tooltip and in the label a screen reader reads', () => {
+    // Given each way the item can show figures
+    const kernelLine = statusLine(input({}));
+    const all = statusLine(input({ choice: { mode: 'all', indices: [] } }));
+    const chosen = statusLine(input({ choice: { mode: 'kernel', indices: [1] } }));
+    // Then the label is the text followed by the tooltip's first line, which explains it
+    expect(kernelLine.label).toBe(
+      "GPU: 1.2 GiB. This notebook's kernel holds 1.2 GiB of GPU memory (GPU 0: 1.2 GiB)."
+    );
+    expect(all.tooltip.split('\n')[0]).toBe(
+      'All GPUs: mean utilization \u00b7 memory used / total'
+    );
+    expect(all.label).toBe(
+      'GPU 0,1: 40% \u00b7 2.0 / 32.0 GiB. All GPUs: mean utilization \u00b7 memory used / total'
+    );
+    expect(chosen.tooltip.split('\n')[0]).toBe(
+      'GPUs chosen in the settings: mean utilization \u00b7 memory used / total'
+    );
+    expect(chosen.tooltip.split('\n')[1]).toMatch(/^GPU 1 Simulated GPU 16GB: 40% busy/);
+  });
+
   it('says n/a with the reason when there is no GPU data; a named backend failing warns', () => {
     const failed: IStatus = {
       ...available,
@@ -110,6 +131,9 @@ describe('statusLine', () => {
     const line = statusLine(input({ status: failed, snapshot: null }));
     expect(line).toEqual({
       text: 'GPU: n/a',
+      label:
+        'GPU: n/a. GPU monitoring failed: This server is set to read its GPUs with NVML, which ' +
+        'did not start: Driver Not Loaded. It tries again in 30 s.',
       tooltip:
         'GPU monitoring failed: This server is set to read its GPUs with NVML, which did not ' +
         'start: Driver Not Loaded. It tries again in 30 s.',
