@@ -72,6 +72,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const kernels = new KernelsModel(api);
     const policy = new PolicyModel(api);
     serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
+    // A policy saved anywhere (another tab, %tfgpu, a widget, REST, a rename) is pushed on the
+    // stream: the form re-reads its notebook's policy, the kernels their restart_required.
+    stream.policiesChanged.connect((_, notice) => {
+      void policy.follow(notice);
+      if (notice.restarted || notice.changes.revision > 0) {
+        void kernels.refresh().catch(() => 0);
+      }
+    });
 
     const kernelAction = async (action: KernelAction, id: string, notebook: string | null) => {
       const name = basename(notebook) || `kernel ${id.slice(0, 8)}`;

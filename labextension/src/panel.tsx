@@ -4,6 +4,7 @@ import type { LabIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { describeAvailability } from './availability';
+import { describeCadence } from './cadence';
 import { basename, formatBytes } from './format';
 import { GpuCard } from './gpucard';
 import { groupHolders, IHolder } from './holders';
@@ -111,15 +112,23 @@ export class GpuPanel extends ReactWidget {
     if (!snapshot) {
       return <p className="jp-tfgpu-Muted">Waiting for the first sample&hellip;</p>;
     }
-    return snapshot.gpus.map(gpu => (
-      <GpuCard
-        key={gpu.index}
-        gpu={gpu}
-        simulated={snapshot.simulated}
-        series={stream.series(gpu.index)}
-        seconds={historySeconds()}
-      />
-    ));
+    const stretched = describeCadence(snapshot);
+    return [
+      stretched && (
+        <p key="cadence" className="jp-tfgpu-Note jp-tfgpu-Cadence" role="status">
+          {stretched}
+        </p>
+      ),
+      ...snapshot.gpus.map(gpu => (
+        <GpuCard
+          key={gpu.index}
+          gpu={gpu}
+          simulated={snapshot.simulated}
+          series={stream.series(gpu.index)}
+          seconds={historySeconds()}
+        />
+      ))
+    ];
   }
 
   private _holders(): React.ReactNode {
@@ -205,7 +214,7 @@ export class GpuPanel extends ReactWidget {
         )}
         {path && description && (
           <PolicyForm
-            key={`${path}\n${JSON.stringify(description.policy)}`}
+            key={path}
             fields={fields}
             description={description}
             config={policy.config}

@@ -1,5 +1,6 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { IPolicyChangeNotice, needsReload } from './policychanges';
 import { IApi, IConfig, IPolicyDescription, Policy } from './types';
 
 /** How the form edits one policy field. */
@@ -196,6 +197,16 @@ export class PolicyModel {
         this._description = description;
       }
     });
+  }
+
+  /** Read the policy again if a change on the server concerns it (a stream notice). */
+  async follow(notice: IPolicyChangeNotice): Promise<void> {
+    if (notice.restarted) {
+      this._config = null; // the admin may have restarted the server with new caps
+    }
+    if (needsReload(this._path, this._description?.revision ?? null, notice)) {
+      await this.load();
+    }
   }
 
   /** Store `draft` as the notebook's policy; false (and `error`) when the server refuses. */

@@ -32,10 +32,25 @@ export interface IPolicyFormProps {
 export function PolicyForm(props: IPolicyFormProps): JSX.Element {
   const { fields, description, config, error } = props;
   const own = description.policy ?? {};
+  const ownText = JSON.stringify(policyBody(own));
   const [draft, setDraft] = React.useState<Policy>(own);
+  // The saved policy the draft started from: the server's may move on under it.
+  const [base, setBase] = React.useState(ownText);
   const [busy, setBusy] = React.useState(false);
   const locked = config !== null && !config.allow_user_policies;
-  const dirty = JSON.stringify(policyBody(draft)) !== JSON.stringify(policyBody(own));
+  const draftText = JSON.stringify(policyBody(draft));
+  const dirty = draftText !== base;
+  // Saved elsewhere (another tab, %tfgpu, a widget, the REST API) while this form has edits.
+  const conflict = ownText !== base && dirty && ownText !== draftText;
+  const adopt = () => {
+    setDraft(own);
+    setBase(ownText);
+  };
+  React.useEffect(() => {
+    if (ownText !== base && (!dirty || ownText === draftText)) {
+      adopt(); // nothing of the user's to lose: show the saved policy
+    }
+  }, [ownText]);
   const more = fields.filter(f => !PRIMARY_FIELDS.includes(f.name));
   const field = (f: IPolicyField) => (
     <Field
@@ -63,6 +78,17 @@ export function PolicyForm(props: IPolicyFormProps): JSX.Element {
         run(() => props.onSave(draft));
       }}
     >
+      {conflict && (
+        <div className="jp-tfgpu-Banner" role="alert">
+          <span>
+            This notebook&apos;s policy was changed elsewhere while you were editing. Save keeps
+            your edits; Reload shows the saved policy and drops them.
+          </span>
+          <button type="button" className="jp-mod-styled" onClick={adopt}>
+            Reload
+          </button>
+        </div>
+      )}
       {locked && (
         <p className="jp-tfgpu-Note">
           The admin does not allow per-notebook policies; the admin defaults apply.
@@ -91,7 +117,7 @@ export function PolicyForm(props: IPolicyFormProps): JSX.Element {
         <button
           type="submit"
           className="jp-mod-styled jp-mod-accept"
-          disabled={locked || busy || !dirty}
+          disabled={locked || busy || draftText === ownText}
         >
           Save
         </button>

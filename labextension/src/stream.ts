@@ -2,7 +2,8 @@ import { IDisposable } from '@lumino/disposable';
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { IApi, IHistory, ISnapshot, IStatus } from './types';
+import { IPolicyChangeNotice, PolicyChangeTracker } from './policychanges';
+import { IApi, IHistory, IPolicyChanges, ISnapshot, IStatus } from './types';
 
 /** One GPU's recent readings, oldest first; null where the GPU gave no value. */
 export interface ISeries {
@@ -80,6 +81,11 @@ export class GpuStreamModel implements IDisposable {
   /** Emitted whenever the status, a snapshot, the series or the connection state changes. */
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** Emitted for each stream message with policy changes (each message while live). */
+  get policiesChanged(): ISignal<this, IPolicyChangeNotice> {
+    return this._policiesChanged;
   }
 
   /** The server's answer to GET `status`, once known. */
@@ -241,10 +247,17 @@ export class GpuStreamModel implements IDisposable {
     }
   }
 
-  private _receive(snapshot: ISnapshot): void {
+  private _receive(message: ISnapshot & { policies?: IPolicyChanges }): void {
+    const { policies, ...snapshot } = message;
+    if (this._snapshot?.timestamp !== snapshot.timestamp) {
+      appendSnapshot(this._series, snapshot, this._historySeconds);
+    }
     this._snapshot = snapshot;
-    appendSnapshot(this._series, snapshot, this._historySeconds);
     this._changed.emit();
+    if (policies) {
+      // A policy change re-sends the latest snapshot at once, with the change numbered.
+      this._policiesChanged.emit(this._policyTracker.update(policies));
+    }
   }
 
   private _setError(error: string | null): void {
@@ -269,6 +282,8 @@ export class GpuStreamModel implements IDisposable {
   private _historySeconds: number;
   private _live = false;
   private _poll: Poll;
+  private _policiesChanged = new Signal<this, IPolicyChangeNotice>(this);
+  private _policyTracker = new PolicyChangeTracker();
   private _series = new Map<number, ISeries>();
   private _snapshot: ISnapshot | null = null;
   private _socket: WebSocket | null = null;
