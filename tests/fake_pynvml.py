@@ -43,6 +43,15 @@ class FakeProcess:
 
 
 @dataclass
+class FakeLink:
+    """One NVLink link: its state and the KiB of data it carried each way (counters)."""
+
+    active: bool = True
+    tx_kib: int = 0
+    rx_kib: int = 0
+
+
+@dataclass
 class FakeMig:
     """One MIG device (GPU instance + compute instance) under a FakeGpu."""
 
@@ -75,6 +84,7 @@ class FakeGpu:
     max_clock_mem: int = 1593
     pcie_tx_kb: int = 0
     pcie_rx_kb: int = 0
+    nvlink: list[FakeLink] = field(default_factory=list)  # empty: no NVLink (NOT_SUPPORTED)
     processes: list[FakeProcess] = field(default_factory=list)
     graphics_processes: list[FakeProcess] = field(default_factory=list)
     process_utilization: list[tuple[int, int, int]] = field(default_factory=list)
@@ -447,6 +457,42 @@ class FakeNvml:
         if counter == real.NVML_PCIE_UTIL_RX_BYTES:
             return gpu.pcie_rx_kb
         raise _ERR(real.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetFieldValues(self, handle, fieldIds):
+        """The binding's result: a ctypes array of the real struct, one per requested field."""
+        gpu, _ = self._device(handle, "nvmlDeviceGetFieldValues")
+        values = (real.c_nvmlFieldValue_t * len(fieldIds))()
+        stamp = int(self.timer() * 1e6)
+        for slot, requested in zip(values, fieldIds):
+            field_id, scope = requested if isinstance(requested, tuple) else (requested, 0)
+            slot.fieldId, slot.scopeId, slot.timestamp = field_id, scope, stamp
+            answer = self._field_value(gpu, field_id, scope)
+            if answer is None:
+                slot.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
+                continue
+            slot.nvmlReturn = real.NVML_SUCCESS
+            kind, value = answer
+            slot.valueType = kind
+            setattr(slot.value, "uiVal" if kind == real.NVML_VALUE_TYPE_UNSIGNED_INT else "ullVal", value)
+        return values
+
+    @staticmethod
+    def _field_value(gpu: FakeGpu, field_id: int, scope: int) -> tuple[int, int] | None:
+        if not gpu.nvlink:
+            return None
+        if field_id == real.NVML_FI_DEV_NVLINK_LINK_COUNT:
+            return real.NVML_VALUE_TYPE_UNSIGNED_INT, len(gpu.nvlink)
+        if scope >= len(gpu.nvlink):
+            return None
+        link = gpu.nvlink[scope]
+        if field_id == real.NVML_FI_DEV_NVLINK_GET_STATE:
+            state = real.NVML_NVLINK_STATE_ACTIVE if link.active else real.NVML_NVLINK_STATE_INACTIVE
+            return real.NVML_VALUE_TYPE_UNSIGNED_INT, state
+        if field_id == real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX:
+            return real.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, link.tx_kib
+        if field_id == real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX:
+            return real.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, link.rx_kib
+        return None
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         return self._alias(handle, "nvmlDeviceGetComputeRunningProcesses")

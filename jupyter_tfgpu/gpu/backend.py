@@ -57,6 +57,8 @@ class DeviceInfo:
     mig_mode: bool | None = None
     mig_instances: tuple[MigInstance, ...] = ()
     lost: bool = False  # the device could not even be opened
+    nvlink_links: int = 0  # NVLink links the GPU has (0: none)
+    nvlink_reason: str | None = None  # why there are no NVLink figures, when there are none
 
 
 class Backend(Protocol):

@@ -44,6 +44,8 @@ class NvmlBackend:
         self._memory_v2: bool | None = None
         self._process_readers: dict[str, list[Callable[[Any], Any]]] = {}
         self._process_util_ts: dict[int, int] = {}
+        # GPU index -> (microseconds, KiB sent, KiB received) of the last NVLink reading
+        self._nvlink_last: dict[int, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
         self._open = False
 
@@ -75,6 +77,7 @@ class NvmlBackend:
         self._mig_slots = {}
         self._mig_process_source = {}
         self._process_util_ts = {}
+        self._nvlink_last = {}
         self._process_readers = {
             "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
             "graphics": self._versioned("nvmlDeviceGetGraphicsRunningProcesses"),
@@ -200,6 +203,7 @@ class NvmlBackend:
                 ),
             }
             mig_mode, instances = self._read_mig(index, handle)
+            links, no_links = self._read_nvlink_count(index, handle)
         except GpuLost:
             self._handles[index] = None
             return DeviceInfo(index=index, uuid="", name="lost", memory_total=None, lost=True)
@@ -212,6 +216,8 @@ class NvmlBackend:
             max_clocks=max_clocks,
             mig_mode=mig_mode,
             mig_instances=tuple(instances),
+            nvlink_links=links,
+            nvlink_reason=no_links,
         )
 
     def _read_mig(self, index: int, handle: Any) -> tuple[bool | None, list[MigInstance]]:
@@ -337,7 +343,7 @@ class NvmlBackend:
         }
 
     def read_pcie(self, index: int) -> dict[str, Any]:
-        """PCIe throughput in bytes/s (NVML reports KB/s)."""
+        """PCIe throughput in bytes/s (NVML reports KB/s), and NVLink's where the GPU has links."""
         nvml = self._nvml
         handle = self._handle(index)
         errors: dict[str, str] = {}
@@ -348,12 +354,93 @@ class NvmlBackend:
         rx = self._optional(
             index, throughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES, errors=errors, field="pcie.rx"
         )
-        return {
+        fields: dict[str, Any] = {
             "pcie": {
                 "tx": tx * 1024 if tx is not None else None,
                 "rx": rx * 1024 if rx is not None else None,
             },
             "errors": errors,
+        }
+        links = self._infos[index].nvlink_links if index < len(self._infos) else 0
+        if links:
+            fields["nvlink"] = self._read_nvlink(index, handle, links)
+        return fields
+
+    # -- NVLink (field values; read with PCIe, only while someone watches) -----------------------
+
+    def _field_values(self, index: int, handle: Any, ids: list[Any]) -> list[Any] | None:
+        """One nvmlDeviceGetFieldValues call; None where the driver cannot answer it at all."""
+        fn = getattr(self._nvml, "nvmlDeviceGetFieldValues", None)
+        if fn is None:
+            return None
+        try:
+            return list(fn(handle, ids))
+        except Exception as err:  # noqa: BLE001 - sorted out by _failed (lost GPU raises)
+            self._failed(index, err, "nvmlDeviceGetFieldValues", {}, "nvlink")
+            return None
+
+    def _value(self, sample: Any) -> int | float | None:
+        """A field value's number, by its type; None when the field did not answer."""
+        nvml = self._nvml
+        if sample.nvmlReturn != nvml.NVML_SUCCESS:
+            return None
+        name = {
+            nvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+            nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        }.get(sample.valueType, "siVal")
+        return getattr(sample.value, name)
+
+    def _read_nvlink_count(self, index: int, handle: Any) -> tuple[int, str | None]:
+        """How many NVLink links the GPU has, or 0 and why there are none."""
+        field = getattr(self._nvml, "NVML_FI_DEV_NVLINK_LINK_COUNT", None)
+        values = None if field is None else self._field_values(index, handle, [field])
+        if not values:
+            return 0, "this driver reports no NVLink figures"
+        count = self._value(values[0])
+        if not count:
+            return 0, "this GPU has no NVLink"
+        return int(count), None
+
+    def _read_nvlink(self, index: int, handle: Any, links: int) -> dict[str, Any]:
+        """Active links and data throughput over all links (bytes/s, from KiB counters)."""
+        nvml = self._nvml
+        ids: list[tuple[int, int]] = []
+        for link in range(links):
+            ids += [
+                (nvml.NVML_FI_DEV_NVLINK_GET_STATE, link),
+                (nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link),
+                (nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link),
+            ]
+        values = self._field_values(index, handle, ids)
+        if values is None:
+            return {"links": links, "active": None, "tx": None, "rx": None,
+                    "tx_total": None, "rx_total": None}  # fmt: skip
+        states = [self._value(v) for v in values[0::3]]
+        sent = [self._value(v) for v in values[1::3]]
+        received = [self._value(v) for v in values[2::3]]
+        known = [s for s in states if s is not None]
+        active = sum(1 for s in known if s == nvml.NVML_NVLINK_STATE_ACTIVE) if known else None
+        tx_kib = sum(int(v) for v in sent if v is not None) if any(v is not None for v in sent) else None
+        rx_kib = sum(int(v) for v in received if v is not None) if any(v is not None for v in received) else None
+        now = max((int(v.timestamp) for v in values), default=0)
+        tx = rx = None
+        last = self._nvlink_last.get(index)
+        if tx_kib is not None and rx_kib is not None:
+            if last is not None and now > last[0] and tx_kib >= last[1] and rx_kib >= last[2]:
+                seconds = (now - last[0]) / 1e6
+                tx = int((tx_kib - last[1]) * 1024 / seconds)
+                rx = int((rx_kib - last[2]) * 1024 / seconds)
+            self._nvlink_last[index] = (now, tx_kib, rx_kib)
+        return {
+            "links": links,
+            "active": active,
+            "tx": tx,
+            "rx": rx,
+            "tx_total": None if tx_kib is None else tx_kib * 1024,
+            "rx_total": None if rx_kib is None else rx_kib * 1024,
         }
 
     def _process_list(self, index: int, kind: str, handle: Any) -> list[Any] | None:

@@ -84,6 +84,28 @@ class PcieReading(NamedTuple):
         return {"tx": self.tx, "rx": self.rx}
 
 
+class NvlinkReading(NamedTuple):
+    """NVLink: links the GPU has, how many are active, data throughput over all of them."""
+
+    links: int = 0
+    active: int | None = None
+    tx: int | None = None  # bytes/s, while someone watches the interconnect
+    rx: int | None = None
+    tx_total: int | None = None  # bytes since the driver started counting (the last reading)
+    rx_total: int | None = None
+    reason: str | None = None  # why there are no figures, when the GPU has no NVLink
+
+    def to_json(self) -> dict[str, Any]:
+        """As the API shows it."""
+        return self._asdict()
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any] | None) -> NvlinkReading:
+        """From the API's form; missing members read as unknown."""
+        row = row or {}
+        return cls(*(row.get(name, default) for name, default in cls._field_defaults.items()))
+
+
 class ProcessUtilization(NamedTuple):
     """Percent of the GPU one process keeps busy."""
 
@@ -202,6 +224,7 @@ class GpuReading:
     fan: int | None = None
     clocks: ClockReading = ClockReading(None, None, None, None)
     pcie: PcieReading = PcieReading(None, None)
+    nvlink: NvlinkReading = NvlinkReading()
     mig: MigReading | None = None
     processes: tuple[ProcessReading, ...] = ()
 
@@ -226,6 +249,7 @@ class GpuReading:
             "fan": self.fan,
             "clocks": self.clocks.to_json(),
             "pcie": self.pcie.to_json(),
+            "nvlink": self.nvlink.to_json(),
             "mig": None if self.mig is None else self.mig.to_json(),
             "processes": [p.to_json() for p in self.processes],
         }
@@ -255,6 +279,7 @@ class GpuReading:
                 clocks.get("sm"), clocks.get("memory"), clocks.get("sm_max"), clocks.get("memory_max")
             ),
             pcie=PcieReading(pcie.get("tx"), pcie.get("rx")),
+            nvlink=NvlinkReading.from_json(row.get("nvlink")),
             mig=None if mig is None else MigReading(
                 bool(mig.get("enabled")),
                 tuple(

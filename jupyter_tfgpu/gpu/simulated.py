@@ -9,7 +9,9 @@ allocates 500 MB is seen on its GPU, so attribution, caps and reaping work end t
 from __future__ import annotations
 
 import threading
+import time
 import uuid as uuidlib
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 import psutil
@@ -22,6 +24,9 @@ _BASELINE_USED = 300 * 2**20
 _POWER_LIMIT_W = 300.0
 _MAX_SM_MHZ = 1980
 _MAX_MEM_MHZ = 1593
+# Simulated GPUs of a multi-GPU server are NVLink-bridged, 4 links each, up to 25 GB/s a way.
+_NVLINK_LINKS = 4
+_NVLINK_BYTES_PER_S = 25e9
 
 
 def simulated_uuid(name: str, index: int) -> str:
@@ -48,7 +53,9 @@ def expand_gpu_list(spec: list[dict[str, Any]]) -> list[DeviceInfo]:
                     mig_mode=False,
                 )
             )
-    return devices
+    if len(devices) > 1:
+        return [replace(d, nvlink_links=_NVLINK_LINKS) for d in devices]
+    return [replace(d, nvlink_reason="this GPU has no NVLink") for d in devices]
 
 
 class SimulatedBackend:
@@ -69,6 +76,8 @@ class SimulatedBackend:
         # Per GPU: the rows from the last process read, which the fast fields sum up.
         self._rows: dict[int, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        # GPU index -> (monotonic seconds, bytes sent, bytes received) over NVLink so far
+        self._nvlink: dict[int, tuple[float, float, float]] = {}
 
     def open(self) -> list[DeviceInfo]:
         """Build the configured GPUs."""
@@ -113,9 +122,22 @@ class SimulatedBackend:
         }
 
     def read_pcie(self, index: int) -> dict[str, Any]:
-        """Throughput proportional to utilization (simulated)."""
+        """Throughput proportional to utilization (simulated), NVLink's too where bridged."""
         busy = self._busy(index) / 100
-        return {"pcie": {"tx": int(2e9 * busy), "rx": int(6e9 * busy)}}
+        fields: dict[str, Any] = {"pcie": {"tx": int(2e9 * busy), "rx": int(6e9 * busy)}}
+        links = self._devices[index].nvlink_links
+        if links:
+            now = time.monotonic()
+            rate = _NVLINK_BYTES_PER_S * busy
+            then, sent, received = self._nvlink.get(index, (now, 0.0, 0.0))
+            sent += rate * (now - then)
+            received += rate * 0.8 * (now - then)
+            self._nvlink[index] = (now, sent, received)
+            fields["nvlink"] = {
+                "links": links, "active": links, "tx": int(rate), "rx": int(rate * 0.8),
+                "tx_total": int(sent), "rx_total": int(received),
+            }  # fmt: skip
+        return fields
 
     def read_processes(self, index: int) -> list[dict[str, Any]]:
         """The kernel processes placed on this GPU, with their trees' real memory."""

@@ -81,3 +81,30 @@ export function describeGpu(gpu: IGpu): string {
     `memory ${formatMemory(gpu.memory.used, gpu.memory.total)}, ${temperature}`
   );
 }
+
+/** A rate in binary units, e.g. `1.2 GiB/s`. */
+function formatRate(bytesPerSecond: number | null): string {
+  return bytesPerSecond === null ? DASH : `${formatBytes(Math.round(bytesPerSecond))}/s`;
+}
+
+/**
+ * The interconnect line of a GPU card while someone watches it (PCIe and NVLink figures are
+ * read only then): `PCIe ↑ 1.0 GiB/s ↓ 2.0 GiB/s · NVLink 4/4 links ↑ … ↓ …`; null otherwise.
+ */
+export function describeInterconnect(gpu: IGpu): string | null {
+  const { pcie, nvlink } = gpu;
+  const parts: string[] = [];
+  if (pcie.tx !== null || pcie.rx !== null) {
+    parts.push(`PCIe \u2191 ${formatRate(pcie.tx)} \u2193 ${formatRate(pcie.rx)}`);
+  }
+  if (nvlink && nvlink.links > 0 && nvlink.active !== null) {
+    const rates =
+      nvlink.tx === null && nvlink.rx === null
+        ? ''
+        : ` \u2191 ${formatRate(nvlink.tx)} \u2193 ${formatRate(nvlink.rx)}`;
+    parts.push(`NVLink ${nvlink.active}/${nvlink.links} links${rates}`);
+  } else if (parts.length && nvlink && nvlink.links === 0) {
+    parts.push('no NVLink');
+  }
+  return parts.length ? parts.join(' \u00b7 ') : null;
+}

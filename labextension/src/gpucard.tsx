@@ -1,6 +1,6 @@
 import * as React from 'react';
 
-import { DASH, formatMemory, formatPercent } from './format';
+import { DASH, describeInterconnect, formatMemory, formatPercent } from './format';
 import { ISeries } from './stream';
 import { IGpu } from './types';
 
@@ -12,6 +12,7 @@ export function GpuCard(props: {
   seconds: number;
 }): JSX.Element {
   const { gpu, simulated, series, seconds } = props;
+  const interconnect = describeInterconnect(gpu);
   const power =
     gpu.power.draw === null
       ? DASH
@@ -61,6 +62,14 @@ export function GpuCard(props: {
             </span>
             <span title="Power draw">{power}</span>
           </div>
+          {interconnect && (
+            <div
+              className="jp-tfgpu-Gpu-link"
+              title={gpu.nvlink?.reason ?? 'Data sent and received over PCIe and NVLink'}
+            >
+              {interconnect}
+            </div>
+          )}
         </>
       )}
     </section>

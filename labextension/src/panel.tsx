@@ -99,6 +99,20 @@ export class GpuPanel extends ReactWidget {
       <div className="jp-tfgpu-Panel-body">
         <header className="jp-tfgpu-Header">
           <h2>GPUs</h2>
+          {status?.available && (
+            <button
+              type="button"
+              className="jp-tfgpu-Toggle"
+              aria-pressed={stream.interconnect}
+              title="Read PCIe and NVLink throughput while this panel is open (costs driver time)"
+              onClick={() => {
+                stream.interconnect = !stream.interconnect;
+                this.update();
+              }}
+            >
+              PCIe/NVLink
+            </button>
+          )}
           {status?.available && <Connection stream={stream} />}
         </header>
         {body}

@@ -124,6 +124,20 @@ export class GpuStreamModel implements IDisposable {
     }
   }
 
+  /**
+   * Whether PCIe and NVLink figures are asked for while live (they cost driver time, so only on
+   * demand, and never by the background polling).
+   */
+  get interconnect(): boolean {
+    return this._interconnect;
+  }
+  set interconnect(on: boolean) {
+    if (on !== this._interconnect) {
+      this._interconnect = on;
+      this._askInterconnect();
+    }
+  }
+
   /** Seconds between background refreshes (and socket checks). */
   set interval(seconds: number) {
     this._poll.frequency = { ...this._poll.frequency, interval: Math.max(1, seconds) * 1000 };
@@ -201,6 +215,9 @@ export class GpuStreamModel implements IDisposable {
         if (!delivered) {
           delivered = true;
           this._delivering = socket;
+          if (this._interconnect) {
+            this._askInterconnect();
+          }
           resolve();
           // The history fills the sparklines, also after a gap while disconnected or hidden.
           void this._loadHistory();
@@ -220,6 +237,14 @@ export class GpuStreamModel implements IDisposable {
         }
       };
     });
+  }
+
+  /** Tell the server over the open socket whether to read PCIe and NVLink for this client. */
+  private _askInterconnect(): void {
+    const socket = this._delivering;
+    if (socket && socket === this._socket && socket.readyState === 1) {
+      socket.send(JSON.stringify({ pcie: this._interconnect }));
+    }
   }
 
   private _close(): void {
@@ -280,6 +305,7 @@ export class GpuStreamModel implements IDisposable {
   private _error: string | null = null;
   private _failures = 0;
   private _historySeconds: number;
+  private _interconnect = false;
   private _live = false;
   private _poll: Poll;
   private _policiesChanged = new Signal<this, IPolicyChangeNotice>(this);

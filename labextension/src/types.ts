@@ -68,6 +68,7 @@ export interface IGpu {
     memory_max?: number | null;
   };
   pcie: { tx: number | null; rx: number | null };
+  nvlink: INvlink;
   /** null when the GPU does not support MIG. */
   mig: {
     enabled: boolean;
@@ -92,6 +93,18 @@ export interface ISnapshot {
   gpus: IGpu[];
   /** How often memory and utilization are read now (absent before the GPUs are open). */
   cadence?: ICadence;
+}
+
+/** NVLink: read only while a client watches the interconnect; rates in bytes/s. */
+export interface INvlink {
+  /** Links the GPU has; 0: none, and `reason` says why. */
+  links: number;
+  active: number | null;
+  tx: number | null;
+  rx: number | null;
+  tx_total: number | null;
+  rx_total: number | null;
+  reason: string | null;
 }
 
 /** The sampler's cadence: the driver-time budget may stretch it, at most to 5 times. */

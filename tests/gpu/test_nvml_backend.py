@@ -10,7 +10,7 @@ import pytest
 
 from jupyter_tfgpu.gpu import BackendUnavailable, GpuLost, NvmlBackend
 from jupyter_tfgpu.server.sampling.sampler import Sampler
-from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
+from tests.fake_pynvml import FakeGpu, FakeLink, FakeMig, FakeNvml, FakeProcess
 
 GIB = 2**30
 MIB = 2**20
@@ -526,6 +526,71 @@ def test_mig_empty_parent_list_is_checked_on_the_instances(install):
     assert asked_while_empty == 3
     assert rows == {101: 0, 202: 2}
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+
+
+# -- NVLink ------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Seconds the fake's field-value timestamps are taken from."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_nvlink_links_active_and_throughput_from_field_values(install):
+    """Links counted at open; per reading: active links and bytes/s from the KiB counters."""
+    # Given a GPU with 3 links (one down) and a GPU without NVLink
+    clock = Clock()
+    links = [FakeLink(tx_kib=1000, rx_kib=2000), FakeLink(tx_kib=500, rx_kib=0), FakeLink(active=False)]
+    fake = install(gpus=[FakeGpu(nvlink=links), FakeGpu()], timer=clock)
+    backend = NvmlBackend()
+    infos = backend.open()
+
+    # When the interconnect is read twice, 2 s apart, after 4 MiB went out and 2 MiB came in
+    first = backend.read_pcie(0)["nvlink"]
+    links[0].tx_kib += 4096
+    links[1].rx_kib += 2048
+    clock.now += 2
+    fake.reset_counters()
+    second = backend.read_pcie(0)["nvlink"]
+
+    # Then the first reading has the counters but no rate yet, the second the rates
+    assert infos[0].nvlink_links == 3 and infos[0].nvlink_reason is None
+    assert first["links"] == 3 and first["active"] == 2
+    assert first["tx"] is None and first["tx_total"] == 1500 * 1024
+    assert second["tx"] == 2 * 2**20 and second["rx"] == 2**20
+    assert second["rx_total"] == (2000 + 2048) * 1024
+    # And one field-value call per reading, whatever the number of links
+    assert fake.calls["nvmlDeviceGetFieldValues"] == 1
+    # And the GPU without NVLink says so, and its reading has no NVLink part
+    assert infos[1].nvlink_links == 0 and infos[1].nvlink_reason == "this GPU has no NVLink"
+    assert "nvlink" not in backend.read_pcie(1)
+
+
+def test_nvlink_shows_while_the_interconnect_is_watched(install):
+    """In a snapshot: NVLink rates while someone watches, the reason where there is none."""
+    # Given
+    install(gpus=[FakeGpu(nvlink=[FakeLink(), FakeLink()]), FakeGpu()])
+    sampler = Sampler(NvmlBackend(), interval=0.1)
+    sampler.open()
+    assert sampled(sampler)["gpus"][0]["nvlink"]["active"] is None  # nobody watches
+
+    # When a client watches the interconnect
+    release = sampler.watch_pcie()
+    rows = sampled(sampler)["gpus"]
+    release()
+
+    # Then
+    assert rows[0]["nvlink"]["links"] == 2 and rows[0]["nvlink"]["active"] == 2
+    assert rows[1]["nvlink"] == {
+        "links": 0, "active": None, "tx": None, "rx": None, "tx_total": None, "rx_total": None,
+        "reason": "this GPU has no NVLink",
+    }  # fmt: skip
+    sampler.stop()
 
 
 # -- versioned symbols -------------------------------------------------------------------------

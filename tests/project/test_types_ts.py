@@ -35,6 +35,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "IGpu": ("Gpu",),
     "ISnapshot": ("Snapshot",),
     "ICadence": ("Cadence",),
+    "INvlink": ("Nvlink",),
     "IPolicyChanges": ("PolicyChanges",),
     "IHistory": ("History",),
     "IPolicyDescription": ("PolicyDescription",),

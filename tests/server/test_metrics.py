@@ -140,10 +140,10 @@ def test_usage_counts_memory_seconds_and_busy_seconds_per_kernel_and_gpu():
 
 
 def test_series_follow_prometheus_naming():
-    """Base units, _total on counters, a unit suffix on every gauge but info and booleans."""
+    """Base units, _total on counters, a unit suffix on every gauge but info, booleans and counts."""
     for series in SERIES:
         assert series.name.startswith("tfgpu_")
         assert (series.kind == "counter") == series.name.endswith("_total"), series.name
         assert "percent" not in series.name and "_mb" not in series.name
-        if series.kind == "gauge" and not series.name.endswith(("_info", "_lost")):
+        if series.kind == "gauge" and not series.name.endswith(("_info", "_lost", "_links", "_links_active")):
             assert series.name.endswith(("_bytes", "_seconds", "_ratio", "_celsius", "_watts")), series.name

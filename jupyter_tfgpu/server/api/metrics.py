@@ -49,6 +49,15 @@ SERIES = (
     Series("tfgpu_gpu_temperature_celsius", "gauge", GPU_LABELS, "GPU temperature."),
     Series("tfgpu_gpu_power_watts", "gauge", GPU_LABELS, "GPU power draw."),
     Series("tfgpu_gpu_lost", "gauge", GPU_LABELS, "1 when the GPU stopped answering, else 0."),
+    Series("tfgpu_gpu_nvlink_links", "gauge", GPU_LABELS,
+           "NVLink links the GPU has (0: none)."),
+    Series("tfgpu_gpu_nvlink_links_active", "gauge", GPU_LABELS,
+           "NVLink links up at the last interconnect reading (read only while a client watches)."),
+    Series("tfgpu_gpu_nvlink_transmit_bytes_total", "counter", GPU_LABELS,
+           "Data sent over all NVLink links, the driver's counter at the last interconnect "
+           "reading; rate() gives throughput while someone watches."),
+    Series("tfgpu_gpu_nvlink_receive_bytes_total", "counter", GPU_LABELS,
+           "Data received over all NVLink links, as the transmit counter."),
     Series("tfgpu_kernel_gpu_memory_bytes", "gauge", (*KERNEL_LABELS, "gpu", "UUID", "source"),
            "GPU memory held by a kernel's processes, per GPU; source says how it was found "
            "(nvml, or the kernel's own report)."),
@@ -161,7 +170,9 @@ class SnapshotCollector(Collector):
         names = (
             "tfgpu_gpu_utilization_ratio", "tfgpu_gpu_memory_used_bytes",
             "tfgpu_gpu_memory_total_bytes", "tfgpu_gpu_temperature_celsius",
-            "tfgpu_gpu_power_watts", "tfgpu_gpu_lost",
+            "tfgpu_gpu_power_watts", "tfgpu_gpu_lost", "tfgpu_gpu_nvlink_links",
+            "tfgpu_gpu_nvlink_links_active", "tfgpu_gpu_nvlink_transmit_bytes_total",
+            "tfgpu_gpu_nvlink_receive_bytes_total",
         )  # fmt: skip
         families = [_family(name) for name in names]
         for gpu in self._snapshot():
@@ -174,6 +185,10 @@ class SnapshotCollector(Collector):
                 gpu.temperature,
                 gpu.power.draw,
                 1 if gpu.lost else 0,
+                gpu.nvlink.links,
+                gpu.nvlink.active,
+                gpu.nvlink.tx_total,
+                gpu.nvlink.rx_total,
             )
             for family, value in zip(families, values):
                 if value is not None:  # unknown is absent, never 0

@@ -22,6 +22,7 @@ from jupyter_tfgpu.gpu.readings import (
     MemoryReading,
     MigInstanceReading,
     MigReading,
+    NvlinkReading,
     PcieReading,
     PowerReading,
     ProcessReading,
@@ -52,7 +53,7 @@ GROUP_FIELDS = {
     "fast": ("memory", "utilization", "mig_memory"),
     "processes": ("processes",),
     "slow": ("temperature", "power", "fan", "clocks"),
-    "pcie": ("pcie",),
+    "pcie": ("pcie", "nvlink"),  # the interconnect: PCIe, and NVLink where the GPU has it
 }
 
 Subscriber = Callable[["Snapshot"], None]
@@ -584,6 +585,7 @@ class Sampler:
         power = f.get("power")
         util = f.get("utilization")
         pcie = f.get("pcie") if pcie_on else None
+        nvlink = f.get("nvlink") or {}
         return GpuReading(
             index=info.index,
             uuid=info.uuid,
@@ -620,6 +622,16 @@ class Sampler:
                 info.max_clocks.get("memory"),
             ),
             pcie=PcieReading(pcie.get("tx"), pcie.get("rx")) if pcie else PcieReading(None, None),
+            nvlink=NvlinkReading(
+                links=info.nvlink_links,
+                # Rates only while someone watches; the counters' last reading stays valid.
+                active=nvlink.get("active") if pcie_on else None,
+                tx=nvlink.get("tx") if pcie_on else None,
+                rx=nvlink.get("rx") if pcie_on else None,
+                tx_total=nvlink.get("tx_total"),
+                rx_total=nvlink.get("rx_total"),
+                reason=info.nvlink_reason,
+            ),
             mig=mig,
             processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes),
         )

@@ -19,6 +19,15 @@ export function gpu(
     fan: null,
     clocks: {},
     pcie: { tx: null, rx: null },
+    nvlink: {
+      links: 0,
+      active: null,
+      tx: null,
+      rx: null,
+      tx_total: null,
+      rx_total: null,
+      reason: 'this GPU has no NVLink'
+    },
     mig: null,
     lost: false,
     processes: processes.map(([pid, used_memory, kernel_id, notebook]) => ({
@@ -63,9 +72,16 @@ export class FakeSocket {
   onmessage: ((event: { data: string }) => void) | null = null;
   onclose: (() => void) | null = null;
   closed = false;
+  readyState = 1; // open
+  /** What the client sent (text, as a WebSocket carries it). */
+  sent: string[] = [];
 
-  /** Deliver a message from the "server". */
+  /** Deliver a message from the "server" (an object); a string is the client sending. */
   send(data: unknown): void {
+    if (typeof data === 'string') {
+      this.sent.push(data);
+      return;
+    }
     this.onmessage?.({ data: JSON.stringify(data) });
   }
 

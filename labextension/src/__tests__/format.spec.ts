@@ -2,6 +2,7 @@ import {
   basename,
   DASH,
   describeGpu,
+  describeInterconnect,
   formatBytes,
   formatMemory,
   formatPercent,
@@ -77,5 +78,35 @@ describe('basename and describeGpu', () => {
     expect(describeGpu(gpu(0))).toBe(
       'GPU 0 Simulated GPU 16GB: 40% busy, memory 1.0 / 16.0 GiB, 50 \u00b0C'
     );
+  });
+});
+
+describe('describeInterconnect', () => {
+  const nvlink = {
+    links: 4,
+    active: 3,
+    tx: 2 * 1024 ** 3,
+    rx: 1024 ** 3,
+    tx_total: 1,
+    rx_total: 1,
+    reason: null
+  };
+
+  it('says nothing while nobody watches the interconnect', () => {
+    expect(describeInterconnect(gpu(0))).toBeNull();
+  });
+
+  it('shows PCIe and NVLink rates and active links', () => {
+    const g = { ...gpu(0), pcie: { tx: 1024 ** 3, rx: 2 * 1024 ** 3 }, nvlink };
+    expect(describeInterconnect(g)).toBe(
+      'PCIe \u2191 1.0 GiB/s \u2193 2.0 GiB/s \u00b7 NVLink 3/4 links \u2191 2.0 GiB/s \u2193 1.0 GiB/s'
+    );
+  });
+
+  it('says when a watched GPU has no NVLink, and waits for a rate', () => {
+    const watched = { ...gpu(0), pcie: { tx: 0, rx: 0 } };
+    expect(describeInterconnect(watched)).toBe('PCIe \u2191 0 B/s \u2193 0 B/s \u00b7 no NVLink');
+    const first = { ...gpu(0), nvlink: { ...nvlink, tx: null, rx: null } };
+    expect(describeInterconnect(first)).toBe('NVLink 3/4 links');
   });
 });

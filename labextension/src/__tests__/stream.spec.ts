@@ -77,6 +77,29 @@ describe('GpuStreamModel', () => {
     expect(api.calls).not.toContain('GET gpus');
   });
 
+  it('asks for PCIe and NVLink over the socket only when told to', async () => {
+    // Given a live stream that delivered
+    const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY, gpus: snapshot(1, [gpu(0)]) });
+    model = new GpuStreamModel({ api, historySeconds: 60 });
+    model.live = true;
+    await advance();
+    api.sockets[0].send(snapshot(103, [gpu(0)]));
+    await advance();
+    expect(api.sockets[0].sent).toEqual([]);
+    // When the interconnect is turned on, then off
+    model.interconnect = true;
+    model.interconnect = false;
+    // Then the server was asked, then told to stop
+    expect(api.sockets[0].sent).toEqual(['{"pcie":true}', '{"pcie":false}']);
+    // And a new socket asks again at its first message while it is on
+    model.interconnect = true;
+    api.sockets[0].drop();
+    await advance(6000);
+    api.sockets[1].send(snapshot(104, [gpu(0)]));
+    await advance();
+    expect(api.sockets[1].sent).toEqual(['{"pcie":true}']);
+  });
+
   it('reconnects when the server drops the stream', async () => {
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY });
     model = new GpuStreamModel({ api });
