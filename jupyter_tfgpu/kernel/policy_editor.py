@@ -23,7 +23,30 @@ from jupyter_tfgpu.kernel.views import MUTED, SOURCES, WARN, _e
 from jupyter_tfgpu.kernel.widgets import Poller
 
 NOT_SET = "not set"
-WIDE = widgets.Layout(width="160px")
+# Each field is a row: its control (the field's name is the control's label, so screen readers
+# read it), then what is in force. The controls have one width, so the rows line up at any width;
+# the hint goes beside them down to ~480 px of output and wraps only between whole values.
+LABEL_WIDTH = "11em"
+CONTROL = widgets.Layout(width="24em", flex="0 0 auto")
+HINT_WIDTH = "9em"
+NOWRAP = "white-space:nowrap"
+# ipywidgets draws no focus on inputs and selects (`outline: none !important`): a keyboard user
+# must see where the focus is.
+FOCUS_STYLE = (
+    "<style>.tfgpu-PolicyEditor :is(select, input, button):focus-visible {"
+    " outline: 2px solid var(--jp-brand-color1, #1976d2) !important; outline-offset: 1px; }"
+    "</style>"
+)
+
+
+def _row(children: list[widgets.Widget], **layout: str) -> widgets.Box:
+    """A flex row whose items wrap as whole items."""
+    return widgets.Box(
+        children,
+        layout=widgets.Layout(
+            display="flex", flex_flow="row wrap", align_items="center", grid_gap="0 12px", **layout
+        ),
+    )
 
 
 class _FieldControl:
@@ -31,22 +54,34 @@ class _FieldControl:
 
     def __init__(self, field: PolicyField, gpus: list[dict[str, Any]]) -> None:
         self.field = field
-        self.hint = widgets.HTML()
+        self.hint = widgets.HTML(
+            layout=widgets.Layout(flex=f"1 1 {HINT_WIDTH}", min_width=f"min({HINT_WIDTH}, 100%)")
+        )
         self.gpus: list[widgets.Checkbox] = []
+        labelled = {
+            "description": field.title,
+            "tooltip": field.description,
+            "style": {"description_width": LABEL_WIDTH},
+            "layout": CONTROL,
+        }
         if field.kind == "bool":
-            self.input: widgets.Widget = widgets.ToggleButtons(options=[NOT_SET, "on", "off"])
+            # A drop-down rather than toggle buttons: a screen reader says which one is chosen.
+            self.input: widgets.Widget = widgets.Dropdown(
+                options=[NOT_SET, "on", "off"], **labelled
+            )
         elif field.kind == "enum":
-            self.input = widgets.Dropdown(options=[NOT_SET, *map(str, field.choices)])
+            self.input = widgets.Dropdown(options=[NOT_SET, *map(str, field.choices)], **labelled)
         elif field.name == "devices":
             modes = [NOT_SET, "these GPUs", "CPU only"] + (
                 ["auto"] if "auto" in field.aliases else []
             )
-            self.input = widgets.Dropdown(options=modes, layout=WIDE)
+            self.input = widgets.Dropdown(options=modes, **labelled)
             self.gpus = [
                 widgets.Checkbox(
                     description=f"GPU {g['index']}",
+                    tooltip=f'Let the kernel see GPU {g["index"]} (with "these GPUs")',
                     indent=False,
-                    layout=widgets.Layout(width="80px"),
+                    layout=widgets.Layout(width="auto"),
                 )
                 for g in gpus
             ]
@@ -55,12 +90,16 @@ class _FieldControl:
                 "e.g. 4GiB" if field.kind == "mib" else "e.g. 0,1" if field.kind == "list" else ""
             )
             self.input = widgets.Text(
-                placeholder=f"{NOT_SET} ({example})" if example else NOT_SET, layout=WIDE
+                placeholder=f"{NOT_SET} ({example})" if example else NOT_SET, **labelled
             )
-        title = widgets.HTML(
-            f'<span title="{_e(field.description)}">{_e(field.title)}</span>', layout=WIDE
-        )
-        self.row = widgets.HBox([title, self.input, *self.gpus, self.hint])
+        parts = [self.input, self.hint]
+        if self.gpus:
+            # On a line of their own, under the drop-down they belong to.
+            parts.append(
+                _row(self.gpus, flex="1 0 100%", margin=f"0 0 0 calc({LABEL_WIDTH} + 8px)")
+            )
+        self.row = _row(parts, width="100%")
+        self.row.add_class("tfgpu-PolicyRow")
 
     def get(self) -> Any:
         """The value in the form (None: not set); ValueError names the field."""
@@ -103,12 +142,18 @@ class _FieldControl:
         """What is in force for this field and where it comes from."""
         value = effective.get(self.field.name)
         source = (effective.get("sources") or {}).get(self.field.name)
-        said = self.field.format(value) + (f" ({SOURCES[source]})" if source in SOURCES else "")
-        self.hint.value = f'<span style="{MUTED}">in force: {_e(said)}</span>'
+        # Whole values only break: "in force: 4.0 GiB" and "(admin cap)", and a list at its commas.
+        pieces = self.field.format(value).split(", ")
+        units = [f"{piece}," for piece in pieces[:-1]] + pieces[-1:]
+        units[0] = f"in force: {units[0]}"
+        if source in SOURCES:
+            units.append(f"({SOURCES[source]})")
+        said = " ".join(f'<span style="{NOWRAP}">{_e(unit)}</span>' for unit in units)
+        self.hint.value = f'<div data-tfgpu-col="hint" style="line-height:1.4;{MUTED}">{said}</div>'
 
     def parts(self) -> list[widgets.Widget]:
         """Every widget of the row, for closing."""
-        return [self.row, *self.row.children]
+        return [self.row, *self.row.children, *self.gpus]
 
 
 class PolicyEditor(widgets.VBox):
@@ -130,7 +175,7 @@ class PolicyEditor(widgets.VBox):
         self._controls: list[_FieldControl] = []
         self._save = widgets.Button(description="Save", button_style="primary")
         self._remove = widgets.Button(description="Remove policy")
-        self._conflict = widgets.HTML()
+        self._conflict = widgets.HTML(layout=widgets.Layout(flex="1 1 20em"))
         self._reload = widgets.Button(
             description="Reload",
             tooltip="Show the saved policy; drops the edits made here",
@@ -139,6 +184,7 @@ class PolicyEditor(widgets.VBox):
         self._base: dict[str, Any] = {}  # the saved policy the controls started from
         self._saved: dict[str, Any] = {}  # the saved policy as last read
         super().__init__(**kwargs)
+        self.add_class("tfgpu-PolicyEditor")
         self._poller: Poller | None = None
         try:
             self._client = client or ServerClient.from_env()
@@ -156,9 +202,10 @@ class PolicyEditor(widgets.VBox):
         self._remove.on_click(lambda _: self.remove())
         self._reload.on_click(lambda _: self._load(self._saved))
         self.children = [
+            widgets.HTML(FOCUS_STYLE, layout=widgets.Layout(display="none")),
             *(c.row for c in self._controls),
-            widgets.HBox([self._save, self._remove]),
-            widgets.HBox([self._conflict, self._reload]),
+            _row([self._save, self._remove]),
+            _row([self._conflict, self._reload]),
             self._said,
             self._state,
         ]

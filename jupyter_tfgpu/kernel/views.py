@@ -97,36 +97,54 @@ def _e(value: Any) -> str:
 # -- pieces of HTML --------------------------------------------------------------------------
 
 
-def memory_bar_html(row: GpuRow, width: int = 220) -> str:
-    """A bar: this kernel's memory highlighted, then everyone else's, then free."""
+def _meter(label: str | None, percent: float, said: str) -> str:
+    """ARIA attributes that make a bar a meter a screen reader names and reads (none unlabelled)."""
+    if label is None:
+        return ""
+    return (
+        f' role="meter" aria-label="{_e(label)}" aria-valuemin="0" aria-valuemax="100"'
+        f' aria-valuenow="{percent:.0f}" aria-valuetext="{_e(said)}"'
+    )
+
+
+def memory_bar_html(row: GpuRow, width: int = 220, label: str | None = None) -> str:
+    """A bar: this kernel's memory highlighted, then everyone else's, then free (a meter named
+    ``label`` for screen readers, when given)."""
     mine, others = _pct(row.mine, row.total), _pct(row.others, row.total)
     title = (
         f"this kernel {format_bytes(row.mine or 0)}, others {format_bytes(row.others)}, "
         f"total {format_bytes(row.total)}"
     )
     return (
-        f'<div title="{_e(title)}" style="display:flex;width:{width}px;height:10px;'
-        f'background:{TRACK};border-radius:2px;overflow:hidden">'
-        f'<div style="width:{mine:.1f}%;background:{MINE}"></div>'
+        f'<div title="{_e(title)}"{_meter(label, mine + others, title)} style="display:flex;'
+        f"flex:none;width:{width}px;height:10px;background:{TRACK};border-radius:2px;"
+        f'overflow:hidden"><div style="width:{mine:.1f}%;background:{MINE}"></div>'
         f'<div style="width:{others:.1f}%;background:{OTHERS}"></div></div>'
     )
 
 
-def utilization_bar_html(row: GpuRow, width: int = 120) -> str:
-    """A plain percentage bar for GPU utilization."""
+def utilization_bar_html(row: GpuRow, width: int = 120, label: str | None = None) -> str:
+    """A plain percentage bar for GPU utilization (a meter named ``label``, when given)."""
     value = _pct(row.utilization, 100)
+    said = "unknown" if row.utilization is None else f"{row.utilization:.0f}% busy"
     return (
-        f'<div style="width:{width}px;height:10px;background:{TRACK};border-radius:2px">'
+        f'<div{_meter(label, value, said)} style="flex:none;width:{width}px;height:10px;'
+        f'background:{TRACK};border-radius:2px">'
         f'<div style="width:{value:.1f}%;height:100%;background:{OTHERS}"></div></div>'
     )
 
 
-def sparkline_svg(values: list[float | None], top: float = 100.0, width: int = 120) -> str:
-    """A tiny SVG line of recent values (gaps for unknown ones)."""
+def sparkline_svg(
+    values: list[float | None],
+    top: float = 100.0,
+    width: int = 120,
+    label: str = "recent history",
+) -> str:
+    """A tiny SVG line of recent values (gaps for unknown ones), named ``label``."""
     height = 18
     known = [(i, v) for i, v in enumerate(values) if v is not None]
     if len(known) < 2:
-        return f'<svg width="{width}" height="{height}"></svg>'
+        return f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(label)}"></svg>'
     step = width / max(1, len(values) - 1)
     scale = top or max(v for _, v in known) or 1.0
     points = " ".join(
@@ -134,7 +152,7 @@ def sparkline_svg(values: list[float | None], top: float = 100.0, width: int = 1
         for i, v in known
     )
     return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="recent history">'
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(label)}">'
         f'<polyline fill="none" stroke="{MINE}" stroke-width="1.5" points="{points}"/></svg>'
     )
 

@@ -32,6 +32,7 @@ from jupyter_tfgpu.kernel.views import (
     gpu_rows,
     memory_bar_html,
     sparkline_svg,
+    utilization_bar_html,
 )
 from jupyter_tfgpu.kernel.units import format_bytes
 
@@ -122,39 +123,91 @@ class GpuSource:
             return None
 
 
-class _GpuRowWidget(widgets.HBox):
-    """One GPU: name, utilization bar, memory bar with this kernel's share, sparkline."""
+# The row's layout, from 480 to 1600 px and wider: the parts have fixed widths, so every row
+# breaks at the same places and the columns line up; a part wraps only whole (below ~700 px the
+# bars go under the name), and every value is one unbreakable unit ("355.1 MiB / 16.0 GiB").
+NAME_WIDTH = "16em"
+BARS_WIDTH = "35em"  # what the bars need beside the name, else they go under it
+MEMORY_WIDTH = "21em"  # the memory bar and this kernel's figure need this much
+GAP = "2px 12px"
+NOWRAP = "white-space:nowrap;font-variant-numeric:tabular-nums"
 
-    def __init__(self) -> None:
-        self.label = widgets.HTML(layout=widgets.Layout(width="190px"))
-        self.utilization = widgets.FloatProgress(
-            min=0, max=100, description="util", layout=widgets.Layout(width="210px")
+
+def _wrapping(**layout: str) -> widgets.Layout:
+    """A flex row whose items wrap as whole items."""
+    return widgets.Layout(
+        display="flex", flex_flow="row wrap", align_items="center", grid_gap=GAP, **layout
+    )
+
+
+def _at_least(width: str) -> str:
+    """A minimum width that never overflows a narrower container."""
+    return f"min({width}, 100%)"
+
+
+class _GpuRowWidget(widgets.Box):
+    """One GPU: name, utilization bar, sparkline, memory bar with this kernel's share."""
+
+    def __init__(self, history_seconds: float = 60.0) -> None:
+        self.label = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0"))
+        self.utilization = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0"))
+        self.sparkline = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0"))
+        self.memory = widgets.HTML(
+            layout=widgets.Layout(
+                flex=f"1 1 {MEMORY_WIDTH}", min_width=_at_least(MEMORY_WIDTH), margin="0"
+            )
         )
-        self.memory = widgets.HTML()
-        self.sparkline = widgets.HTML()
-        super().__init__([self.label, self.utilization, self.memory, self.sparkline])
+        self._span = _span(history_seconds)
+        self._bars = widgets.Box(
+            [self.utilization, self.sparkline, self.memory],
+            layout=_wrapping(flex=f"1 1 {BARS_WIDTH}", min_width=_at_least(BARS_WIDTH)),
+        )
+        super().__init__([self.label, self._bars], layout=_wrapping(width="100%"))
+        self.add_class("tfgpu-GpuRow")
 
     def show(self, row: GpuRow, series: list[float | None]) -> None:
         """Set every part from one snapshot row (one comm message per part)."""
+        gpu = f"GPU {row.index}"
+        name = f"{gpu} {row.name}" + (" (lost)" if row.lost else "")
         with self.label.hold_sync():
-            self.label.value = f"<b>GPU {row.index}</b> {_e(row.name)}" + (
-                " <i>(lost)</i>" if row.lost else ""
+            self.label.value = (
+                f'<div data-tfgpu-col="name" title="{_e(name)}" style="width:{NAME_WIDTH};'
+                f'{NOWRAP};overflow:hidden;text-overflow:ellipsis"><b>{gpu}</b> {_e(row.name)}'
+                + (" <i>(lost)</i>" if row.lost else "")
+                + "</div>"
             )
+        busy = "–" if row.utilization is None else f"{row.utilization:.0f}%"
         with self.utilization.hold_sync():
-            self.utilization.value = float(row.utilization or 0)
-            self.utilization.description = (
-                "util" if row.utilization is None else f"{row.utilization:.0f}%"
+            self.utilization.value = (
+                f'<div data-tfgpu-col="utilization" style="display:flex;align-items:center;'
+                f'gap:8px">{utilization_bar_html(row, 72, label=f"{gpu} utilization")}'
+                f'<span style="{NOWRAP};min-width:6.5em">{busy} busy</span></div>'
             )
         held = f"{format_bytes(row.used)} / {format_bytes(row.total)}"
-        text = (
-            f'<span style="color:{MINE}">this kernel {_e(format_bytes(row.mine or 0))}</span> · '
-            f'<span style="{MUTED}">{_e(held)}</span>'
+        bar = memory_bar_html(row, 100, label=f"{gpu} memory")
+        self.memory.value = (
+            f'<div style="display:flex;flex-wrap:wrap;align-items:center;column-gap:12px">'
+            f'<span data-tfgpu-col="memory" style="display:flex">{bar}</span>'
+            f'<span data-tfgpu-col="mine" style="{NOWRAP};min-width:11.5em;color:{MINE}">'
+            f"this kernel {_e(format_bytes(row.mine or 0))}</span>"
+            f'<span data-tfgpu-col="total" style="{NOWRAP};{MUTED}">{_e(held)}</span></div>'
         )
-        row_style = "display:flex;gap:6px;align-items:center"
-        self.memory.value = f'<div style="{row_style}">{memory_bar_html(row)}{text}</div>'
+        label = f"{gpu} utilization over the last {self._span}"
         self.sparkline.value = (
-            f'<span title="utilization, last minute">{sparkline_svg(series)}</span>'
+            f'<span data-tfgpu-col="sparkline" title="utilization over the last {self._span}" '
+            f'style="display:flex">{sparkline_svg(series, label=label)}</span>'
         )
+
+    def parts(self) -> list[widgets.Widget]:
+        """Every widget of the row, for closing."""
+        return [self, self._bars, self.label, *self._bars.children]
+
+
+def _span(seconds: float) -> str:
+    """``60 seconds``, ``5 minutes``: how far back a sparkline reaches."""
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
 
 
 class GPUPanel(widgets.VBox):
@@ -174,7 +227,9 @@ class GPUPanel(widgets.VBox):
     ) -> None:
         self._header = widgets.HTML()
         self._rows: list[_GpuRowWidget] = []
+        self._history_seconds = history_seconds
         super().__init__(children=[self._header], **kwargs)
+        self.add_class("tfgpu-GPUPanel")
         self._source = source or GpuSource()
         self._points = max(2, int(history_seconds / max(0.05, interval)))
         self._series: dict[int, deque[tuple[float, float | None]]] = {}
@@ -213,7 +268,7 @@ class GPUPanel(widgets.VBox):
 
     def _show(self, status: dict[str, Any], rows: list[GpuRow], problem: str | None) -> None:
         while len(self._rows) < len(rows):
-            self._rows.append(_GpuRowWidget())
+            self._rows.append(_GpuRowWidget(self._history_seconds))
         for widget, row in zip(self._rows, rows):
             widget.show(row, [v for _, v in self._series.get(row.index, ())])
         with self._header.hold_sync():
@@ -228,11 +283,17 @@ class GPUPanel(widgets.VBox):
     def _header_html(self, status: dict[str, Any], rows: list[GpuRow], problem: str | None) -> str:
         kernel = status.get("kernel") or {}
         title = "GPUs" + (" (simulated)" if status.get("simulated") else "")
-        if kernel.get("notebook"):
-            title += f" · {kernel['notebook']}"
         stamp = status.get("timestamp")
         when = time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "–"
-        parts = [f'<b>{_e(title)}</b> <span style="{MUTED}">updated {when}</span>']
+        # Each piece wraps whole; the separator belongs to the notebook's name.
+        heading = [f'<b style="{NOWRAP}">{_e(title)}</b>']
+        if notebook := kernel.get("notebook"):
+            heading.append(
+                f'<b title="{_e(notebook)}" style="{NOWRAP};display:inline-block;max-width:100%;'
+                f'overflow:hidden;text-overflow:ellipsis;vertical-align:bottom">· {_e(notebook)}</b>'
+            )
+        heading.append(f'<span style="{NOWRAP};{MUTED}">updated {when}</span>')
+        parts = [" ".join(heading)]
         if not rows:
             said, fault = availability(status) or (
                 f"No GPU: {status.get('reason') or 'no GPU backend'}.",
@@ -264,7 +325,8 @@ class GPUPanel(widgets.VBox):
         """Stop the update thread, then close the panel and its parts."""
         self._closed = True
         self._poller.stop()
-        for child in (self._header, *self._rows):
-            for part in (child, *getattr(child, "children", ())):
+        self._header.close()
+        for row in self._rows:
+            for part in row.parts():
                 part.close()
         super().close()
