@@ -92,6 +92,8 @@ class PolicyField:
         if self.kind == "mib":
             return format_mib(value)
         if self.kind == "list":
+            if isinstance(value, str):
+                return value  # a named mode, such as devices "auto"
             if value == [] and self.name == "devices":
                 return "CPU only"
             return ", ".join(map(str, value)) if value else "none"

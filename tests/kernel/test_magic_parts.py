@@ -45,6 +45,14 @@ def test_sizes_are_shown_readably():
     assert format_bytes(None) == "–"
 
 
+def test_device_values_read_as_a_person_writes_them():
+    """A named mode reads as its name (not letter by letter), a list as a list."""
+    devices = field_named("devices")
+    assert devices.format("auto") == "auto"
+    assert devices.format([0, 1]) == "0, 1"
+    assert devices.format([]) == "CPU only"
+
+
 def test_every_schema_field_has_an_option_and_parses():
     """The options come from the schema: each field, with its kind's parsing."""
     # Given the policy schema shipped in the package
