@@ -12,7 +12,7 @@ import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
 from jupyter_tfgpu.server.sampling.budget import COST_WINDOW_SECONDS
-from jupyter_tfgpu.server.sampling.sampler import Sampler
+from jupyter_tfgpu.server.sampling.sampler import Sampler, Ticker
 from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
 
 MIB = 2**20
@@ -184,3 +184,23 @@ def test_status_says_why_figures_refresh_less_often(clock, install):
     reason = described["stretch_reason"]
     assert "every 5.0 s instead of 1 s" in reason
     assert "TFGPU.nvml_budget" in reason and "freshness floor" in reason
+
+
+def test_extra_rounds_do_not_push_the_next_scheduled_one_away():
+    """Rounds on kernel starts come on top of the cadence; a shortened interval applies at once."""
+    # Given rounds every 5 s (stretched), the last scheduled at t=100
+    ticker = Ticker(100.0)
+    ticker.after_round(100.0, 100.1, 5.0)
+    assert ticker.due(5.0) == 105.0
+
+    # When kernels start at 101, 102 and 104 and each wakes the sampler for an extra round
+    for started in (101.0, 102.0, 104.0):
+        ticker.after_round(started, started + 0.2, 5.0)
+
+    # Then the scheduled round is still due at 105
+    assert ticker.due(5.0) == 105.0
+    # And when the budget brings the interval back to 1 s, the next round is due 1 s after 100
+    assert ticker.due(1.0) == 101.0
+    # And a scheduled round keeps the grid
+    ticker.after_round(105.0, 105.3, 1.0)
+    assert ticker.due(1.0) == 106.0

@@ -96,6 +96,25 @@ class _GpuState:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> field -> reason
 
 
+class Ticker:
+    """When the next round is due: on a grid of the fast interval (a slow round does not shift
+    the cadence). An extra round (a kernel started, PCIe asked for) does not move the next one;
+    an interval the budget just shortened brings it forward."""
+
+    def __init__(self, now: float) -> None:
+        self.base = self.tick = now  # the last scheduled tick, and the next
+
+    def after_round(self, started: float, now: float, interval: float) -> None:
+        """A round that ``started`` ended at ``now``; ``interval`` is the one planned now."""
+        if started >= self.tick:  # the scheduled round, not an extra one
+            self.base = self.tick
+            self.tick = max(self.tick + interval, now + 0.001)
+
+    def due(self, interval: float) -> float:
+        """When the next scheduled round is due, with the interval in force now."""
+        return min(self.tick, self.base + interval)
+
+
 class Sampler:
     """Polls a backend in one worker thread and fans snapshots out on the event loop."""
 
@@ -420,17 +439,17 @@ class Sampler:
                 self._stop.wait(max(self.retry_in or 0.0, 0.01))
         if not self._gpus:
             return
-        next_tick = time.monotonic()
+        ticker = Ticker(time.monotonic())
         while not self._stop.is_set():
-            now = time.monotonic()
+            started = time.monotonic()
             try:
-                self._sample_round(now)
+                self._sample_round(started)
             except Exception:  # noqa: BLE001 - the sampler must outlive any one bad reading
                 self.log.exception("GPU sampling round failed")
-            next_tick = max(next_tick + self.stats["fast"].interval, time.monotonic() + 0.001)
+            ticker.after_round(started, time.monotonic(), self.stats["fast"].interval)
             self._wake.clear()
             while not self._stop.is_set():
-                left = next_tick - time.monotonic()
+                left = ticker.due(self.stats["fast"].interval) - time.monotonic()
                 if left <= 0:
                     break
                 if self._wake.wait(left):
