@@ -29,7 +29,10 @@ STREAM_CLIENTS = HERE / "_stream_clients.py"
 sys.path.insert(0, str(HERE))
 from serve_fake import free_port, percentile  # noqa: E402
 
-__all__ = ["FakeServer", "PySpy", "StreamClients", "free_port", "machine", "percentile", "stop_process"]
+__all__ = [
+    "FakeServer", "PySpy", "StreamClients", "call", "execute", "free_port", "machine",
+    "percentile", "start_session", "stop_process",
+]  # fmt: skip
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
@@ -65,9 +68,18 @@ def machine() -> dict[str, Any]:
 class FakeServer:
     """serve_fake.py in a subprocess, with a keep-alive HTTP connection for small reads."""
 
-    def __init__(self, *, latency: bool = True, extra: list[str] | None = None, max_seconds: float = 1800):
+    def __init__(
+        self,
+        *,
+        latency: bool = True,
+        extra: list[str] | None = None,
+        max_seconds: float = 1800,
+        launcher: list[str] | None = None,
+    ):
         self.latency = latency
-        self.extra = list(extra or [])
+        self.extra = list(extra or [])  # ServerApp / TFGPU arguments
+        self.launcher = list(launcher or [])  # serve_fake.py's own options (--mig 7, ...)
+        self.info: dict[str, Any] = {}  # what serve_fake wrote to its ready file
         self.max_seconds = max_seconds
         self.port = free_port()
         self.token = secrets.token_hex(24)
@@ -92,7 +104,7 @@ class FakeServer:
         ]  # fmt: skip
         if not self.latency:
             cmd.append("--no-latency")
-        cmd += ["--", *self.extra]
+        cmd += [*self.launcher, "--", *self.extra]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -101,7 +113,8 @@ class FakeServer:
                 self.__exit__(None, None, None)
                 raise RuntimeError(f"serve_fake did not start; log:\n{self.log_tail()}")
             time.sleep(0.05)
-        self.pid = json.loads(ready.read_text())["pid"]
+        self.info = json.loads(ready.read_text())
+        self.pid = self.info["pid"]
         # Wait (bounded) for the first sample, so every measurement starts from a sampling server.
         for _ in range(100):
             if self.get("tfgpu/api/gpus").get("timestamp") is not None:
@@ -152,6 +165,92 @@ class FakeServer:
     def nvml(self) -> dict[str, Any]:
         """The fake NVML's counters (launcher endpoint)."""
         return self.get("bench/nvml")
+
+
+def call(server: FakeServer, method: str, path: str, body: Any = None, timeout: float = 60):
+    """One request on a fresh connection (thread-safe): (status or error name, JSON or None, s)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    started = time.perf_counter()
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, "/" + path.lstrip("/"), body=data, headers=server.headers)
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = None
+        return response.status, decoded, time.perf_counter() - started
+    except (OSError, http.client.HTTPException) as err:
+        return type(err).__name__, None, time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def start_session(server: FakeServer, notebook: str, timeout: float = 120) -> dict[str, Any]:
+    """POST api/sessions for a notebook as JupyterLab does; the session (raises unless 201)."""
+    body = {"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}}
+    status, session, _ = call(server, "POST", "api/sessions", body, timeout=timeout)
+    if status != 201:
+        raise RuntimeError(f"POST api/sessions: {status} {session}")
+    return session
+
+
+async def _execute(server: FakeServer, kernel_id: str, code: str, timeout: float) -> str:
+    """Run ``code`` in a kernel over its websocket, as JupyterLab does; its stdout."""
+    import asyncio
+    import uuid
+    from datetime import datetime, timezone
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    session = uuid.uuid4().hex
+    url = f"{server.ws_url}api/kernels/{kernel_id}/channels?session_id={session}"
+    deadline = time.monotonic() + timeout
+    # tornado's own 20 s default would cut a slow handshake (a kernel busy starting) short.
+    request = HTTPRequest(
+        url, headers=server.headers, connect_timeout=timeout, request_timeout=timeout
+    )
+    ws = await asyncio.wait_for(websocket_connect(request), timeout)
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id, "msg_type": "execute_request", "username": "bench", "session": session,
+        "date": datetime.now(timezone.utc).isoformat(), "version": "5.3",
+    }  # fmt: skip
+    content = {
+        "code": code, "silent": False, "store_history": False, "user_expressions": {},
+        "allow_stdin": False, "stop_on_error": True,
+    }  # fmt: skip
+    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    await ws.write_message(json.dumps({**message, "channel": "shell", "buffers": []}))
+    out: list[str] = []
+    try:
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), max(0.1, deadline - time.monotonic()))
+            if raw is None:
+                raise RuntimeError("kernel websocket closed")
+            if not isinstance(raw, str):
+                continue  # binary frames carry buffers; none of ours does
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, body = msg["msg_type"], msg["content"]
+            if kind == "stream" and body.get("name") == "stdout":
+                out.append(body["text"])
+            elif kind == "error":
+                raise RuntimeError("kernel code failed: " + "\n".join(body["traceback"])[-2000:])
+            elif kind == "status" and body.get("execution_state") == "idle":
+                return "".join(out)
+    finally:
+        ws.close()
+
+
+def execute(server: FakeServer, kernel_id: str, code: str, timeout: float = 90) -> str:
+    """Blocking ``_execute`` (its own event loop: callable from any thread)."""
+    import asyncio
+
+    return asyncio.run(_execute(server, kernel_id, code, timeout))
 
 
 class StreamClients:

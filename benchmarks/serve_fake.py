@@ -12,10 +12,15 @@ adds endpoints that the benchmark scripts use from outside (token required):
                                   {"inject": [{"name", "error", "times", "gpu", "delay"}]} or
                                   {"clear": true}; both answer {"faults_raised", "active"}
     GET {base_url}bench/kernel-state  kernel ids the extension keeps something for, per place
+    GET/POST {base_url}bench/processes  the fake's GPU processes: POST {"add": [{"pid", "gpu",
+                                  "mig", "used_memory"}], "remove": [pid, ...]}; both answer
+                                  {"processes": [...]}
 
 Usage (from the repo root):
     python benchmarks/serve_fake.py [--no-latency] [--port N] [--token T] [--ready-file F]
-                                    [--max-seconds S] [--quick] [-- extra ServerApp/TFGPU args]
+                                    [--max-seconds S] [--gpus N] [--mig N]
+                                    [--foreign-processes N] [--checkout DIR] [--quick]
+                                    [-- extra ServerApp/TFGPU args]
 ``--quick`` starts the server, reads its own endpoints once, prints a JSON result and exits.
 """
 
@@ -45,6 +50,14 @@ SPEC_LATENCY = {
     "nvmlDeviceGetMemoryInfo": 0.00001,
 }
 GPU_COUNT = 8
+# With --mig: H100 80GB boards split into 1g.10gb slices (7 of them fill a board).
+MIG_GPU_NAME = "NVIDIA H100 80GB HBM3"
+MIG_PROFILE = "1g.10gb"
+MIG_SLICE_BYTES = 10 * 2**30
+# GPU instance id of slot 0; NVML's ids for the seven 1g slices of an H100 are not 0-based.
+MIG_FIRST_GPU_INSTANCE = 7
+# Memory of each --foreign-processes process.
+FOREIGN_PROCESS_BYTES = 2**30
 # Server-side request times kept for /bench/requests (bounded).
 REQUEST_LOG_SIZE = 200_000
 
@@ -68,30 +81,138 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--max-seconds", type=float, default=1800.0, help="stop the server after this long"
     )
+    parser.add_argument(
+        "--mig", type=int, default=0,
+        help=f"MIG slices per GPU ({MIG_GPU_NAME} boards, {MIG_PROFILE} slices); 0: no MIG",
+    )  # fmt: skip
+    parser.add_argument(
+        "--foreign-processes", type=int, default=None,
+        help="GPU processes of no kernel (PIDs no process can have), spread over the GPUs and "
+        "their MIG slices; default: one per GPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkout", default="",
+        help="import jupyter_tfgpu from this checkout (e.g. a git worktree of another commit), "
+        "in the server and in its kernels, instead of the one installed",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: start, self-check, exit")
     return parser.parse_known_args(argv)
 
 
-def make_fake(latency: bool, gpus: int):
-    """The fake NVML with 8 busy-looking GPUs (distinct objects: the fake tells GPUs apart by identity)."""
+def make_fake(latency: bool, gpus: int, mig: int = 0, foreign: int | None = None):
+    """The fake NVML with busy-looking GPUs (distinct objects: the fake tells GPUs apart by identity).
+
+    By default 8 A100s, each with one process. ``mig`` slices every GPU (H100s); ``foreign``
+    replaces the one process per GPU with that many processes of no kernel, spread over the
+    GPUs and their slices, with the GPUs' and slices' used memory their sum.
+    """
     sys.path.insert(0, str(REPO))
-    from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
+    from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
 
     boards = []
     for i in range(gpus):
+        processes = []
+        if foreign is None:
+            processes = [FakeProcess(pid=40_000 + 2 * i, used_memory=(10 + 5 * i) * 2**30)]
         boards.append(
             FakeGpu(
-                memory_used=(10 + 5 * i) * 2**30,
+                name=MIG_GPU_NAME if mig else FakeGpu.name,
+                memory_used=(10 + 5 * i) * 2**30 if foreign is None else 0,
                 util_gpu=(17 * i) % 100,
                 util_memory=(11 * i) % 100,
                 temperature=40 + i,
                 power_draw_mw=90_000 + 10_000 * i,
                 pcie_tx_kb=1000 * (i + 1),
                 pcie_rx_kb=2000 * (i + 1),
-                processes=[FakeProcess(pid=40_000 + 2 * i, used_memory=(10 + 5 * i) * 2**30)],
+                processes=processes,
+                mig_enabled=bool(mig),
+                max_mig_devices=max(7, mig),
+                mig_devices=[
+                    FakeMig(
+                        memory_total=MIG_SLICE_BYTES,
+                        gpu_instance_id=MIG_FIRST_GPU_INSTANCE + j,
+                        compute_instance_id=0,
+                        profile=MIG_PROFILE,
+                    )
+                    for j in range(mig)
+                ],
             )
         )
-    return FakeNvml(gpus=boards, latency=None if not latency else dict(SPEC_LATENCY))
+    fake = FakeNvml(gpus=boards, latency=None if not latency else dict(SPEC_LATENCY))
+    if foreign and gpus:
+        base = foreign_pid_base()
+        add_processes(fake, [
+            {"pid": base + k, "gpu": k % gpus, "mig": (k // gpus) % mig if mig else None,
+             "used_memory": FOREIGN_PROCESS_BYTES}
+            for k in range(foreign)
+        ])  # fmt: skip
+    return fake
+
+
+def foreign_pid_base() -> int:
+    """A PID above the kernel's ``pid_max``: no process on this host can have it."""
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 2**22  # the largest Linux allows
+    return pid_max + 1000
+
+
+def add_processes(fake, specs: list[dict]) -> None:
+    """List more GPU processes in the fake (each on a GPU, and on a MIG slot or the whole GPU),
+    adding their memory to the GPU's and the slice's used memory. Raises ValueError on a bad spec."""
+    from tests.fake_pynvml import FakeProcess
+
+    for spec in specs:
+        gpu_index, slot = int(spec["gpu"]), spec.get("mig")
+        used = int(spec.get("used_memory") or 0)
+        if not 0 <= gpu_index < len(fake.gpus):
+            raise ValueError(f"no GPU {gpu_index}")
+        gpu = fake.gpus[gpu_index]
+        ids: tuple[int, ...] = ()
+        if slot is not None:
+            if not gpu.mig_enabled or not 0 <= int(slot) < len(gpu.mig_devices):
+                raise ValueError(f"GPU {gpu_index} has no MIG slot {slot}")
+            mig = gpu.mig_devices[int(slot)]
+            ids = (mig.gpu_instance_id, mig.compute_instance_id)
+            mig.memory_used += used
+        gpu.memory_used += used
+        # A new list, not an append: the sampler thread may be reading the old one.
+        gpu.processes = [*gpu.processes, FakeProcess(int(spec["pid"]), used, *ids)]
+
+
+def remove_processes(fake, pids: set[int]) -> None:
+    """Take processes off the fake's lists, with their memory."""
+    for gpu in fake.gpus:
+        kept = []
+        for proc in gpu.processes:
+            if proc.pid not in pids:
+                kept.append(proc)
+                continue
+            used = proc.used_memory or 0
+            gpu.memory_used = max(0, gpu.memory_used - used)
+            ids = (proc.gpu_instance_id, proc.compute_instance_id)
+            for mig in gpu.mig_devices:
+                if mig is not None and (mig.gpu_instance_id, mig.compute_instance_id) == ids:
+                    mig.memory_used = max(0, mig.memory_used - used)
+        gpu.processes = kept
+
+
+def list_processes(fake) -> list[dict]:
+    """The fake's GPU processes as ``bench/processes`` shows them."""
+    out = []
+    for index, gpu in enumerate(fake.gpus):
+        slots = {
+            (m.gpu_instance_id, m.compute_instance_id): j
+            for j, m in enumerate(gpu.mig_devices)
+            if m is not None
+        }
+        for proc in list(gpu.processes):
+            slot = slots.get((proc.gpu_instance_id, proc.compute_instance_id))
+            out.append(
+                {"pid": proc.pid, "gpu": index, "mig": slot, "used_memory": proc.used_memory}
+            )
+    return out
 
 
 def throwaway_dirs() -> Path:
@@ -128,8 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     args, server_args = parse_args(sys.argv[1:] if argv is None else argv)
     server_args = [a for a in server_args if a != "--"]
     root = throwaway_dirs()
-    fake = make_fake(latency=not args.no_latency, gpus=args.gpus)
+    fake = make_fake(
+        latency=not args.no_latency, gpus=args.gpus, mig=args.mig, foreign=args.foreign_processes
+    )
     sys.modules["pynvml"] = fake.module  # before the extension's backend imports it
+    if args.checkout:
+        # First on the path, after the fake was imported from this repo; kernels inherit it.
+        checkout = str(Path(args.checkout).resolve())
+        sys.path.insert(0, checkout)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (checkout, os.environ.get("PYTHONPATH", "")) if p
+        )
 
     # Imported only now, so jupyter_core reads the throw-away dirs.
     from jupyter_server.base.handlers import APIHandler
@@ -242,6 +372,25 @@ def main(argv: list[str] | None = None) -> int:
                     state[place] = f"unreadable: {type(err).__name__}"
             self.finish(json.dumps(state))
 
+    class GpuProcessesHandler(APIHandler):
+        """GET/POST bench/processes: the fake's GPU processes (benchmark-only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Every listed process: pid, GPU, MIG slot (or null) and used memory."""
+            self.finish(json.dumps({"processes": list_processes(fake)}))
+
+        @web.authenticated
+        def post(self) -> None:
+            """``{"add": [{"pid", "gpu", "mig", "used_memory"}], "remove": [pid, ...]}``."""
+            body = self.get_json_body() or {}
+            try:
+                remove_processes(fake, {int(pid) for pid in body.get("remove", [])})
+                add_processes(fake, body.get("add", []))
+            except (KeyError, TypeError, ValueError) as err:
+                raise web.HTTPError(400, f"bad process spec: {err}") from None
+            self.finish(json.dumps({"processes": list_processes(fake)}))
+
     class BenchServerApp(ServerApp):
         """ServerApp plus the benchmark endpoints, a lifetime bound and a parent watchdog."""
 
@@ -254,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     (url_path_join(self.base_url, "bench/requests"), RequestTimesHandler),
                     (url_path_join(self.base_url, "bench/faults"), NvmlFaultsHandler),
                     (url_path_join(self.base_url, "bench/kernel-state"), KernelStateHandler),
+                    (url_path_join(self.base_url, "bench/processes"), GpuProcessesHandler),
                 ],
             )
             log_function = self.web_app.settings.get("log_function")
@@ -278,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             super().start_ioloop()
 
         async def _bench_ready(self) -> None:
-            info = {"url": url, "token": token, "pid": os.getpid(), "root": str(root)}
+            package = getattr(sys.modules.get("jupyter_tfgpu"), "__file__", None)
+            info = {
+                "url": url, "token": token, "pid": os.getpid(), "root": str(root),
+                "package": str(Path(package).parent) if package else None,
+            }  # fmt: skip
             if args.ready_file:
                 tmp = args.ready_file + ".tmp"
                 Path(tmp).write_text(json.dumps(info))
