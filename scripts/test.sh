@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 # The real-browser tests drive Debian's Chromium (apt; needs root or sudo).
 bash scripts/install-browser.sh
+bash scripts/install-prometheus.sh  # Prometheus and promtool, for tests/monitoring (apt too)
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv

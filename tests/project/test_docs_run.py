@@ -433,7 +433,10 @@ def check_command(words: list[str], folder: Path) -> None:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-KNOWN_LANGS = {"python", "json", "yaml", "yml", "bash", "sh", "shell", "console", "ini", "text", ""}
+# promql blocks are evaluated on a real Prometheus by tests/monitoring/test_prometheus.py.
+KNOWN_LANGS = {
+    "python", "json", "yaml", "yml", "bash", "sh", "shell", "console", "ini", "text", "promql", "",
+}  # fmt: skip
 
 
 def test_every_block_is_of_a_kind_the_test_knows():
