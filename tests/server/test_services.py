@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from jupyter_tfgpu.policy import AdminPolicy
+from jupyter_tfgpu.policy.changes import PolicyChanges
 from jupyter_tfgpu.server.api.stream import StreamMessages
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.kernels.enforcement import Rules
@@ -44,16 +46,22 @@ def test_admin_settings_go_in_and_come_out_under_their_names():
 
 
 def test_a_snapshots_stream_message_is_made_once():
-    """The kernel summary is asked once per snapshot, and spliced after the GPUs."""
+    """The kernel summary is asked once per snapshot (and policy revision), spliced after the GPUs."""
     # Given a presenter counting the summaries it asks for
     asked = []
-    stream = StreamMessages(lambda: asked.append(1) or [{"id": "k"}])
+    changes = PolicyChanges()
+    stream = StreamMessages(lambda: asked.append(1) or [{"id": "k"}], changes)
+    policies = json.dumps(changes.to_json())
     first = SimpleNamespace(text='{"timestamp":1,"gpus":[]}')
     # When one snapshot is sent twice, then another once
     once = stream.message(first)
     again = stream.message(first)
     stream.message(SimpleNamespace(text='{"timestamp":2,"gpus":[]}'))
     # Then the first message was made once, and nothing was written on the snapshot
-    assert once == again == '{"timestamp":1,"gpus":[],"kernels":[{"id": "k"}]}'
+    assert once == again == '{"timestamp":1,"gpus":[],"kernels":[{"id": "k"}],"policies":' + policies + "}"
     assert len(asked) == 2
     assert vars(first) == {"text": '{"timestamp":1,"gpus":[]}'}
+    # And a policy change makes the same snapshot's message anew, with the change
+    changes.record(["a.ipynb"])
+    assert '"revision": 1' in stream.message(first)
+    assert len(asked) == 3
