@@ -151,21 +151,26 @@ function Field(props: IFieldProps): JSX.Element {
   const { field, limit, effective, source } = props;
   const id = `jp-tfgpu-field-${field.name}`;
   const admin = source && SOURCES[source];
+  // A value the cap set already says the cap; its "at most" note would say it twice.
+  const note = source === 'cap' ? undefined : limit.note;
+  const hinted = Boolean(admin || note);
+  // A screen reader reads the admin's hint with the control, as sighted users see it beside it.
+  const describedBy = hinted ? `${id}-hint` : undefined;
   return (
     <div className="jp-tfgpu-Field" title={field.description}>
       {field.kind === 'devices' ? (
-        <Devices {...props} id={id} />
+        <Devices {...props} id={id} describedBy={describedBy} />
       ) : (
         <>
           <label htmlFor={id}>{field.title}</label>
-          <Input {...props} id={id} />
+          <Input {...props} id={id} describedBy={describedBy} />
         </>
       )}
-      {(admin || limit.note) && (
-        <div className="jp-tfgpu-Hint">
+      {hinted && (
+        <div className="jp-tfgpu-Hint" id={`${id}-hint`}>
           {admin && `${admin}: ${describeValue(field, effective)}`}
-          {admin && limit.note && ' \u00b7 '}
-          {limit.note}
+          {admin && note && ' \u00b7 '}
+          {note}
         </div>
       )}
     </div>
@@ -173,8 +178,8 @@ function Field(props: IFieldProps): JSX.Element {
 }
 
 /** The input for a boolean, number, string, enum or list field. */
-function Input(props: IFieldProps & { id: string }): JSX.Element {
-  const { field, limit, value, onChange, id } = props;
+function Input(props: IFieldProps & { id: string; describedBy?: string }): JSX.Element {
+  const { field, limit, value, onChange, id, describedBy } = props;
   switch (field.kind) {
     case 'boolean':
     case 'enum': {
@@ -183,6 +188,7 @@ function Input(props: IFieldProps & { id: string }): JSX.Element {
       return (
         <select
           id={id}
+          aria-describedby={describedBy}
           className="jp-mod-styled"
           value={shown === null ? '' : JSON.stringify(shown)}
           disabled={limit.forced !== undefined}
@@ -202,6 +208,7 @@ function Input(props: IFieldProps & { id: string }): JSX.Element {
       return (
         <input
           id={id}
+          aria-describedby={describedBy}
           type="number"
           className="jp-mod-styled"
           placeholder="Not set"
@@ -217,6 +224,7 @@ function Input(props: IFieldProps & { id: string }): JSX.Element {
       return (
         <input
           id={id}
+          aria-describedby={describedBy}
           type="text"
           className="jp-mod-styled"
           placeholder={field.kind === 'list' ? 'Not set (comma-separated)' : 'Not set'}
@@ -233,7 +241,7 @@ function Input(props: IFieldProps & { id: string }): JSX.Element {
 }
 
 /** Visible GPUs: not set (every allowed GPU), a named mode ("auto"), CPU only, or ticked GPUs. */
-function Devices(props: IFieldProps & { id: string }): JSX.Element {
+function Devices(props: IFieldProps & { id: string; describedBy?: string }): JSX.Element {
   const { field, limit, gpus, onChange, id } = props;
   const value = Array.isArray(props.value) ? (props.value as (number | string)[]) : null;
   const mode = value === null ? JSON.stringify(props.value) : value.length ? 'some' : 'cpu';
@@ -254,7 +262,7 @@ function Devices(props: IFieldProps & { id: string }): JSX.Element {
     </label>
   );
   return (
-    <fieldset className="jp-tfgpu-Devices" id={id}>
+    <fieldset className="jp-tfgpu-Devices" id={id} aria-describedby={props.describedBy}>
       <legend>{field.title}</legend>
       {radio('null', 'Not set: every allowed GPU', null)}
       {(field.options ?? []).map(option =>

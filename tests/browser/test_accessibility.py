@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.a11y import tab_through, unnamed_controls
 from tests.browser.labserver import (
@@ -25,8 +26,8 @@ ALLOCATE = "import numpy as np\nblock = np.ones(64 * 2**20 // 8)\nprint('allocat
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """One simulated-GPU lab server for the module."""
-    yield from start_lab(tmp_path_factory, "simulated")
+    """One simulated-GPU lab server for the module; a memory cap gives the form an admin hint."""
+    yield from start_lab(tmp_path_factory, "simulated", "--TFGPU.max_memory_mb=8192")
 
 
 def test_every_panel_control_is_reached_by_tab_named_and_shows_focus(
@@ -54,6 +55,10 @@ def test_every_panel_control_is_reached_by_tab_named_and_shows_focus(
     ):
         assert f'"{name}"' in snapshot, snapshot
     assert '- region "GPU panel"' in page.locator("#jp-tfgpu-panel").aria_snapshot(depth=1)
+    # And the admin's hint beside a field is read with its control
+    expect(panel.get_by_label("Memory limit (MiB)")).to_have_accessible_description(
+        "Admin cap: 8192 MiB"
+    )
 
     # When a keyboard user tabs through the panel
     stops, visited = tab_through(page, panel)
