@@ -20,7 +20,6 @@ Everything is on 127.0.0.1, every loop is bounded in count and time, children ar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import http.client
 import json
@@ -31,16 +30,22 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import FakeServer, machine, percentile, stop_process  # noqa: E402
+from _harness import (  # noqa: E402
+    FakeServer,
+    call,
+    execute,
+    machine,
+    percentile,
+    start_session,
+    stop_process,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jupyter_tfgpu.server.kernels.channel import REPORT_TTL  # noqa: E402
@@ -150,26 +155,6 @@ def mib(nbytes: int | None) -> float | None:
     return None if nbytes is None else round(nbytes / MB, 1)
 
 
-def call(server: FakeServer, method: str, path: str, body: Any = None, timeout: float = 60):
-    """One request on a fresh connection (thread-safe): (status or error name, JSON or None, s)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    started = time.perf_counter()
-    try:
-        data = None if body is None else json.dumps(body)
-        conn.request(method, "/" + path.lstrip("/"), body=data, headers=server.headers)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = None
-        return response.status, decoded, time.perf_counter() - started
-    except (OSError, http.client.HTTPException) as err:
-        return type(err).__name__, None, time.perf_counter() - started
-    finally:
-        conn.close()
-
-
 def server_figures(server: FakeServer) -> dict[str, Any]:
     """RSS (MiB), threads and child processes of the server process now."""
     proc = psutil.Process(server.pid)
@@ -226,62 +211,6 @@ class Poller:
             "max_ms": ms(max(every)) if every else None,
             "p99_ms_by_path": {p: ms(percentile(t, 99)) for p, t in self.latencies.items()},
         }
-
-
-async def _execute(server: FakeServer, kernel_id: str, code: str, timeout: float) -> str:
-    """Run ``code`` in a kernel over its websocket, as JupyterLab does; its stdout."""
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    session = uuid.uuid4().hex
-    url = f"{server.ws_url}api/kernels/{kernel_id}/channels?session_id={session}"
-    ws = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=server.headers)), 30)
-    msg_id = uuid.uuid4().hex
-    header = {
-        "msg_id": msg_id, "msg_type": "execute_request", "username": "bench", "session": session,
-        "date": datetime.now(timezone.utc).isoformat(), "version": "5.3",
-    }  # fmt: skip
-    content = {
-        "code": code, "silent": False, "store_history": False, "user_expressions": {},
-        "allow_stdin": False, "stop_on_error": True,
-    }  # fmt: skip
-    message = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
-    await ws.write_message(json.dumps({**message, "channel": "shell", "buffers": []}))
-    out: list[str] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            raw = await asyncio.wait_for(ws.read_message(), max(0.1, deadline - time.monotonic()))
-            if raw is None:
-                raise RuntimeError("kernel websocket closed")
-            if not isinstance(raw, str):
-                continue  # binary frames carry buffers; none of ours does
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, body = msg["msg_type"], msg["content"]
-            if kind == "stream" and body.get("name") == "stdout":
-                out.append(body["text"])
-            elif kind == "error":
-                raise RuntimeError("kernel code failed: " + "\n".join(body["traceback"])[-2000:])
-            elif kind == "status" and body.get("execution_state") == "idle":
-                return "".join(out)
-    finally:
-        ws.close()
-
-
-def execute(server: FakeServer, kernel_id: str, code: str, timeout: float) -> str:
-    """Blocking ``_execute`` (its own event loop: callable from any thread)."""
-    return asyncio.run(_execute(server, kernel_id, code, timeout))
-
-
-def start_session(server: FakeServer, notebook: str) -> dict[str, Any]:
-    """POST api/sessions as JupyterLab does; the session (raises unless 201)."""
-    body = {"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}}
-    status, session, _ = call(server, "POST", "api/sessions", body, timeout=120)
-    if status != 201:
-        raise RuntimeError(f"POST api/sessions: {status} {session}")
-    return session
 
 
 def ready(server: FakeServer, kernel_id: str, code: str = "print('ready')") -> bool:
