@@ -73,10 +73,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const policy = new PolicyModel(api);
     serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
     // A policy saved anywhere (another tab, %tfgpu, a widget, REST, a rename) is pushed on the
-    // stream: the form re-reads its notebook's policy, the kernels their restart_required.
+    // stream: the form re-reads its notebook's policy when a change names it, the kernels their
+    // restart_required when a policy changed since the last message.
     stream.policiesChanged.connect((_, notice) => {
       void policy.follow(notice);
-      if (notice.restarted || notice.changes.revision > 0) {
+      if (notice.moved) {
         void kernels.refresh().catch(() => 0);
       }
     });

@@ -7,6 +7,8 @@ export interface IPolicyChangeNotice {
   changes: IPolicyChanges;
   /** The server restarted since the last message (its epoch differs): revisions start again. */
   restarted: boolean;
+  /** A policy changed since the last message (its revision or epoch differs). */
+  moved: boolean;
 }
 
 /**
@@ -36,14 +38,18 @@ export function needsReload(
   return changes.changes.some(c => c.revision > revision && c.path === path);
 }
 
-/** Remembers the server's epoch across messages, to tell a restart. */
+/** Remembers the server's epoch and revision across messages, to tell a restart or a change. */
 export class PolicyChangeTracker {
   /** The notice for one message's `policies`. */
   update(changes: IPolicyChanges): IPolicyChangeNotice {
-    const restarted = this._epoch !== null && this._epoch !== changes.epoch;
+    const first = this._epoch === null;
+    const restarted = !first && this._epoch !== changes.epoch;
+    const moved = restarted || (!first && this._revision !== changes.revision);
     this._epoch = changes.epoch;
-    return { changes, restarted };
+    this._revision = changes.revision;
+    return { changes, restarted, moved };
   }
 
   private _epoch: string | null = null;
+  private _revision = 0;
 }

@@ -83,7 +83,7 @@ export class GpuStreamModel implements IDisposable {
     return this._changed;
   }
 
-  /** Emitted for each stream message with policy changes (each message while live). */
+  /** Emitted for each stream message with its policy changes (`moved`: a change since the last). */
   get policiesChanged(): ISignal<this, IPolicyChangeNotice> {
     return this._policiesChanged;
   }
@@ -274,9 +274,8 @@ export class GpuStreamModel implements IDisposable {
 
   private _receive(message: ISnapshot & { policies?: IPolicyChanges }): void {
     const { policies, ...snapshot } = message;
-    if (this._snapshot?.timestamp !== snapshot.timestamp) {
-      appendSnapshot(this._series, snapshot, this._historySeconds);
-    }
+    // A message re-sent for a policy change repeats the snapshot; the series skip its time.
+    appendSnapshot(this._series, snapshot, this._historySeconds);
     this._snapshot = snapshot;
     this._changed.emit();
     if (policies) {

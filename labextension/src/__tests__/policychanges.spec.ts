@@ -6,7 +6,11 @@ function changes(revision: number, list: [number, string][], epoch = 'e1'): IPol
 }
 
 describe('needsReload', () => {
-  const notice = (c: IPolicyChanges, restarted = false) => ({ changes: c, restarted });
+  const notice = (c: IPolicyChanges, restarted = false) => ({
+    changes: c,
+    restarted,
+    moved: true
+  });
 
   it('reloads when a newer change names the notebook shown', () => {
     const c = changes(3, [
@@ -35,5 +39,14 @@ describe('PolicyChangeTracker', () => {
     expect(tracker.update(changes(4, [], 'e1')).restarted).toBe(false);
     expect(tracker.update(changes(5, [], 'e1')).restarted).toBe(false);
     expect(tracker.update(changes(0, [], 'e2')).restarted).toBe(true);
+  });
+
+  it('tells a change since the last message, not a message that repeats the revision', () => {
+    const tracker = new PolicyChangeTracker();
+    expect(tracker.update(changes(4, [], 'e1')).moved).toBe(false);
+    expect(tracker.update(changes(4, [], 'e1')).moved).toBe(false);
+    expect(tracker.update(changes(5, [], 'e1')).moved).toBe(true);
+    expect(tracker.update(changes(5, [], 'e1')).moved).toBe(false);
+    expect(tracker.update(changes(5, [], 'e2')).moved).toBe(true);
   });
 });
