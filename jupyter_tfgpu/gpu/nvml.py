@@ -423,8 +423,7 @@ class NvmlBackend:
         received = [self._value(v) for v in values[2::3]]
         known = [s for s in states if s is not None]
         active = sum(1 for s in known if s == nvml.NVML_NVLINK_STATE_ACTIVE) if known else None
-        tx_kib = sum(int(v) for v in sent if v is not None) if any(v is not None for v in sent) else None
-        rx_kib = sum(int(v) for v in received if v is not None) if any(v is not None for v in received) else None
+        tx_kib, rx_kib = _known_sum(sent), _known_sum(received)
         now = max((int(v.timestamp) for v in values), default=0)
         tx = rx = None
         last = self._nvlink_last.get(index)
@@ -557,3 +556,9 @@ class NvmlBackend:
         if latest:
             self._process_util_ts[index] = max(s.timeStamp for s in latest.values())
         return {pid: {"sm": s.smUtil, "memory": s.memUtil} for pid, s in latest.items()}
+
+
+def _known_sum(values: list[Any]) -> int | None:
+    """The sum of the values that answered; None when none did."""
+    known = [int(v) for v in values if v is not None]
+    return sum(known) if known else None

@@ -258,11 +258,8 @@ class PolicyEditor(widgets.VBox):
             if self.changed_elsewhere:
                 self._show_conflict(False)  # changed back
             return
-        try:
-            edited = self.policy() != self._base
-        except ValueError:
-            edited = True  # half-typed input counts as an edit
-        if edited and own != self.policy_or_none():
+        current = self.policy_or_none()  # None: half-typed input, which counts as an edit
+        if current != self._base and current != own:
             self._show_conflict(True)
         else:
             self._load(own)

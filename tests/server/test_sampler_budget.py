@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
-from jupyter_tfgpu.server.sampling.budget import plan_intervals
+from jupyter_tfgpu.server.sampling.budget import plan
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
@@ -61,11 +61,11 @@ def test_driver_time_stays_within_budget_while_pcie_is_watched(fake):
 
 def test_fast_fields_keep_their_interval_when_slow_groups_stretch(fake):
     """Utilization and memory stay at 1 s while process lists and PCIe absorb the budget."""
-    planned = plan_intervals(
+    planned = plan(
         {"fast": 0.0002, "processes": 0.072, "slow": 0.004, "pcie": 0.32},
         {"fast": 1.0, "processes": 5.0, "slow": 5.0, "pcie": 2.0},
         0.02,
-    )
+    ).intervals
     assert planned["fast"] == 1.0
     assert planned["pcie"] > 2.0
     load = 0.0002 / planned["fast"] + 0.072 / planned["processes"] + 0.004 / planned["slow"]

@@ -127,9 +127,3 @@ def plan(costs: dict[str, float], desired: dict[str, float], budget: float) -> P
         intervals[g] = interval
     return Plan(intervals, allowance)
 
-
-def plan_intervals(
-    costs: dict[str, float], desired: dict[str, float], budget: float
-) -> dict[str, float]:
-    """The intervals of ``plan``."""
-    return plan(costs, desired, budget).intervals
