@@ -17,16 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-FORMAT_VERSION = 1
+from jupyter_tfgpu.policy.store_file import (
+    CorruptStore,
+    Stamp,
+    decode,
+    remove_stale_temp_files,
+    set_aside,
+    stamp_of,
+    write_atomically,
+)
+
 LOCK_TIMEOUT = 5.0  # seconds a writer waits for another process's lock
 LOCK_POLL = 0.02  # seconds between two tries of the lock
 REFRESH_INTERVAL = 2.0  # seconds between two looks for another process's writes
@@ -38,10 +45,6 @@ class StoreUnavailable(OSError):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-
-
-class CorruptStore(ValueError):
-    """The store file holds something that is not a policy store."""
 
 
 class PolicyStore:
@@ -66,7 +69,7 @@ class PolicyStore:
         self._io_lock = threading.Lock()
         # Replaced whole, never changed in place: readers may hold an old one safely.
         self._cache: dict[str, dict[str, Any]] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._loaded = False
         self._published = False
         self._stop_refreshing: threading.Event | None = None
@@ -147,10 +150,10 @@ class PolicyStore:
         """Read the file if its stamp changed (caller holds ``_io_lock``)."""
         self._loaded = True
         try:
-            stamp = self._stamp_of_file()
+            stamp = stamp_of(self.path)
             if stamp is not None and stamp == self._stamp:
                 return
-            policies = self._decode(self.path.read_bytes()) if stamp is not None else {}
+            policies = decode(self.path.read_bytes()) if stamp is not None else {}
         except FileNotFoundError:
             self._publish({}, None)
         except CorruptStore:
@@ -158,7 +161,7 @@ class PolicyStore:
             # it with a good file right now, which must not be the one moved away.
             try:
                 with self._flocked():
-                    self._publish(self._load_locked(), self._stamp_of_file())
+                    self._publish(self._load_locked(), stamp_of(self.path))
             except OSError as err:
                 self._mark_unreadable(err)
         except OSError as err:
@@ -167,7 +170,7 @@ class PolicyStore:
             self._publish(policies, stamp)
 
     def _publish(
-        self, policies: dict[str, dict[str, Any]], stamp: tuple[int, int, int] | None
+        self, policies: dict[str, dict[str, Any]], stamp: Stamp | None
     ) -> None:
         old, first = self._cache, not self._published
         self._cache, self._stamp, self._unreadable = policies, stamp, None
@@ -195,28 +198,6 @@ class PolicyStore:
                 "file": str(self.path), "moved_to": None, "error": error, "time": time.time()
             }
 
-    def _stamp_of_file(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        # The inode changes with every atomic replace, even one within the mtime granularity.
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    @staticmethod
-    def _decode(raw: bytes) -> dict[str, dict[str, Any]]:
-        try:
-            # Decoding inside the try: bytes that are not UTF-8 are a corrupt file too.
-            data = json.loads(raw.decode("utf-8"))
-            policies = data["policies"]
-            if not isinstance(policies, dict) or not all(
-                isinstance(k, str) and isinstance(v, dict) for k, v in policies.items()
-            ):
-                raise ValueError("'policies' must map notebook paths to objects")
-            return policies
-        except (ValueError, KeyError, TypeError) as err:
-            raise CorruptStore(f"{type(err).__name__}: {err}") from err
-
     def _load_locked(self) -> dict[str, dict[str, Any]]:
         """The file's content; a corrupt file is set aside (caller holds the ``flock``)."""
         try:
@@ -224,20 +205,14 @@ class PolicyStore:
         except FileNotFoundError:
             return {}
         try:
-            return self._decode(raw)
+            return decode(raw)
         except CorruptStore as err:
             return self._set_aside(err)
 
     def _set_aside(self, err: CorruptStore) -> dict[str, dict[str, Any]]:
         """Keep an unreadable file for the admin, report it, and start empty."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        n = 1
-        while aside.exists():
-            aside = aside.with_name(f"{aside.name}.{n}")
-            n += 1
-        try:
-            os.replace(self.path, aside)
-        except FileNotFoundError:
+        aside = set_aside(self.path)
+        if aside is None:
             # Another process (an older server not taking the lock to do this) moved it first.
             return {}
         problem = {
@@ -290,7 +265,7 @@ class PolicyStore:
             )
         try:
             with self._as_unavailable(), self._flocked():
-                self._remove_stale_temp_files()
+                remove_stale_temp_files(self.path)
                 # Another process may have written: read afresh, never from the copy.
                 policies = {k: dict(v) for k, v in self._load_locked().items()}
                 yield policies
@@ -311,34 +286,9 @@ class PolicyStore:
                 f"the policy store {self.path} cannot be written ({type(err).__name__}: {err})"
             ) from err
 
-    def _remove_stale_temp_files(self) -> None:
-        """Temp files of writers that died mid-write (only writers holding the lock make them)."""
-        for stale in self.path.parent.glob(f".{self.path.name}.*"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
     def _write(self, policies: dict[str, dict[str, Any]]) -> None:
-        data = {"version": FORMAT_VERSION, "policies": dict(sorted(policies.items()))}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=1, ensure_ascii=False)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-                # The stamp of what this write put there, whatever another process does next.
-                st = os.fstat(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._publish(policies, (st.st_ino, st.st_mtime_ns, st.st_size))
+        stamp = write_atomically(self.path, policies)
+        self._publish(policies, stamp)
         self._loaded = True
 
     def put(self, key: str, policy: dict[str, Any]) -> None:
