@@ -139,6 +139,8 @@ def apply_policy(next_start: dict[str, Any] | None) -> ApplyOutcome:
             document = {**document, **_placed(running_policy() or {})}
         else:
             blocked.append("devices: automatic placement picks GPUs when the kernel starts")
+            # The bootstrap reads GPU lists only; this process keeps the GPUs it runs with.
+            document = {**document, "devices": (running_policy() or {}).get("devices")}
     if imported and env.get(VISIBLE_ENV, os.environ.get(VISIBLE_ENV)) != os.environ.get(
         VISIBLE_ENV
     ):
