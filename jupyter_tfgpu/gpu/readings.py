@@ -227,6 +227,9 @@ class GpuReading:
     nvlink: NvlinkReading = NvlinkReading()
     mig: MigReading | None = None
     processes: tuple[ProcessReading, ...] = ()
+    # Why ``processes`` is not this round's list (its read failed: the last list is kept, or
+    # none is left); None when the list is fresh. Unknown is not "no processes".
+    processes_stale: str | None = None
 
     def keys(self) -> frozenset[str]:
         """Its UUID, its index as a string and its MIG instances' UUIDs (see ``gpu.keys``)."""
@@ -252,6 +255,7 @@ class GpuReading:
             "nvlink": self.nvlink.to_json(),
             "mig": None if self.mig is None else self.mig.to_json(),
             "processes": [p.to_json() for p in self.processes],
+            "processes_stale": self.processes_stale,
         }
 
     @classmethod
@@ -297,4 +301,5 @@ class GpuReading:
                 ),
             ),
             processes=tuple(ProcessReading.from_json(p) for p in row.get("processes") or ()),
+            processes_stale=row.get("processes_stale"),
         )

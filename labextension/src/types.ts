@@ -84,6 +84,8 @@ export interface IGpu {
   lost: boolean;
   lost_reason?: string | null;
   processes: IGpuProcess[];
+  /** Why `processes` is the last list read, not this round's (its read failed); null: fresh. */
+  processes_stale?: string | null;
 }
 
 /** GET `gpus` and each `stream` message: the server's latest snapshot. */

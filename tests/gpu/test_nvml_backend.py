@@ -1076,8 +1076,8 @@ def test_a_failing_field_mid_run_is_null_with_a_reason(install, error):
     assert fake.faults_raised == 2
 
 
-def test_a_failing_process_list_is_empty_with_a_reason(install):
-    """A process list that times out is an empty list with the reason, never a stale one."""
+def test_a_failing_process_list_is_the_last_one_marked_stale(install):
+    """A process list that times out keeps the last list, marked stale, with the reason."""
     # Given two GPUs with one process each
     gpus = [FakeGpu(processes=[FakeProcess(pid=10 + i, used_memory=GIB)]) for i in range(2)]
     fake = install(gpus=gpus)
@@ -1087,14 +1087,16 @@ def test_a_failing_process_list_is_empty_with_a_reason(install):
 
     # When GPU 0's compute process list times out once
     fake.inject("nvmlDeviceGetComputeRunningProcesses_v3", pynvml.NVML_ERROR_TIMEOUT, 1, gpu=0)
-    failed = rounds_from(sampler, 200.0, 1)["gpus"]
-    recovered = rounds_from(sampler, 300.0, 1)["gpus"]
+    failed = rounds_from(sampler, 101.0, 1)["gpus"]
+    recovered = rounds_from(sampler, 102.0, 1)["gpus"]
 
     # Then
-    assert failed[0]["processes"] == []
+    assert [p["pid"] for p in failed[0]["processes"]] == [10]
+    assert failed[0]["processes_stale"] == "NVMLError_Timeout: Timeout"
     assert "Timeout" in failed[0]["errors"]["processes"]
     assert [p["pid"] for p in failed[1]["processes"]] == [11]
     assert [p["pid"] for p in recovered[0]["processes"]] == [10]
+    assert recovered[0]["processes_stale"] is None
     assert recovered[0]["errors"] == {}
 
 

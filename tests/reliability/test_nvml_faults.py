@@ -226,7 +226,8 @@ async def test_faults_mid_run_keep_every_route_answering(jp_fetch, jp_serverapp,
     assert rows[0]["power"]["draw"] is None
     assert rows[0]["errors"] == {"power.draw": "nvmlDeviceGetPowerUsage: RuntimeError: binding bug"}
     assert rows[3]["memory"]["used"] is None
-    assert rows[3]["processes"] == []
+    assert [p["pid"] for p in rows[3]["processes"]] == [4003]  # the last list, kept
+    assert rows[3]["processes_stale"] == rows[3]["errors"]["processes"]
     assert "Timeout" in rows[3]["errors"]["processes"]
     assert [r["lost"] for r in rows] == [False] * 4
     assert rows[0]["temperature"] == 40 and rows[2]["temperature"] == 42
@@ -255,6 +256,7 @@ async def test_faults_mid_run_keep_every_route_answering(jp_fetch, jp_serverapp,
     assert rows[2]["utilization"]["gpu"] == 12
     assert rows[3]["memory"]["used"] == 4 * GIB
     assert [p["pid"] for p in rows[3]["processes"]] == [4003]
+    assert rows[3]["processes_stale"] is None
     print(
         f"\n[nvml-faults] mid-run: requests served {client.served}, "
         f"faults survived {installed_nvml.faults_raised}"

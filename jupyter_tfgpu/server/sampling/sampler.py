@@ -46,6 +46,11 @@ LOST_RETRY_SECONDS = 30.0
 # a driver still loading answers soon, a host with no GPU at all costs one try per 5 minutes.
 OPEN_RETRY_SECONDS = 5.0
 OPEN_RETRY_MAX_SECONDS = 300.0
+# A process list whose read failed is unknown, not empty: the last list is kept (marked stale)
+# while it is younger than this, or than STALE_PROCESSES_READS process-list intervals when those
+# are longer; then it is dropped, still marked stale. Kept for ever, it would be a lie.
+STALE_PROCESSES_SECONDS = 60.0
+STALE_PROCESSES_READS = 3
 # How long a REST request for PCIe figures keeps PCIe sampling on.
 PCIE_REQUEST_SECONDS = 30.0
 # The snapshot fields each group fills; a group that fails as a whole nulls these.
@@ -90,6 +95,8 @@ class _GpuState:
     info: DeviceInfo
     fields: dict[str, Any] = field(default_factory=dict)
     processes: list[dict[str, Any]] = field(default_factory=list)
+    processes_read_at: float | None = None  # when ``processes`` was read (the round's time)
+    processes_stale: str | None = None  # why ``processes`` is not this round's list
     lost: bool = False
     lost_reason: str | None = None
     retry_at: float = 0.0
@@ -514,11 +521,11 @@ class Sampler:
                 for name in due:
                     started = self._timer()
                     try:
-                        self._read_group(gpu, name)
+                        self._read_group(gpu, name, now)
                     except GpuLost:
                         raise
                     except Exception as err:  # noqa: BLE001 - nulls this group, not the round
-                        self._group_failed(gpu, name, err)
+                        self._group_failed(gpu, name, err, now)
                     finally:
                         spent[name][index] = self._timer() - started
                 if gpu.lost:
@@ -551,12 +558,13 @@ class Sampler:
         self.rounds += 1
         self._publish_round(now)
 
-    def _read_group(self, gpu: _GpuState, name: str) -> None:
+    def _read_group(self, gpu: _GpuState, name: str, now: float) -> None:
         index = gpu.info.index
         backend = self.backend
         assert backend is not None
         if name == "processes":
             gpu.processes = backend.read_processes(index)
+            gpu.processes_read_at, gpu.processes_stale = now, None
             gpu.errors.pop(name, None)
             return
         read = {"fast": backend.read_fast, "slow": backend.read_slow, "pcie": backend.read_pcie}
@@ -568,15 +576,26 @@ class Sampler:
         for path, reason in errors.items():
             self._warn_once(index, path, reason)
 
-    def _group_failed(self, gpu: _GpuState, name: str, err: Exception) -> None:
-        """A group that failed as a whole shows null fields with the reason, not stale ones."""
+    def _group_failed(self, gpu: _GpuState, name: str, err: Exception, now: float) -> None:
+        """A group that failed as a whole shows null fields with the reason, not stale ones;
+        the process list, whose absence would read as "no processes", is kept marked stale."""
         reason = f"{type(err).__name__}: {err}"
         for key in GROUP_FIELDS[name]:
             gpu.fields.pop(key, None)
         if name == "processes":
-            gpu.processes = []
+            self._processes_unknown(gpu, reason, now)
         gpu.errors[name] = {key: reason for key in GROUP_FIELDS[name] if key != "mig_memory"}
         self._warn_once(gpu.info.index, name, reason)
+
+    def _processes_unknown(self, gpu: _GpuState, reason: str, now: float) -> None:
+        """Keep the last process list, marked stale, until it is too old to stand for now."""
+        bound = max(STALE_PROCESSES_SECONDS, STALE_PROCESSES_READS * self.stats["processes"].interval)
+        gpu.processes_stale = reason
+        if gpu.processes_read_at is None:
+            gpu.processes = []  # never read: empty, and marked as unknown
+        elif now - gpu.processes_read_at > bound:
+            gpu.processes = []
+            gpu.processes_stale = f"{reason}; no process list read for over {bound:g} s"
 
     def _warn_once(self, index: int, path: str, reason: str) -> None:
         """Log a failed reading once per GPU, field and reason; the snapshot says it every time."""
@@ -653,6 +672,7 @@ class Sampler:
             ),
             mig=mig,
             processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes),
+            processes_stale=gpu.processes_stale,
         )
 
     def _publish_round(self, now: float) -> None:
