@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -40,10 +39,11 @@ requests = pytest.importorskip("requests")
 from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
 
+from tests.project.installed_server import TOKEN, Server, bin_python, clean_env, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
 DEMO = "binder/demo.ipynb"
-TOKEN = "tfgpu-binder-test-token"
 RESTART_TAG = "restart-kernel"
 # What hatch-jupyter-builder checks to skip the npm build (pyproject's ensured-targets).
 PREBUILT = ("jupyter_tfgpu/labextension/static/style.js", "jupyter_tfgpu/labextension/package.json")
@@ -59,18 +59,6 @@ NOT_COPIED_ANYWHERE = {
 NOT_COPIED_AT = {ROOT: {"build", "dist", ".whl", ".ci-home"}, ROOT / "labextension": {"lib"}}
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def bin_python(venv: Path) -> Path:
-    """The venv's interpreter."""
-    return venv / "bin" / "python"
 
 
 def make_venv(venv: Path) -> None:
@@ -96,45 +84,6 @@ def _not_copied(folder: str, names: list[str]) -> set[str]:
     """What a fresh checkout with a prebuilt lab extension does not have."""
     here = NOT_COPIED_AT.get(Path(folder), set())
     return {n for n in names if n in NOT_COPIED_ANYWHERE or n in here or n.endswith(".egg-info")}
-
-
-def clean_env(home: Path, venv: Path) -> dict[str, str]:
-    """This process's environment without its Jupyter, venv and Python path settings."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("JUPYTER", "JPY_", "TFGPU_", "PYTHON", "VIRTUAL_ENV", "IPYTHON"))
-    }
-    env.update(
-        HOME=str(home),
-        PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
-        JUPYTER_CONFIG_DIR=str(home / ".jupyter"),
-        JUPYTER_DATA_DIR=str(home / "data"),
-        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-        IPYTHONDIR=str(home / ".ipython"),
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return env
-
-
-class Server:
-    """A JupyterLab server started through binder/start, and its REST API."""
-
-    def __init__(self, url: str, process: subprocess.Popen, log: Path, runtime: Path) -> None:
-        self.url = url
-        self.process = process
-        self.log = log
-        self.runtime = runtime
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Call the server with its token."""
-        headers = {"Authorization": f"token {TOKEN}"}
-        return requests.request(method, self.url + path, headers=headers, timeout=120, **kwargs)
-
-    def log_tail(self) -> str:
-        """The end of the server's log."""
-        return self.log.read_text(errors="replace")[-6000:]
 
 
 class ServerKernel:
