@@ -9,7 +9,8 @@ A page holds a generated block as
     ...
     <!-- generated:NAME:end -->
 
-and this script rewrites what is between the markers; the rest of the page is left as it is.
+(or ``<!-- generated:NAME ARGUMENT:begin -->`` for a block that takes one), and this script
+rewrites what is between the markers; the rest of the page is left as it is.
 The tables are in the Markdown files, so the pages read the same on the code host as on the
 site, and ``tests/project/test_docs.py`` fails when one is out of date (as ``tests/project/test_readme.py`` does
 for the README's settings table, which is the same table as in the settings reference). NAME is:
@@ -20,7 +21,10 @@ for the README's settings table, which is the same table as in the settings refe
 - ``policy-fields``: the policy fields, from ``policy.schema.json``, with their ``%tfgpu policy``
   options;
 - ``event-fields``: the enforcement event's fields, from its event schema;
-- ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/api/metrics.py``.
+- ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/api/metrics.py``;
+- ``example FILE``: the file ``docs/examples/FILE`` whole, in a code block. The example files are
+  what ``tests/project/test_docs_run.py`` runs and what the site offers for download; the copy in
+  the page is what an admin reading the repository sees.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ ROOT = DOCS.parent
 PACKAGE = ROOT / "jupyter_tfgpu"
 
 BLOCK = re.compile(
-    r"(?P<begin><!-- generated:(?P<name>[a-z-]+):begin -->\n)(?P<body>.*?)"
-    r"(?P<end><!-- generated:(?P=name):end -->)",
+    r"(?P<begin><!-- generated:(?P<name>[a-z-]+)(?: (?P<argument>[^\s:]+))?:begin -->\n)"
+    r"(?P<body>.*?)(?P<end><!-- generated:(?P=name):end -->)",
     re.DOTALL,
 )
+EXAMPLES = DOCS / "examples"
+LANGUAGES = {".py": "python", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".sh": "bash"}
 
 
 def _load(name: str, path: Path) -> Any:
@@ -168,24 +174,40 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
-GENERATED: dict[str, Callable[[], str]] = {
+def example(name: str) -> str:
+    """One file of docs/examples/, whole, in a fenced code block."""
+    path = EXAMPLES / name
+    if path.parent != EXAMPLES or not path.is_file():
+        raise ValueError(f"no example file docs/examples/{name}")
+    text = path.read_text()
+    return f"```{LANGUAGES.get(path.suffix, '')}\n{text.rstrip()}\n```"
+
+
+GENERATED: dict[str, Callable[..., str]] = {
     "settings": settings_table,
     "openapi": openapi_reference,
     "caps": caps_list,
     "policy-fields": policy_fields_table,
     "event-fields": event_fields_table,
     "metrics": metrics_table,
+    "example": example,
 }
+# The blocks that take an argument (a file name); the others take none.
+TAKES_ARGUMENT = {"example"}
 
 
 def regenerate(markdown: str, where: str = "page") -> str:
     """The page with every generated block made anew from the sources."""
 
     def replace(match: re.Match) -> str:
-        make = GENERATED.get(match["name"])
+        name, argument = match["name"], match["argument"]
+        make = GENERATED.get(name)
         if make is None:
-            raise ValueError(f"{where}: unknown generated block {match['name']!r}")
-        body = make().strip("\n")
+            raise ValueError(f"{where}: unknown generated block {name!r}")
+        if (argument is not None) != (name in TAKES_ARGUMENT):
+            takes = "one" if name in TAKES_ARGUMENT else "no"
+            raise ValueError(f"{where}: generated block {name!r} takes {takes} argument")
+        body = (make(argument) if argument is not None else make()).strip("\n")
         return f"{match['begin']}{body}\n{match['end']}"
 
     return BLOCK.sub(replace, markdown)

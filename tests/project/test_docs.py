@@ -83,6 +83,24 @@ def test_the_pages_hold_their_tables_in_the_repository():
         assert f"`{path}`" in api, path
 
 
+def test_the_pages_show_the_example_configs_as_they_are():
+    """A reader of the repository sees each example config in its page, never an include line,
+    and the copy is the file the docs-run test runs."""
+    # Given every page of the docs
+    pages = {page.relative_to(DOCS).as_posix(): page.read_text() for page in DOCS.rglob("*.md")}
+    # Then no page relies on the site's build to show a file
+    assert [name for name, text in pages.items() if "--8<--" in text] == []
+    # And each example a page shows is the example file, whole
+    shown = set()
+    for name, text in pages.items():
+        for match in generate.BLOCK.finditer(text):
+            if match["name"] == "example":
+                shown.add(match["argument"])
+                body = (EXAMPLES / match["argument"]).read_text().rstrip()
+                assert body in match["body"], (name, match["argument"])
+    assert {"team_server_config.py", "z2jh-values.yaml", "prometheus-scrape.yaml"} <= shown
+
+
 def test_the_403_caps_are_every_cap_the_code_refuses_by():
     """The REST reference lists each cap a policy write can be refused by, found in the code."""
     # Given the caps the server raises CapExceeded with
