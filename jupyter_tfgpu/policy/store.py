@@ -3,8 +3,9 @@
 One JSON file holds every notebook's policy, keyed by the notebook's path relative to the
 server root. Each write takes an exclusive ``flock`` on a lock file, re-reads the file (another
 server process may have written meanwhile), and replaces it atomically (temp file, fsync,
-rename, fsync of the folder). A file that cannot be parsed is moved aside, never overwritten,
-and the problem is reported until an admin looks at it.
+rename, fsync of the folder). Only a regular file of at most ``max_bytes`` is read, without
+blocking (``store_file.read_regular``); anything else at the path (a FIFO, a device, a huge file)
+and a file that cannot be parsed are moved aside, never overwritten, and reported.
 
 Reads answer from an in-memory copy and never touch the disk or wait for a lock: the server
 reads policies on its event loop, and another process holding the lock (a second server on
@@ -25,9 +26,12 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from jupyter_tfgpu.policy.store_file import (
+    MAX_STORE_BYTES,
     CorruptStore,
     Stamp,
     decode,
+    encode,
+    read_regular,
     remove_stale_temp_files,
     set_aside,
     stamp_of,
@@ -57,8 +61,10 @@ class PolicyStore:
         lock_timeout: float = LOCK_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        max_bytes: int = MAX_STORE_BYTES,
     ) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self.log = log or logging.getLogger(__name__)
         self.lock_timeout = lock_timeout
         self.clock = clock
@@ -153,9 +159,8 @@ class PolicyStore:
             stamp = stamp_of(self.path)
             if stamp is not None and stamp == self._stamp:
                 return
-            policies = decode(self.path.read_bytes()) if stamp is not None else {}
-        except FileNotFoundError:
-            self._publish({}, None)
+            found = read_regular(self.path, self.max_bytes)
+            policies, stamp = (decode(found[0]), found[1]) if found is not None else ({}, None)
         except CorruptStore:
             # Set it aside under the writers' lock: a writer of another process may be replacing
             # it with a good file right now, which must not be the one moved away.
@@ -201,11 +206,8 @@ class PolicyStore:
     def _load_locked(self) -> dict[str, dict[str, Any]]:
         """The file's content; a corrupt file is set aside (caller holds the ``flock``)."""
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        try:
-            return decode(raw)
+            found = read_regular(self.path, self.max_bytes)
+            return decode(found[0]) if found is not None else {}
         except CorruptStore as err:
             return self._set_aside(err)
 
@@ -287,7 +289,14 @@ class PolicyStore:
             ) from err
 
     def _write(self, policies: dict[str, dict[str, Any]]) -> None:
-        stamp = write_atomically(self.path, policies)
+        content = encode(policies)
+        if len(content) > self.max_bytes:
+            # Written, it would be set aside as too large at the next read: refuse it instead.
+            raise StoreUnavailable(
+                f"the policy store {self.path} would hold {len(content)} bytes, more than the "
+                f"{self.max_bytes} bytes it may hold; remove the policies of notebooks that are gone"
+            )
+        stamp = write_atomically(self.path, content)
         self._publish(policies, stamp)
         self._loaded = True
 

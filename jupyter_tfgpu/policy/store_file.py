@@ -1,19 +1,40 @@
-"""The policy store's file: decode it, write it atomically, set an unreadable one aside.
+"""The policy store's file: read it safely, decode it, write it atomically, set a bad one aside.
 
 Functions of the file alone; ``PolicyStore`` decides when each runs and under which lock.
+
+The file sits in the user's data folder, so any notebook can put anything there: a FIFO, a
+device, a file of gigabytes, JSON built to exhaust the decoder. Only a regular file of at most
+``MAX_STORE_BYTES`` is read, without blocking; everything else, and every content that is not a
+policy store, is a ``CorruptStore``, which the store sets aside and reports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
+# A policy is a few hundred bytes (its notebook's path included), so 16 MiB holds some 50,000
+# notebooks' policies, far more than a server has; every write rewrites and fsyncs the whole
+# file and every change is decoded whole, which stays well under a second at this size.
+MAX_STORE_BYTES = 16 * 1024 * 1024
+# A store this server writes nests 4 deep (file, policies, policy, devices); a deeper one was
+# not written by it, and would exhaust the recursion of whatever compares or encodes it next.
+MAX_NESTING = 10
+# The kinds of files that are not regular files, as an admin would name them.
+FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 Stamp = tuple[int, int, int]
 
@@ -32,8 +53,54 @@ def stamp_of(path: Path) -> Stamp | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def read_regular(path: Path, limit: int = MAX_STORE_BYTES) -> tuple[bytes, Stamp] | None:
+    """The file's bytes and stamp, or None when there is no file; never blocks on the file.
+
+    CorruptStore when the path is not a regular file or holds more than ``limit`` bytes; the
+    OSError of a file that cannot be read (a folder, no permission).
+    """
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        return None
+    # Looked at before opening: opening a device can have effects of its own (a tape rewinds).
+    _check_regular(path, before, limit)
+    try:
+        # O_NONBLOCK: a FIFO put there since the stat makes open return, not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        opened = os.fstat(fd)
+        _check_regular(path, opened, limit)  # what was opened, whatever the path names now
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew since the fstat
+                raise CorruptStore(_too_large(path, size, limit))
+    finally:
+        os.close(fd)
+    return b"".join(chunks), (opened.st_ino, opened.st_mtime_ns, opened.st_size)
+
+
+def _check_regular(path: Path, st: os.stat_result, limit: int) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        # Not set aside: it may be a folder of the admin's, named by mistake.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(st.st_mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+        raise CorruptStore(f"{path} is {kind}, not a regular file")
+    if st.st_size > limit:
+        raise CorruptStore(_too_large(path, st.st_size, limit))
+
+
+def _too_large(path: Path, size: int, limit: int) -> str:
+    return f"{path} holds {size} bytes, larger than the {limit} bytes a policy store may hold"
+
+
 def decode(raw: bytes) -> dict[str, dict[str, Any]]:
-    """The policies in a store file's bytes (CorruptStore when they are not a policy store)."""
+    """The policies in a store file's bytes; CorruptStore, and nothing else, for any other bytes."""
     try:
         # Decoding inside the try: bytes that are not UTF-8 are a corrupt file too.
         data = json.loads(raw.decode("utf-8"))
@@ -42,9 +109,32 @@ def decode(raw: bytes) -> dict[str, dict[str, Any]]:
             isinstance(k, str) and isinstance(v, dict) for k, v in policies.items()
         ):
             raise ValueError("'policies' must map notebook paths to objects")
+        _check_nesting(policies)
+        # A lone surrogate ("\ud800") decodes, but could never be written back as UTF-8.
+        json.dumps(policies, ensure_ascii=False).encode("utf-8")
         return policies
-    except (ValueError, KeyError, TypeError) as err:
+    # RecursionError: a nest deeper than the decoder's recursion limit; MemoryError: bounded
+    # by the file's size, but a small server may still run short.
+    except (ValueError, KeyError, TypeError, RecursionError, MemoryError) as err:
         raise CorruptStore(f"{type(err).__name__}: {err}") from err
+
+
+def _check_nesting(policies: dict[str, Any]) -> None:
+    """ValueError when ``policies`` (the file's second level) nests deeper than MAX_NESTING."""
+    # Iterative: a recursive walk is what a deep nest breaks.
+    stack: list[tuple[Any, int]] = [(policies, 2)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ValueError(f"the file nests deeper than {MAX_NESTING} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def encode(policies: dict[str, dict[str, Any]]) -> bytes:
+    """The file's bytes for ``policies``."""
+    data = {"version": FORMAT_VERSION, "policies": dict(sorted(policies.items()))}
+    return (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def set_aside(path: Path) -> Path | None:
@@ -68,15 +158,13 @@ def remove_stale_temp_files(path: Path) -> None:
             stale.unlink()
 
 
-def write_atomically(path: Path, policies: dict[str, dict[str, Any]]) -> Stamp:
-    """Replace the file with ``policies`` (temp file, fsync, rename, fsync of the folder);
+def write_atomically(path: Path, content: bytes) -> Stamp:
+    """Replace the file with ``content`` (temp file, fsync, rename, fsync of the folder);
     returns the stamp of what it wrote."""
-    data = {"version": FORMAT_VERSION, "policies": dict(sorted(policies.items()))}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1, ensure_ascii=False)
-            out.write("\n")
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
             out.flush()
             os.fsync(out.fileno())
             # The stamp of what this write put there, whatever another process does next.

@@ -233,6 +233,12 @@ CORRUPT = {
     "policies-a-list": b'{"version": 1, "policies": []}',
     "policy-not-an-object": b'{"version": 1, "policies": {"a.ipynb": 3}}',
     "json-null": b"null",
+    # Any notebook can write the file: a nest deep enough to exhaust the decoder's recursion,
+    "deep-nest": b"[" * 100_000 + b"]" * 100_000,
+    # a nest the decoder survives but that no reader or writer of policies should walk,
+    "deep-policy": b'{"version": 1, "policies": {"a.ipynb": {"x": ' + b"[" * 500 + b"]" * 500 + b"}}}",
+    # and a lone surrogate, which decodes but can never be written back as UTF-8.
+    "lone-surrogate": b'{"version": 1, "policies": {"\\ud800.ipynb": {}}}',
 }
 
 
