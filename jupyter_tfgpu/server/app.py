@@ -17,7 +17,8 @@ from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU
-from jupyter_tfgpu.server.config_check import check_allowed_devices, check_settings
+from jupyter_tfgpu.server.config_check import check_allowed_devices
+from jupyter_tfgpu.server.config_loading import check_settings
 from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from jupyter_tfgpu.server.services import Services, build_services
 

@@ -25,11 +25,11 @@ from jupyter_tfgpu.server.config import DEFAULT_SIMULATED_GPUS, TFGPU
 from jupyter_tfgpu.server.config_check import (
     check_allowed_devices,
     environment_problems,
-    failed_config_files,
     on_config_error,
     setting_problems,
     without_settings,
 )
+from jupyter_tfgpu.server.config_files import failed_config_files
 from jupyter_tfgpu.gpu import make_backend
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.server_process import Servers, critical_lines

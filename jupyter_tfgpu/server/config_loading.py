@@ -1,0 +1,58 @@
+"""The TFGPU settings at start: checked before the extension builds anything.
+
+A setting that does not apply must never leave a server running kernels without the admin's
+caps unnoticed. jupyter_server only logs a config file that raises, or an extension that fails
+to load, and carries on; so before the extension builds anything this checks every TFGPU value,
+every setting name, and every config file that failed to load, and by default stops the
+server (``TFGPU.on_config_error``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jupyter_tfgpu.server.config import TFGPU
+from jupyter_tfgpu.server.config_check import (
+    Problem,
+    environment_problems,
+    on_config_error,
+    setting_problems,
+    without_settings,
+)
+from jupyter_tfgpu.server.config_files import (
+    failed_config_files,
+    linked_extension_apps,
+    unread_settings_folders,
+)
+
+
+def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Problem]]:
+    """The TFGPU settings in force and their problems; stops the server when told to.
+
+    Runs before the extension builds anything and before the server listens, so stopping here
+    leaves no port open and no kernel running.
+    """
+    config = serverapp.config
+    problems = setting_problems(config) + environment_problems(config)
+    apps = [serverapp, *linked_extension_apps(serverapp)]
+    for failed in failed_config_files(apps):
+        if failed.mentions_tfgpu:
+            problems.append(Problem(None, f"the file failed to load: {failed.error}", failed.path))
+        else:
+            log.warning("jupyter-tfgpu: the config file %s failed to load: %s", failed.path, failed.error)
+    problems.extend(unread_settings_folders(serverapp.config_file_paths))
+    if problems and on_config_error(config) == "stop":
+        for problem in problems:
+            log.critical("jupyter-tfgpu: %s", problem)
+        log.critical(
+            "jupyter-tfgpu: the server stops rather than run kernels without the admin's GPU "
+            "settings. Fix the settings above, or start with TFGPU_ON_CONFIG_ERROR=warn to run "
+            "without them."
+        )
+        serverapp.exit(1)
+    for problem in problems:
+        log.error("jupyter-tfgpu: %s; starting without it (TFGPU.on_config_error = 'warn')", problem)
+    settings = TFGPU(parent=serverapp, config=without_settings(config, problems))
+    return settings, problems
+
