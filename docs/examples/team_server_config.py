@@ -5,6 +5,8 @@ see all of them. Whoever can edit this file, or run code as the server's user (e
 the server can: a notebook cell can), can change these settings: see the Limits page.
 """
 
+from jupyter_tfgpu.server.events import enforcement_log
+
 c = get_config()  # noqa: F821 - provided by traitlets when the server loads the file
 
 c.TFGPU.backend = "nvml"
@@ -29,5 +31,7 @@ c.TFGPU.idle_timeout = 2 * 3600.0
 c.TFGPU.idle_min_memory_mb = 1024
 c.TFGPU.idle_action = "restart"
 
-# Keep the policies with the server's other state.
+# Keep the policies with the server's other state (create the folder first, writable by the
+# server's user), and beside them an audit trail of enforcement decisions, one JSON line each.
 c.TFGPU.policy_store_path = "/srv/jupyter/tfgpu/policies.json"
+c.EventLogger.handlers = [enforcement_log("/srv/jupyter/tfgpu/enforcement.jsonl")]

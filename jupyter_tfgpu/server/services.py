@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -23,6 +22,7 @@ from jupyter_tfgpu.server.api.stream import StreamMessages
 from jupyter_tfgpu.server.kernels.usage import KernelUsage
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import Problem
+from jupyter_tfgpu.server.events import ENFORCEMENT_EVENT, ENFORCEMENT_SCHEMA
 from jupyter_tfgpu.server.kernels.attribution import Attribution
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
 from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
@@ -30,8 +30,6 @@ from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProv
 from jupyter_tfgpu.server.kernels.registry import KernelRegistry
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 
-ENFORCEMENT_EVENT = "https://jupyter-tfgpu.readthedocs.io/events/enforcement/v1"
-ENFORCEMENT_SCHEMA = Path(__file__).parent / "events" / "enforcement.yaml"
 
 # The sampling settings: TFGPU trait -> (the Sampler argument it sets, whether GET config shows
 # it). The caps and the enforcement rules list their own settings (AdminPolicy, Rules).

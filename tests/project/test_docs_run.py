@@ -219,21 +219,36 @@ def check_config(config: Config) -> None:
 
 
 def check_event_logger(config: Config) -> None:
-    """The event logger takes the handlers, and an enforcement event reaches each log file."""
+    """The event logger takes the handlers; an enforcement event reaches each log file whose
+    folder exists, and the package's enforcement log keeps the bus's other events out."""
     from jupyter_events import EventLogger
 
-    schema_file = ROOT / "jupyter_tfgpu" / "server" / "events" / "enforcement.yaml"
-    schema = yaml.safe_load(schema_file.read_text())
+    from jupyter_tfgpu.server.events import ENFORCEMENT_EVENT, ENFORCEMENT_SCHEMA, EnforcementLog
+
+    other = {"$id": "https://example.org/other/v1", "version": "1", "title": "other",
+             "type": "object", "properties": {}}  # fmt: skip
     logger = EventLogger(config=config)
+    for handler in list(logger.handlers or []):
+        path = Path(getattr(handler, "path", getattr(handler, "baseFilename", "")))
+        if path.name and not path.parent.is_dir():
+            # A folder the docs tell the admin to create (/srv/...): nothing is written there.
+            logger.remove_handler(handler)
+            handler.close()
     try:
-        logger.register_event_schema(schema_file)
+        logger.register_event_schema(ENFORCEMENT_SCHEMA)
+        logger.register_event_schema(other)
         event = {"kernel_id": "k", "rule": "memory_cap", "action": "warn", "reason": "docs test"}
-        logger.emit(schema_id=schema["$id"], data=event)
+        logger.emit(schema_id=ENFORCEMENT_EVENT, data=event)
+        logger.emit(schema_id=other["$id"], data={})
         for handler in logger.handlers or []:
             handler.flush()
-            if hasattr(handler, "baseFilename"):
-                line = Path(handler.baseFilename).read_text().splitlines()[-1]
-                assert json.loads(line)["reason"] == "docs test"
+            path = Path(getattr(handler, "path", getattr(handler, "baseFilename", "")))
+            if not path.name:
+                continue  # not a file
+            lines = path.read_text().splitlines()
+            assert json.loads(lines[-1])["reason"] == "docs test"
+            if isinstance(handler, EnforcementLog):
+                assert all(json.loads(line)["__schema__"] == ENFORCEMENT_EVENT for line in lines)
     finally:
         for handler in logger.handlers or []:
             handler.close()
