@@ -15,6 +15,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from jupyter_tfgpu._version import __version__
 from jupyter_tfgpu.policy import CapExceeded, PolicyError, StoreUnavailable
+from jupyter_tfgpu.server.kernels.registry import KernelGone
 
 if TYPE_CHECKING:
     from jupyter_tfgpu.policy import PolicyService
@@ -26,7 +27,7 @@ AUTH_RESOURCE = "tfgpu"
 # Where the extension app puts its services in the tornado settings (the app itself is under
 # jupyter_server's own key, "jupyter_tfgpu"; handlers do not use it).
 SERVICES_KEY = "tfgpu_services"
-DOMAIN_ERRORS = (PolicyError, CapExceeded, StoreUnavailable)
+DOMAIN_ERRORS = (PolicyError, CapExceeded, StoreUnavailable, KernelGone)
 
 
 class ServicesMixin:
@@ -70,14 +71,16 @@ class TFGPUAPIHandler(ServicesMixin, APIHandler):
         return web.HTTPError(400, f"{field}: {why}", reason=f"invalid {field}")
 
     def domain_error(self, err: Exception) -> web.HTTPError:
-        """Translate the policy layer's errors to HTTP (400 names the field, 403 the cap, 503
-        says why the store cannot be written)."""
+        """Translate the domain's errors to HTTP (400 names the field, 403 the cap, 503 says why
+        the store cannot be written, 404 a kernel that stopped, maybe during an await)."""
         if isinstance(err, PolicyError):
             return web.HTTPError(400, str(err), reason=f"invalid {err.field}")
         if isinstance(err, CapExceeded):
             return web.HTTPError(403, str(err), reason=f"over admin cap {err.cap}")
         if isinstance(err, StoreUnavailable):
             return web.HTTPError(503, err.message, reason="policy store unavailable")
+        if isinstance(err, KernelGone):
+            return web.HTTPError(404, str(err), reason="no such kernel")
         raise err
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import psutil
 
@@ -41,6 +41,11 @@ def process_start(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def start_times(pids: Iterable[int]) -> dict[int, float | None]:
+    """Each process's create_time (None if it is gone); blocking (/proc), so call it in a thread."""
+    return {pid: process_start(pid) for pid in pids}
 
 
 @dataclass(frozen=True)

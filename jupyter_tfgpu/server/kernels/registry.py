@@ -1,5 +1,9 @@
 """This server's kernels: followed through the kernel and session managers, and shown as the API,
-the stream, the enforcer and metrics see them (``views``)."""
+the stream, the enforcer and metrics see them (``views``).
+
+On the event loop only dict work is done: the process table (psutil, /proc) and the kernels'
+record files are read in worker threads, so a start storm of kernels never stalls the server.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 from jupyter_tfgpu.policy import PolicyService
 from jupyter_tfgpu.server.kernels import views
-from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess, process_start
+from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess, start_times
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
 from jupyter_tfgpu.server.kernels.memory import KernelMemoryReader
@@ -21,6 +25,13 @@ from jupyter_tfgpu.server.kernels.views import KernelRow
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 View = TypeVar("View")
+
+
+class KernelGone(KeyError):
+    """The kernel is not (or no longer) one of this server's: it stopped, maybe during an await."""
+
+    def __str__(self) -> str:
+        return f"no kernel {self.args[0]!r}: it is not running on this server"
 
 
 class KernelRegistry:
@@ -50,10 +61,34 @@ class KernelRegistry:
         self._notebooks: dict[str, str] = {}
         self._pids: dict[str, int] = {}  # kernel id -> the PID refresh saw last
         self._failing: set[str] = set()  # kernels whose row failed, logged once
+        self._running: asyncio.Future[None] | None = None  # the refresh at work
+        self._queued: asyncio.Future[None] | None = None  # the one that runs after it
         self.memory = KernelMemoryReader(lambda: self.sampler.latest, self.reports)
 
     async def refresh(self) -> None:
-        """Re-read kernels, their PIDs and their sessions' notebook paths."""
+        """Re-read kernels, their PIDs and their sessions' notebook paths.
+
+        At most one refresh runs at a time: a caller that comes while one runs waits for the
+        next one, which starts after it (and is shared by every caller that came meanwhile), so
+        each caller sees a refresh begun after its call, and an older one never overwrites a
+        newer one's result.
+        """
+        if self._queued is not None:
+            return await asyncio.shield(self._queued)
+        running = self._running
+        if running is None or running.done():
+            self._running = asyncio.ensure_future(self._refresh())
+            return await asyncio.shield(self._running)
+        self._queued = asyncio.ensure_future(self._refresh_after(running))
+        await asyncio.shield(self._queued)
+
+    async def _refresh_after(self, running: asyncio.Future[None]) -> None:
+        await asyncio.wait([running])  # its outcome goes to its own callers
+        self._queued = None
+        self._running = asyncio.ensure_future(self._refresh())
+        await self._running
+
+    async def _refresh(self) -> None:
         notebooks: dict[str, str] = {}
         try:
             for session in await self.session_manager.list_sessions():
@@ -66,26 +101,29 @@ class KernelRegistry:
             self.log.debug("could not list sessions", exc_info=True)
         self._notebooks = notebooks
         known = {k.pid: k for k in self.attribution.kernels}
-        kernels = []
-        pids: dict[str, int] = {}
+        pids: dict[str, int] = {}  # every kernel's PID now, or the last one seen mid-restart
+        running: dict[str, int] = {}  # the kernels with a process now
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             pid = self._pid(kernel_id)
-            if not pid:
-                if kernel_id in self._pids:
-                    pids[kernel_id] = self._pids[kernel_id]  # mid-restart: compare next time
-                continue
-            pids[kernel_id] = pid
+            if pid:
+                pids[kernel_id] = running[kernel_id] = pid
+            elif kernel_id in self._pids:
+                pids[kernel_id] = self._pids[kernel_id]  # mid-restart: compare next time
+        # A process's start time tells it from a later process with its PID: read for processes
+        # not seen before, in a thread (psutil reads /proc).
+        new = {
+            pid for kernel_id, pid in running.items()
+            if known.get(pid) is None or known[pid].kernel_id != kernel_id
+        }  # fmt: skip
+        started = await asyncio.to_thread(start_times, new) if new else {}
+        kernels = []
+        for kernel_id, pid in running.items():
             if self._pids.get(kernel_id, pid) != pid:
                 # Restarted: what its previous process reported no longer holds.
                 self.reports.forget(kernel_id)
-            previous = known.get(pid)
-            if previous is not None and previous.kernel_id == kernel_id:
-                started = previous.started
-            else:
-                started = process_start(pid)
-            if started is None:
-                continue
-            kernels.append(KernelProcess(kernel_id, pid, started, self.notebook_of(kernel_id)))
+            began = started.get(pid) if pid in new else known[pid].started
+            if began is not None:  # None: it is gone
+                kernels.append(KernelProcess(kernel_id, pid, began, self.notebook_of(kernel_id)))
         self._pids = pids
         self.attribution.set_kernels(kernels)
 
@@ -124,10 +162,17 @@ class KernelRegistry:
         except OSError:
             return set()
 
+    def _kernel(self, kernel_id: str) -> Any:
+        """The kernel manager's kernel, or KernelGone. Asked first: jupyter_server's manager
+        raises an HTTP 404 of its own for an unknown kernel, jupyter_client's a KeyError."""
+        if kernel_id not in self.kernel_manager:
+            raise KernelGone(kernel_id)
+        return self.kernel_manager.get_kernel(kernel_id)
+
     def _pid(self, kernel_id: str) -> int | None:
         try:
-            return getattr(self.kernel_manager.get_kernel(kernel_id).provisioner, "pid", None)
-        except (KeyError, AttributeError):
+            return getattr(self._kernel(kernel_id).provisioner, "pid", None)
+        except KernelGone:
             return None
 
     def _applied_notebook(self, kernel_id: str) -> str | None:
@@ -162,8 +207,8 @@ class KernelRegistry:
         return read_record(os.path.join(self.report_root, kernel_id, f"{pid}.json"))
 
     def row(self, kernel_id: str) -> KernelRow:
-        """One kernel now, as every view is made from it (KeyError if it is gone)."""
-        kernel = self.kernel_manager.get_kernel(kernel_id)
+        """One kernel now, as every view is made from it (KernelGone if it is gone)."""
+        kernel = self._kernel(kernel_id)
         provisioner = getattr(kernel, "provisioner", None)
         return KernelRow(
             kernel_id=kernel_id,
@@ -178,10 +223,13 @@ class KernelRegistry:
         )
 
     async def describe(self, kernel_id: str) -> dict[str, Any]:
-        """One kernel as ``GET kernels/{id}`` shows it."""
+        """One kernel as ``GET kernels/{id}`` shows it (KernelGone if it is gone, also when it
+        stopped while its record was read)."""
         row = self.row(kernel_id)
         # The kernel writes this file: read it off the event loop.
         framework = await asyncio.to_thread(self.report, kernel_id, row.pid)
+        if not self.has(kernel_id):
+            raise KernelGone(kernel_id)
         return views.describe(row, self.policies, framework)
 
     def _per_kernel(self, view: Callable[[KernelRow], View], what: str) -> list[View]:
@@ -191,7 +239,7 @@ class KernelRegistry:
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             try:
                 rows.append(view(self.row(kernel_id)))
-            except KeyError:
+            except KernelGone:
                 continue  # it stopped meanwhile
             except Exception:  # noqa: BLE001 - one kernel must not take the others down
                 if kernel_id not in self._failing:
@@ -214,11 +262,17 @@ class KernelRegistry:
         return self._per_kernel(lambda row: views.metrics_row(row, self.policies, now), "metrics")
 
     async def list(self) -> list[dict[str, Any]]:
-        """Every running kernel."""
+        """Every running kernel (those that stop meanwhile are left out)."""
         rows = []
         for kernel_id in list(self.kernel_manager.list_kernel_ids()):
             try:
-                rows.append(await self.describe(kernel_id))
-            except KeyError:
-                continue  # it stopped meanwhile
-        return rows
+                rows.append(self.row(kernel_id))
+            except KernelGone:
+                continue
+        # One trip to a thread for every kernel's record file.
+        records = await asyncio.to_thread(lambda: [self.report(r.kernel_id, r.pid) for r in rows])
+        return [
+            views.describe(row, self.policies, framework)
+            for row, framework in zip(rows, records)
+            if self.has(row.kernel_id)
+        ]
