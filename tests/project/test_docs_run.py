@@ -58,6 +58,7 @@ SHOWN_ONLY = {
     "pip install": "benchmarks: names the install step in a sentence, with no package",
     "pip install --no-index --no-deps --target": "GPU validation: a fragment of the wheel install "
     "that scripts/gpu-wheels.sh runs in full",
+    "systemctl restart jupyter-team": "restarts the team server's systemd unit; needs systemd",
 }
 # Code spans that are templates for a setting rather than examples of one.
 TEMPLATES = {
@@ -321,18 +322,38 @@ def magic_command(line: str) -> str:
 
 
 def check_pip_install(args: list[str]) -> None:
-    """What is installed is this project (a checkout, or its name) with extras it has."""
+    """What is installed is this project (a checkout, its name, or the wheel scripts/release.sh
+    makes, of this version) with extras it has; a wheelhouse folder is one release.sh makes."""
     metadata = importlib.metadata.metadata("jupyter-tfgpu")  # made from pyproject.toml
     name = re.sub(r"[-_.]+", "-", metadata["Name"].lower())
     extras = set(metadata.get_all("Provides-Extra") or [])
-    targets = [a for a in args if not a.startswith("-")]
-    options = [a for a in args if a.startswith("-")]
-    assert set(options) <= {"-e", "--editable", "--no-cache-dir", "-U", "--upgrade"}, options
+    targets, options = [], []
+    words = iter(args)
+    for word in words:
+        if word in ("--find-links", "-f"):
+            folder = next(words)
+            assert folder in ("dist/wheelhouse", "wheelhouse"), f"not a release's wheelhouse: {folder}"
+            assert "wheelhouse" in (ROOT / "scripts" / "release.sh").read_text()
+        elif word.startswith("-"):
+            options.append(word)
+        else:
+            targets.append(word)
+    allowed = {"-e", "--editable", "--no-cache-dir", "-U", "--upgrade", "--no-index"}
+    assert set(options) <= allowed, options
     assert targets, "pip install with nothing to install"
     for target in targets:
-        match = re.fullmatch(r"(?P<name>\.|[A-Za-z0-9_.-]+)(?:\[(?P<extras>[^\]]*)\])?", target)
+        wheel = re.fullmatch(
+            r"(?:[\w./-]*/)?(?P<name>jupyter_tfgpu)-(?P<version>[^-]+)-py3-none-any\.whl"
+            r"(?:\[(?P<extras>[^\]]*)\])?",
+            target,
+        )
+        match = wheel or re.fullmatch(
+            r"(?P<name>\.|[A-Za-z0-9_.-]+)(?:\[(?P<extras>[^\]]*)\])?", target
+        )
         assert match, target
-        if match["name"] == ".":
+        if wheel:
+            assert wheel["version"] == metadata["Version"], f"{target}: not this version"
+        elif match["name"] == ".":
             assert (ROOT / "pyproject.toml").exists()
         else:
             assert re.sub(r"[-_.]+", "-", match["name"].lower()) == name, target
@@ -432,6 +453,9 @@ def check_command(words: list[str], folder: Path) -> None:
         program == "pip" and args[:1] == ["install"]
     ):
         check_pip_install(args[3:] if python else args[1:])
+    elif python and args[:3] == ["-m", "pip", "uninstall"]:
+        names = [a for a in args[3:] if not a.startswith("-")]
+        assert names == [importlib.metadata.metadata("jupyter-tfgpu")["Name"]], names
     elif python and args and args[0].endswith(".py"):
         check_script(args[0], args[1:])
     elif program in ("bash", "sh") and args and args[0].endswith(".sh"):
@@ -450,7 +474,8 @@ def check_command(words: list[str], folder: Path) -> None:
 
 # promql blocks are evaluated on a real Prometheus by tests/monitoring/test_prometheus.py.
 KNOWN_LANGS = {
-    "python", "json", "yaml", "yml", "bash", "sh", "shell", "console", "ini", "text", "promql", "",
+    "python", "json", "yaml", "yml", "bash", "sh", "shell", "console", "ini", "text", "promql",
+    "dockerfile", "",
 }  # fmt: skip
 
 
@@ -480,6 +505,30 @@ def test_json_blocks_load(block, tmp_path):
 def test_yaml_blocks_parse_and_their_settings_load(block, tmp_path):
     """YAML parses; the Python and server arguments inside are valid config."""
     check_yaml(block.text, tmp_path)
+
+
+def check_dockerfile(text: str) -> None:
+    """An image recipe: what it copies in is a release wheel of this version, and each pip
+    install in it installs this project as the docs say."""
+    lines = [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip()]
+    assert lines and lines[0].startswith("FROM "), "an image recipe starts FROM an image"
+    for line in lines:
+        instruction, _, rest = line.partition(" ")
+        if instruction == "COPY":
+            for source in shlex.split(rest)[:-1]:
+                check_pip_install([source])  # the wheel release.sh makes, of this version
+        elif instruction == "RUN":
+            for words in split_commands(rest):
+                if words[:2] == ["pip", "install"] or words[1:4] == ["-m", "pip", "install"]:
+                    check_pip_install(words[2:] if words[0] == "pip" else words[4:])
+                else:
+                    assert words[0] in ("rm",), f"a RUN the test does not know: {shlex.join(words)}"
+
+
+@pytest.mark.parametrize("block", _params([b for b in ALL_BLOCKS if b.lang == "dockerfile"]))
+def test_image_recipes_install_the_release(block):
+    """A Dockerfile in the docs installs this project's release wheel."""
+    check_dockerfile(block.text)
 
 
 def _commands() -> list:
