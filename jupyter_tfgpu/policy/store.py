@@ -31,13 +31,16 @@ from jupyter_tfgpu.policy.store_file import (
     Stamp,
     decode,
     encode,
+    probe_folder,
     read_regular,
     remove_stale_temp_files,
     set_aside,
     stamp_of,
+    user_name,
     write_atomically,
 )
 
+FIRST_READ_WAIT = 5.0  # seconds the server's start waits for the first read of the file
 LOCK_TIMEOUT = 5.0  # seconds a writer waits for another process's lock
 LOCK_POLL = 0.02  # seconds between two tries of the lock
 REFRESH_INTERVAL = 2.0  # seconds between two looks for another process's writes
@@ -71,12 +74,16 @@ class PolicyStore:
         self.sleep = sleep
         self._set_aside_problems: list[dict[str, Any]] = []
         self._unreadable: dict[str, Any] | None = None
+        self._folder_problem: dict[str, Any] | None = None
+        self._made = time.time()
         # Held by whoever does file I/O in this process (a writer, or refresh); never by readers.
         self._io_lock = threading.Lock()
         # Replaced whole, never changed in place: readers may hold an old one safely.
         self._cache: dict[str, dict[str, Any]] = {}
         self._stamp: Stamp | None = None
-        self._loaded = False
+        # Whether the file was read (or found unreadable) at least once: until then the store
+        # answers that no notebook has a policy, and says so in its problems.
+        self._read = False
         self._published = False
         self._stop_refreshing: threading.Event | None = None
         # Called with the keys whose policy changed (after the first read), from the thread
@@ -90,39 +97,55 @@ class PolicyStore:
 
     @property
     def problems(self) -> list[dict[str, Any]]:
-        """Files set aside as corrupt, and the reason the store cannot be read now, if any."""
-        current = [self._unreadable] if self._unreadable is not None else []
+        """Files set aside as corrupt, why the store cannot be read or written now, and that
+        it was not read yet, if so."""
+        current = [p for p in (self._folder_problem, self._unreadable) if p is not None]
+        if not self._read:
+            current.append(self._problem(
+                f"{self.path} has not been read yet (a slow or stuck file system?): until it is, "
+                "no notebook's own policy applies and kernels start with the admin default",
+                when=self._made,
+            ))
         return [*self._set_aside_problems, *current]
+
+    def _problem(self, error: str, moved_to: Path | None = None, when: float | None = None
+                 ) -> dict[str, Any]:
+        """One entry of ``problems``."""
+        return {
+            "file": str(self.path),
+            "moved_to": str(moved_to) if moved_to is not None else None,
+            "error": error,
+            "time": time.time() if when is None else when,
+        }
 
     @property
     def unavailable(self) -> str | None:
         """Why the store file cannot be read now; None when it can."""
         return self._unreadable["error"] if self._unreadable is not None else None
 
-    # -- reading (from memory) ---------------------------------------------------------------
+    # -- reading (from memory only: never the disk, never a lock) ----------------------------
+
+    @property
+    def read_yet(self) -> bool:
+        """Whether the file was read (or found unreadable) at least once."""
+        return self._read
 
     def all(self) -> dict[str, dict[str, Any]]:
-        """Every stored policy."""
-        return {k: dict(v) for k, v in self._current().items()}
+        """Every stored policy (none before the first read)."""
+        return {k: dict(v) for k, v in self._cache.items()}
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """One notebook's own policy, or None."""
-        policy = self._current().get(key)
+        """One notebook's own policy, or None (also before the first read)."""
+        policy = self._cache.get(key)
         return dict(policy) if policy is not None else None
-
-    def _current(self) -> dict[str, dict[str, Any]]:
-        if not self._loaded:
-            # Only a store nobody refreshed yet (the server refreshes it at start-up).
-            with self._io_lock:
-                if not self._loaded:
-                    self._reload()
-        return self._cache
 
     # -- refreshing (in a worker thread) -----------------------------------------------------
 
     def refresh(self) -> bool:
         """Re-read the file if it changed on disk; False when a writer is at work (it publishes
         what it writes). Does file I/O: call it off the event loop."""
+        if self._folder_problem is not None:
+            self.check_folder()  # until it is fixed: then the problem goes away by itself
         if not self._io_lock.acquire(blocking=False):
             return False
         try:
@@ -131,20 +154,62 @@ class PolicyStore:
             self._io_lock.release()
         return True
 
-    def start_refreshing(self, interval: float = REFRESH_INTERVAL) -> None:
-        """Look for other processes' writes every ``interval`` seconds, in a daemon thread."""
+    def start_refreshing(
+        self, interval: float = REFRESH_INTERVAL, wait: float = FIRST_READ_WAIT
+    ) -> bool:
+        """In a daemon thread: check the folder, read the file, then look for other processes'
+        writes every ``interval`` seconds. Waits ``wait`` seconds at most for the first read;
+        False (and an error logged) when it was not done by then: it goes on in the thread."""
         if self._stop_refreshing is not None:
-            return
+            return self._read
         stop = self._stop_refreshing = threading.Event()
+        first_read = threading.Event()
 
         def run() -> None:
+            self._refresh_logging_errors(self.check_folder)
+            with self._io_lock:  # waits for a writer, if any: it publishes what it wrote
+                self._refresh_logging_errors(self._reload)
+            first_read.set()
             while not stop.wait(interval):
-                try:
-                    self.refresh()
-                except Exception:  # noqa: BLE001 - keep looking; the next round may succeed
-                    self.log.exception("jupyter-tfgpu: refreshing the policy store failed")
+                self._refresh_logging_errors(self.refresh)
 
         threading.Thread(target=run, name="tfgpu-policy-store", daemon=True).start()
+        if first_read.wait(wait) and self._read:
+            return True
+        self.log.error(
+            "jupyter-tfgpu: policy store %s not read within %g s of start (a slow or stuck file "
+            "system?); until it is, kernels start with the admin default, and the caps hold. "
+            "The read goes on in the background.",
+            self.path,
+            wait,
+        )
+        return False
+
+    def _refresh_logging_errors(self, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - keep looking; the next round may succeed
+            self.log.exception("jupyter-tfgpu: refreshing the policy store failed")
+
+    def check_folder(self) -> bool:
+        """Whether this process can make the store's folder and write in it, as a write needs
+        to; when not, a problem that names the folder and the fix. Does file I/O."""
+        folder = self.path.parent
+        try:
+            probe_folder(self.path, self.lock_path)
+        except OSError as err:
+            user = user_name()
+            error = (
+                f"the policy store's folder {folder} cannot be created or written by user {user} "
+                f"({type(err).__name__}: {err}); no policy can be saved until it can: "
+                f"create {folder}, writable by {user}"
+            )
+            if self._folder_problem is None or self._folder_problem["error"] != error:
+                self.log.error("jupyter-tfgpu: %s", error)
+                self._folder_problem = self._problem(error)
+            return False
+        self._folder_problem = None
+        return True
 
     def stop_refreshing(self) -> None:
         """Stop the refresh thread (not waited for: it may be stuck on a slow file system)."""
@@ -154,7 +219,6 @@ class PolicyStore:
 
     def _reload(self) -> None:
         """Read the file if its stamp changed (caller holds ``_io_lock``)."""
-        self._loaded = True
         try:
             stamp = stamp_of(self.path)
             if stamp is not None and stamp == self._stamp:
@@ -179,7 +243,7 @@ class PolicyStore:
     ) -> None:
         old, first = self._cache, not self._published
         self._cache, self._stamp, self._unreadable = policies, stamp, None
-        self._published = True
+        self._published = self._read = True
         if first or self.on_change is None:
             return
         changed = {key for key in old.keys() | policies.keys() if old.get(key) != policies.get(key)}
@@ -199,9 +263,8 @@ class PolicyStore:
                 self.path,
                 error,
             )
-            self._unreadable = {
-                "file": str(self.path), "moved_to": None, "error": error, "time": time.time()
-            }
+            self._unreadable = self._problem(error)
+        self._read = True
 
     def _load_locked(self) -> dict[str, dict[str, Any]]:
         """The file's content; a corrupt file is set aside (caller holds the ``flock``)."""
@@ -217,9 +280,7 @@ class PolicyStore:
         if aside is None:
             # Another process (an older server not taking the lock to do this) moved it first.
             return {}
-        problem = {
-            "file": str(self.path), "moved_to": str(aside), "error": str(err), "time": time.time()
-        }
+        problem = self._problem(str(err), moved_to=aside)
         self._set_aside_problems.append(problem)
         self.log.error(
             "jupyter-tfgpu: policy store %s could not be read (%s); it was moved to %s and "
@@ -263,7 +324,8 @@ class PolicyStore:
         """Lock, yield the current content, then write it back (StoreUnavailable on failure)."""
         if not self._io_lock.acquire(timeout=max(self.lock_timeout, 0.001)):
             raise StoreUnavailable(
-                f"the policy store {self.path} is busy with another write; try again"
+                f"the policy store {self.path} is busy: this server is writing or reading it "
+                "(a slow file system?); try again"
             )
         try:
             with self._as_unavailable(), self._flocked():
@@ -298,7 +360,7 @@ class PolicyStore:
             )
         stamp = write_atomically(self.path, content)
         self._publish(policies, stamp)
-        self._loaded = True
+        self._folder_problem = None  # it was written in: whatever the check found is fixed
 
     def put(self, key: str, policy: dict[str, Any]) -> None:
         """Store (replace) one notebook's policy."""

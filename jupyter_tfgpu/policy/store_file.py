@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import pwd
 import stat
 import tempfile
 import time
@@ -47,7 +48,7 @@ def stamp_of(path: Path) -> Stamp | None:
     """What changes whenever the file is replaced or edited; None when there is no file."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     # The inode changes with every atomic replace, even one within the mtime granularity.
     return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -61,7 +62,7 @@ def read_regular(path: Path, limit: int = MAX_STORE_BYTES) -> tuple[bytes, Stamp
     """
     try:
         before = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file, or no folder that could hold one
         return None
     # Looked at before opening: opening a device can have effects of its own (a tape rewinds).
     _check_regular(path, before, limit)
@@ -149,6 +150,27 @@ def set_aside(path: Path) -> Path | None:
     except FileNotFoundError:
         return None
     return aside
+
+
+def probe_folder(path: Path, lock_path: Path) -> None:
+    """Do what a write does first (make the folder, open the lock file, make a temp file) and
+    undo the temp file; the OSError of the first step that fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+"):
+        pass
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    # A writer's clean-up (it removes what looks like a dead writer's temp file) may beat us.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(probe)
+
+
+def user_name() -> str:
+    """This process's user, as an admin would name it in chown."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
+        return f"uid {os.geteuid()}"
 
 
 def remove_stale_temp_files(path: Path) -> None:

@@ -47,9 +47,10 @@ class TFGPUApp(ExtensionApp):
         cfg, problems = check_settings(self.serverapp, self.log)
         self.services = services = build_services(cfg, self.serverapp, self.log, problems)
         sampler, kernels = services.sampler, services.kernels
-        # Read once before serving (a corrupt or unreadable store is reported in the start-up
-        # log); from then on reads answer from memory and a thread looks for other writers.
-        services.policies.store.refresh()
+        # A worker thread checks the store's folder and reads its file, waited for a few seconds
+        # at most: a slow or stuck file system must not keep the server from listening (the
+        # caps hold without the store). Problems go to the log and to GET policies; reads
+        # answer from memory, and the thread goes on looking for other processes' writes.
         services.policies.store.start_refreshing()
         self._unsubscribe = sampler.subscribe(self._on_snapshot)
         self._unregister_metrics = metrics.register(

@@ -40,6 +40,13 @@ def read_file(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_store(path: Path) -> PolicyStore:
+    """A store on ``path``, read once (as the server reads it at start)."""
+    store = PolicyStore(path)
+    store.refresh()
+    return store
+
+
 def leftovers(folder: Path, store_file: Path) -> list[str]:
     """Files in the store's folder other than the store and its lock file."""
     expected = {store_file.name, store_file.name + ".lock"}
@@ -129,7 +136,7 @@ def test_concurrent_processes_and_threads_lose_no_key(tmp_path):
     }
     assert set(data["policies"]) == expected
     assert data["policies"]["p0/t0/nb4.ipynb"] == {"memory_limit_mb": 5}
-    assert set(PolicyStore(path).all()) == expected
+    assert set(read_store(path).all()) == expected
     # and a reader polling the file meanwhile never saw a half-written file
     assert reader.exitcode == 0
     assert json.loads(errors.read_text()) == []
@@ -189,7 +196,7 @@ def test_a_writer_killed_before_the_rename_loses_nothing(tmp_path):
     # Then the killed write never happened, the waiting writer went on, and nothing was lost
     assert child.exitcode == -signal.SIGKILL
     assert not late.is_alive()
-    assert PolicyStore(path).all() == {
+    assert read_store(path).all() == {
         "a.ipynb": {"memory_growth": True},
         "dir/b.ipynb": {"memory_limit_mb": 2048},
         "late.ipynb": {"allocator": "default"},
@@ -251,6 +258,7 @@ def test_a_corrupt_file_is_moved_aside_and_reported(tmp_path, content):
     store = PolicyStore(path)
 
     # When the store is read
+    store.refresh()
     policies = store.all()
 
     # Then it starts empty, the file was moved to <name>.corrupt-* intact, and that is reported
@@ -293,7 +301,7 @@ def test_corrupt_files_in_the_same_second_do_not_overwrite_each_other(tmp_path):
     path = tmp_path / "policies.json"
     store = PolicyStore(path)
     path.write_bytes(b"first garbage")
-    store.all()
+    store.refresh()
     path.write_bytes(b"second garbage, longer")
 
     # When it is read again
@@ -500,6 +508,7 @@ def test_a_missing_file_is_an_empty_store(tmp_path):
     store = PolicyStore(tmp_path / "nowhere" / "policies.json")
 
     # When
+    store.refresh()
     policies, one = store.all(), store.get("nb.ipynb")
 
     # Then
