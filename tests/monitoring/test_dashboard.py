@@ -35,6 +35,23 @@ def test_the_variables_filter_by_host_and_user_and_pick_the_data_source():
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
 
 
+def test_the_import_asks_for_the_prometheus_data_source():
+    """Grafana's import shows a data source picker for each of __inputs and puts the choice
+    where ${DS_PROMETHEUS} is: the data source variable starts on the one picked."""
+    inputs = DASHBOARD["__inputs"]
+    assert [(i["name"], i["type"], i["pluginId"]) for i in inputs] == [
+        ("DS_PROMETHEUS", "datasource", "prometheus")
+    ]
+    assert {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"} in (
+        DASHBOARD["__requires"]
+    )
+    variable = next(v for v in DASHBOARD["templating"]["list"] if v["name"] == "datasource")
+    assert variable["current"]["value"] == "${DS_PROMETHEUS}"
+    # And nothing else refers to an input the import would not fill
+    text = promql.DASHBOARD.read_text()
+    assert set(re.findall(r"\$\{(DS_[A-Z_]+)\}", text)) == {"DS_PROMETHEUS"}
+
+
 def test_every_panel_queries_the_chosen_data_source_and_has_a_unique_id():
     """No data source is hard-wired: an imported dashboard works with any Prometheus."""
     ids = [p["id"] for p in promql.panels(DASHBOARD)]
