@@ -10,11 +10,11 @@ import copy
 import difflib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from traitlets import TraitError
+from traitlets import Container, Dict, TraitError
 from traitlets.config import Config
 from traitlets.config.loader import DeferredConfigList, DeferredConfigString
 
@@ -44,26 +44,45 @@ class Problem:
 # -- setting values ----------------------------------------------------------------------------
 
 
-def setting_problems(config: Config) -> list[Problem]:
-    """Each TFGPU setting in ``config`` whose name is unknown or whose value does not validate."""
+def setting_problems(
+    config: Config, origin: Callable[[str], str | None] | None = None
+) -> list[Problem]:
+    """Each TFGPU setting in ``config`` whose name is unknown or whose value does not validate.
+
+    ``origin`` names where a setting was given when that was not plainly ``TFGPU.name``.
+    """
     if SECTION not in config:
         return []
     known = TFGPU.class_traits(config=True)
     problems = []
     for name, raw in config[SECTION].items():
         setting = f"{SECTION}.{name}"
+        given_as = origin(name) if origin else None
+        suffix = f" (given as {given_as})" if given_as else ""
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {SECTION}.{close[0]}?" if close else ""
-            problems.append(Problem(setting, f"there is no such setting{hint}"))
+            problems.append(Problem(setting, f"there is no such setting{hint}{suffix}"))
             continue
+        raw = last_if_single(name, raw)
         try:
             _parse_command_line_value(known[name], raw)
             # Built exactly as the extension builds it, so the trait's own validators run.
             TFGPU(config=Config({SECTION: {name: raw}}))
         except (TraitError, ValueError, TypeError, SyntaxError) as err:
-            problems.append(Problem(setting, _why(name, err)))
+            problems.append(Problem(setting, _why(name, err) + suffix))
     return problems
+
+
+def last_if_single(name: str, value: Any) -> Any:
+    """A single-valued setting given several times on the command line takes the last value.
+
+    (A list or dict setting given several times takes each as items, see config.JSONList.)
+    """
+    trait = TFGPU.class_traits(config=True).get(name)
+    if isinstance(value, DeferredConfigList) and value and not isinstance(trait, (Container, Dict)):
+        return DeferredConfigString(value[-1])
+    return value
 
 
 def _parse_command_line_value(trait: Any, raw: Any) -> None:
@@ -71,12 +90,7 @@ def _parse_command_line_value(trait: Any, raw: Any) -> None:
     if isinstance(raw, DeferredConfigString):
         trait.from_string(str(raw))
     elif isinstance(raw, DeferredConfigList):
-        if hasattr(trait, "from_string_list"):
-            trait.from_string_list(list(raw))
-        elif len(raw) > 1:
-            raise TraitError(f"takes one value, got {len(raw)}: {list(raw)}")
-        else:
-            trait.from_string(raw[0])
+        trait.from_string_list(list(raw))
 
 
 def _why(name: str, err: Exception) -> str:

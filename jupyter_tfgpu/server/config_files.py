@@ -84,7 +84,7 @@ def load_error(path: str) -> str | None:
 def _mentions_tfgpu(path: str) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
-            return SECTION in file.read()
+            return SECTION.lower() in file.read().lower()
     except OSError:
         return True  # unreadable now: assume it held the admin's settings
 

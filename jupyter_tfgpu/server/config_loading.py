@@ -20,10 +20,16 @@ from jupyter_tfgpu.server.config_check import (
     setting_problems,
     without_settings,
 )
+from jupyter_tfgpu.server.config_sources import given_settings, misplaced_settings, reaching_sections
 from jupyter_tfgpu.server.config_files import (
     failed_config_files,
     linked_extension_apps,
     unread_settings_folders,
+)
+
+STOPS = (
+    "jupyter-tfgpu: the server stops rather than run kernels without the admin's GPU settings. "
+    "Fix the settings above, or start with TFGPU_ON_CONFIG_ERROR=warn to run without them."
 )
 
 
@@ -33,8 +39,9 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
     Runs before the extension builds anything and before the server listens, so stopping here
     leaves no port open and no kernel running.
     """
-    config = serverapp.config
-    problems = setting_problems(config) + environment_problems(config)
+    given = given_settings(serverapp)
+    value_problems = setting_problems(given.config, given.origin) + environment_problems(given.config)
+    problems = value_problems + misplaced_settings(serverapp.config, reaching_sections(serverapp))
     apps = [serverapp, *linked_extension_apps(serverapp)]
     for failed in failed_config_files(apps):
         if failed.mentions_tfgpu:
@@ -42,17 +49,13 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
         else:
             log.warning("jupyter-tfgpu: the config file %s failed to load: %s", failed.path, failed.error)
     problems.extend(unread_settings_folders(serverapp.config_file_paths))
-    if problems and on_config_error(config) == "stop":
+    if problems and on_config_error(given.config) == "stop":
         for problem in problems:
             log.critical("jupyter-tfgpu: %s", problem)
-        log.critical(
-            "jupyter-tfgpu: the server stops rather than run kernels without the admin's GPU "
-            "settings. Fix the settings above, or start with TFGPU_ON_CONFIG_ERROR=warn to run "
-            "without them."
-        )
+        log.critical(STOPS)
         serverapp.exit(1)
     for problem in problems:
         log.error("jupyter-tfgpu: %s; starting without it (TFGPU.on_config_error = 'warn')", problem)
-    settings = TFGPU(parent=serverapp, config=without_settings(config, problems))
+    # Built from the settings as given only, with no parent: nothing re-reads the sections.
+    settings = TFGPU(config=without_settings(given.config, value_problems))
     return settings, problems
-
