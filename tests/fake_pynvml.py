@@ -44,11 +44,16 @@ class FakeProcess:
 
 @dataclass
 class FakeLink:
-    """One NVLink link: its state and the KiB of data it carried each way (counters)."""
+    """One NVLink link: its state and the KiB of data it carried each way (counters).
+
+    Lower a counter to stand for a driver reset; set ``error`` (an NVML code) to make the
+    link's data fields fail in their field-value slots while the call itself succeeds.
+    """
 
     active: bool = True
     tx_kib: int = 0
     rx_kib: int = 0
+    error: int | None = None
 
 
 @dataclass
@@ -467,6 +472,9 @@ class FakeNvml:
             field_id, scope = requested if isinstance(requested, tuple) else (requested, 0)
             slot.fieldId, slot.scopeId, slot.timestamp = field_id, scope, stamp
             answer = self._field_value(gpu, field_id, scope)
+            if isinstance(answer, int):  # that link's error, in its slot
+                slot.nvmlReturn = answer
+                continue
             if answer is None:
                 slot.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
                 continue
@@ -477,7 +485,7 @@ class FakeNvml:
         return values
 
     @staticmethod
-    def _field_value(gpu: FakeGpu, field_id: int, scope: int) -> tuple[int, int] | None:
+    def _field_value(gpu: FakeGpu, field_id: int, scope: int) -> tuple[int, int] | int | None:
         if not gpu.nvlink:
             return None
         if field_id == real.NVML_FI_DEV_NVLINK_LINK_COUNT:
@@ -485,6 +493,9 @@ class FakeNvml:
         if scope >= len(gpu.nvlink):
             return None
         link = gpu.nvlink[scope]
+        data = (real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
+        if link.error is not None and field_id in data:
+            return link.error
         if field_id == real.NVML_FI_DEV_NVLINK_GET_STATE:
             state = real.NVML_NVLINK_STATE_ACTIVE if link.active else real.NVML_NVLINK_STATE_INACTIVE
             return real.NVML_VALUE_TYPE_UNSIGNED_INT, state

@@ -7,6 +7,7 @@ import threading
 from typing import Any, Callable
 
 from jupyter_tfgpu.gpu.backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from jupyter_tfgpu.gpu.nvlink import NvlinkCounters
 
 # Errors that mean "this field is not available here", not "something broke".
 _UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound")
@@ -44,8 +45,8 @@ class NvmlBackend:
         self._memory_v2: bool | None = None
         self._process_readers: dict[str, list[Callable[[Any], Any]]] = {}
         self._process_util_ts: dict[int, int] = {}
-        # GPU index -> (microseconds, KiB sent, KiB received) of the last NVLink reading
-        self._nvlink_last: dict[int, tuple[int, int, int]] = {}
+        # GPU index -> its NVLink counters, per link (kept across a reopen: totals never drop)
+        self._nvlink: dict[int, NvlinkCounters] = {}
         self._lock = threading.Lock()
         self._open = False
 
@@ -77,7 +78,7 @@ class NvmlBackend:
         self._mig_slots = {}
         self._mig_process_source = {}
         self._process_util_ts = {}
-        self._nvlink_last = {}
+        self._nvlink = {}
         self._process_readers = {
             "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
             "graphics": self._versioned("nvmlDeviceGetGraphicsRunningProcesses"),
@@ -405,7 +406,7 @@ class NvmlBackend:
         return int(count), None
 
     def _read_nvlink(self, index: int, handle: Any, links: int) -> dict[str, Any]:
-        """Active links and data throughput over all links (bytes/s, from KiB counters)."""
+        """Active links, throughput (bytes/s) and data totals (bytes) over all links."""
         nvml = self._nvml
         ids: list[tuple[int, int]] = []
         for link in range(links):
@@ -415,32 +416,18 @@ class NvmlBackend:
                 (nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link),
             ]
         values = self._field_values(index, handle, ids)
-        if values is None:
+        counters = self._nvlink.setdefault(index, NvlinkCounters())
+        if values is None:  # no link answered: the totals stay where they were
+            tx_total, rx_total = counters.totals()
             return {"links": links, "active": None, "tx": None, "rx": None,
-                    "tx_total": None, "rx_total": None}  # fmt: skip
+                    "tx_total": tx_total, "rx_total": rx_total}  # fmt: skip
         states = [self._value(v) for v in values[0::3]]
-        sent = [self._value(v) for v in values[1::3]]
-        received = [self._value(v) for v in values[2::3]]
         known = [s for s in states if s is not None]
         active = sum(1 for s in known if s == nvml.NVML_NVLINK_STATE_ACTIVE) if known else None
-        tx_kib, rx_kib = _known_sum(sent), _known_sum(received)
         now = max((int(v.timestamp) for v in values), default=0)
-        tx = rx = None
-        last = self._nvlink_last.get(index)
-        if tx_kib is not None and rx_kib is not None:
-            if last is not None and now > last[0] and tx_kib >= last[1] and rx_kib >= last[2]:
-                seconds = (now - last[0]) / 1e6
-                tx = int((tx_kib - last[1]) * 1024 / seconds)
-                rx = int((rx_kib - last[2]) * 1024 / seconds)
-            self._nvlink_last[index] = (now, tx_kib, rx_kib)
-        return {
-            "links": links,
-            "active": active,
-            "tx": tx,
-            "rx": rx,
-            "tx_total": None if tx_kib is None else tx_kib * 1024,
-            "rx_total": None if rx_kib is None else rx_kib * 1024,
-        }
+        rates = counters.update(now, [self._value(v) for v in values[1::3]],
+                                [self._value(v) for v in values[2::3]])  # fmt: skip
+        return {"links": links, "active": active, **rates._asdict()}
 
     def _process_list(self, index: int, kind: str, handle: Any) -> list[Any] | None:
         """Run the newest process-list variant that works, remembering the choice."""
@@ -557,8 +544,3 @@ class NvmlBackend:
             self._process_util_ts[index] = max(s.timeStamp for s in latest.values())
         return {pid: {"sm": s.smUtil, "memory": s.memUtil} for pid, s in latest.items()}
 
-
-def _known_sum(values: list[Any]) -> int | None:
-    """The sum of the values that answered; None when none did."""
-    known = [int(v) for v in values if v is not None]
-    return sum(known) if known else None

@@ -91,7 +91,7 @@ class NvlinkReading(NamedTuple):
     active: int | None = None
     tx: int | None = None  # bytes/s, while someone watches the interconnect
     rx: int | None = None
-    tx_total: int | None = None  # bytes since the driver started counting (the last reading)
+    tx_total: int | None = None  # bytes, summed per link; never decreases (gpu/nvlink.py)
     rx_total: int | None = None
     reason: str | None = None  # why there are no figures, when the GPU has no NVLink
 

@@ -18,7 +18,7 @@ from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import check_allowed_devices
-from jupyter_tfgpu.server.config_loading import check_settings
+from jupyter_tfgpu.server.config_loading import check_settings, stop_unless_warned
 from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from jupyter_tfgpu.server.services import Services, build_services
 
@@ -38,6 +38,16 @@ class TFGPUApp(ExtensionApp):
     _unsubscribe = AnyTrait(allow_none=True)
     _refresher = AnyTrait(allow_none=True)
     _unsubscribe_policies = AnyTrait(allow_none=True)
+
+    def initialize(self) -> None:
+        """Load the extension; an error while it loads stops the server (TFGPU.on_config_error)."""
+        # jupyter_server logs an extension that raises here and serves on without it, which
+        # would leave kernels starting without the admin's caps.
+        try:
+            super().initialize()
+        except Exception as err:
+            stop_unless_warned(self.serverapp, self.log, err)
+            raise
 
     def initialize_settings(self) -> None:
         """Build the services, start sampling, and hand the services to the handlers."""

@@ -54,8 +54,10 @@ SERIES = (
     Series("tfgpu_gpu_nvlink_links_active", "gauge", GPU_LABELS,
            "NVLink links up at the last interconnect reading (read only while a client watches)."),
     Series("tfgpu_gpu_nvlink_transmit_bytes_total", "counter", GPU_LABELS,
-           "Data sent over all NVLink links, the driver's counter at the last interconnect "
-           "reading; rate() gives throughput while someone watches."),
+           "Data sent over all NVLink links since the server first read them, summed per link: "
+           "a link that does not answer counts at its last value, a driver counter that "
+           "restarts is carried on, so it never decreases; rate() gives throughput while "
+           "someone watches."),
     Series("tfgpu_gpu_nvlink_receive_bytes_total", "counter", GPU_LABELS,
            "Data received over all NVLink links, as the transmit counter."),
     Series("tfgpu_kernel_gpu_memory_bytes", "gauge", (*KERNEL_LABELS, "gpu", "UUID", "source"),
