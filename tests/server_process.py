@@ -28,7 +28,14 @@ def free_port() -> int:
 class Server:
     """A `jupyter server` subprocess with its own config folder and log."""
 
-    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+    ):
+        """``launcher``: what follows the interpreter instead of ``-m jupyter_server``."""
         self.port = free_port()
         self.log = tmp_path / "server.log"
         self.config_dir = tmp_path / "config"
@@ -36,8 +43,7 @@ class Server:
         root.mkdir()
         command = [
             sys.executable,
-            "-m",
-            "jupyter_server",
+            *(launcher or ["-m", "jupyter_server"]),
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
@@ -121,10 +127,14 @@ class Servers:
         self.made: list[Server] = []
 
     def __call__(
-        self, args: list[str], env: dict[str, str] | None = None, files: dict[str, str] | None = None
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> Server:
         """A server with ``args``, ``env``, and ``files`` written into its config folder."""
-        server = Server(self.tmp_path, args, env)
+        server = Server(self.tmp_path, args, env, launcher)
         for name, text in (files or {}).items():
             path = server.config_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,20 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
     # Built from the settings as given only, with no parent: nothing re-reads the sections.
     settings = TFGPU(config=without_settings(given.config, value_problems))
     return settings, problems
+
+
+def stop_unless_warned(serverapp: Any, log: logging.Logger, err: Exception) -> None:
+    """The extension failed to load: stop the server, unless TFGPU.on_config_error is 'warn'."""
+    try:
+        mode = on_config_error(given_settings(serverapp).config)
+    except Exception:  # noqa: BLE001 - in doubt, stop
+        mode = "stop"
+    what = f"jupyter-tfgpu: the extension failed to load: {type(err).__name__}: {err}"
+    if mode == "stop":
+        log.critical(what, exc_info=err)
+        log.critical(
+            "jupyter-tfgpu: the server stops rather than run kernels without the admin's GPU "
+            "settings; with TFGPU_ON_CONFIG_ERROR=warn it runs without jupyter-tfgpu instead."
+        )
+        serverapp.exit(1)
+    log.error("%s; the server runs without jupyter-tfgpu (TFGPU.on_config_error = 'warn')", what, exc_info=err)

@@ -4,7 +4,7 @@ A notebook runs as the server's user, so it can write that user's config files
 (``~/.jupyter/jupyter_server_config.py``); the admin's caps are on the command line. Whatever
 section name a file puts a TFGPU setting under, the command line wins; a wrong value under any
 such name, or TFGPU settings under a name that is never read, stop the server like any other
-wrong setting. Real ``jupyter server``
+wrong setting; and an error while the extension loads stops it too. Real ``jupyter server``
 processes with the simulated backend; their config folder stands for ``~/.jupyter``.
 """
 
@@ -24,6 +24,16 @@ from tests.server_process import Servers, critical_lines
 ADMIN_ARGS = ["--TFGPU.max_memory_mb=1024", "--TFGPU.enforcement=restart"]
 # What a notebook writes into the user's config file to lift the admin's caps.
 LIFT_CAPS = 'c.ServerApp.TFGPU.max_memory_mb = 999999\nc.ServerApp.TFGPU.enforcement = "off"\n'
+# The server's own start, with the extension's services failing to build.
+FAULT = """
+import sys
+import jupyter_tfgpu.server.app as app
+def build_services(*args, **kwargs):
+    raise RuntimeError("injected: the services could not be built")
+app.build_services = build_services
+from jupyter_server.serverapp import main
+sys.exit(main())
+"""
 
 
 @pytest.fixture
@@ -100,6 +110,26 @@ def test_an_override_appended_to_the_command_line_wins(server_in):
     assert config["enforcement"]["action"] == "restart"
     assert config["allowed_devices"] == [0, 1]
     assert config["problems"] == []
+
+
+def test_an_error_while_the_extension_loads_stops_the_server(server_in):
+    # Given a server whose extension fails while it builds its services
+    server = server_in(ADMIN_ARGS, launcher=["-c", FAULT])
+    # When it starts
+    status = server.start().exit_status()
+    # Then it stops rather than serve without the caps, and says why
+    assert status != 0
+    assert any("injected: the services could not be built" in line for line in critical_lines(server.text()))
+    assert "is running at" not in server.text()
+
+
+def test_with_the_opt_out_an_error_while_loading_leaves_a_server_without_the_extension(server_in):
+    # Given the same failure, with on_config_error = 'warn'
+    server = server_in(ADMIN_ARGS, env={"TFGPU_ON_CONFIG_ERROR": "warn"}, launcher=["-c", FAULT])
+    # When it starts
+    server.start().wait_until_serving()
+    # Then it serves without jupyter-tfgpu, and its log says so
+    assert "runs without jupyter-tfgpu" in server.text()
 
 
 # -- which sections reach TFGPU ----------------------------------------------------------------
