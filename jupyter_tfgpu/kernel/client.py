@@ -10,11 +10,13 @@ proxy or through a redirect, and never put in an error message: every failure be
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jupyter_tfgpu.protocol import AUTH_SCHEME, KERNEL_TOKEN_ENV, SERVER_URL_ENV
@@ -58,6 +60,20 @@ class Refused(ServerError):
     kind = "refused"
 
 
+class RateLimited(ServerError):
+    """The server limits this kernel's requests of this kind (429): ``limit`` is the server's
+    sentence, and one request fits again ``retry_after`` seconds on. Until then the client
+    refuses the same request itself, without sending it."""
+
+    kind = "rate_limited"
+
+    def __init__(self, limit: str, retry_after: float, reason: str | None = None):
+        wait = max(1, math.ceil(retry_after))
+        super().__init__(f"{limit}; try again in {wait} s", 429, reason)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class _Secret:
     """Holds the token; its repr and str never show it."""
 
@@ -91,10 +107,20 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 class ServerClient:
     """GET/PUT/DELETE on ``{TFGPU_SERVER_URL}tfgpu/api/kernel/...`` with this kernel's token."""
 
-    def __init__(self, url: str, token: str, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float = TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._token = _Secret(token)
         self.timeout = timeout
+        self.clock = clock
+        # (method, route) -> (when it may be sent again, the server's refusal): a loop that
+        # polls (a panel, the PolicyEditor) does not ask again before the server said to.
+        self._refused: dict[tuple[str, str], tuple[float, RateLimited]] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerClient:
@@ -142,7 +168,16 @@ class ServerClient:
 
     def _request(self, method: str, route: str, body: Any = None) -> dict[str, Any]:
         """One JSON request; every failure is a ``ServerError`` without a chained cause."""
+        key = (method, route.split("?", 1)[0])
+        refused = self._refused.get(key)
+        if refused is not None:
+            wait = refused[0] - self.clock()
+            if wait > 0:
+                raise RateLimited(refused[1].limit, wait, refused[1].reason)
+            del self._refused[key]
         failure = self._send(method, route, body)
+        if isinstance(failure, RateLimited):
+            self._refused[key] = (self.clock() + failure.retry_after, failure)
         if isinstance(failure, ServerError):
             raise failure
         return failure
@@ -161,8 +196,9 @@ class ServerClient:
                 status = response.status
         except urllib.error.HTTPError as exc:
             status, text = exc.code, _read(exc)
+            retry_after = exc.headers.get("Retry-After") if exc.headers else None
             exc.close()
-            return _http_error(status, text, route)
+            return _http_error(status, text, route, retry_after)
         except Exception as exc:  # noqa: BLE001 - URLError, timeouts, resets: keep the kind only
             why = type(getattr(exc, "reason", None) or exc).__name__
             return Unreachable(f"the jupyter-tfgpu server at {self.url} is not reachable ({why})")
@@ -185,7 +221,18 @@ def _read(exc: urllib.error.HTTPError) -> bytes:
         return b""
 
 
-def _http_error(status: int, text: bytes, route: str) -> ServerError:
+def _seconds(header: str | None) -> float:
+    """``Retry-After`` in seconds (1 when absent or not a number of seconds)."""
+    try:
+        seconds = float(header or "")
+    except ValueError:
+        return 1.0
+    return min(3600.0, seconds) if math.isfinite(seconds) and seconds > 0 else 1.0
+
+
+def _http_error(
+    status: int, text: bytes, route: str, retry_after: str | None = None
+) -> ServerError:
     """The server's own ``{"message", "reason"}`` as the right ServerError."""
     try:
         payload = json.loads(text)
@@ -203,6 +250,8 @@ def _http_error(status: int, text: bytes, route: str) -> ServerError:
         )
     if status in (400, 403, 409):
         return Refused(message, status, reason)
+    if status == 429:
+        return RateLimited(message, _seconds(retry_after), reason)
     if status == 404:
         return ServerError(
             f"the server has no kernel/{route.split('?')[0]} route (an older jupyter-tfgpu?)",

@@ -7,6 +7,7 @@ another one). They accept no user credentials, and user routes accept no kernel 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
@@ -17,9 +18,8 @@ from tornado import web
 from jupyter_tfgpu.protocol import AUTH_SCHEME
 from jupyter_tfgpu.server.api.handlers import HistoryHandler, TFGPUAPIHandler
 from jupyter_tfgpu.server.kernels.channel import (
+    CHANNEL_LIMITS,
     MAX_BODY_BYTES,
-    REPORT_BURST,
-    REPORT_WINDOW,
     KernelIdentity,
     KernelReports,
     validate_report,
@@ -52,6 +52,15 @@ _AUTHORIZER = KernelScopeAuthorizer()
 _IDENTITY_PROVIDER = KernelTokenIdentityProvider()
 
 
+class TooManyRequests(web.HTTPError):
+    """A 429 naming the budget that was spent; ``Retry-After`` says when one request fits."""
+
+    def __init__(self, kind: str, retry_after: float) -> None:
+        limit = CHANNEL_LIMITS[kind]
+        super().__init__(429, limit.describe(), reason=f"too many {limit.what}")
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
 @web.stream_request_body
 class KernelChannelHandler(TFGPUAPIHandler):
     """Base of the kernel routes: the caller is a kernel, identified by its token.
@@ -63,6 +72,8 @@ class KernelChannelHandler(TFGPUAPIHandler):
     # A reporter's background requests are not the user's activity (it would keep an idle
     # server from being culled).
     _track_activity = False
+    # Which budget of CHANNEL_LIMITS each method's requests count against.
+    limits: dict[str, str] = {"GET": "read"}
 
     @property
     def identity_provider(self) -> IdentityProvider:  # type: ignore[override]
@@ -87,9 +98,34 @@ class KernelChannelHandler(TFGPUAPIHandler):
         # also when a chunked body grows past it.
         self.request.connection.set_max_body_size(MAX_BODY_BYTES)
         await super().prepare()
+        self.check_rate()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise self.too_large()
+
+    def check_rate(self) -> None:
+        """Count this request against the kernel's budget for its kind; 429 when it is spent.
+
+        Before the body is read: a kernel over its budget costs no parsing, no store write."""
+        kind = self.limits.get(self.request.method or "")
+        if kind is None or not isinstance(self.current_user, KernelIdentity):
+            return  # an unknown caller is refused by @web.authenticated, with no bucket made
+        wait = self.reports.limiter.take(self.current_user.kernel_id, kind)
+        if wait > 0:
+            raise TooManyRequests(kind, wait)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON as every API error; a 429 also says when to try again (``Retry-After``)."""
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], TooManyRequests):
+            self.set_header("Retry-After", str(exc_info[1].retry_after))
+        super().write_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """A refused flood is in the access log already, once per request: no second line."""
+        if isinstance(value, TooManyRequests):
+            return
+        super().log_exception(typ, value, tb)
 
     def data_received(self, chunk: bytes) -> None:
         """A piece of the body; tornado stops at MAX_BODY_BYTES in all."""
@@ -145,16 +181,12 @@ class KernelChannelHandler(TFGPUAPIHandler):
 class KernelReportHandler(KernelChannelHandler):
     """POST kernel/report: the framework's own GPU memory figures, from inside the kernel."""
 
+    limits = {"POST": "report"}
+
     @web.authenticated
     @authorized
     def post(self) -> None:
         """Store the report (used where NVML's PIDs cannot be matched, e.g. in containers)."""
-        if not self.reports.limiter.allow(self.kernel_id):
-            raise web.HTTPError(
-                429,
-                f"too many reports: at most {REPORT_BURST} per {REPORT_WINDOW:g} s per kernel",
-                reason="too many reports",
-            )
         try:
             report = validate_report(self.read_json_body())
         except ValueError as err:
@@ -167,6 +199,8 @@ class KernelReportHandler(KernelChannelHandler):
 
 class KernelPolicyHandler(KernelChannelHandler):
     """GET/PUT/DELETE kernel/policy: the calling kernel's notebook's policy."""
+
+    limits = {"GET": "read", "PUT": "policy", "DELETE": "policy"}
 
     @web.authenticated
     @authorized
@@ -251,6 +285,8 @@ class KernelHistoryHandler(KernelChannelHandler, HistoryHandler):
 
 class KernelAppliedHandler(KernelChannelHandler):
     """POST kernel/applied: the kernel applied its notebook's current policy in-process."""
+
+    limits = {"POST": "applied"}
 
     @web.authenticated
     @authorized

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from typing import Any, Callable
@@ -11,6 +12,10 @@ from jupyter_tfgpu.policy.changes import PolicyChanges
 # A few recent snapshots: a client that opens sends the latest one, which the others were
 # usually sent already.
 CACHED_SNAPSHOTS = 4
+# Seconds between two pushes of policy changes: a burst of changes (a kernel looping on its
+# policy, a script writing many) reaches each view at most 4 times a second, and the last push
+# of a burst always carries the latest revision. Views need the latest revision, not every one.
+PUSH_INTERVAL = 0.25
 
 
 class StreamMessages:
@@ -20,8 +25,15 @@ class StreamMessages:
         self,
         kernel_summary: Callable[[], list[dict[str, Any]]],
         policy_changes: PolicyChanges | None = None,
+        clock: Callable[[], float] | None = None,
+        call_later: Callable[[float, Callable[[], None]], Any] | None = None,
     ) -> None:
         self._kernel_summary = kernel_summary
+        # The event loop's time and timers unless injected (tests drive them).
+        self.clock = clock
+        self.call_later = call_later
+        self._last_push: float | None = None
+        self._push_scheduled = False
         self._policy_changes = policy_changes or PolicyChanges()
         # (id(snapshot), policy revision) -> (snapshot, message); the snapshot is kept so that
         # its id is not reused
@@ -54,6 +66,27 @@ class StreamMessages:
         return lambda: self._resend.remove(resend) if resend in self._resend else None
 
     def policies_changed(self) -> None:
-        """A policy changed: every client gets the latest message again at once (event loop)."""
+        """A policy changed: every client gets the latest message again, at once unless a push
+        went out less than PUSH_INTERVAL ago; then once that interval has passed (event loop)."""
+        if self._push_scheduled:
+            return  # the scheduled push reads the revision when it goes out: this one included
+        now = self._now()
+        wait = 0.0 if self._last_push is None else self._last_push + PUSH_INTERVAL - now
+        if wait <= 0:
+            self._push(now)
+            return
+        self._push_scheduled = True
+        call_later = self.call_later or asyncio.get_running_loop().call_later
+        call_later(wait, self._scheduled_push)
+
+    def _scheduled_push(self) -> None:
+        self._push_scheduled = False
+        self._push(self._now())
+
+    def _push(self, now: float) -> None:
+        self._last_push = now
         for resend in list(self._resend):
             resend()
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()

@@ -33,9 +33,43 @@ MAX_PID = 2**31 - 1  # a PID is a positive C int
 # Distinct (framework, pid) entries kept per kernel; the oldest goes first. A kernel and its
 # ``!python`` children each report; 64 live reporting processes is far past real use.
 MAX_REPORTERS = 64
-# Per kernel: a reporter sends one report per framework every few seconds.
-REPORT_BURST = 60
-REPORT_WINDOW = 10.0
+
+
+@dataclass(frozen=True)
+class ChannelLimit:
+    """A per-kernel budget of one kind of kernel-channel request: ``burst`` at once, refilled
+    evenly over ``window`` seconds."""
+
+    what: str  # the requests counted, as a plural noun: "reports", "reads"
+    burst: int
+    window: float
+
+    def describe(self) -> str:
+        """``too many policy changes: at most 30 per 60 s per kernel``."""
+        return f"too many {self.what}: at most {self.burst} per {self.window:g} s per kernel"
+
+
+# Every kernel-channel request counts against one of these, per kernel. Kernel code is untrusted:
+# without them, one kernel looping on PUT kernel/policy rewrites (and fsyncs) the store as fast as
+# the disk allows and has every open view re-read its kernels each time. The budgets are far past
+# what the kernel side itself sends, so that only a loop in the notebook's own code meets them:
+CHANNEL_LIMITS: dict[str, ChannelLimit] = {
+    # The reporter sends one report per framework and process every few seconds.
+    "report": ChannelLimit("reports", 60, 10.0),
+    # PUT and DELETE kernel/policy: each is a store write and a push to every open view. A person
+    # saves a few times a minute; "Run All" over a notebook runs its few %tfgpu policy cells; a
+    # loop that sets a policy per experiment gets one change every 2 s once the burst is spent.
+    "policy": ChannelLimit("policy changes", 30, 60.0),
+    # POST kernel/applied follows a policy change that was applied in-process: at most one each.
+    "applied": ChannelLimit("applied notices", 30, 60.0),
+    # GET kernel/status, kernel/policy, kernel/history: each is JSON made on the event loop (or a
+    # worker thread). The PolicyEditor and each %tfgpu watch panel read once a second by default:
+    # ten of them in one kernel, or one panel at --interval 0.1, fit.
+    "read": ChannelLimit("reads", 100, 10.0),
+}
+# Kept for the reporter's budget, which tests and docs name.
+REPORT_BURST = CHANNEL_LIMITS["report"].burst
+REPORT_WINDOW = CHANNEL_LIMITS["report"].window
 
 
 @dataclass(frozen=True)
@@ -107,15 +141,20 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # kernel id -> (tokens, when)
         self._lock = threading.Lock()
 
-    def allow(self, kernel_id: str) -> bool:
-        """Take one request from the kernel's bucket; False when it is empty."""
+    def take(self, kernel_id: str) -> float:
+        """Take one request from the kernel's bucket: 0 when allowed, else the seconds until
+        the bucket holds one again (the request is not counted)."""
         now = self.clock()
         with self._lock:
             tokens, then = self._buckets.get(kernel_id, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
             allowed = tokens >= 1.0
             self._buckets[kernel_id] = (tokens - 1.0 if allowed else tokens, now)
-        return allowed
+        return 0.0 if allowed else (1.0 - tokens) / self.rate
+
+    def allow(self, kernel_id: str) -> bool:
+        """Take one request from the kernel's bucket; False when it is empty."""
+        return self.take(kernel_id) == 0.0
 
     def kernel_ids(self) -> set[str]:
         """The kernels a bucket is kept for."""
@@ -128,6 +167,39 @@ class RateLimiter:
             self._buckets.pop(kernel_id, None)
 
 
+class ChannelLimiter:
+    """One rate limiter per kind of kernel-channel request (``CHANNEL_LIMITS``), per kernel."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limiters = {
+            name: RateLimiter(limit.burst, limit.window, clock)
+            for name, limit in CHANNEL_LIMITS.items()
+        }
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the buckets refill by."""
+        return next(iter(self._limiters.values())).clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        for limiter in self._limiters.values():
+            limiter.clock = clock
+
+    def take(self, kernel_id: str, kind: str) -> float:
+        """Count one ``kind`` request of the kernel: 0 when allowed, else seconds to wait."""
+        return self._limiters[kind].take(kernel_id)
+
+    def kernel_ids(self) -> set[str]:
+        """The kernels any bucket is kept for."""
+        return set().union(*(limiter.kernel_ids() for limiter in self._limiters.values()))
+
+    def forget(self, kernel_id: str) -> None:
+        """The kernel is gone."""
+        for limiter in self._limiters.values():
+            limiter.forget(kernel_id)
+
+
 class KernelReports:
     """The framework figures each kernel last reported (for attribution in containers)."""
 
@@ -137,7 +209,9 @@ class KernelReports:
         self._reports: dict[str, dict[tuple[str, int | None], dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.clock = clock
-        self.limiter = RateLimiter(REPORT_BURST, REPORT_WINDOW)
+        # Every kernel-channel request's budget, not only the reports': kept here so that it is
+        # forgotten with the kernel, as its reports are (KernelRegistry.forget and prune).
+        self.limiter = ChannelLimiter()
 
     def put(self, kernel_id: str, report: dict[str, Any]) -> None:
         """Store one process's latest report for one framework, stamped with the server's clock."""
