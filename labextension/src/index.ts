@@ -74,11 +74,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
     // A policy saved anywhere (another tab, %tfgpu, a widget, REST, a rename) is pushed on the
     // stream: the form re-reads its notebook's policy when a change names it, the kernels their
-    // restart_required when a policy changed since the last message.
+    // restart_required when a policy changed since the last message (at most once a second).
     stream.policiesChanged.connect((_, notice) => {
       void policy.follow(notice);
       if (notice.moved) {
-        void kernels.refresh().catch(() => 0);
+        kernels.refreshSoon();
       }
     });
 
