@@ -110,6 +110,7 @@ def fast_rules() -> dict[str, Any]:
     rules = retune(rules, "TFGPUKernelOverMemoryCap", {}, "2s")
     rules = retune(rules, "TFGPUBusyWithNotebooksWaiting", {"0.95": "-1"}, "1s")
     rules = retune(rules, "TFGPULost", {"0": "-1"}, "1s")
+    rules = retune(rules, "TFGPUExtensionNotLoaded", {}, "1s")
     for group in rules["groups"]:
         if "interval" in group:
             group["interval"] = "1s"

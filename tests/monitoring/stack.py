@@ -156,6 +156,12 @@ class JupyterServer:
             raise AssertionError(f"{self.user}'s server exited\n{self.log_tail()}")
         return self.request("GET", "tfgpu/api/gpus").get("timestamp") is not None
 
+    def serving(self) -> bool:
+        """Serving (with or without the extension)."""
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"{self.user}'s server exited\n{self.log_tail()}")
+        return self.request("GET", "api/status") is not None
+
     def open_notebook(self, path: str) -> dict[str, Any]:
         """Open a notebook as JupyterLab does; its session (its kernel under ``kernel``)."""
         body = {"path": path, "name": path, "type": "notebook", "kernel": {"name": "python3"}}

@@ -34,6 +34,9 @@ BLOCKS = {"alice": 300 * MIB, "bob": 50 * MIB}
 # A kernel's resident memory besides its block: the interpreter, ipykernel, numpy.
 KERNEL_BASELINE_AT_MOST = 200 * MIB
 ALICE_CAP_MB = 256  # under what her kernel holds: her kernel is over its cap
+# A server Prometheus scrapes that runs without the extension (switched off on its command line).
+BARE_USER = "carol"
+BARE_ARGS = ("--ServerApp.jpserver_extensions=jupyter_tfgpu=False",)
 SERVER_ARGS = (
     "--TFGPU.backend=simulated",
     "--TFGPU.sample_interval=0.5",
@@ -50,12 +53,12 @@ class Stack:
     servers: dict[str, JupyterServer]
     prometheus: Prometheus
     kernels: dict[str, str]  # user -> the kernel holding their block
+    bare: JupyterServer  # a Jupyter server without jupyter-tfgpu
 
     def logs(self) -> str:
         """The logs, for a failure message."""
-        return "\n".join(
-            [self.prometheus.log_tail(), *(s.log_tail() for s in self.servers.values())]
-        )
+        servers = [*self.servers.values(), self.bare]
+        return "\n".join([self.prometheus.log_tail(), *(s.log_tail() for s in servers)])
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +75,19 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         ]
     )
     prometheus = Prometheus(binary, root / "prometheus")
-    stack = Stack(servers, prometheus, {})
+    bare = JupyterServer(BARE_USER, root / BARE_USER)
+    stack = Stack(servers, prometheus, {}, bare)
     try:
         for server in servers.values():
             server.start(*SERVER_ARGS)
-        prometheus.write_config(promql.fast_rules(), list(servers.values()), {"dcgm": dcgm.address})
+        bare.start(*SERVER_ARGS, *BARE_ARGS)
+        prometheus.write_config(
+            promql.fast_rules(), [*servers.values(), bare], {"dcgm": dcgm.address}
+        )
         prometheus.start()
         for server in servers.values():
             wait_until(server.ready, START_TIMEOUT, f"{server.user}'s server", stack.logs)
+        wait_until(bare.serving, START_TIMEOUT, f"{BARE_USER}'s server", stack.logs)
         wait_until(prometheus.ready, START_TIMEOUT, "Prometheus", stack.logs)
 
         # alice's notebook has a cap under what her kernel will hold.
@@ -103,7 +111,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                 done.result(timeout=START_TIMEOUT)
         yield stack
     finally:
-        for server in servers.values():
+        for server in [*servers.values(), bare]:
             server.stop()
         prometheus.stop()
         dcgm.stop()
@@ -267,6 +275,22 @@ def _eventually(check, timeout: float) -> bool:
             return False
         time.sleep(0.5)
     return True
+
+
+def test_a_server_without_the_extension_is_alerted_on(stack):
+    """carol's server serves with jupyter-tfgpu switched off: Prometheus scrapes it, and the
+    alert names that server alone, with its jupyter_server version."""
+    prometheus = stack.prometheus
+    firing = wait_until(
+        lambda: prometheus.values('ALERTS{alertname="TFGPUExtensionNotLoaded",alertstate="firing"}'),
+        DATA_TIMEOUT,
+        "the alert on carol's server",
+        stack.logs,
+    )
+    assert {dict(labels)["job"] for labels in firing} == {f"jupyter-{BARE_USER}"}
+    assert all(dict(labels)["version"] for labels in firing)
+    assert set(by_user(prometheus, "tfgpu_server_info")) >= {"alice"}
+    assert BARE_USER not in by_user(prometheus, "tfgpu_server_info")
 
 
 def test_a_stopped_server_goes_stale_and_nothing_errors(stack):

@@ -23,6 +23,7 @@ ALERTS = (
     "TFGPUKernelOverMemoryCap",
     "TFGPUBusyWithNotebooksWaiting",
     "TFGPULost",
+    "TFGPUExtensionNotLoaded",
 )
 
 
@@ -56,8 +57,9 @@ def test_the_unit_tests_fail_when_a_rule_is_wrong(tmp_path):
     assert "TFGPUKernelIdleHoldingMemory" in result.stdout and 'user="bob"' in result.stdout
 
 
-def test_the_alerts_are_the_four_of_the_product():
-    """A kernel idle on memory, over its cap, a busy GPU with notebooks waiting, a lost GPU."""
+def test_the_alerts_are_the_five_of_the_product():
+    """A kernel idle on memory, over its cap, a busy GPU with notebooks waiting, a lost GPU, a
+    server running without the extension."""
     names = [r["alert"] for r in promql.all_rules(promql.load_rules()) if "alert" in r]
     assert tuple(names) == ALERTS
 
