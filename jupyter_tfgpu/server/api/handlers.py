@@ -11,9 +11,10 @@ from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from jupyter_tfgpu._version import __version__
+from jupyter_tfgpu.server.api.backpressure import BoundedOutputMixin, ClientOutputs
 from jupyter_tfgpu.policy import CapExceeded, PolicyError, StoreUnavailable
 from jupyter_tfgpu.server.kernels.registry import KernelGone
 
@@ -168,9 +169,12 @@ class HistoryHandler(TFGPUAPIHandler):
         self.finish(body)
 
 
-class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
+class StreamHandler(
+    ServicesMixin, BoundedOutputMixin, WebSocketMixin, WebSocketHandler, JupyterHandler
+):
     """WS stream: pushes every snapshot as it is taken: GET gpus's JSON plus ``kernels``.
 
+    A client that reads slower than snapshots come skips to the latest one (BoundedOutputMixin).
     A client may send ``{"pcie": true}`` to have PCIe throughput sampled while it watches.
     """
 
@@ -183,24 +187,24 @@ class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHand
             raise web.HTTPError(403)
         await super().get(*args, **kwargs)
 
+    def client_outputs(self) -> ClientOutputs:
+        """Stream clients are counted with the stream's messages."""
+        return self.services.stream.clients
+
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Send the latest snapshot at once, then every new one."""
         super().open(*args, **kwargs)
         sampler = self.sampler
         self._release_pcie = None
         self._unsubscribe = sampler.subscribe(self._send)
-        self._unsubscribe_policies = self.services.stream.on_policy_change(
-            lambda: self._send(self.sampler.latest)
-        )
-        self._send(sampler.latest)
+        self._unsubscribe_policies = self.services.stream.on_policy_change(self._send)
+        self._send()
 
-    def _send(self, snapshot: Snapshot) -> None:
+    def _send(self, snapshot: Snapshot | None = None) -> None:
+        """The latest message, now or once the one in flight is written (then maybe newer)."""
         if self.ws_connection is None or self.ws_connection.is_closing():
             return
-        try:
-            self.write_message(self.services.stream.message(snapshot))
-        except WebSocketClosedError:
-            pass
+        self.send_latest(lambda: self.services.stream.message(self.sampler.latest))
 
     def on_message(self, message: str | bytes) -> None:
         """``{"pcie": bool}`` turns PCIe sampling on or off for this client."""
@@ -219,6 +223,7 @@ class StreamHandler(ServicesMixin, WebSocketMixin, WebSocketHandler, JupyterHand
 
     def on_close(self) -> None:
         """Stop sending; release PCIe sampling."""
+        super().on_close()
         if getattr(self, "_unsubscribe", None):
             self._unsubscribe()
         if getattr(self, "_unsubscribe_policies", None):

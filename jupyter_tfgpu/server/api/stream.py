@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from jupyter_tfgpu.policy.changes import PolicyChanges
+from jupyter_tfgpu.server.api.backpressure import ClientOutputs
 
 # A few recent snapshots: a client that opens sends the latest one, which the others were
 # usually sent already.
@@ -39,6 +40,8 @@ class StreamMessages:
         # its id is not reused
         self._cache: OrderedDict[tuple[int, int], tuple[Any, str]] = OrderedDict()
         self._resend: list[Callable[[], None]] = []
+        # The open stream clients' output (what each has pending), counted by the handlers.
+        self.clients = ClientOutputs()
 
     def message(self, snapshot: Any) -> str:
         """GET gpus's JSON for this snapshot with ``"kernels"`` and ``"policies"`` added."""
