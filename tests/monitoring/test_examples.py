@@ -180,13 +180,13 @@ def test_the_scrape_config_makes_the_node_the_metrics_host():
 
 
 def test_the_docs_show_the_examples_they_describe():
-    """The pages include the examples, and say where the shipped rules and dashboard are."""
+    """The pages show the examples, and say where the shipped rules and dashboard are."""
     kubernetes = (ROOT / "docs" / "admin" / "kubernetes.md").read_text()
     cluster = (ROOT / "docs" / "admin" / "cluster.md").read_text()
-    assert '--8<-- "prometheus-scrape.yaml"' in kubernetes
-    assert '--8<-- "prometheus-podmonitor.yaml"' in kubernetes
+    for example in ("prometheus-scrape.yaml", "prometheus-podmonitor.yaml"):
+        assert f"<!-- generated:example {example}:begin -->" in kubernetes
     for example in ("prometheus-token.yaml", "prometheus-federate.yaml"):
-        assert f'--8<-- "{example}"' in cluster
+        assert f"<!-- generated:example {example}:begin -->" in cluster
     for shipped in ("tfgpu-rules.yaml", "tfgpu-dashboard.json"):
         assert shipped in cluster
 
