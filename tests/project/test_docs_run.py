@@ -1,7 +1,7 @@
 """Every example in the docs runs, or is checked offline, exactly as written.
 
-What is taken from ``README.md`` and ``docs/**/*.md`` (snippets included from ``docs/examples/``
-are read in place of their ``--8<--`` line):
+What is taken from ``README.md`` and ``docs/**/*.md`` (the example files of ``docs/examples/`` are
+written into their pages by ``docs/_tools/generate.py``, and read there):
 
 - ```` ```python ```` blocks that configure (``c.…`` or ``get_config()``) are loaded by Jupyter's
   own config loader, then handed to ``TFGPU`` (and to the other configurables they set), so a
@@ -75,7 +75,6 @@ FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)(?P<lang>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
-SNIPPET = re.compile(r'^--8<--\s+"(?P<file>[^"]+)"\s*$', re.MULTILINE)
 
 
 # -- what the docs hold ------------------------------------------------------------------------
@@ -83,7 +82,7 @@ SNIPPET = re.compile(r'^--8<--\s+"(?P<file>[^"]+)"\s*$', re.MULTILINE)
 
 @dataclass(frozen=True)
 class Block:
-    """A fenced code block of a page, with its snippets included."""
+    """A fenced code block of a page."""
 
     page: Path
     line: int
@@ -111,10 +110,7 @@ def blocks() -> list[Block]:
         for match in FENCE.finditer(text):
             before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
             skip = SKIP.search(before)
-            body = SNIPPET.sub(
-                lambda m: (EXAMPLES / m["file"]).read_text(),
-                _dedent(match["body"], match["indent"]),
-            )
+            body = _dedent(match["body"], match["indent"])
             found.append(
                 Block(
                     page,
