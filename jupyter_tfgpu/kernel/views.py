@@ -34,6 +34,8 @@ class GpuRow:
     total: int | None
     mine: int | None
     lost: bool = False
+    # Where this kernel's figure comes from: "nvml" or "kernel_report" (its frameworks' own)
+    mine_source: str | None = None
 
     @property
     def others(self) -> int | None:
@@ -57,9 +59,38 @@ def _mine_per_gpu(status: dict[str, Any]) -> dict[int, int]:
     }
 
 
+def _mine_sources(status: dict[str, Any]) -> dict[int, str]:
+    """Where the server's figure of this kernel comes from, per GPU index."""
+    per_gpu = ((status.get("kernel") or {}).get("gpu_memory") or {}).get("per_gpu") or ()
+    return {g["index"]: g.get("source") for g in per_gpu if g.get("used_memory") is not None}
+
+
+def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None:
+    """What to say of where this kernel's GPU memory figure comes from, and whether it is a
+    warning: unknown now, or its frameworks' own report; None when NVML gives it (or nothing)."""
+    memory = (kernel or {}).get("gpu_memory") or {}
+    if memory.get("unknown"):
+        return f"This kernel's GPU memory is unknown right now: {memory['unknown']}.", True
+    if memory.get("source") not in ("kernel_report", "mixed"):
+        return None
+    gpus = sorted(
+        str(g.get("index"))
+        for g in memory.get("per_gpu") or ()
+        if g.get("source") == "kernel_report" and g.get("used_memory") is not None
+    )
+    where = f"GPU {', '.join(gpus)}" if gpus else "its GPUs"
+    return (
+        f"This kernel's GPU memory on {where} is its frameworks' own report, sent from inside "
+        "the kernel: the server cannot match the GPU's processes to it (as in a container "
+        "without the host's PIDs). The figure leaves out the CUDA context.",
+        False,
+    )
+
+
 def gpu_rows(status: dict[str, Any]) -> list[GpuRow]:
     """The GPUs of a ``kernel/status``-shaped answer."""
     mine = _mine_per_gpu(status)
+    sources = _mine_sources(status)
     rows = []
     for gpu in status.get("gpus") or ():
         memory = gpu.get("memory") or {}
@@ -73,6 +104,7 @@ def gpu_rows(status: dict[str, Any]) -> list[GpuRow]:
                 total=memory.get("total"),
                 mine=mine.get(gpu.get("index")),
                 lost=bool(gpu.get("lost")),
+                mine_source=sources.get(gpu.get("index")),
             )
         )
     return rows
@@ -241,7 +273,8 @@ class StatusView(View):
                 r.name + (" (lost)" if r.lost else ""),
                 "–" if r.utilization is None else f"{r.utilization:.0f}%",
                 f"{format_bytes(r.used)} / {format_bytes(r.total)}",
-                format_bytes(r.mine or 0),
+                format_bytes(r.mine or 0)
+                + (" (own report)" if r.mine_source == "kernel_report" else ""),
             ]
             for r in self.rows
         ]
@@ -285,6 +318,8 @@ class StatusView(View):
             lines.append(said)
         if note := placement_note(self.data.get("kernel")):
             lines.append((note, True))
+        if said := memory_source_note(self.data.get("kernel")):
+            lines.append(said)
         return lines
 
     def text(self) -> str:

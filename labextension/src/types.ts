@@ -179,6 +179,13 @@ export interface IKernel {
   execution_state: string | null;
   gpu_memory: {
     total: number;
+    /**
+     * Where the figures come from: NVML (the kernel's processes, as nvidia-smi shows them),
+     * the kernel's own report (its frameworks' figures, without the CUDA context), or both.
+     */
+    source?: 'nvml' | 'kernel_report' | 'mixed' | null;
+    /** Why the kernel's GPU memory is unknown now (a stale process list, a report that stopped). */
+    unknown?: string | null;
     per_gpu: {
       index: number;
       uuid: string;

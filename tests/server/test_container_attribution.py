@@ -114,6 +114,8 @@ async def test_a_kernel_child_process_is_attributed_by_pid(
     # And GET kernels/{id} counts it, from NVML
     assert view["gpu_memory"] == {
         "total": 5 * GIB,
+        "source": "nvml",
+        "unknown": None,
         "per_gpu": [
             {
                 "index": 1,
@@ -168,6 +170,8 @@ async def test_container_pids_are_attributed_by_the_kernels_own_report(
     # And GET kernels/{id} shows the reported figure, saying where it comes from
     assert view["gpu_memory"] == {
         "total": 3 * GIB,
+        "source": "kernel_report",
+        "unknown": None,
         "per_gpu": [
             {
                 "index": 0,
@@ -400,6 +404,8 @@ async def test_a_kernel_pid_without_an_nvml_figure_falls_back_to_its_report(
     # Then its GPU memory is the reported figure, saying so, with NVML's PID still listed
     assert view["gpu_memory"] == {
         "total": 3 * GIB,
+        "source": "kernel_report",
+        "unknown": None,
         "per_gpu": [
             {
                 "index": 0,

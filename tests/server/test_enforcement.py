@@ -321,3 +321,96 @@ async def test_metrics_have_gpu_and_kernel_gauges(jp_fetch, jp_serverapp):
         assert samples[f"tfgpu_gpu_{name}"]
     mine = [labels for labels in samples["tfgpu_kernel_gpu_memory_bytes"] if labels["kernel_id"] == kernel_id]
     assert mine[0]["notebook"] == "metered.ipynb" and mine[0]["source"] == "nvml" and mine[0]["gpu"] == "0"
+
+
+# -- unknown memory: no episode starts or ends on it --------------------------------------------
+
+STALE = "GPU 0's process list could not be read (NVMLError_Timeout: Timeout)"
+
+
+def unknown(kernel_id="k1", limit=300, idle=None, why=STALE):
+    """A kernel whose memory is unknown on this snapshot: a dropped stale list reads as 0 bytes."""
+    return KernelFacts(
+        kernel_id=kernel_id,
+        notebook=f"{kernel_id}.ipynb",
+        peak_gpu_bytes=0,
+        total_gpu_bytes=0,
+        limit_bytes=limit * MiB if limit else None,
+        idle_seconds=idle,
+        unknown=why,
+    )
+
+
+def test_one_unknown_read_per_grace_period_does_not_postpone_the_cap_for_ever():
+    """A process list that fails every 20 s of a 30 s grace: the kernel is acted on at 30 s."""
+    # Given a kernel over its cap, a 30 s grace, and every third snapshot unknown
+    current = [facts()]
+    e, _ = enforcer(Rules(action="restart", grace=30), current)
+    decided = {}
+    # When snapshots come every 10 s
+    for now in range(0, 50, 10):
+        current[0] = unknown() if now % 20 == 10 else facts()
+        decided[now] = [(d.rule, d.action) for d in e.decide(now=float(now))]
+    # Then the unknown ones neither ended the episode nor acted; the first known one past the
+    # grace (at 40 s: 30 s is unknown) restarts it
+    assert decided == {0: [], 10: [], 20: [], 30: [], 40: [("memory_cap", "restart")]}
+
+
+def test_unknown_memory_starts_no_episode():
+    """An unknown figure does not start the grace period: it starts at the first known one."""
+    # Given a kernel whose memory is unknown at first, then known over its cap
+    current = [unknown()]
+    e, _ = enforcer(Rules(action="restart", grace=30), current)
+    assert e.decide(now=0.0) == []
+    current[0] = facts()
+    # When it is known from 20 s on
+    assert e.decide(now=20.0) == []
+    # Then the grace counts from 20 s
+    assert e.decide(now=49.0) == []
+    assert len(e.decide(now=51.0)) == 1
+
+
+def test_unknown_memory_keeps_the_idle_episode_and_busy_ends_it():
+    """An idle kernel holding memory: an unknown read keeps it pending; running code ends it."""
+    rules = Rules(idle_timeout=600, idle_min_memory_mb=256, idle_action="shutdown")
+    # Given an idle kernel holding 1000 MiB whose memory then reads unknown
+    current = [unknown(limit=None, idle=700)]
+    e, recorder = enforcer(rules, current)
+    # When the enforcer runs on the unknown snapshot
+    asyncio.run(e.enforce())
+    # Then nothing is done
+    assert recorder.actions == []
+    # When the memory is known again
+    current[0] = facts(peak=1000, limit=None, idle=701)
+    asyncio.run(e.enforce())
+    # Then the idle action comes at once
+    assert recorder.actions == [("k1", "shutdown")]
+    # And a busy kernel with unknown memory is not idle (busy is known)
+    busy = unknown(limit=None, idle=None)
+    assert [holds for _, holds, _, _ in e._rules_for(busy)] == [False]
+
+
+def test_waiting_on_unknown_memory_is_logged_once_per_episode(caplog):
+    """The enforcer says once that it cannot judge a kernel, and why."""
+    caplog.set_level("INFO")
+    current = [facts()]
+    e, _ = enforcer(Rules(action="restart", grace=30), current)
+    e.decide(now=0.0)
+    current[0] = unknown()
+    for now in (10.0, 11.0, 12.0):
+        e.decide(now=now)
+    said = [r.getMessage() for r in caplog.records if "not judged" in r.getMessage()]
+    assert len(said) == 1
+    assert STALE in said[0] and "its episode is kept" in said[0]
+
+
+def test_the_decision_says_when_the_figure_is_the_kernels_own_report():
+    """Acting on a figure the kernel reported itself, the reason says so."""
+    # Given a kernel whose only figure is its own report
+    reported = facts()
+    reported.peak_source = reported.memory_source = "kernel_report"
+    e, _ = enforcer(Rules(action="warn", grace=0), [reported])
+    # When the enforcer decides
+    [decision] = e.decide(now=0.0)
+    # Then its reason names the source
+    assert "by its own report" in decision.reason and "over its cap of 300 MiB" in decision.reason

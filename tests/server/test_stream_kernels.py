@@ -70,6 +70,8 @@ def test_kernel_memory_is_worked_out_once_per_snapshot():
     assert again is first
     assert first.as_dict() == {
         "total": 3,
+        "source": "kernel_report",
+        "unknown": None,
         "per_gpu": [{"index": 0, "uuid": "GPU-a", "used_memory": 3, "source": "kernel_report", "pids": [7]}],
     }
     # When the sampler publishes a new snapshot with NVML's figure, NVML's figure wins
@@ -78,4 +80,6 @@ def test_kernel_memory_is_worked_out_once_per_snapshot():
         "index": 0, "uuid": "GPU-a", "used_memory": 2, "source": "nvml", "pids": [7],
     }
     # And a kernel that holds nothing has nothing
-    assert reader.of("k2").as_dict() == {"total": 0, "per_gpu": []}
+    assert reader.of("k2").as_dict() == {
+        "total": 0, "source": None, "unknown": None, "per_gpu": [],
+    }

@@ -5,6 +5,12 @@ gets the configured action; an idle kernel holding at least ``idle_min_memory_mb
 than ``idle_timeout`` gets the idle action. It only ever acts on kernels of this server
 (through the kernel manager), never on other processes; ``warn`` is a dry run. Restart storms
 are damped: past ``max_actions_per_hour`` actions on one kernel it only warns.
+
+A kernel's GPU memory may be unknown on a snapshot (a GPU's process list could not be read, or
+the kernel's own report, its only figure, stopped arriving). Unknown is neither "over" nor
+"under": on such a snapshot no episode starts and none ends (its start time is kept), and
+nothing is done, so a read that fails now and then delays an action only until the next known
+figure, never for ever.
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ class KernelFacts:
     total_gpu_bytes: int
     limit_bytes: int | None  # per GPU
     idle_seconds: float | None  # None while busy
+    # Where the figures come from: "nvml" (its processes, as nvidia-smi shows them),
+    # "kernel_report" (its frameworks' own report, sent from inside the kernel), "mixed"; None
+    # when it holds nothing anywhere.
+    peak_source: str | None = None  # of peak_gpu_bytes
+    memory_source: str | None = None  # of total_gpu_bytes
+    unknown: str | None = None  # why its GPU memory is unknown now (None: it is known)
 
 
 @dataclass
@@ -101,6 +113,7 @@ class Enforcer:
         self._history: dict[str, deque[float]] = {}  # kernel -> times of real actions
         self._cooldown: dict[str, float] = {}  # kernel -> no decision before this time
         self._failing: set[str] = set()  # kernels whose facts could not be judged, logged once
+        self._waiting: set[tuple[str, str]] = set()  # episodes held on an unknown figure, logged
         self._busy = False
 
     @property
@@ -131,6 +144,10 @@ class Enforcer:
         decisions = []
         for rule, holds, configured, wait in self._rules_for(facts):
             key = (facts.kernel_id, rule)
+            if holds is None:
+                self._wait_for_a_known_figure(facts, rule, key)
+                continue
+            self._waiting.discard(key)
             if not holds:
                 self._since.pop(key, None)
                 self._announced.discard(key)
@@ -144,28 +161,47 @@ class Enforcer:
             decisions.append(decision)
         return decisions
 
+    def _wait_for_a_known_figure(self, facts: KernelFacts, rule: str, key: tuple[str, str]) -> None:
+        """Unknown memory: the episode (if any) neither starts nor ends; say so once."""
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
+        episode = "its episode is kept" if key in self._since else "no episode starts"
+        self.log.info(
+            "jupyter-tfgpu: kernel %s (%s): the %s rule is not judged while its GPU memory is "
+            "unknown (%s); %s until a known figure",
+            facts.kernel_id,
+            facts.notebook or "no notebook",
+            rule,
+            facts.unknown,
+            episode,
+        )
+
     def _prune(self, live: set[str]) -> None:
         """Forget the kernels that are gone: their conditions, history and cool-downs."""
         self._since = {k: v for k, v in self._since.items() if k[0] in live}
         self._announced = {k for k in self._announced if k[0] in live}
+        self._waiting = {k for k in self._waiting if k[0] in live}
         for table in (self._history, self._cooldown):
             for kernel_id in [k for k in table if k not in live]:
                 del table[kernel_id]
         self._failing &= live
 
-    def _rules_for(self, facts: KernelFacts) -> list[tuple[str, bool, str, float]]:
+    def _rules_for(self, facts: KernelFacts) -> list[tuple[str, bool | None, str, float]]:
+        """(rule, whether it holds, action, grace) per rule in force; holds is None when the
+        kernel's memory is unknown and the rule depends on it."""
         rules = self.rules
-        checks = []
+        unknown = facts.unknown is not None
+        checks: list[tuple[str, bool | None, str, float]] = []
         if rules.action != "off" and facts.limit_bytes is not None:
-            checks.append(
-                ("memory_cap", facts.peak_gpu_bytes > facts.limit_bytes, rules.action, rules.grace)
-            )
+            over = None if unknown else facts.peak_gpu_bytes > facts.limit_bytes
+            checks.append(("memory_cap", over, rules.action, rules.grace))
         if rules.idle_timeout > 0:
-            idle = (
-                facts.idle_seconds is not None
-                and facts.idle_seconds >= rules.idle_timeout
-                and facts.total_gpu_bytes >= rules.idle_min_memory_mb * MiB
+            idle: bool | None = (
+                facts.idle_seconds is not None and facts.idle_seconds >= rules.idle_timeout
             )
+            if idle:  # and holding memory: known only when its memory is
+                idle = None if unknown else facts.total_gpu_bytes >= rules.idle_min_memory_mb * MiB
             checks.append(("idle", idle, rules.idle_action, 0.0))
         return checks
 
@@ -180,14 +216,16 @@ class Enforcer:
             action, damped = "warn", True
         if rule == "memory_cap":
             reason = (
-                f"{_who(facts)} held {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU, over its "
-                f"cap of {(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
+                f"{_who(facts)} held {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU"
+                f"{_by_its_report(facts.peak_source)}, over its cap of "
+                f"{(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
             )
             memory = facts.peak_gpu_bytes
         else:
             reason = (
                 f"{_who(facts)} was idle for {facts.idle_seconds or 0:.0f} s while holding "
                 f"{facts.total_gpu_bytes / MiB:.0f} MiB of GPU memory"
+                f"{_by_its_report(facts.memory_source)}"
             )
             memory = facts.total_gpu_bytes
         if damped:
@@ -271,6 +309,15 @@ class Enforcer:
 
 def _who(facts: KernelFacts) -> str:
     return f"The kernel of {facts.notebook}" if facts.notebook else f"Kernel {facts.kernel_id}"
+
+
+def _by_its_report(source: str | None) -> str:
+    """Said after a figure that came (wholly or partly) from the kernel's own report."""
+    if source == "kernel_report":
+        return " by its own report (its frameworks' figure, sent from inside the kernel)"
+    if source == "mixed":
+        return " (partly by its own report, sent from inside the kernel)"
+    return ""
 
 
 async def act_on_kernel(kernel_manager: Any, kernel_id: str, action: str) -> None:

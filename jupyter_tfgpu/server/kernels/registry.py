@@ -121,6 +121,7 @@ class KernelRegistry:
             if self._pids.get(kernel_id, pid) != pid:
                 # Restarted: what its previous process reported no longer holds.
                 self.reports.forget(kernel_id)
+                self.memory.forget(kernel_id)
             began = started.get(pid) if pid in new else known[pid].started
             if began is not None:  # None: it is gone
                 kernels.append(KernelProcess(kernel_id, pid, began, self.notebook_of(kernel_id)))
@@ -147,7 +148,12 @@ class KernelRegistry:
         # The folder is listed too: a kernel's detached child can write its record after the
         # kernel was forgotten. Off the event loop, as anything a kernel can grow.
         folders = await asyncio.to_thread(self._report_folders)
-        held = set(self.policies.applied) | self.tokens.kernel_ids() | self.reports.kernel_ids()
+        held = (
+            set(self.policies.applied)
+            | self.tokens.kernel_ids()
+            | self.reports.kernel_ids()
+            | self.memory.kernel_ids()
+        )
         live = self.live_kernel_ids()
         self._failing &= live
         gone = (held | folders) - live
@@ -192,6 +198,7 @@ class KernelRegistry:
         self.policies.forget_kernel(kernel_id)
         self.tokens.revoke(kernel_id)
         self.reports.forget(kernel_id)
+        self.memory.forget(kernel_id)
 
     def remove_report_folder(self, kernel_id: str) -> None:
         """Delete a gone kernel's report folder; blocking (the kernel may have filled it)."""
@@ -210,6 +217,7 @@ class KernelRegistry:
         """One kernel now, as every view is made from it (KernelGone if it is gone)."""
         kernel = self._kernel(kernel_id)
         provisioner = getattr(kernel, "provisioner", None)
+        applied = self.policies.applied.get(kernel_id)
         return KernelRow(
             kernel_id=kernel_id,
             name=getattr(kernel, "kernel_name", None),
@@ -218,8 +226,8 @@ class KernelRegistry:
             last_activity=getattr(kernel, "last_activity", None),
             pid=getattr(provisioner, "pid", None),
             provisioner=type(provisioner).__name__ if provisioner is not None else None,
-            applied=self.policies.applied.get(kernel_id),
-            memory=self.memory.of(kernel_id),
+            applied=applied,
+            memory=self.memory.of(kernel_id, views.gpus_of(applied)),
         )
 
     async def describe(self, kernel_id: str) -> dict[str, Any]:

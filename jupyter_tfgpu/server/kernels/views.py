@@ -31,6 +31,15 @@ class KernelRow:
         return (self.applied or {}).get(name)
 
 
+def gpus_of(applied: dict[str, Any] | None) -> list[str] | None:
+    """The GPUs a kernel may use, as its start named them (UUIDs, or indices where no UUID was
+    known); None when it may use any (no policy, or one without ``devices``)."""
+    devices = (applied or {}).get("devices")
+    if not isinstance(devices, list):
+        return None
+    return [str(device) for device in devices]
+
+
 def describe(
     row: KernelRow, policies: PolicyService, framework: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -53,7 +62,9 @@ def describe(
 
 def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts:
     """A kernel's GPU memory, cap and idleness, for the enforcer."""
-    per_gpu = row.memory.known
+    memory = row.memory
+    known = [g for g in memory.per_gpu if g.used_memory is not None]
+    peak = max(known, key=lambda g: g.used_memory or 0, default=None)
     # The cap is the tighter of what the kernel started with and what is in force now.
     limits = [
         doc.get("memory_limit_mb")
@@ -67,10 +78,13 @@ def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts
     return KernelFacts(
         kernel_id=row.kernel_id,
         notebook=row.notebook,
-        peak_gpu_bytes=max(per_gpu, default=0),
-        total_gpu_bytes=sum(per_gpu),
+        peak_gpu_bytes=peak.used_memory or 0 if peak is not None else 0,
+        total_gpu_bytes=memory.total,
         limit_bytes=limit_mb * 2**20 if limit_mb else None,
         idle_seconds=idle,
+        peak_source=peak.source if peak is not None else None,
+        memory_source=memory.source,
+        unknown=memory.unknown,
     )
 
 
@@ -81,6 +95,8 @@ def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
         "notebook": row.notebook,
         "execution_state": row.execution_state,
         "gpu_memory": row.memory.total,
+        "gpu_memory_source": row.memory.source,
+        "gpu_memory_unknown": row.memory.unknown,
         "memory_limit_mb": row.applied_value("memory_limit_mb"),
         "restart_required": policies.restart_required(row.kernel_id, row.notebook),
     }

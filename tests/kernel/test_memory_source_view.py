@@ -1,0 +1,53 @@
+"""What ``%tfgpu`` (and the widgets, through the same helper) say of where this kernel's GPU
+memory figure comes from: NVML, the kernel's own report, or unknown right now."""
+
+from __future__ import annotations
+
+import html
+
+from jupyter_tfgpu.kernel.views import StatusView, memory_source_note
+
+GIB = 2**30
+
+
+def status(gpu_memory: dict) -> dict:
+    """A kernel/status answer with one GPU and this kernel's ``gpu_memory``."""
+    gpu = {"index": 0, "uuid": "GPU-0", "name": "A100", "memory": {"used": 4 * GIB, "total": 80 * GIB}}
+    kernel = {"id": "k1", "notebook": "nb.ipynb", "gpu_memory": gpu_memory, "policy": {}}
+    return {"available": True, "gpus": [gpu], "kernel": kernel}
+
+
+def per_gpu(source: str, used: int | None = 3 * GIB) -> list[dict]:
+    """This kernel's row on GPU 0."""
+    return [{"index": 0, "uuid": "GPU-0", "used_memory": used, "source": source, "pids": []}]
+
+
+def test_a_figure_from_the_kernels_own_report_is_said_so():
+    """Its own report: the GPU's cell and a note say so, calmly, in text and HTML."""
+    # Given the server's figure for this kernel comes from its own report
+    view = StatusView(status({"total": 3 * GIB, "source": "kernel_report", "unknown": None,
+                              "per_gpu": per_gpu("kernel_report")}))  # fmt: skip
+    # When it is shown / Then both forms say where the figure comes from
+    for text in (view.text(), html.unescape(view.html())):
+        assert "3.0 GiB (own report)" in text
+        assert "GPU memory on GPU 0 is its frameworks' own report" in text
+        assert "leaves out the CUDA context" in text
+
+
+def test_an_unknown_figure_is_a_warning_with_the_reason():
+    """Unknown now: the reason is shown as a warning."""
+    why = "GPU 0's process list could not be read (NVMLError_Timeout: Timeout)"
+    kernel = {"gpu_memory": {"total": 0, "source": None, "unknown": why, "per_gpu": []}}
+    said, warning = memory_source_note(kernel)
+    assert warning is True
+    assert said == f"This kernel's GPU memory is unknown right now: {why}."
+    assert why in StatusView(status(kernel["gpu_memory"])).text()
+
+
+def test_nvml_figures_need_no_note():
+    """NVML's figure, or an answer from an older server without the fields: nothing to add."""
+    nvml = {"total": 3 * GIB, "source": "nvml", "unknown": None, "per_gpu": per_gpu("nvml")}
+    assert memory_source_note({"gpu_memory": nvml}) is None
+    assert memory_source_note({"gpu_memory": {"total": 0, "per_gpu": []}}) is None
+    assert memory_source_note(None) is None
+    assert "(own report)" not in StatusView(status(nvml)).text()
