@@ -7,6 +7,7 @@ another one). They accept no user credentials, and user routes accept no kernel 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -117,9 +118,15 @@ class KernelChannelHandler(TFGPUAPIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """JSON as every API error; a 429 also says when to try again (``Retry-After``)."""
         exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], TooManyRequests):
-            self.set_header("Retry-After", str(exc_info[1].retry_after))
-        super().write_error(status_code, **kwargs)
+        refused = exc_info[1] if exc_info else None
+        if not isinstance(refused, TooManyRequests):
+            super().write_error(status_code, **kwargs)
+            return
+        # The same body as APIHandler's, without its "wrote error" log line: a refused flood is
+        # logged once per request, by the access log.
+        self.set_header("Retry-After", str(refused.retry_after))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": refused.log_message, "reason": refused.reason}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """A refused flood is in the access log already, once per request: no second line."""
