@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from importlib.resources import files
 
 import pytest
@@ -44,6 +45,17 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class LogLines(logging.Handler):
+    """Keeps the messages logged to the server's log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 class FakeTimers:
@@ -97,11 +109,14 @@ async def test_each_kind_of_kernel_request_has_a_budget_and_a_429_says_when_to_r
     jp_fetch, jp_serverapp, tfgpu
 ):
     """A kernel looping on any kernel-channel route gets 429 once that route's budget is spent,
-    naming the budget, with Retry-After; the budget refills with time."""
+    naming the budget, with Retry-After; the budget refills with time. Each refusal is logged
+    once, by the access log."""
     # Given a notebook's kernel, and rate limiters whose clock moves only when the test says
     _, token = await kernel_with_token(jp_fetch, jp_serverapp, "flood.ipynb")
     clock = FakeClock()
     tfgpu.reports.limiter.clock = clock
+    log = LogLines()
+    jp_serverapp.log.addHandler(log)
     for (method, route, body, params), kind in REQUESTS:
         limit = CHANNEL_LIMITS[kind]
         clock.now += limit.window  # each kind starts with a full bucket
@@ -127,6 +142,11 @@ async def test_each_kind_of_kernel_request_has_a_budget_and_a_429_says_when_to_r
         OpenAPI.from_dict(SPEC).validate_response(request, response)
         clock.now += retry_after
         assert (await call(jp_fetch, token, method, route, body, **params)).code != 429
+    # And each refusal was logged once: the access log's line, no "wrote error" besides
+    jp_serverapp.log.removeHandler(log)
+    refusals = [line for line in log.lines if line.startswith("429 ")]
+    assert len(refusals) == len(REQUESTS), log.lines
+    assert not [line for line in log.lines if "too many" in line], log.lines
 
 
 async def test_a_policy_write_loop_writes_the_store_at_most_its_budget(
