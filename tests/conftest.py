@@ -32,3 +32,22 @@ def installed_nvml(monkeypatch, fake_nvml) -> FakeNvml | None:
 def jp_server_config(jp_server_config, installed_nvml):
     """The root conftest's config, built only once the fake NVML (if any) is in place."""
     return jp_server_config
+
+
+@pytest.fixture
+def tfgpu_wait_open() -> bool:
+    """Whether ``jp_serverapp`` waits for the sampler's first open; False to see it under way."""
+    return True
+
+
+@pytest.fixture
+def jp_serverapp(jp_serverapp, tfgpu_wait_open):
+    """The server, once its sampler's first open of the GPU backend has an outcome.
+
+    The open runs in the sampler's thread, so the server serves before the GPUs are known; tests
+    read them from their first request, as a user a moment later would.
+    """
+    services = jp_serverapp.web_app.settings.get("tfgpu_services")
+    if tfgpu_wait_open and services is not None:
+        assert services.sampler.wait_opened(timeout=60), "the GPU backend's open did not end"
+    return jp_serverapp

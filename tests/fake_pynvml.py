@@ -171,15 +171,27 @@ class FakeNvml:
         self.faults: dict[str, Fault] = {}
         self.faults_raised = 0
         self._refcount = 0
+        self._count_at_init: int | None = None  # GPUs counted at the first nvmlInit
         self._loaded = False  # the real binding keeps libnvidia-ml loaded after nvmlShutdown
         self._lock = threading.Lock()
         self._tls = threading.local()
         for i, gpu in enumerate(self.gpus):
-            gpu.uuid = gpu.uuid or f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'fake-gpu-{i}')}"
-            for j, mig in enumerate(gpu.mig_devices):
-                if mig is not None and not mig.uuid:
-                    mig.uuid = f"MIG-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'fake-mig-{i}-{j}')}"
+            self._name(i, gpu)
         self.module = self._build_module()
+
+    @staticmethod
+    def _name(i: int, gpu: FakeGpu) -> None:
+        gpu.uuid = gpu.uuid or f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'fake-gpu-{i}')}"
+        for j, mig in enumerate(gpu.mig_devices):
+            if mig is not None and not mig.uuid:
+                mig.uuid = f"MIG-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'fake-mig-{i}-{j}')}"
+
+    def add_gpu(self, gpu: FakeGpu) -> FakeGpu:
+        """A GPU the driver brings up now; NVML counts it from the next ``nvmlInit``."""
+        with self._lock:
+            self._name(len(self.gpus), gpu)
+            self.gpus.append(gpu)
+        return gpu
 
     @property
     def initialized(self) -> bool:
@@ -224,7 +236,10 @@ class FakeNvml:
             if fault.gpu is not None:
                 handle = args[0] if args else None
                 gpu = self.gpus[fault.gpu] if fault.gpu < len(self.gpus) else None
-                if not isinstance(handle, FakeHandle) or handle._gpu is not gpu:
+                if isinstance(handle, int):  # nvmlDeviceGetHandleByIndex(index)
+                    if handle != fault.gpu:
+                        return None
+                elif not isinstance(handle, FakeHandle) or handle._gpu is not gpu:
                     return None
             fault.raised += 1
             self.faults_raised += 1
@@ -357,6 +372,8 @@ class FakeNvml:
         if self.init_error is not None:
             raise _ERR(self.init_error)
         with self._lock:
+            if self._refcount == 0:
+                self._count_at_init = len(self.gpus)
             self._refcount += 1
 
     def nvmlInit(self):
@@ -366,6 +383,8 @@ class FakeNvml:
         self._enter("nvmlShutdown")
         with self._lock:
             self._refcount -= 1
+            if self._refcount == 0:
+                self._count_at_init = None
 
     def nvmlErrorString(self, result):
         self._enter("nvmlErrorString", needs_init=False)
@@ -373,7 +392,12 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self):
         self._enter("nvmlDeviceGetCount_v2")
-        return len(self.gpus)
+        return self._counted
+
+    @property
+    def _counted(self) -> int:
+        # NVML enumerates the GPUs at nvmlInit: one the driver brings up later needs a new init.
+        return self._count_at_init if self._count_at_init is not None else len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index):
         self._enter("nvmlDeviceGetHandleByIndex_v2")

@@ -46,7 +46,7 @@ class MigInstance:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Facts about one GPU that do not change while the server runs."""
+    """Facts about one GPU, read when it is opened."""
 
     index: int
     uuid: str
@@ -56,7 +56,8 @@ class DeviceInfo:
     max_clocks: dict[str, int | None] = field(default_factory=dict)
     mig_mode: bool | None = None
     mig_instances: tuple[MigInstance, ...] = ()
-    lost: bool = False  # the device could not even be opened
+    lost: bool = False  # the device could not be opened (yet): ``reopen`` tries again
+    lost_reason: str | None = None  # why it could not be opened
     nvlink_links: int = 0  # NVLink links the GPU has (0: none)
     nvlink_reason: str | None = None  # why there are no NVLink figures, when there are none
 
@@ -76,10 +77,16 @@ class Backend(Protocol):
     simulated: bool
 
     def open(self) -> list[DeviceInfo]:
-        """Start the backend and read static facts; raise ``BackendUnavailable`` with the reason.
+        """Start the backend and read each GPU's facts on its own.
 
-        The sampler survives any other exception as well, and retries the open later.
+        Raise ``BackendUnavailable`` with the reason only when the library or the number of
+        GPUs cannot be had (the sampler survives any other exception as well, and retries the
+        open later). A GPU whose facts cannot be read, for any reason, is a ``DeviceInfo`` with
+        ``lost`` and ``lost_reason``; the other GPUs are read from the start.
         """
+
+    def reopen(self, index: int) -> DeviceInfo:
+        """Read one GPU's facts again (a GPU not opened, or lost); still failing: lost, why."""
 
     def versions(self) -> dict[str, str | None]:
         """Driver, library and CUDA versions, where known."""

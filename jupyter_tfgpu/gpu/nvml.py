@@ -17,6 +17,11 @@ _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown")
 # one field and says why, and the field is asked again when its group is next due (_failed).
 
 
+class _FactUnreadable(GpuLost):
+    """A static fact of one GPU could not be read (a timeout, say): the GPU is opened again
+    later rather than kept with facts read half-way."""
+
+
 def _load_pynvml():
     """Import pynvml at open time, so a missing package is a reason, not an ImportError."""
     try:
@@ -53,7 +58,12 @@ class NvmlBackend:
     # -- life cycle --------------------------------------------------------------------------
 
     def open(self) -> list[DeviceInfo]:
-        """Initialise NVML and read the facts that do not change; any failure is a reason."""
+        """Initialise NVML and read each GPU's facts on its own.
+
+        Fails as a whole (``BackendUnavailable``) only when the library or the device count
+        cannot be had; a GPU whose facts cannot be read is a lost ``DeviceInfo`` with the
+        reason, and ``reopen`` reads it again.
+        """
         nvml = _load_pynvml()
         self._nvml = nvml
         try:
@@ -62,41 +72,46 @@ class NvmlBackend:
             raise BackendUnavailable(self._describe(err)) from err
         self._open = True
         try:
-            return self._read_static()
+            count = nvml.nvmlDeviceGetCount()
         except Exception as err:
-            # Facts read half-way would stick for the server's life: hand NVML back, so the
-            # sampler can retry the whole open later.
-            self.close()
-            if isinstance(err, BackendUnavailable):
-                raise
+            self.close()  # the sampler opens the whole library again later
             raise BackendUnavailable(self._describe(err)) from err
-
-    def _read_static(self) -> list[DeviceInfo]:
-        nvml = self._nvml
         self._memory_v2 = None
-        self._mig_handles = {}
-        self._mig_slots = {}
-        self._mig_process_source = {}
+        self._mig_handles, self._mig_slots, self._mig_process_source = {}, {}, {}
         self._process_util_ts = {}
         self._nvlink = {}
         self._process_readers = {
             "compute": self._versioned("nvmlDeviceGetComputeRunningProcesses"),
             "graphics": self._versioned("nvmlDeviceGetGraphicsRunningProcesses"),
         }
-        count = nvml.nvmlDeviceGetCount()
-        self._handles = []
-        for index in range(count):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            except Exception as err:  # noqa: BLE001 - sorted out below or by _failed
-                if not self._is(err, _LOST + _UNAVAILABLE):
-                    # A timeout, say: worth retrying the whole open, not a GPU lost for good.
-                    self._failed(index, err, "nvmlDeviceGetHandleByIndex", None, "")
-                # A GPU that is gone, or not ours to read, is reported as lost by the sampler.
-                handle = None
-            self._handles.append(handle)
-        self._infos = [self._read_info(index, h) for index, h in enumerate(self._handles)]
-        return list(self._infos)
+        self._handles = [None] * count
+        self._infos = [
+            DeviceInfo(index=i, uuid="", name="unavailable", memory_total=None, lost=True)
+            for i in range(count)
+        ]
+        return [self.reopen(index) for index in range(count)]
+
+    def reopen(self, index: int) -> DeviceInfo:
+        """Read one GPU's handle and facts again; a GPU that fails is lost, with the reason."""
+        try:
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            self._handles[index] = handle
+            info = self._read_info(index, handle)
+        except Exception as err:  # noqa: BLE001 - any failure leaves this GPU, not the others
+            if isinstance(err, (GpuLost, BackendUnavailable)):
+                reason = err.reason
+            elif self._is(err, _LOST + _UNAVAILABLE):
+                reason = str(err)  # a GPU that is gone, or not ours to read
+            else:
+                reason = f"nvmlDeviceGetHandleByIndex: {self._describe(err)}"
+            self._handles[index] = None
+            self._mig_handles.pop(index, None)
+            info = DeviceInfo(
+                index=index, uuid="", name="unavailable", memory_total=None, lost=True,
+                lost_reason=f"the device could not be opened: {reason}",
+            )  # fmt: skip
+        self._infos[index] = info
+        return info
 
     def close(self) -> None:
         """Shut NVML down; safe to call twice."""
@@ -159,7 +174,8 @@ class NvmlBackend:
         """The one error policy for a query of one GPU.
 
         Unsupported -> ``None``; lost GPU -> ``GpuLost``; anything else -> ``None`` with the
-        reason in ``errors[field]``, or ``BackendUnavailable`` while opening (``errors`` None).
+        reason in ``errors[field]``, or, while a GPU's facts are read (``errors`` None),
+        ``GpuLost``: facts read half-way would stick, so the GPU is opened again later.
         """
         if self._is(err, _UNAVAILABLE):
             return None
@@ -167,7 +183,7 @@ class NvmlBackend:
             raise GpuLost(index, str(err)) from err
         reason = f"{call}: {self._describe(err)}"
         if errors is None:
-            raise BackendUnavailable(f"GPU {index}: {reason}") from err
+            raise _FactUnreadable(index, reason) from err
         errors[field] = reason
         return None
 
@@ -189,25 +205,20 @@ class NvmlBackend:
     # -- static facts ------------------------------------------------------------------------
 
     def _read_info(self, index: int, handle: Any) -> DeviceInfo:
+        """Every static fact of one GPU; any failure but "not supported" raises GpuLost."""
         nvml = self._nvml
-        if handle is None:
-            return DeviceInfo(index=index, uuid="", name="unavailable", memory_total=None, lost=True)
-        try:
-            memory = self._memory(index, handle)
-            name = self._optional(index, nvml.nvmlDeviceGetName, handle) or f"GPU {index}"
-            uuid = self._optional(index, nvml.nvmlDeviceGetUUID, handle) or ""
-            limit = self._optional(index, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
-            max_clocks = {
-                "sm": self._optional(index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_SM),
-                "memory": self._optional(
-                    index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM
-                ),
-            }
-            mig_mode, instances = self._read_mig(index, handle)
-            links, no_links = self._read_nvlink_count(index, handle)
-        except GpuLost:
-            self._handles[index] = None
-            return DeviceInfo(index=index, uuid="", name="lost", memory_total=None, lost=True)
+        memory = self._memory(index, handle)
+        name = self._optional(index, nvml.nvmlDeviceGetName, handle) or f"GPU {index}"
+        uuid = self._optional(index, nvml.nvmlDeviceGetUUID, handle) or ""
+        limit = self._optional(index, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+        max_clocks = {
+            "sm": self._optional(index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_SM),
+            "memory": self._optional(
+                index, nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_MEM
+            ),
+        }
+        mig_mode, instances = self._read_mig(index, handle)
+        links, no_links = self._read_nvlink_count(index, handle)
         return DeviceInfo(
             index=index,
             uuid=uuid,
@@ -222,16 +233,17 @@ class NvmlBackend:
         )
 
     def _read_mig(self, index: int, handle: Any) -> tuple[bool | None, list[MigInstance]]:
+        """MIG mode and instances (handles and id -> slot map too); failures raise GpuLost."""
         nvml = self._nvml
         mode = self._optional(index, getattr(nvml, "nvmlDeviceGetMigMode", lambda h: None), handle)
-        if mode is None:
-            return None, []
-        enabled = mode[0] == nvml.NVML_DEVICE_MIG_ENABLE
-        if not enabled:
-            return False, []
+        if mode is None or mode[0] != nvml.NVML_DEVICE_MIG_ENABLE:
+            self._mig_handles.pop(index, None)
+            self._mig_slots.pop(index, None)
+            return (None if mode is None else False), []
         slots = self._optional(index, nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
         instances: list[MigInstance] = []
         handles: list[tuple[int, Any]] = []
+        by_ids: dict[tuple[int, int], int] = {}
         for slot in range(slots):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
@@ -240,22 +252,19 @@ class NvmlBackend:
                     continue  # empty slot
                 self._failed(index, err, "nvmlDeviceGetMigDeviceHandleByIndex", None, "")
             memory = self._memory(index, mig)
-            instances.append(
-                MigInstance(
-                    index=slot,
-                    uuid=self._optional(index, nvml.nvmlDeviceGetUUID, mig) or "",
-                    gpu_instance_id=self._optional(index, nvml.nvmlDeviceGetGpuInstanceId, mig),
-                    compute_instance_id=self._optional(
-                        index, nvml.nvmlDeviceGetComputeInstanceId, mig
-                    ),
-                    memory_total=memory["total"] if memory else None,
-                )
+            instance = MigInstance(
+                index=slot,
+                uuid=self._optional(index, nvml.nvmlDeviceGetUUID, mig) or "",
+                gpu_instance_id=self._optional(index, nvml.nvmlDeviceGetGpuInstanceId, mig),
+                compute_instance_id=self._optional(index, nvml.nvmlDeviceGetComputeInstanceId, mig),
+                memory_total=memory["total"] if memory else None,
             )
+            instances.append(instance)
             handles.append((slot, mig))
-            ids = (instances[-1].gpu_instance_id, instances[-1].compute_instance_id)
-            if None not in ids:
-                self._mig_slots.setdefault(index, {})[ids] = slot  # type: ignore[index]
-        self._mig_handles[index] = handles
+            if instance.gpu_instance_id is not None and instance.compute_instance_id is not None:
+                by_ids[(instance.gpu_instance_id, instance.compute_instance_id)] = slot
+        # Set together, at the end: a failure half-way leaves the last complete enumeration.
+        self._mig_handles[index], self._mig_slots[index] = handles, by_ids
         return True, instances
 
     # -- per-sample readings -----------------------------------------------------------------
@@ -397,7 +406,9 @@ class NvmlBackend:
     def _read_nvlink_count(self, index: int, handle: Any) -> tuple[int, str | None]:
         """How many NVLink links the GPU has, or 0 and why there are none."""
         field = getattr(self._nvml, "NVML_FI_DEV_NVLINK_LINK_COUNT", None)
-        values = None if field is None else self._field_values(index, handle, [field])
+        fn = getattr(self._nvml, "nvmlDeviceGetFieldValues", None)
+        # A timeout here fails the GPU's open (and it is opened again), not NVLink for good.
+        values = None if field is None or fn is None else self._optional(index, fn, handle, [field])
         if not values:
             return 0, "this driver reports no NVLink figures"
         count = self._value(values[0])

@@ -85,6 +85,10 @@ class SimulatedBackend:
         self._rows = {d.index: [] for d in self._devices}
         return list(self._devices)
 
+    def reopen(self, index: int) -> DeviceInfo:
+        """A simulated GPU is never lost: its facts as built."""
+        return self._devices[index]
+
     def close(self) -> None:
         """Nothing to release."""
 

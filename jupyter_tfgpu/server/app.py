@@ -88,12 +88,8 @@ class TFGPUApp(ExtensionApp):
         if event_logger is not None:
             event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
             event_logger.add_listener(schema_id=CONTENTS_ACTIONS, listener=self._on_contents_action)
-        backend = sampler.backend
-        self.log.info(
-            "jupyter-tfgpu: backend %s, %s",
-            backend.name if backend else "none",
-            f"{sampler.device_count} GPU(s)" if sampler.available else sampler.reason,
-        )
+        # The sampler logs "jupyter-tfgpu: backend X, N GPU(s)" once its worker has opened
+        # the backend: nothing is known about the GPUs here.
 
     def initialize_handlers(self) -> None:
         """Register the REST and websocket routes."""

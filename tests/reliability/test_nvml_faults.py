@@ -111,10 +111,7 @@ class Client:
 START_FAULTS = {
     "init-timeout": (("nvmlInit", pynvml.NVML_ERROR_TIMEOUT), "Timeout"),
     "init-unknown": (("nvmlInit", pynvml.NVML_ERROR_UNKNOWN), "Unknown Error"),
-    # Before the fix this one failed initialize_settings: every tfgpu route was 404.
-    "uuid-timeout": (
-        ("nvmlDeviceGetUUID", pynvml.NVML_ERROR_TIMEOUT), "GPU 0: nvmlDeviceGetUUID: Timeout"
-    ),
+    "count-timeout": (("nvmlDeviceGetCount", pynvml.NVML_ERROR_TIMEOUT), "Timeout"),
 }
 
 
@@ -125,6 +122,11 @@ async def test_nvml_failing_at_start_serves_unavailable_then_recovers(
     """NVML failing at start: status says why (not 404); once NVML answers, the GPUs appear."""
     # Given a server whose NVML failed to start (and keeps failing for now)
     client = Client(jp_fetch)
+
+    async def failed():  # the sampler's thread opens NVML: wait for its first outcome
+        return (await client.api("status"))["retry_in"] is not None
+
+    await poll(failed)
 
     # When the routes are asked while it fails
     status, gpus, _ = await client.all_routes()

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from jupyter_tfgpu.gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
@@ -40,10 +40,12 @@ from jupyter_tfgpu.server.sampling.budget import (
 )
 from jupyter_tfgpu.server.sampling.history import History
 
-# A lost GPU is probed again this often, in case it comes back (e.g. after a reset).
+# A lost GPU (or one that could not be opened) is opened again this often, in case it comes
+# back (e.g. after a reset).
 LOST_RETRY_SECONDS = 30.0
-# A backend that failed to open is tried again after this long, doubling up to the maximum:
-# a driver still loading answers soon, a host with no GPU at all costs one try per 5 minutes.
+# A backend that failed to open, or found no GPU, is tried again after this long, doubling up
+# to the maximum: a driver still loading (or still bringing GPUs up) answers soon, a host with
+# no GPU at all costs one try per 5 minutes.
 OPEN_RETRY_SECONDS = 5.0
 OPEN_RETRY_MAX_SECONDS = 300.0
 # A process list whose read failed is unknown, not empty: the last list is kept (marked stale)
@@ -99,7 +101,7 @@ class _GpuState:
     processes_stale: str | None = None  # why ``processes`` is not this round's list
     lost: bool = False
     lost_reason: str | None = None
-    retry_at: float = 0.0
+    retry_at: float | None = None  # when a lost GPU is opened again; None: from the next round
     errors: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> field -> reason
 
 
@@ -182,6 +184,7 @@ class Sampler:
         self._started_at = time.monotonic()
         self._warned: set[tuple[int, str, str]] = set()
         self._opened = False
+        self._first_outcome = threading.Event()  # see ``opening``
         self._open_retry_in: float | None = None
         self._open_retry_at: float | None = None
         self._open_reason_logged: str | None = None
@@ -205,6 +208,16 @@ class Sampler:
     def devices(self) -> list[DeviceInfo]:
         """Static facts of each GPU."""
         return [g.info for g in self._gpus]
+
+    @property
+    def opening(self) -> bool:
+        """True from ``start`` until the worker's first open has an outcome (for an open that
+        worked: until the first snapshot with the GPUs' readings is published)."""
+        return self._thread is not None and not self._first_outcome.is_set()
+
+    def wait_opened(self, timeout: float) -> bool:
+        """Block until ``opening`` is over (tests, tools; never on the event loop)."""
+        return self._first_outcome.wait(timeout)
 
     @property
     def retry_in(self) -> float | None:
@@ -232,10 +245,16 @@ class Sampler:
             self.versions = self.backend.versions()
         except Exception:  # noqa: BLE001 - versions are informative only
             self.log.debug("could not read GPU versions", exc_info=True)
+        if not infos:
+            # A driver still bringing its GPUs up: look again, on the open's back-off.
+            self.backend.close()
+            self._open_failed(BackendUnavailable(f"{self.backend.name}: no GPU found"))
+            return False
         gpus = [_GpuState(info) for info in infos]
         for gpu in gpus:
             if gpu.info.lost:
-                gpu.lost, gpu.lost_reason = True, "the device could not be opened"
+                gpu.lost = True
+                gpu.lost_reason = gpu.info.lost_reason or "the device could not be opened"
         capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
         self._history = History(capacity, len(gpus))
         self._gpus = gpus
@@ -245,10 +264,9 @@ class Sampler:
         self._tokens_at = time.monotonic()
         self._opened = True
         self._open_retry_in = self._open_retry_at = None
-        # A driver without any GPU is "no GPU data", like no driver at all. Set last: request
-        # handlers read these from the event loop while a retry opens in the worker.
-        self.reason = None if infos else f"{self.backend.name}: no GPU found"
-        self.available = bool(infos)
+        # Set last: request handlers read these from the event loop while the worker opens.
+        self.reason = None
+        self.available = True
         return True
 
     def _open_failed(self, err: Exception) -> None:
@@ -288,23 +306,35 @@ class Sampler:
             return False
         if not self.open():
             return False
-        assert self.backend is not None
-        self.log.info(
-            "GPU backend %s opened on a retry: %s",
-            self.backend.name,
-            f"{self.device_count} GPU(s)" if self.available else self.reason,
-        )
+        self._log_opened()
         self._publish_round(time.monotonic())
         return True
 
+    def _log_opened(self) -> None:
+        """Say what the open found: the GPUs, and each one that could not be opened."""
+        assert self.backend is not None
+        self.log.info("jupyter-tfgpu: backend %s, %d GPU(s)", self.backend.name, self.device_count)
+        for gpu in self._gpus:
+            if gpu.lost:
+                self.log.warning(
+                    "GPU %d: %s (tried again every %g s)",
+                    gpu.info.index, gpu.lost_reason, LOST_RETRY_SECONDS,
+                )  # fmt: skip
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Open the backend and start the worker thread, which also retries a failed open."""
+        """Start the worker thread, which opens the backend (and retries a failed open).
+
+        Nothing here waits on the driver: a slow or hung ``nvmlInit`` holds the worker, not
+        the server's start.
+        """
         self._loop = loop
-        self.open()
-        if not self.available:
+        if self.backend is None:
+            self.open()  # no I/O: says that monitoring is off
+            self.log.info("jupyter-tfgpu: backend none, %s", self.reason)
             self._publish_round(time.monotonic())
-        if self.backend is None or (self._opened and not self._gpus):
-            return  # nothing to read, and nothing to retry
+            self._first_outcome.set()
+            return
+        self.reason = f"opening the {self.backend.name} backend"
         self._thread = threading.Thread(target=self._run, name="tfgpu-sampler", daemon=True)
         self._thread.start()
 
@@ -441,6 +471,17 @@ class Sampler:
     # -- worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        finally:
+            self._first_outcome.set()
+
+    def _sample(self) -> None:
+        if self.open():
+            self._log_opened()
+        elif not self._stop.is_set():
+            self._publish_round(time.monotonic())  # unavailable, with the reason
+            self._first_outcome.set()
         while not self._opened and not self._stop.is_set():
             if not self.retry_open():
                 self._stop.wait(max(self.retry_in or 0.0, 0.01))
@@ -453,6 +494,7 @@ class Sampler:
                 self._sample_round(started)
             except Exception:  # noqa: BLE001 - the sampler must outlive any one bad reading
                 self.log.exception("GPU sampling round failed")
+            self._first_outcome.set()  # opened, and the first snapshot has the GPUs' readings
             ticker.after_round(started, time.monotonic(), self.stats["fast"].interval)
             self._wake.clear()
             while not self._stop.is_set():
@@ -514,7 +556,7 @@ class Sampler:
         due = self._due(now)
         spent: dict[str, dict[int, float]] = {name: {} for name in due}
         for gpu in self._gpus:
-            if gpu.lost and now < gpu.retry_at:
+            if gpu.lost and not self._reopened(gpu, now, spent):
                 continue
             index = gpu.info.index
             try:
@@ -527,7 +569,7 @@ class Sampler:
                     except Exception as err:  # noqa: BLE001 - nulls this group, not the round
                         self._group_failed(gpu, name, err, now)
                     finally:
-                        spent[name][index] = self._timer() - started
+                        spent[name][index] = spent[name].get(index, 0.0) + self._timer() - started
                 if gpu.lost:
                     self.log.warning("GPU %d answers again", gpu.info.index)
                 gpu.lost, gpu.lost_reason = False, None
@@ -557,6 +599,27 @@ class Sampler:
             self._tokens -= charge
         self.rounds += 1
         self._publish_round(now)
+
+    def _reopened(self, gpu: _GpuState, now: float, spent: dict[str, dict[int, float]]) -> bool:
+        """Open a lost GPU again when its retry is due; True when it answered."""
+        if gpu.retry_at is None:
+            gpu.retry_at = now + LOST_RETRY_SECONDS  # lost at open: it was just tried
+        if now < gpu.retry_at:
+            return False
+        assert self.backend is not None
+        started = self._timer()
+        try:
+            info = self.backend.reopen(gpu.info.index)
+        except Exception as err:  # noqa: BLE001 - the GPU stays lost, with the reason
+            info = replace(gpu.info, lost=True, lost_reason=f"{type(err).__name__}: {err}")
+        if "fast" in spent:  # the driver time it took is the fast group's, for the budget
+            spent["fast"][gpu.info.index] = self._timer() - started
+        if info.lost:
+            gpu.lost_reason = info.lost_reason or gpu.lost_reason
+            gpu.retry_at = now + LOST_RETRY_SECONDS
+            return False
+        gpu.info = info
+        return True
 
     def _read_group(self, gpu: _GpuState, name: str, now: float) -> None:
         index = gpu.info.index
