@@ -193,6 +193,15 @@ class FakeNvml:
             self.gpus.append(gpu)
         return gpu
 
+    def create_mig(self, gpu: int, slot: int, mig: FakeMig) -> FakeMig:
+        """Make MIG instance ``mig`` in ``slot`` of GPU ``gpu`` now (``nvidia-smi mig -cgi``)."""
+        with self._lock:
+            devices = self.gpus[gpu].mig_devices
+            devices.extend([None] * (slot + 1 - len(devices)))
+            devices[slot] = mig
+            self._name(gpu, self.gpus[gpu])
+        return mig
+
     @property
     def initialized(self) -> bool:
         """True between a successful nvmlInit and the matching nvmlShutdown."""

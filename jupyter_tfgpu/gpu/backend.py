@@ -46,7 +46,7 @@ class MigInstance:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Facts about one GPU, read when it is opened."""
+    """Facts about one GPU, read when it is opened (its MIG instances also when they change)."""
 
     index: int
     uuid: str
@@ -87,6 +87,13 @@ class Backend(Protocol):
 
     def reopen(self, index: int) -> DeviceInfo:
         """Read one GPU's facts again (a GPU not opened, or lost); still failing: lost, why."""
+
+    def device_info(self, index: int) -> DeviceInfo:
+        """The GPU's facts as the backend knows them now, without a driver call.
+
+        They change after ``reopen``, and when a reading finds that they did (MIG instances
+        made or destroyed); the sampler compares them after each process-list read.
+        """
 
     def versions(self) -> dict[str, str | None]:
         """Driver, library and CUDA versions, where known."""

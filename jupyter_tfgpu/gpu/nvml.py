@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from jupyter_tfgpu.gpu.backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
@@ -15,6 +17,9 @@ _UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_F
 _LOST = ("NVMLError_GpuIsLost", "NVMLError_Unknown")
 # Any other error (a timeout, a driver reloading, a bug in the binding) is neither: it nulls the
 # one field and says why, and the field is asked again when its group is next due (_failed).
+# A MIG GPU's instances are enumerated again this often (and when a process names one not
+# known), so slices made or destroyed while the server runs are seen.
+MIG_REFRESH_SECONDS = 60.0
 
 
 class _FactUnreadable(GpuLost):
@@ -36,7 +41,8 @@ class NvmlBackend:
     name = "nvml"
     simulated = False
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # times the MIG re-enumeration
         self._nvml: Any = None
         self._handles: list[Any] = []
         self._mig_handles: dict[int, list[tuple[int, Any]]] = {}
@@ -45,6 +51,10 @@ class NvmlBackend:
         # Where a MIG GPU's processes are listed: "parent" (one list with instance ids, for a
         # caller NVML allows) or "instances" (one list per slot); absent until known.
         self._mig_process_source: dict[int, str] = {}
+        # When each GPU's MIG instances were last enumerated, and the (GPU instance, compute
+        # instance) ids a process named that the last enumeration did not find.
+        self._mig_read_at: dict[int, float] = {}
+        self._mig_unresolved: dict[int, set[tuple[Any, Any]]] = {}
         self._infos: list[DeviceInfo] = []
         # Versioned symbols are probed once, then the working variant is kept.
         self._memory_v2: bool | None = None
@@ -78,6 +88,7 @@ class NvmlBackend:
             raise BackendUnavailable(self._describe(err)) from err
         self._memory_v2 = None
         self._mig_handles, self._mig_slots, self._mig_process_source = {}, {}, {}
+        self._mig_read_at, self._mig_unresolved = {}, {}
         self._process_util_ts = {}
         self._nvlink = {}
         self._process_readers = {
@@ -106,12 +117,17 @@ class NvmlBackend:
                 reason = f"nvmlDeviceGetHandleByIndex: {self._describe(err)}"
             self._handles[index] = None
             self._mig_handles.pop(index, None)
+            self._mig_slots.pop(index, None)
             info = DeviceInfo(
                 index=index, uuid="", name="unavailable", memory_total=None, lost=True,
                 lost_reason=f"the device could not be opened: {reason}",
             )  # fmt: skip
         self._infos[index] = info
         return info
+
+    def device_info(self, index: int) -> DeviceInfo:
+        """The GPU's facts as last read (no driver call)."""
+        return self._infos[index]
 
     def close(self) -> None:
         """Shut NVML down; safe to call twice."""
@@ -235,6 +251,8 @@ class NvmlBackend:
     def _read_mig(self, index: int, handle: Any) -> tuple[bool | None, list[MigInstance]]:
         """MIG mode and instances (handles and id -> slot map too); failures raise GpuLost."""
         nvml = self._nvml
+        self._mig_read_at[index] = self._clock()
+        self._mig_unresolved.pop(index, None)
         mode = self._optional(index, getattr(nvml, "nvmlDeviceGetMigMode", lambda h: None), handle)
         if mode is None or mode[0] != nvml.NVML_DEVICE_MIG_ENABLE:
             self._mig_handles.pop(index, None)
@@ -266,6 +284,22 @@ class NvmlBackend:
         # Set together, at the end: a failure half-way leaves the last complete enumeration.
         self._mig_handles[index], self._mig_slots[index] = handles, by_ids
         return True, instances
+
+    def _refresh_mig(self, index: int, unknown: set[tuple[Any, Any]] | None = None) -> bool:
+        """Enumerate a GPU's MIG instances again (created or destroyed since); False when it
+        was not tried (these unknown ids were already looked for) or failed."""
+        if unknown is not None and unknown <= self._mig_unresolved.get(index, set()):
+            return False  # looked for already: the slow cadence looks again
+        info = self._infos[index]
+        try:
+            mode, instances = self._read_mig(index, self._handle(index))
+        except _FactUnreadable:
+            return False  # a timeout, say: keep the last enumeration, look again later
+        if unknown:
+            self._mig_unresolved[index] = unknown - set(self._mig_slots.get(index, {}))
+        if (mode, tuple(instances)) != (info.mig_mode, info.mig_instances):
+            self._infos[index] = replace(info, mig_mode=mode, mig_instances=tuple(instances))
+        return True
 
     # -- per-sample readings -----------------------------------------------------------------
 
@@ -465,8 +499,12 @@ class NvmlBackend:
     def read_processes(self, index: int) -> list[dict[str, Any]]:
         """Compute and graphics processes, one row per PID, with per-process utilization."""
         handle = self._handle(index)
+        if self._infos[index].mig_mode is not None:
+            last = self._mig_read_at.get(index)
+            if last is None or self._clock() - last >= MIG_REFRESH_SECONDS:
+                self._refresh_mig(index)  # instances made or destroyed with no process on them
         by_pid: dict[int, dict[str, Any]] = {}
-        if self._mig_handles.get(index):
+        if self._infos[index].mig_mode:
             self._read_mig_processes(index, handle, by_pid)
         else:
             self._collect_processes(index, handle, by_pid, lambda proc: None)
@@ -481,32 +519,45 @@ class NvmlBackend:
         NVML answers the parent handle with every instance's processes (and their instance ids)
         only for a caller with the privilege; others get NoPermission and must ask each MIG
         device. An empty parent list proves nothing until the parent has once named instances,
-        so until then the instances are asked as well.
+        so until then the instances are asked as well. A process in an instance made after the
+        last enumeration names ids not known yet: the instances are enumerated again.
         """
         source = self._mig_process_source.get(index)
         if source != "instances":
-            slots = self._mig_slots.get(index, {})
             found: dict[int, dict[str, Any]] = {}
-            answered = self._collect_processes(
-                index,
-                handle,
-                found,
-                lambda proc: slots.get(
-                    (getattr(proc, "gpuInstanceId", None), getattr(proc, "computeInstanceId", None))
-                ),
-            )
-            placed = all(row["mig"] is not None for row in found.values())
-            if answered and placed and (found or source == "parent"):
+            ids_of: dict[int, tuple[Any, Any]] = {}
+
+            def slot_of(proc: Any) -> int | None:
+                ids = (getattr(proc, "gpuInstanceId", None), getattr(proc, "computeInstanceId", None))
+                ids_of[proc.pid] = ids
+                return self._mig_slots.get(index, {}).get(ids)
+
+            answered = self._collect_processes(index, handle, found, slot_of)
+            unplaced = {pid: ids_of[pid] for pid, row in found.items() if row["mig"] is None}
+            unknown = {ids for ids in unplaced.values() if self._names_instance(ids)}
+            if unknown and self._refresh_mig(index, unknown):
+                slots = self._mig_slots.get(index, {})
+                for pid, ids in unplaced.items():
+                    found[pid]["mig"] = slots.get(ids)
+            # Records without instance ids cannot be placed from the parent's list; ids that
+            # no enumeration finds stay on the GPU (mig null) rather than vanish.
+            no_ids = any(not self._names_instance(ids) for ids in unplaced.values())
+            if answered and not no_ids and (found or source == "parent"):
                 self._mig_process_source[index] = "parent"
                 by_pid.update(found)
                 return
-            if not answered or not placed:
+            if not answered or no_ids:
                 # NoPermission, or records without instance ids: ask each instance from now on.
                 self._mig_process_source[index] = "instances"
-        for slot, target in self._mig_handles[index]:
+        for slot, target in self._mig_handles.get(index, ()):
             self._collect_processes(index, target, by_pid, lambda proc, slot=slot: slot)
         if by_pid and index not in self._mig_process_source:
             self._mig_process_source[index] = "instances"  # the parent's empty list was wrong
+
+    def _names_instance(self, ids: tuple[Any, Any]) -> bool:
+        """Whether a process record's (GPU instance, compute instance) ids name an instance."""
+        none = getattr(getattr(self._nvml, "NVML_VALUE_NOT_AVAILABLE_uint", None), "value", None)
+        return all(isinstance(i, int) and i != none for i in ids)
 
     def _collect_processes(
         self,

@@ -89,6 +89,10 @@ class SimulatedBackend:
         """A simulated GPU is never lost: its facts as built."""
         return self._devices[index]
 
+    def device_info(self, index: int) -> DeviceInfo:
+        """The facts as built; they never change."""
+        return self._devices[index]
+
     def close(self) -> None:
         """Nothing to release."""
 

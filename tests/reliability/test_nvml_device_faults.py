@@ -2,7 +2,8 @@
 
 A GPU failing at open is a lost row with why (the others are served from the first request)
 and is opened again; a hung nvmlInit does not hold the server's start; zero GPUs is looked at
-again; a silent NVLink link does not make the exported counters drop.
+again; a silent NVLink link does not make the exported counters drop; a MIG slice made while
+the server runs is seen with its processes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fake_pynvml import FakeGpu, FakeLink, FakeNvml
+from tests.fake_pynvml import FakeGpu, FakeLink, FakeMig, FakeNvml, FakeProcess
 from tests.kernel_helpers import poll
 
 GIB = 2**30
@@ -40,10 +41,13 @@ def gpu_count() -> int:
 
 @pytest.fixture
 def fake_nvml(init_gate, hang_init, gpu_count) -> FakeNvml:
-    """Healthy GPUs; GPU 0 has two NVLink links."""
+    """Healthy GPUs; GPU 0 has two NVLink links, GPU 3 one MIG slice with a process."""
     gpus = [FakeGpu(temperature=40 + i, memory_used=(i + 1) * GIB) for i in range(gpu_count)]
     if gpu_count == 4:
         gpus[0].nvlink = [FakeLink(tx_kib=1000, rx_kib=1000), FakeLink(tx_kib=1000, rx_kib=1000)]
+        gpus[3].mig_enabled = True
+        gpus[3].mig_devices = [FakeMig(gpu_instance_id=1)]
+        gpus[3].processes = [FakeProcess(4001, GIB, gpu_instance_id=1, compute_instance_id=0)]
     fake = FakeNvml(gpus=gpus, sleep=lambda _: init_gate.wait(30))
     if hang_init:
         fake.latency["nvmlInit"] = 1.0  # "sleeps" on the gate
@@ -206,3 +210,32 @@ async def test_a_silent_nvlink_link_does_not_make_the_counters_drop(jp_fetch, in
     # Then the counters never went down: link 1 counts at its last value
     assert during["tfgpu_gpu_nvlink_transmit_bytes"] == (2000 + 1024) * 1024
     assert during["tfgpu_gpu_nvlink_receive_bytes"] == before["tfgpu_gpu_nvlink_receive_bytes"]
+
+
+async def test_a_mig_slice_made_while_running_is_served_with_its_process(jp_fetch, installed_nvml):
+    """A slice made after start with a 5 GiB process on it: in GET gpus, with its process."""
+    # Given a server that has read GPU 3's one slice
+    async def one_slice():
+        row = (await api(jp_fetch, "gpus"))["gpus"][3]
+        return row if row["processes"] else None
+
+    await poll(one_slice)
+
+    # When a slice is made and a 5 GiB process starts in it
+    mig = installed_nvml.create_mig(3, 2, FakeMig(memory_total=20 * GIB, memory_used=5 * GIB,
+                                                  gpu_instance_id=5, profile="2g.20gb"))  # fmt: skip
+    installed_nvml.gpus[3].processes.append(
+        FakeProcess(4002, 5 * GIB, gpu_instance_id=5, compute_instance_id=0)
+    )
+
+    async def two_slices():
+        row = (await api(jp_fetch, "gpus"))["gpus"][3]
+        return row if len(row["processes"]) == 2 and len(row["mig"]["instances"]) == 2 else None
+
+    row = await poll(two_slices)
+
+    # Then the slice and its process are there
+    assert row["mig"]["instances"][1]["uuid"] == mig.uuid
+    assert {p["pid"]: (p["mig"], p["used_memory"]) for p in row["processes"]} == {
+        4001: (0, GIB), 4002: (2, 5 * GIB)
+    }

@@ -629,6 +629,8 @@ class Sampler:
             gpu.processes = backend.read_processes(index)
             gpu.processes_read_at, gpu.processes_stale = now, None
             gpu.errors.pop(name, None)
+            # Reading the processes may have found new facts (MIG instances made since).
+            gpu.info = backend.device_info(index)
             return
         read = {"fast": backend.read_fast, "slow": backend.read_slow, "pcie": backend.read_pcie}
         fields = dict(read[name](index))
