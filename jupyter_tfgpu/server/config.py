@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from typing import Any
 
@@ -17,6 +18,13 @@ DEFAULT_SIMULATED_GPUS = [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count
 
 # Settings whose default an environment variable sets (a config file or the command line wins).
 ENVIRONMENT_VARIABLES = {"backend": "TFGPU_BACKEND", "on_config_error": "TFGPU_ON_CONFIG_ERROR"}
+
+# Bounds that fit a server. The history buffer is allocated whole at start: 8 bytes per sample
+# plus 40 per GPU per sample (5 series of doubles), about 3.5 MB per GPU at this many samples.
+MAX_HISTORY_SAMPLES = 86_400
+MAX_INTERVAL = 3600.0  # seconds between two readings of any group
+MAX_MEMORY_MB = 1_048_576  # 1 TiB, in MiB: more than any GPU has
+MAX_SIMULATED_GPUS = 64  # as many as a policy's devices can name
 
 
 def parse_value(text: str) -> Any:
@@ -116,15 +124,20 @@ class TFGPU(Configurable):
     sample_interval = Float(
         1.0,
         min=0.1,
-        help="""Seconds between two samples of the fast GPU fields (utilization, memory).
-        One sampler per server serves every browser tab, websocket, REST call and metric.""",
+        max=MAX_INTERVAL,
+        help="""Seconds between two samples of the fast GPU fields (utilization, memory),
+        from 0.1 to 3600. One sampler per server serves every browser tab, websocket, REST
+        call and metric.""",
     ).tag(config=True)
 
     history_seconds = Int(
         3600,
         min=0,
+        max=7 * 86400,
         help="""Seconds of history the server keeps in memory for the sparklines and
-        GET gpus/history (bounded ring buffer; about 40 bytes per GPU per sample).""",
+        GET gpus/history, from 0 to 604800 (7 days); at most 86400 samples
+        (history_seconds / sample_interval), so a week needs sample_interval >= 7. The ring
+        buffer is allocated at start: about 40 bytes per GPU per sample.""",
     ).tag(config=True)
 
     nvml_budget = Float(
@@ -132,37 +145,42 @@ class TFGPU(Configurable):
         min=0.001,
         max=1.0,
         help="""Largest share of wall time the sampler may spend inside NVML calls
-        (0.02 = 2%). NVML calls hold the driver lock that users' GPU work needs too; when
+        (0.02 = 2%), from 0.001 to 1. NVML calls hold the driver lock that users' GPU work needs too; when
         measured calls are slow the sampler stretches its cadences to stay under this.""",
     ).tag(config=True)
 
     slow_interval = Float(
         5.0,
         min=0.1,
+        max=MAX_INTERVAL,
         help="""Seconds between readings of slow-changing fields (temperature, power, fan,
-        clocks); stretched when NVML is slow.""",
+        clocks), from 0.1 to 3600; stretched when NVML is slow.""",
     ).tag(config=True)
 
     process_interval = Float(
         5.0,
         min=0.1,
+        max=MAX_INTERVAL,
         help="""Seconds between readings of the GPU process lists (a few ms per GPU on real
-        drivers); they are also read right after a kernel starts, restarts or stops.""",
+        drivers), from 0.1 to 3600; they are also read right after a kernel starts, restarts
+        or stops.""",
     ).tag(config=True)
 
     pcie_interval = Float(
         2.0,
         min=0.1,
-        help="""Seconds between PCIe throughput readings while a client watches them
-        (each reading samples a counter for about 20 ms per direction per GPU). PCIe is not
-        read at all while nobody asks for it.""",
+        max=MAX_INTERVAL,
+        help="""Seconds between PCIe throughput readings while a client watches them, from
+        0.1 to 3600 (each reading samples a counter for about 20 ms per direction per GPU).
+        PCIe is not read at all while nobody asks for it.""",
     ).tag(config=True)
 
     simulated_gpus = JSONList(
         JSONDict(),
         default_value=DEFAULT_SIMULATED_GPUS,
-        help="""GPUs of the simulated backend: a list of {"name": str, "memory_gb": number,
-        "count": int}. Example: [{"name": "Simulated A100 80GB", "memory_gb": 80, "count": 4}].""",
+        help="""GPUs of the simulated backend: a list of {"name": str, "memory_gb": number
+        (above 0, at most 16384), "count": int}, 64 GPUs at most in all.
+        Example: [{"name": "Simulated A100 80GB", "memory_gb": 80, "count": 4}].""",
     ).tag(config=True)
 
     @validate("simulated_gpus")
@@ -175,11 +193,18 @@ class TFGPU(Configurable):
             if not isinstance(entry.get("name", ""), str):
                 raise TraitError(f"{where}.name must be a string")
             memory = entry.get("memory_gb", 16)
-            if isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0:
-                raise TraitError(f"{where}.memory_gb must be a positive number")
+            number = isinstance(memory, (int, float)) and not isinstance(memory, bool)
+            if not number or not 0 < memory <= 16384:  # also refuses NaN
+                raise TraitError(f"{where}.memory_gb must be a number above 0 and at most 16384")
             count = entry.get("count", 1)
-            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 64:
-                raise TraitError(f"{where}.count must be an integer from 0 to 64")
+            whole = isinstance(count, int) and not isinstance(count, bool)
+            if not whole or not 0 <= count <= MAX_SIMULATED_GPUS:
+                raise TraitError(f"{where}.count must be an integer from 0 to {MAX_SIMULATED_GPUS}")
+        total = sum(entry.get("count", 1) for entry in proposal["value"])
+        if total > MAX_SIMULATED_GPUS:
+            raise TraitError(
+                f"TFGPU.simulated_gpus: {total} GPUs in all, more than {MAX_SIMULATED_GPUS} GPUs"
+            )
         return proposal["value"]
 
     # -- policies ----------------------------------------------------------------------------
@@ -203,8 +228,9 @@ class TFGPU(Configurable):
         None,
         allow_none=True,
         min=1,
-        help="""Most GPU memory (MiB, per visible GPU) any kernel may use. Kernels without
-        a limit get this one; a notebook asking for more is refused with 403.""",
+        max=MAX_MEMORY_MB,
+        help="""Most GPU memory (MiB, per visible GPU, from 1 to 1048576) any kernel may use.
+        Kernels without a limit get this one; a notebook asking for more is refused with 403.""",
     ).tag(config=True)
 
     allowed_devices = JSONList(
@@ -254,8 +280,9 @@ class TFGPU(Configurable):
         None,
         allow_none=True,
         min=1,
-        help="""Most intra-op and inter-op threads a kernel may ask for; larger values are
-        refused (403) and stored ones clamped.""",
+        max=4096,
+        help="""Most intra-op and inter-op threads a kernel may ask for, from 1 to 4096;
+        larger values are refused (403) and stored ones clamped.""",
     ).tag(config=True)
 
     placement_strategy = Enum(
@@ -305,22 +332,26 @@ class TFGPU(Configurable):
     enforcement_grace = Float(
         30.0,
         min=0.0,
+        max=86400.0,
         help="""Seconds a kernel may stay over its memory cap before the enforcement action
-        (short peaks are forgiven).""",
+        (short peaks are forgiven), from 0 to 86400 (a day).""",
     ).tag(config=True)
 
     idle_timeout = Float(
         0.0,
         min=0.0,
+        max=30 * 86400.0,
         help="""Seconds a kernel may sit idle while holding at least idle_min_memory_mb of GPU
-        memory before idle_action frees it; 0 turns idle reaping off.""",
+        memory before idle_action frees it, from 0 to 2592000 (30 days); 0 turns idle reaping
+        off.""",
     ).tag(config=True)
 
     idle_min_memory_mb = Int(
         256,
         min=0,
-        help="""Idle kernels holding less GPU memory than this (MiB, all GPUs together) are
-        left alone by the idle reaper.""",
+        max=MAX_MEMORY_MB,
+        help="""Idle kernels holding less GPU memory than this (MiB, all GPUs together, from 0
+        to 1048576) are left alone by the idle reaper.""",
     ).tag(config=True)
 
     idle_action = Enum(
@@ -333,10 +364,26 @@ class TFGPU(Configurable):
     max_actions_per_hour = Int(
         3,
         min=1,
-        help="""At most this many enforcement actions on one kernel per hour; past it the
-        enforcer only warns, so a notebook that re-allocates at once cannot be restarted in
-        a loop.""",
+        max=3600,
+        help="""At most this many enforcement actions on one kernel per hour (from 1 to
+        3600); past it the enforcer only warns, so a notebook that re-allocates at once
+        cannot be restarted in a loop.""",
     ).tag(config=True)
+
+    @validate(
+        "sample_interval",
+        "nvml_budget",
+        "slow_interval",
+        "process_interval",
+        "pcie_interval",
+        "enforcement_grace",
+        "idle_timeout",
+    )
+    def _validate_finite(self, proposal):
+        # Bounds refuse the infinities; NaN passes every comparison, so refuse it here.
+        if math.isnan(proposal["value"]):
+            raise TraitError(f"TFGPU.{proposal['trait'].name}: expected a number, not NaN")
+        return proposal["value"]
 
     # -- start-up ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from traitlets import Container, Dict, TraitError
 from traitlets.config import Config
 from traitlets.config.loader import DeferredConfigList, DeferredConfigString
 
-from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, MAX_HISTORY_SAMPLES, TFGPU
 from jupyter_tfgpu.policy.model import resolve_device
 
 SECTION = "TFGPU"
@@ -130,6 +131,21 @@ def without_settings(config: Config, problems: Iterable[Problem]) -> Config:
         if name in ENVIRONMENT_VARIABLES:
             clean[SECTION][name] = traits[name].default_value
     return clean
+
+
+def combination_problems(settings: TFGPU) -> list[Problem]:
+    """Settings that are each valid but do not fit together; the last one named is left out."""
+    samples = math.ceil(settings.history_seconds / settings.sample_interval)
+    if samples <= MAX_HISTORY_SAMPLES:
+        return []
+    return [
+        Problem(
+            f"{SECTION}.history_seconds",
+            f"{settings.history_seconds} s of history every {settings.sample_interval:g} s "
+            f"(sample_interval) is {samples:,} samples per GPU, more than "
+            f"{MAX_HISTORY_SAMPLES:,}; keep less history or sample less often",
+        )
+    ]
 
 
 def on_config_error(config: Config) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import (
     Problem,
+    combination_problems,
     environment_problems,
     on_config_error,
     setting_problems,
@@ -41,6 +42,7 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
     """
     given = given_settings(serverapp)
     value_problems = setting_problems(given.config, given.origin) + environment_problems(given.config)
+    value_problems += combination_problems(TFGPU(config=without_settings(given.config, value_problems)))
     problems = value_problems + misplaced_settings(serverapp.config, reaching_sections(serverapp))
     apps = [serverapp, *linked_extension_apps(serverapp)]
     for failed in failed_config_files(apps):
