@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import unicodedata
+import os
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any, Iterable
@@ -142,15 +142,27 @@ def resolve_device(token: int | str, devices: list[DeviceInfo]) -> str | None:
     return None
 
 
-def normalize_notebook_path(path: str) -> str:
-    """A notebook's key: relative to the server root, '/'-separated, NFC, no '..'."""
+def normalize_notebook_path(path: str, sep: str = os.sep) -> str:
+    """A notebook's key: its path relative to the server root, '/'-separated, no '..'.
+
+    One key per file: empty and '.' segments go (they name the same file), nothing else
+    changes. A file's name is bytes, so NFC and NFD spellings are two files and two keys, and
+    a backslash is part of a name, unless the OS separates with it (``sep``, Windows).
+    """
     if not isinstance(path, str) or not path.strip("/"):
         raise PolicyError("path", "a notebook path is required")
     if "\x00" in path:
         raise PolicyError("path", "must not contain NUL characters")
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(
+            "path",
+            "is not valid Unicode (a file name that is not UTF-8?); no policy can be kept for it",
+        ) from None
+    parts = [p for p in path.replace(sep, "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise PolicyError("path", "must stay inside the server's root (no '..')")
     if not parts:  # ".", "./." and the like name the root itself, not a notebook
         raise PolicyError("path", "a notebook path is required")
-    return unicodedata.normalize("NFC", "/".join(parts))
+    return "/".join(parts)

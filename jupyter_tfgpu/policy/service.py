@@ -78,13 +78,17 @@ class PolicyService:
         parts = session_name.replace(os.sep, "/").split("/")
         if parts[-1] in ("", ".", "..") or ".." in parts:
             return None
-        relative = (
-            self._under_root(session_name) if os.path.isabs(session_name) else session_name
-        )
+        try:
+            relative = (
+                self._under_root(session_name) if os.path.isabs(session_name) else session_name
+            )
+        except ValueError:  # Windows: on another drive than the root
+            return None
         if relative is None:
             return None
         try:
-            return normalize_notebook_path(relative)
+            # The OS's separator becomes '/'; on POSIX a backslash stays part of the name.
+            return normalize_notebook_path(relative, sep=os.sep)
         except PolicyError:
             return None
 

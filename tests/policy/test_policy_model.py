@@ -613,6 +613,51 @@ def test_a_root_that_is_a_symlink_works_by_either_spelling(tmp_path, given):
     assert service.key_for_session(str(tmp_path / "elsewhere.ipynb")) is None
 
 
+def test_a_session_name_with_a_backslash_is_one_file_on_posix(tmp_path):
+    """On POSIX 'd\\n.ipynb' is a notebook in the root, not n.ipynb in folder d."""
+    # Given / When / Then
+    service = make_service(tmp_path)
+    assert service.key_for_session(str(tmp_path / "d\\n.ipynb")) == "d\\n.ipynb"
+    assert service.key_for_session(str(tmp_path / "d" / "n.ipynb")) == "d/n.ipynb"
+
+
+def test_a_session_name_that_cannot_be_keyed_has_no_key(tmp_path):
+    """A file name that is not UTF-8 on disk: the kernel gets the admin default, nothing raises."""
+    # Given / When / Then
+    service = make_service(tmp_path)
+    assert service.key_for_session(os.fsdecode(bytes(tmp_path) + b"/\xff.ipynb")) is None
+
+
+@pytest.fixture
+def windows_paths(monkeypatch):
+    """The policy service sees Windows paths (ntpath, a backslash separator)."""
+    import ntpath
+    import types
+
+    import jupyter_tfgpu.policy.service as service_module
+
+    monkeypatch.setattr(service_module, "os", types.SimpleNamespace(sep="\\", path=ntpath))
+
+
+@pytest.mark.parametrize(
+    "session,key",
+    [
+        ("C:\\srv\\dir\\nb.ipynb", "dir/nb.ipynb"),
+        ("C:\\srv\\nb.ipynb", "nb.ipynb"),
+        ("C:\\srv\\dir\\..\\..\\nb.ipynb", None),
+        ("D:\\elsewhere\\nb.ipynb", None),
+        ("dir\\nb.ipynb", "dir/nb.ipynb"),
+    ],
+)
+def test_on_windows_a_session_path_is_keyed_with_slashes(tmp_path, windows_paths, session, key):
+    """Windows session paths: separators become '/'; another drive is outside the root."""
+    # Given a service whose root is on drive C:
+    service = make_service(tmp_path, root="C:\\srv")
+
+    # When / Then
+    assert service.key_for_session(session) == key
+
+
 def test_a_bad_stored_policy_is_logged_once(tmp_path, caplog):
     """A hand-edited store with a bad value: ignored, and said once, not on every read."""
     # Given a store holding a policy that does not validate

@@ -410,7 +410,6 @@ BAD_PATHS = {
     "nested-dotdot": "a/../../x.ipynb",
     "inner-dotdot": "a/../x.ipynb",
     "bare-dotdot": "..",
-    "backslash-dotdot": "..\\x.ipynb",
     "empty": "",
     "root": "/",
     "double-slash": "//",
@@ -418,12 +417,14 @@ BAD_PATHS = {
     "dot-slash": "./.",
     "nul": "a/\x00b.ipynb",
     "none": None,
+    # A name that is not UTF-8 on disk reaches Python with lone surrogates: no key can hold it.
+    "undecodable": os.fsdecode(b"a/\xff.ipynb"),
 }
 
 
 @pytest.mark.parametrize("path", BAD_PATHS.values(), ids=BAD_PATHS.keys())
 def test_bad_notebook_paths_are_refused(path):
-    """Paths that leave the root, name nothing, or hold NUL are a PolicyError on 'path'."""
+    """Paths that leave the root, name nothing, hold NUL or cannot be stored: PolicyError."""
     # Given / When
     with pytest.raises(PolicyError) as err:
         normalize_notebook_path(path)
@@ -437,32 +438,56 @@ def test_bad_notebook_paths_are_refused(path):
     [
         ("nb.ipynb", "nb.ipynb"),
         ("/dir//sub/./nb.ipynb/", "dir/sub/nb.ipynb"),
-        ("dir\\sub\\nb.ipynb", "dir/sub/nb.ipynb"),
         ("données/日本語 ノート.ipynb", "données/日本語 ノート.ipynb"),
         ("..hidden/x..y.ipynb", "..hidden/x..y.ipynb"),
+        # On POSIX a backslash is a character of a file's name, not a separator.
+        ("dir\\sub\\nb.ipynb", "dir\\sub\\nb.ipynb"),
+        ("..\\x.ipynb", "..\\x.ipynb"),
     ],
 )
 def test_notebook_paths_are_normalized(path, key):
-    """Leading, doubled and trailing slashes, '.', and backslashes all give one key."""
+    """Leading, doubled and trailing slashes and '.' name the same file: one key."""
     # Given / When / Then
-    assert normalize_notebook_path(path) == key
+    assert normalize_notebook_path(path, sep="/") == key
 
 
-def test_composed_and_decomposed_accents_are_one_key(tmp_path):
-    """NFC and NFD spellings of 'é' (macOS clients send NFD) name the same notebook."""
-    # Given the two spellings of the same name
-    nfc = unicodedata.normalize("NFC", "café/résumé.ipynb")
-    nfd = unicodedata.normalize("NFD", "café/résumé.ipynb")
-    assert nfc != nfd
+@pytest.mark.parametrize(
+    "path,key",
+    [("dir\\sub\\nb.ipynb", "dir/sub/nb.ipynb"), ("dir/sub\\.\\nb.ipynb", "dir/sub/nb.ipynb")],
+)
+def test_on_windows_a_backslash_separates(path, key):
+    """Where the OS separates with a backslash, it is one file either way: one key."""
+    # Given / When / Then
+    assert normalize_notebook_path(path, sep="\\") == key
+    with pytest.raises(PolicyError):
+        normalize_notebook_path("..\\x.ipynb", sep="\\")
 
-    # When a policy is stored under one
+
+SAME_LOOKING = {
+    # Two files on a POSIX file system, which keeps a name's bytes as given.
+    "backslash-or-slash": ("d\\n.ipynb", "d/n.ipynb"),
+    "composed-or-decomposed": (
+        unicodedata.normalize("NFC", "café/résumé.ipynb"),
+        unicodedata.normalize("NFD", "café/résumé.ipynb"),
+    ),
+}
+
+
+@pytest.mark.parametrize("first,second", SAME_LOOKING.values(), ids=SAME_LOOKING.keys())
+def test_paths_of_two_files_are_two_keys(tmp_path, first, second):
+    """Names that look alike but are two files keep two policies, each under its own name."""
+    # Given two spellings that are two files
+    assert first != second
+    keys = [normalize_notebook_path(first, sep="/"), normalize_notebook_path(second, sep="/")]
+
+    # When a policy is stored under the first
     store = PolicyStore(tmp_path / "policies.json")
-    store.put(normalize_notebook_path(nfd), {"memory_growth": True})
+    store.put(keys[0], {"memory_growth": True})
 
-    # Then the other finds it, and the key on disk is NFC
-    assert normalize_notebook_path(nfc) == normalize_notebook_path(nfd) == nfc
-    assert store.get(normalize_notebook_path(nfc)) == {"memory_growth": True}
-    assert list(read_file(store.path)["policies"]) == [nfc]
+    # Then the second has none, and the key on disk is the first, as it was spelled
+    assert keys == [first, second]
+    assert store.get(keys[1]) is None
+    assert list(read_file(store.path)["policies"]) == [first]
 
 
 # -- the file itself ----------------------------------------------------------------------------
