@@ -17,7 +17,7 @@ from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU
-from jupyter_tfgpu.server.config_check import check_allowed_devices
+from jupyter_tfgpu.server.config_check import check_devices
 from jupyter_tfgpu.server.config_loading import check_settings, stop_unless_warned
 from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from jupyter_tfgpu.server.services import Services, build_services
@@ -80,7 +80,7 @@ class TFGPUApp(ExtensionApp):
         self._unsubscribe_policies = services.policies.changes.subscribe(
             lambda: self._call_on_loop(loop, services.stream.policies_changed)
         )
-        check_allowed_devices(cfg.allowed_devices, sampler, services.problems, self.log)
+        check_devices(cfg, sampler, services.problems, self.log)
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
         self.settings[SERVICES_KEY] = services

@@ -161,38 +161,48 @@ def on_config_error(config: Config) -> str:
 # -- once the GPUs are known -------------------------------------------------------------------
 
 
-def unknown_devices(allowed: Iterable[int | str] | None, devices: list[Any]) -> list[int | str]:
-    """Entries of allowed_devices that name no GPU (or MIG slice) of this server."""
-    return [token for token in allowed or () if resolve_device(token, devices) is None]
+def unknown_devices(named: Iterable[int | str] | None, devices: list[Any]) -> list[int | str]:
+    """Entries of a list of GPUs that name no GPU (or MIG slice) of this server."""
+    return [token for token in named or () if resolve_device(token, devices) is None]
 
 
-def check_allowed_devices(
-    allowed: Iterable[int | str] | None,
-    sampler: Any,
-    problems: list[Problem],
-    log: logging.Logger,
-) -> None:
-    """Warn about allowed_devices that name no GPU, now or once the sampler first reads the GPUs."""
-    if not allowed:
+def named_devices(settings: Any) -> dict[str, tuple[str, list[int | str]]]:
+    """The GPUs each setting names, with how its message starts: allowed_devices, and the
+    devices of default_policy and forced_policy ("auto", null and [] name no GPU by design)."""
+    named: dict[str, tuple[str, list[int | str]]] = {}
+    if settings.allowed_devices:
+        named[f"{SECTION}.allowed_devices"] = ("", list(settings.allowed_devices))
+    for name in ("default_policy", "forced_policy"):
+        devices = getattr(settings, name).get("devices")
+        if isinstance(devices, list) and devices:
+            named[f"{SECTION}.{name}"] = ("devices ", devices)
+    return named
+
+
+def check_devices(settings: Any, sampler: Any, problems: list[Problem], log: logging.Logger) -> None:
+    """Warn about GPUs the settings name that this server does not have, now or once the sampler
+    first reads the GPUs (GPUs come and go: this never stops the server)."""
+    named = named_devices(settings)
+    if not named:
         return
 
     def check() -> None:
-        unknown = unknown_devices(allowed, sampler.devices)
-        if not unknown:
-            return
         there = ", ".join(f"{d.index} ({d.uuid})" for d in sampler.devices) or "none"
-        problem = Problem(
-            "TFGPU.allowed_devices",
-            f"names no GPU of this server: {', '.join(map(str, unknown))} (the GPUs here: {there})",
-        )
-        problems.append(problem)
-        log.warning("jupyter-tfgpu: %s", problem)
+        for setting, (field, tokens) in named.items():
+            unknown = unknown_devices(tokens, sampler.devices)
+            if not unknown:
+                continue
+            listed = ", ".join(map(str, unknown))
+            problem = Problem(setting, f"{field}names no GPU of this server: {listed} (the GPUs here: {there})")
+            problems.append(problem)
+            log.warning("jupyter-tfgpu: %s", problem)
 
     if sampler.available:
         check()
         return
 
-    # NVML may open only on a retry (a driver still loading): check the first time it does.
+    # The sampler opens NVML in its own thread, and may succeed only on a retry (a driver still
+    # loading): check the first time the GPUs are known.
     def on_snapshot(snapshot: Any) -> None:
         if sampler.available:
             unsubscribe()

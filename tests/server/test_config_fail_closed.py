@@ -23,7 +23,7 @@ from traitlets.config import Config
 
 from jupyter_tfgpu.server.config import DEFAULT_SIMULATED_GPUS, TFGPU
 from jupyter_tfgpu.server.config_check import (
-    check_allowed_devices,
+    check_devices,
     environment_problems,
     on_config_error,
     setting_problems,
@@ -32,6 +32,7 @@ from jupyter_tfgpu.server.config_check import (
 from jupyter_tfgpu.server.config_files import failed_config_files
 from jupyter_tfgpu.gpu import make_backend
 from jupyter_tfgpu.server.sampling.sampler import Sampler
+from tests.kernel_helpers import poll
 from tests.server_process import Servers, critical_lines
 
 SPEC = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
@@ -246,7 +247,7 @@ def test_allowed_devices_naming_no_gpu_warn_at_start(caplog):
     uuid = sampler.devices[1].uuid
     # When allowed_devices names them and two that are not there
     with caplog.at_level(logging.WARNING):
-        check_allowed_devices([0, uuid, 5, "GPU-gone"], sampler, problems, logging.getLogger("t"))
+        check_devices(TFGPU(allowed_devices=[0, uuid, 5, "GPU-gone"]), sampler, problems, logging.getLogger("t"))
     sampler.stop()
     # Then a warning names those two and the GPUs there are
     assert [p.setting for p in problems] == ["TFGPU.allowed_devices"]
@@ -259,7 +260,7 @@ def test_allowed_devices_are_checked_once_the_gpus_are_first_read():
     # Given a sampler that has not read its GPUs yet
     sampler = Sampler(make_backend("simulated", DEFAULT_SIMULATED_GPUS))
     problems = []
-    check_allowed_devices([3], sampler, problems, logging.getLogger("t"))
+    check_devices(TFGPU(allowed_devices=[3]), sampler, problems, logging.getLogger("t"))
     assert problems == []
 
     # When it starts and publishes its first snapshot
@@ -276,6 +277,63 @@ def test_allowed_devices_are_checked_once_the_gpus_are_first_read():
         sampler.stop()
     # Then the entry that names no GPU is reported, once
     assert [p.setting for p in problems] == ["TFGPU.allowed_devices"]
+
+
+def test_policy_devices_naming_no_gpu_are_problems_too(caplog):
+    # Given two simulated GPUs, read
+    sampler = Sampler(make_backend("simulated", DEFAULT_SIMULATED_GPUS))
+    sampler.open()
+    problems = []
+    settings = TFGPU(
+        default_policy={"devices": [1, 9], "memory_growth": True},
+        forced_policy={"devices": ["GPU-gone"]},
+    )
+    # When the settings' devices are checked
+    with caplog.at_level(logging.WARNING):
+        check_devices(settings, sampler, problems, logging.getLogger("t"))
+    sampler.stop()
+    # Then each policy that names a GPU that is not there is a problem naming the entries
+    messages = {p.setting: p.message for p in problems}
+    assert set(messages) == {"TFGPU.default_policy", "TFGPU.forced_policy"}
+    assert messages["TFGPU.default_policy"].startswith("devices names no GPU of this server: 9 (")
+    assert "GPU-gone" in messages["TFGPU.forced_policy"] and "GPU-gone" in caplog.text
+
+
+@pytest.mark.parametrize("devices", ["auto", None, [], [0, 1]])
+def test_policy_devices_that_name_no_gpu_by_design_are_fine(devices):
+    # Given devices "auto", null (every GPU allowed), [] (CPU only) or GPUs that are there
+    sampler = Sampler(make_backend("simulated", DEFAULT_SIMULATED_GPUS))
+    sampler.open()
+    problems = []
+    # When they are checked
+    check_devices(TFGPU(default_policy={"devices": devices}), sampler, problems, logging.getLogger("t"))
+    sampler.stop()
+    # Then none is a problem
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "tfgpu_config",
+    [
+        {
+            "backend": "simulated",
+            "on_config_error": "warn",
+            "default_policy": {"devices": [0, 9]},
+            "forced_policy": {"devices": ["GPU-gone"]},
+        }
+    ],
+)
+async def test_get_config_lists_policy_devices_that_name_no_gpu(jp_fetch, tfgpu_config):
+    # Given a server whose default and forced policies name GPUs it does not have
+    async def problems():
+        config = json.loads((await jp_fetch("tfgpu", "api", "config")).body)
+        return {p["setting"]: p["message"] for p in config["problems"]}
+
+    # When an admin reads GET config, once the GPUs were first read
+    listed = await poll(problems)
+    # Then both are listed, naming the entries
+    assert set(listed) == {"TFGPU.default_policy", "TFGPU.forced_policy"}
+    assert "9" in listed["TFGPU.default_policy"] and "GPU-gone" in listed["TFGPU.forced_policy"]
 
 
 def test_help_all_prints_the_tfgpu_settings_only():
