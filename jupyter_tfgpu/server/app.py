@@ -18,7 +18,7 @@ from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import check_devices
-from jupyter_tfgpu.server.config_loading import check_settings, stop_unless_warned
+from jupyter_tfgpu.server.config_loading import caps_in_force, check_settings, stop_unless_warned
 from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from jupyter_tfgpu.server.services import Services, build_services
 
@@ -81,6 +81,7 @@ class TFGPUApp(ExtensionApp):
             lambda: self._call_on_loop(loop, services.stream.policies_changed)
         )
         check_devices(cfg, sampler, services.problems, self.log)
+        self.log.info("%s", caps_in_force(services.settings, services.provisioner))
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
         self.settings[SERVICES_KEY] = services

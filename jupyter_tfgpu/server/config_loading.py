@@ -9,7 +9,9 @@ server (``TFGPU.on_config_error``).
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from jupyter_tfgpu.server.config import TFGPU
@@ -62,6 +64,46 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
     settings = TFGPU(config=without_settings(given.config, value_problems))
     return settings, problems
 
+
+
+def caps_in_force(settings: Mapping[str, Any], provisioner: Mapping[str, Any]) -> str:
+    """One line for the start-up log: the caps, policies and enforcement this server runs with."""
+
+    def shown(value: Any) -> str:
+        return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+    allowed = settings["allowed_devices"]
+    caps = ", ".join(
+        [
+            f"max_memory_mb={settings['max_memory_mb'] or 'none'}",
+            f"max_threads={settings['max_threads'] or 'none'}",
+            f"allowed_devices={'all' if allowed is None else shown(allowed)}",
+            f"force_memory_growth={settings['force_memory_growth']}",
+            f"allow_user_policies={settings['allow_user_policies']}",
+            f"forced_policy={shown(settings['forced_policy'])}",
+            f"default_policy={shown(settings['default_policy'])}",
+        ]
+    )
+    if settings["enforcement"] == "off":
+        enforcement = "enforcement=off"
+    else:
+        enforcement = (
+            f"enforcement={settings['enforcement']} after {settings['enforcement_grace']:g} s over "
+            f"the cap (at most {settings['max_actions_per_hour']} actions per kernel per hour)"
+        )
+    if settings["idle_timeout"]:
+        idle = (
+            f"idle reaping: {settings['idle_action']} after {settings['idle_timeout']:g} s idle "
+            f"holding >= {settings['idle_min_memory_mb']} MiB"
+        )
+    else:
+        idle = "idle reaping off"
+    applied = (
+        "policies applied at kernel start"
+        if provisioner.get("default")
+        else f"policies not applied to kernels: {provisioner.get('reason')}"
+    )
+    return f"jupyter-tfgpu: caps in force: {caps}; {enforcement}; {idle}; {applied}"
 
 def stop_unless_warned(serverapp: Any, log: logging.Logger, err: Exception) -> None:
     """The extension failed to load: stop the server, unless TFGPU.on_config_error is 'warn'."""

@@ -18,6 +18,7 @@ from jupyter_server.serverapp import ServerApp
 from traitlets.config import Config
 
 from jupyter_tfgpu.server.config import TFGPU
+from jupyter_tfgpu.server.config_loading import caps_in_force
 from jupyter_tfgpu.server.config_sources import given_settings, misplaced_settings, reaching_sections
 from tests.server_process import Servers, critical_lines
 
@@ -56,6 +57,9 @@ def test_a_users_file_cannot_lift_the_caps_under_another_section_name(server_in)
     assert config["max_memory_mb"] == 1024
     assert config["enforcement"]["action"] == "restart"
     assert config["problems"] == []
+    # And the log says so, in one line
+    caps = [line for line in server.text().splitlines() if "caps in force" in line]
+    assert len(caps) == 1 and "max_memory_mb=1024" in caps[0] and "enforcement=restart" in caps[0]
 
 
 @pytest.mark.parametrize(
@@ -248,3 +252,36 @@ def test_the_extension_applications_own_settings_are_not_problems():
     config.merge(_config_at(("ServerApp",), {"jpserver_extensions": {"jupyter_tfgpu": True}}))
     # Then none is a problem
     assert misplaced_settings(config, reaching_sections(ServerApp())) == []
+
+
+def test_the_caps_in_force_are_said_in_one_line():
+    # Given caps, policies, enforcement and idle reaping
+    settings = TFGPU(
+        max_memory_mb=20480,
+        allowed_devices=[0, 1],
+        default_policy={"memory_growth": True},
+        forced_policy={"deterministic": True},
+        enforcement="restart",
+        enforcement_grace=60,
+        idle_timeout=3600,
+    )
+    values = {name: getattr(settings, name) for name in settings.trait_names(config=True)}
+    # When they are described for the start-up log
+    line = caps_in_force(values, {"default": True, "reason": None})
+    # Then each is named with its value
+    for part in (
+        "max_memory_mb=20480",
+        "allowed_devices=[0, 1]",
+        'default_policy={"memory_growth": true}',
+        'forced_policy={"deterministic": true}',
+        "enforcement=restart after 60 s",
+        "idle reaping: restart after 3600 s",
+    ):
+        assert part in line, (part, line)
+    # And with nothing set, it says what is off
+    defaults = TFGPU()
+    values = {name: getattr(defaults, name) for name in defaults.trait_names(config=True)}
+    line = caps_in_force(values, {"default": False, "reason": "TFGPU.use_provisioner is False"})
+    assert "max_memory_mb=none" in line and "allowed_devices=all" in line
+    assert "enforcement=off" in line and "idle reaping off" in line
+    assert "not applied to kernels: TFGPU.use_provisioner is False" in line
