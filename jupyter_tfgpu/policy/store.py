@@ -10,8 +10,11 @@ and a file that cannot be parsed are moved aside, never overwritten, and reporte
 Reads answer from an in-memory copy and never touch the disk or wait for a lock: the server
 reads policies on its event loop, and another process holding the lock (a second server on
 the same home, NFS) or a slow fsync must not stall it. The copy is replaced after each write
-and by ``refresh()``, which the server runs in a worker thread. A writer waits for the lock
-for ``lock_timeout`` seconds at most, then gives up with ``StoreUnavailable``.
+and by ``refresh()``, which ``start_refreshing`` runs in a worker thread (first a check that the
+folder can be written, then the first read, waited for ``FIRST_READ_WAIT`` seconds at most).
+Until the first read the store answers that no notebook has a policy, and says so in
+``problems``. A writer waits for the lock for ``lock_timeout`` seconds at most, then gives up
+with ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -101,16 +104,17 @@ class PolicyStore:
         it was not read yet, if so."""
         current = [p for p in (self._folder_problem, self._unreadable) if p is not None]
         if not self._read:
-            current.append(self._problem(
+            not_read = (
                 f"{self.path} has not been read yet (a slow or stuck file system?): until it is, "
-                "no notebook's own policy applies and kernels start with the admin default",
-                when=self._made,
-            ))
+                "no notebook's own policy applies and kernels start with the admin default"
+            )
+            current.append(self._problem(not_read, when=self._made))
         return [*self._set_aside_problems, *current]
 
-    def _problem(self, error: str, moved_to: Path | None = None, when: float | None = None
-                 ) -> dict[str, Any]:
-        """One entry of ``problems``."""
+    def _problem(
+        self, error: str, moved_to: Path | None = None, when: float | None = None
+    ) -> dict[str, Any]:
+        """One entry of ``problems`` (the shape of the API's StoreProblem)."""
         return {
             "file": str(self.path),
             "moved_to": str(moved_to) if moved_to is not None else None,
@@ -124,11 +128,6 @@ class PolicyStore:
         return self._unreadable["error"] if self._unreadable is not None else None
 
     # -- reading (from memory only: never the disk, never a lock) ----------------------------
-
-    @property
-    def read_yet(self) -> bool:
-        """Whether the file was read (or found unreadable) at least once."""
-        return self._read
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every stored policy (none before the first read)."""
