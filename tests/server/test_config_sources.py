@@ -8,6 +8,7 @@ shipped examples are read out of the files themselves, so they cannot drift from
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -219,10 +220,12 @@ def snippets_in_docs():
         ]
         for span in spans:
             span = span.strip()
+            # An item of a Python list of arguments (Spawner.args): the string it holds.
+            item = re.fullmatch(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*,?\s*(#.*)?""", span)
             if re.match(r"c\.TFGPU\.[a-z_]+\s*=", span):
                 found.append((page.name, "py", span))
             elif re.search(r"--TFGPU\.[a-z_]+=", span):
-                for token in shlex.split(span):
+                for token in [ast.literal_eval(item[1])] if item else shlex.split(span):
                     if re.match(r"--TFGPU\.[a-z_]+=", token):
                         found.append((page.name, "cli", token))
     return found
