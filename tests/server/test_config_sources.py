@@ -23,6 +23,7 @@ from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
 from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
 from jupyter_tfgpu.server.config_check import setting_problems
+from jupyter_tfgpu.server.config_sources import given_settings
 from jupyter_tfgpu.server.app import TFGPUApp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +172,28 @@ def test_command_line_forms(args, name, value, parser):
     # Then the setting is valid and holds the value
     assert setting_problems(config) == []
     assert getattr(TFGPU(config=config), name) == value
+
+
+SINGLE_VALUED = sorted(
+    name for name, trait in TFGPU.class_traits(config=True).items() if not isinstance(trait, (List, Dict))
+)
+
+
+@pytest.mark.parametrize("last", ["value", "default"])
+@pytest.mark.parametrize("name", SINGLE_VALUED)
+def test_a_single_valued_setting_given_twice_takes_the_last_value(name, last):
+    # Given a setting given twice, as when an admin appends an override to Spawner.args
+    values = [command_line_text(getattr(TFGPU(), name)), command_line_text(VALUES[name])]
+    if last == "default":
+        values.reverse()
+    app = ServerApp()
+    app.parse_command_line([f"--TFGPU.{name}={value}" for value in values])
+    # When the server reads its settings
+    given = given_settings(app)
+    # Then it is no problem, and the setting holds the last value
+    assert setting_problems(given.config) == [] and setting_problems(app.config) == []
+    wanted = expected(name) if last == "value" else getattr(TFGPU(), name)
+    assert getattr(TFGPU(config=given.config), name) == wanted
 
 
 @pytest.mark.parametrize("name, variable", sorted(ENVIRONMENT_VARIABLES.items()))
