@@ -13,7 +13,8 @@ import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
 from jupyter_tfgpu.gpu.readings import GpuReading
-from jupyter_tfgpu.server.sampling.sampler import STALE_PROCESSES_SECONDS, Sampler
+from jupyter_tfgpu.server.sampling.process_list import STALE_PROCESSES_SECONDS
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
 GIB = 2**30

@@ -39,6 +39,7 @@ from jupyter_tfgpu.server.sampling.budget import (
     plan,
 )
 from jupyter_tfgpu.server.sampling.history import History
+from jupyter_tfgpu.server.sampling.process_list import ProcessList
 
 # A lost GPU (or one that could not be opened) is opened again this often, in case it comes
 # back (e.g. after a reset).
@@ -48,11 +49,6 @@ LOST_RETRY_SECONDS = 30.0
 # no GPU at all costs one try per 5 minutes.
 OPEN_RETRY_SECONDS = 5.0
 OPEN_RETRY_MAX_SECONDS = 300.0
-# A process list whose read failed is unknown, not empty: the last list is kept (marked stale)
-# while it is younger than this, or than STALE_PROCESSES_READS process-list intervals when those
-# are longer; then it is dropped, still marked stale. Kept for ever, it would be a lie.
-STALE_PROCESSES_SECONDS = 60.0
-STALE_PROCESSES_READS = 3
 # How long a REST request for PCIe figures keeps PCIe sampling on.
 PCIE_REQUEST_SECONDS = 30.0
 # The snapshot fields each group fills; a group that fails as a whole nulls these.
@@ -96,9 +92,7 @@ class Snapshot:
 class _GpuState:
     info: DeviceInfo
     fields: dict[str, Any] = field(default_factory=dict)
-    processes: list[dict[str, Any]] = field(default_factory=list)
-    processes_read_at: float | None = None  # when ``processes`` was read (the round's time)
-    processes_stale: str | None = None  # why ``processes`` is not this round's list
+    processes: ProcessList = field(default_factory=ProcessList)
     lost: bool = False
     lost_reason: str | None = None
     retry_at: float | None = None  # when a lost GPU is opened again; None: from the next round
@@ -626,8 +620,7 @@ class Sampler:
         backend = self.backend
         assert backend is not None
         if name == "processes":
-            gpu.processes = backend.read_processes(index)
-            gpu.processes_read_at, gpu.processes_stale = now, None
+            gpu.processes.took(backend.read_processes(index), now)
             gpu.errors.pop(name, None)
             # Reading the processes may have found new facts (MIG instances made since).
             gpu.info = backend.device_info(index)
@@ -648,19 +641,9 @@ class Sampler:
         for key in GROUP_FIELDS[name]:
             gpu.fields.pop(key, None)
         if name == "processes":
-            self._processes_unknown(gpu, reason, now)
+            gpu.processes.failed(reason, now, self.stats["processes"].interval)
         gpu.errors[name] = {key: reason for key in GROUP_FIELDS[name] if key != "mig_memory"}
         self._warn_once(gpu.info.index, name, reason)
-
-    def _processes_unknown(self, gpu: _GpuState, reason: str, now: float) -> None:
-        """Keep the last process list, marked stale, until it is too old to stand for now."""
-        bound = max(STALE_PROCESSES_SECONDS, STALE_PROCESSES_READS * self.stats["processes"].interval)
-        gpu.processes_stale = reason
-        if gpu.processes_read_at is None:
-            gpu.processes = []  # never read: empty, and marked as unknown
-        elif now - gpu.processes_read_at > bound:
-            gpu.processes = []
-            gpu.processes_stale = f"{reason}; no process list read for over {bound:g} s"
 
     def _warn_once(self, index: int, path: str, reason: str) -> None:
         """Log a failed reading once per GPU, field and reason; the snapshot says it every time."""
@@ -736,8 +719,8 @@ class Sampler:
                 reason=info.nvlink_reason,
             ),
             mig=mig,
-            processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes),
-            processes_stale=gpu.processes_stale,
+            processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes.rows),
+            processes_stale=gpu.processes.stale,
         )
 
     def _publish_round(self, now: float) -> None:
