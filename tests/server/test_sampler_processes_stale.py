@@ -120,3 +120,22 @@ def test_processes_stale_goes_through_json_both_ways():
     assert row["processes_stale"] == "NVMLError_Timeout: Timeout"
     assert GpuReading.from_json(row) == reading
     assert GpuReading.from_json({"index": 0, "uuid": "GPU-x"}).processes_stale is None
+
+
+def test_a_lost_gpu_s_process_list_is_stale_not_current(fake):
+    """A GPU that stops answering: its last list is not this round's either; it says why."""
+    # Given a sampler that has read both GPUs' processes
+    sampler = every_second()
+    round_at(sampler, 100.0)
+
+    # When GPU 1 falls off the bus, for a round and past the bound
+    fake.gpus[1].lost = True
+    lost = round_at(sampler, 101.0)
+    later = round_at(sampler, 102.0 + STALE_PROCESSES_SECONDS)
+
+    # Then the list is kept and marked stale with the reason, then dropped, still marked
+    assert lost[1].lost is True
+    assert [p.pid for p in lost[1].processes] == [11]
+    assert lost[1].processes_stale == "the GPU is lost: GPU is lost"
+    assert later[1].processes == () and later[1].processes_stale.startswith("the GPU is lost: ")
+    assert lost[0].processes_stale is None

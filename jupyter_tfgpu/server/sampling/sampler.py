@@ -551,6 +551,7 @@ class Sampler:
         spent: dict[str, dict[int, float]] = {name: {} for name in due}
         for gpu in self._gpus:
             if gpu.lost and not self._reopened(gpu, now, spent):
+                self._lost_processes(gpu, now)
                 continue
             index = gpu.info.index
             try:
@@ -573,6 +574,7 @@ class Sampler:
                 gpu.lost, gpu.lost_reason = True, err.reason
                 gpu.errors = {}  # lost_reason says it all
                 gpu.retry_at = now + LOST_RETRY_SECONDS
+                self._lost_processes(gpu, now)
         for name in due:
             self.stats[name].record(now, spent[name])
         self._plan = plan(
@@ -614,6 +616,11 @@ class Sampler:
             return False
         gpu.info = info
         return True
+
+    def _lost_processes(self, gpu: _GpuState, now: float) -> None:
+        """A lost GPU's process list is not this round's either (and ages like a failed read)."""
+        reason = f"the GPU is lost: {gpu.lost_reason}"
+        gpu.processes.failed(reason, now, self.stats["processes"].interval)
 
     def _read_group(self, gpu: _GpuState, name: str, now: float) -> None:
         index = gpu.info.index
