@@ -2,9 +2,11 @@
 
 A setting that does not apply must never leave a server running kernels without the admin's
 caps unnoticed. jupyter_server only logs a config file that raises, or an extension that fails
-to load, and carries on; so before the extension builds anything this checks every TFGPU value,
-every setting name, and every config file that failed to load, and by default stops the
-server (``TFGPU.on_config_error``).
+to load, and carries on; so before the extension builds anything this checks every TFGPU value
+(as given under every section that reaches TFGPU, the command line winning), every setting
+name, settings under sections nothing reads, and every config file that failed to load, and by
+default stops the server (``TFGPU.on_config_error``). An error while the extension loads stops
+it too.
 """
 
 from __future__ import annotations

@@ -39,11 +39,12 @@ class GivenSettings:
     command_line: frozenset[str]  # the settings whose value came from the command line
 
     def origin(self, name: str) -> str | None:
-        """Where ``name`` was given, when that is not plainly ``TFGPU.name`` in a file."""
+        """Where ``name`` was given when not under TFGPU itself: ``ServerApp.TFGPU.x on the
+        command line``, ``ServerApp.TFGPU.x`` (a file); None for ``TFGPU.x``."""
         where = self.origins.get(name)
-        if name in self.command_line:
-            return f"{where} on the command line" if where != f"{SECTION}.{name}" else None
-        return where if where != f"{SECTION}.{name}" else None
+        if where is None or where == f"{SECTION}.{name}":
+            return None
+        return f"{where} on the command line" if name in self.command_line else where
 
 
 def reaching_sections(parent: Any = None) -> list[Path]:
