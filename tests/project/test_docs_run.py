@@ -59,6 +59,10 @@ SHOWN_ONLY = {
     "pip install --no-index --no-deps --target": "GPU validation: a fragment of the wheel install "
     "that scripts/gpu-wheels.sh runs in full",
     "systemctl restart jupyter-team": "restarts the team server's systemd unit; needs systemd",
+    "systemctl enable --now jupyter-team": "starts the team server's unit; needs systemd",
+    "useradd --system --create-home --home-dir /srv/jupyter jupyter": "makes the team server's "
+    "user; needs root",
+    "jupyter server password": "asks for a password at the terminal (jupyter_server's own)",
 }
 # Code spans that are templates for a setting rather than examples of one.
 TEMPLATES = {
@@ -357,6 +361,27 @@ def check_pip_install(args: list[str]) -> None:
         assert wanted <= extras, f"no such extras: {sorted(wanted - extras)}"
 
 
+def check_install_folders(args: list[str]) -> None:
+    """``install -d -o USER -g GROUP -m MODE FOLDER...`` makes the folder an example config keeps
+    its policies in (policy_store_path), for the user of the page's systemd unit."""
+    options, folders = {}, []
+    words = iter(args)
+    for word in words:
+        if word in ("-o", "-g", "-m"):
+            options[word] = next(words)
+        else:
+            folders.append(word)
+    assert set(options) == {"-o", "-g", "-m"} and int(options["-m"], 8) & 0o700 == 0o700, options
+    units = "\n".join(b.text for b in ALL_BLOCKS if b.lang == "ini")
+    assert f"User={options['-o']}" in units, f"no unit runs as {options['-o']}"
+    stores = set()
+    for example in EXAMPLES.glob("*.py"):
+        found = re.search(r"policy_store_path = \"([^\"]+)\"", example.read_text())
+        if found:
+            stores.add(str(Path(found[1]).parent))
+    assert stores & set(folders), f"none of {folders} is a store folder of the examples {stores}"
+
+
 def check_script(path: str, args: list[str]) -> None:
     """The script is in the repository, and every option given is one it names."""
     script = ROOT / path
@@ -421,11 +446,20 @@ def _run(args: list[str], folder: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def as_run(words: list[str]) -> list[str]:
+    """The command itself: without the variables set for it (``PYTHON=python3.12 bash ...``) and
+    without ``sudo`` or ``sudo -u USER`` in front."""
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words = words[1:]
+    if words[:1] == ["sudo"]:
+        words = words[3:] if words[1:2] == ["-u"] else words[1:]
+    return words
+
+
 def check_command(words: list[str], folder: Path) -> None:
     """Run the command, or check offline what it relies on; an unknown kind fails."""
-    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
-        words = words[1:]  # PYTHON=python3.12 bash …
-    if any(shlex.split(shown) == words for shown in SHOWN_ONLY):
+    words = as_run(words)
+    if any(shlex.split(shown) == [Path(words[0]).name, *words[1:]] for shown in SHOWN_ONLY):
         return
     program, args = Path(words[0]).name, words[1:]
     python = program in ("python", "python3") or re.fullmatch(r"python3\.\d+", program)
@@ -449,6 +483,10 @@ def check_command(words: list[str], folder: Path) -> None:
         program == "pip" and args[:1] == ["install"]
     ):
         check_pip_install(args[3:] if python else args[1:])
+    elif program == "install" and args[:1] == ["-d"]:
+        check_install_folders(args[1:])
+    elif python and args[:1] == ["-m"] and args[1:2] == ["venv"]:
+        assert len(args) == 3 and Path(args[2]).is_absolute(), "python -m venv FOLDER"
     elif python and args[:3] == ["-m", "pip", "uninstall"]:
         names = [a for a in args[3:] if not a.startswith("-")]
         assert names == [importlib.metadata.metadata("jupyter-tfgpu")["Name"]], names
@@ -564,7 +602,10 @@ def test_shell_commands_run_or_check(words, tmp_path):
 
 def test_the_shown_only_commands_are_still_in_the_docs():
     """The allow-list holds only commands the docs show (a stale entry is removed)."""
-    shown = [p.values[0] for p in _commands()]
+    shown = []
+    for param in _commands():
+        words = as_run(param.values[0])
+        shown.append([Path(words[0]).name, *words[1:]])  # /srv/.../bin/jupyter is jupyter
     stale = [command for command in SHOWN_ONLY if shlex.split(command) not in shown]
     assert not stale
 
