@@ -16,8 +16,10 @@ c = get_config()  # noqa: F821 - provided by traitlets when JupyterHub loads the
 # cannot undo these by editing a file. Put here what users must not change; defaults they may
 # change (default_policy, for instance) can go in a config file instead.
 c.Spawner.args = [
-    # Keep the extension on, whatever a user's config file says.
+    # Keep the extension on, whatever a user's config file says, and stop the server rather
+    # than run it without the caps when something is wrong (a user's file cannot say "warn").
     "--ServerApp.jpserver_extensions=jupyter_tfgpu=True",
+    "--TFGPU.on_config_error=stop",
     "--TFGPU.backend=nvml",
     "--TFGPU.use_provisioner=True",
     # No kernel may use more than 20 GiB on any GPU; a notebook asking for more gets a 403.
