@@ -87,6 +87,12 @@ def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None
     )
 
 
+def cap_note(kernel: dict[str, Any] | None) -> str | None:
+    """What to say when this kernel's cap leaves no room for the CUDA context; None otherwise."""
+    note = ((kernel or {}).get("applied") or {}).get("memory_limit_note")
+    return f"This kernel's cap: {note}." if isinstance(note, str) and note else None
+
+
 def gpu_rows(status: dict[str, Any]) -> list[GpuRow]:
     """The GPUs of a ``kernel/status``-shaped answer."""
     mine = _mine_per_gpu(status)
@@ -320,6 +326,8 @@ class StatusView(View):
             lines.append((note, True))
         if said := memory_source_note(self.data.get("kernel")):
             lines.append(said)
+        if note := cap_note(self.data.get("kernel")):
+            lines.append((note, True))
         return lines
 
     def text(self) -> str:

@@ -3,11 +3,20 @@
 Environment variables are what every framework (and every process the kernel starts) reads
 before touching the GPU; the knobs that exist only in-process are applied by the kernel
 bootstrap from ``TFGPU_POLICY``.
+
+What a cap means: ``memory_limit_mb`` is what NVML (and ``nvidia-smi``) shows for the kernel's
+process on a GPU, the figure admins and users read and the enforcer compares. A process holds
+more there than its framework allocates: the CUDA context, the libraries' kernels, the
+framework's own runtime. So the frameworks get less than the cap, the **framework limit**: the
+cap less a **context reserve**, the room that process needs on that GPU model and driver
+(measured by the server where it can; see ``ContextReserve``). A kernel that stays within its
+framework limit then stays within its cap.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
@@ -27,6 +36,40 @@ POLICY_VARIABLES = (
 )
 # CUDA stops at the first invalid entry, so this hides every GPU from CUDA, TF, torch and JAX.
 CPU_ONLY = "-1"
+# The context reserve before the server has measured one on a GPU model and driver, in MiB.
+# From the H200 run of docs/gpu-validation.md (driver 580.159.04, CUDA 13.0): a JAX process
+# whose allocator pool was 25,770 MiB (its bytes_limit) showed 26,318-26,320 MiB in NVML, 548-550
+# MiB outside the pool; a torch process with 1,024 MiB reserved showed 1,542 MiB, 518 outside.
+# The larger, so that neither framework passes its cap there.
+STARTING_CONTEXT_MB = 550
+
+
+@dataclass(frozen=True)
+class ContextReserve:
+    """The room a kernel's process needs under its cap beyond its framework's own allocations
+    (CUDA context, libraries), on the GPUs it gets, in MiB, and where the figure comes from:
+    "measured" (on this server, for that GPU model and driver), "starting value"
+    (``STARTING_CONTEXT_MB``, nothing measured yet) or "simulated" (no CUDA context at all)."""
+
+    mb: int
+    source: str
+    measured_on: str | None = None  # the GPU model(s) and driver the measurement is for
+
+
+def framework_limit_mb(cap_mb: int, reserve_mb: int) -> int:
+    """The limit the frameworks get under a cap: the cap less the reserve, or the cap itself
+    when it leaves no room (then any GPU use passes the cap; ``limit_note`` says so)."""
+    return cap_mb - reserve_mb if cap_mb > reserve_mb else cap_mb
+
+
+def limit_note(cap_mb: int, reserve: ContextReserve) -> str | None:
+    """What to say of a cap that leaves no room for the CUDA context; None when it does."""
+    if cap_mb > reserve.mb:
+        return None
+    return (
+        f"memory_limit_mb {cap_mb} is at or below the {reserve.mb} MiB this GPU needs for the "
+        "CUDA context and libraries alone: any GPU use passes the cap"
+    )
 
 
 def visible_devices(policy: dict[str, Any], devices: list[DeviceInfo]) -> list[str] | None:
@@ -40,9 +83,12 @@ def visible_devices(policy: dict[str, Any], devices: list[DeviceInfo]) -> list[s
     return [resolve_device(token, devices) or str(token) for token in chosen]
 
 
-def memory_fraction(policy: dict[str, Any], devices: list[DeviceInfo]) -> float | None:
-    """The limit as a share of the smallest visible GPU, for JAX (which takes a fraction)."""
-    limit = policy.get("memory_limit_mb")
+def memory_fraction(
+    policy: dict[str, Any], devices: list[DeviceInfo], limit_mb: int | None = None
+) -> float | None:
+    """The limit as a share of the smallest visible GPU, for JAX (which takes a fraction);
+    ``limit_mb`` (the framework limit) instead of the policy's cap when given."""
+    limit = limit_mb if limit_mb is not None else policy.get("memory_limit_mb")
     if not limit:
         return None
     uuids = visible_devices(policy, devices)
@@ -58,12 +104,25 @@ def memory_fraction(policy: dict[str, Any], devices: list[DeviceInfo]) -> float 
     return round(min(1.0, limit * 2**20 / min(totals)), 4)
 
 
+def framework_limit(policy: dict[str, Any], reserve: ContextReserve | None) -> int | None:
+    """The framework limit for a policy and the reserve of its GPUs; None without a cap, without
+    a reserve, or on the CPU only."""
+    cap = policy.get("memory_limit_mb")
+    if not cap or reserve is None or policy.get("devices") == []:
+        return None
+    return framework_limit_mb(int(cap), reserve.mb)
+
+
 def render_env(
     policy: dict[str, Any],
     devices: list[DeviceInfo],
     inherited: Mapping[str, str] | None = None,
+    reserve: ContextReserve | None = None,
 ) -> dict[str, str | None]:
-    """Variables to set in the kernel's environment; ``None`` means remove the variable."""
+    """Variables to set in the kernel's environment; ``None`` means remove the variable.
+
+    With ``reserve``, JAX's fraction is the framework limit's share of the GPU, not the cap's.
+    """
     env: dict[str, str | None] = dict.fromkeys(POLICY_VARIABLES)
     uuids = visible_devices(policy, devices)
     if uuids is not None:
@@ -72,7 +131,7 @@ def render_env(
     if growth is not None:
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true" if growth else "false"
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false" if growth else "true"
-    fraction = memory_fraction(policy, devices)
+    fraction = memory_fraction(policy, devices, framework_limit(policy, reserve))
     if fraction is not None:
         # One name only: jaxlib 0.11 refuses to start its GPU backend (and falls back to the
         # CPU) when both are set. Every jaxlib reads this one; newer ones call it deprecated.
@@ -108,12 +167,31 @@ def runtime_env(policy: dict[str, Any], inherited: Mapping[str, str]) -> dict[st
 
 
 def policy_document(
-    policy: dict[str, Any], devices: list[DeviceInfo], **context: Any
+    policy: dict[str, Any],
+    devices: list[DeviceInfo],
+    reserve: ContextReserve | None = None,
+    **context: Any,
 ) -> dict[str, Any]:
-    """The JSON put in ``TFGPU_POLICY`` for the kernel bootstrap: fields, UUIDs, context."""
+    """The JSON put in ``TFGPU_POLICY`` for the kernel bootstrap: fields, UUIDs, context.
+
+    With ``reserve`` and a cap on GPUs, it also carries what the bootstrap applies: the
+    framework limit, the reserve it leaves and where that figure comes from, and a note when
+    the cap leaves no room at all.
+    """
     document = {name: policy.get(name) for name in policy_fields()}
     if policy.get("devices") != "auto":
         document["devices"] = visible_devices(policy, devices)
+    limit = framework_limit(policy, reserve)
+    if limit is not None and reserve is not None:
+        document.update(
+            framework_limit_mb=limit,
+            context_reserve_mb=reserve.mb,
+            context_reserve_source=reserve.source,
+            context_reserve_measured_on=reserve.measured_on,
+        )
+        note = limit_note(int(policy["memory_limit_mb"]), reserve)
+        if note:
+            document["memory_limit_note"] = note
     document.update(context)
     return document
 

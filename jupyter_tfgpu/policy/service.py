@@ -15,7 +15,14 @@ from jupyter_tfgpu.policy.admin import AdminPolicy
 from jupyter_tfgpu.policy.changes import PolicyChanges
 from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
-from jupyter_tfgpu.policy.environment import encode, policy_document, render_env
+from jupyter_tfgpu.policy.environment import (
+    STARTING_CONTEXT_MB,
+    ContextReserve,
+    encode,
+    policy_document,
+    render_env,
+    visible_devices,
+)
 from jupyter_tfgpu.policy.store import PolicyStore
 
 
@@ -32,9 +39,14 @@ class PolicyService:
         monitoring_reason: Callable[[], str | None] = lambda: None,
         log: logging.Logger | None = None,
         placement: Placement | None = None,
+        context_reserve: Callable[[list[str] | None], ContextReserve] | None = None,
     ) -> None:
         self.log = log or logging.getLogger(__name__)
         self.placement = placement
+        # GPUs (UUIDs; None: any) -> the room under a cap for the CUDA context on them
+        self._context_reserve = context_reserve or (
+            lambda gpus: ContextReserve(STARTING_CONTEXT_MB, "starting value")
+        )
         self.store = store
         self.admin = admin
         # Every change to the stored policies, numbered (the stream pushes it to open views).
@@ -230,15 +242,21 @@ class PolicyService:
             if effective.get("devices") == "auto":
                 placement = self._place(kernel_id, effective)
                 effective = {**effective, "devices": placement["chosen"]}
+            reserve = self.context_reserve(visible_devices(effective, self.devices))
             document = policy_document(
-                effective, self.devices, notebook=key, kernel_id=kernel_id, started=time.time()
+                effective,
+                self.devices,
+                reserve,
+                notebook=key,
+                kernel_id=kernel_id,
+                started=time.time(),
             )
             if placement is not None:
                 document["devices_requested"] = "auto"
                 document["placement"] = placement
             if error is not None:
                 document["error"] = error
-            env = render_env(effective, self.devices, inherited)
+            env = render_env(effective, self.devices, inherited, reserve)
             env[POLICY_ENV] = encode(document)
         except Exception:
             if kernel_id and self.placement is not None:
@@ -269,6 +287,33 @@ class PolicyService:
             self.placements[(decision["strategy"] or "none", outcome)] += 1
         return decision
 
+    def context_reserve(self, gpus: list[str] | None) -> ContextReserve:
+        """The room under a cap for the CUDA context on these GPUs (UUIDs; None: any of them);
+        the starting value if it cannot be worked out (a launch must never fail on it)."""
+        try:
+            return self._context_reserve(gpus)
+        except Exception as err:  # noqa: BLE001
+            self._log_once(None, f"no measured CUDA context size ({type(err).__name__}: {err})")
+            return ContextReserve(STARTING_CONTEXT_MB, "starting value")
+
+    def _reserve_in(self, kernel_id: str, effective: dict[str, Any]) -> ContextReserve:
+        """The context reserve on the GPUs a running kernel applies ``effective`` on: the ones
+        it was placed on at start when the policy still says ``auto``."""
+        started = self.applied.get(kernel_id) or {}
+        if effective.get("devices") == "auto":
+            return self.context_reserve(started.get("devices"))
+        return self.context_reserve(visible_devices(effective, self.devices))
+
+    def next_start(self, kernel_id: str, key: str | None) -> dict[str, Any]:
+        """What a kernel gets to apply its notebook's current policy in-process: the
+        environment and the policy document, with the framework limit a start would give it."""
+        effective = self.effective(key)
+        reserve = self._reserve_in(kernel_id, effective)
+        document = policy_document(
+            effective, self.devices, reserve, notebook=key, kernel_id=kernel_id
+        )
+        return {"env": render_env(effective, self.devices, reserve=reserve), "policy": document}
+
     def applied_in_process(self, kernel_id: str, key: str | None) -> dict[str, Any]:
         """A kernel applied its notebook's current policy in-process (no restart).
 
@@ -279,7 +324,10 @@ class PolicyService:
         effective = self.effective(key)
         if effective.get("devices") == "auto" and started.get("devices_requested") == "auto":
             effective = {**effective, "devices": started.get("devices") or []}
-        document = policy_document(effective, self.devices, notebook=key, kernel_id=kernel_id)
+        reserve = self._reserve_in(kernel_id, effective)
+        document = policy_document(
+            effective, self.devices, reserve, notebook=key, kernel_id=kernel_id
+        )
         for name in ("devices_requested", "placement"):
             if name in started and effective.get("devices") is not None:
                 document[name] = started[name]

@@ -25,6 +25,7 @@ from jupyter_tfgpu.server.config_check import Problem
 from jupyter_tfgpu.server.events import ENFORCEMENT_EVENT, ENFORCEMENT_SCHEMA
 from jupyter_tfgpu.server.kernels.attribution import Attribution
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
+from jupyter_tfgpu.server.kernels.contexts import ContextSizes
 from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
 from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from jupyter_tfgpu.server.kernels.registry import KernelRegistry
@@ -60,6 +61,8 @@ class Services:
     problems: list[Problem] = field(default_factory=list)  # settings that do not apply
     # Each kernel's GPU memory-seconds and busy seconds, counted per snapshot (for metrics).
     usage: KernelUsage = field(default_factory=KernelUsage)
+    # The CUDA context each GPU model and driver needs, measured (framework limits leave it).
+    contexts: ContextSizes | None = None
 
     @property
     def configured_backend(self) -> str:
@@ -98,6 +101,14 @@ def build_services(
         log=log,
     )
     sampler.annotators.append(attribution.annotate)
+    # After attribution: it measures with the kernels' processes found.
+    contexts = ContextSizes(
+        reports.current,
+        devices=lambda: sampler.devices,
+        driver=lambda: sampler.versions.get("driver"),
+        simulated=lambda: sampler.simulated,
+    )
+    sampler.annotators.append(contexts.observe)
     policies = PolicyService(
         PolicyStore(settings["policy_store_path"], log=log),
         AdminPolicy.from_settings(settings),
@@ -107,6 +118,7 @@ def build_services(
         root_dir=serverapp.root_dir,
         log=log,
         placement=Placement(lambda: sampler.latest.gpus, settings["placement_strategy"]),
+        context_reserve=contexts.reserve,
     )
     report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
     kernels = KernelRegistry(
@@ -133,6 +145,7 @@ def build_services(
         stream=StreamMessages(kernels.summary, policies.changes),
         provisioner=provisioner,
         problems=problems if problems is not None else [],
+        contexts=contexts,
     )
 
 

@@ -198,7 +198,21 @@ export interface IKernel {
   policy: EffectivePolicy;
   /** The policy document the kernel's process started with. */
   applied:
-    (Policy & { devices?: string[] | null; placement?: IPlacement; started?: number }) | null;
+    | (Policy & {
+        devices?: string[] | null;
+        placement?: IPlacement;
+        started?: number;
+        /** What the frameworks were given: the cap less the CUDA context reserve. */
+        framework_limit_mb?: number;
+        /** Room left under the cap for the CUDA context and libraries, MiB. */
+        context_reserve_mb?: number;
+        context_reserve_source?: 'measured' | 'starting value' | 'simulated';
+        /** The GPU model(s) and driver the measured reserve is for. */
+        context_reserve_measured_on?: string | null;
+        /** Present when the cap leaves no room for the context: any GPU use passes it. */
+        memory_limit_note?: string;
+      })
+    | null;
   restart_required: boolean;
 }
 

@@ -51,3 +51,16 @@ def test_nvml_figures_need_no_note():
     assert memory_source_note({"gpu_memory": {"total": 0, "per_gpu": []}}) is None
     assert memory_source_note(None) is None
     assert "(own report)" not in StatusView(status(nvml)).text()
+
+
+def test_a_cap_that_leaves_no_room_for_the_context_is_a_warning():
+    """The launch document's note, when the cap is at or below the context, is shown."""
+    note = (
+        "memory_limit_mb 300 is at or below the 550 MiB this GPU needs for the CUDA context and "
+        "libraries alone: any GPU use passes the cap"
+    )
+    data = status({"total": 0, "per_gpu": []})
+    data["kernel"]["applied"] = {"memory_limit_mb": 300, "memory_limit_note": note}
+    assert f"This kernel's cap: {note}." in StatusView(data).text()
+    data["kernel"]["applied"] = {"memory_limit_mb": 4096, "framework_limit_mb": 3546}
+    assert "This kernel's cap" not in StatusView(data).text()

@@ -3,6 +3,11 @@
 Each ``apply_memory_*`` adds to a framework's result (``tfgpu_result``) what it applied, skipped
 and why. JAX has none here: it reads its memory settings from the environment, which the
 provisioner set. Imports no framework: the module to act on is handed in.
+
+The cap (``memory_limit_mb``) is what NVML shows for the process. The framework gets the
+``framework_limit_mb`` the server worked out with it: the cap less the room the CUDA context and
+libraries take on that GPU, which the framework's allocator does not count. A document without
+one (from an older server) gets the cap itself. The record names both.
 """
 
 from __future__ import annotations
@@ -16,11 +21,32 @@ PENDING = "pending until CUDA initializes"
 HIDDEN = "GPUs hidden by the policy (devices: [])"
 
 
+def framework_limit(policy: dict) -> int | None:
+    """The MiB a framework may allocate: the server's framework limit, else the cap."""
+    limit = policy.get("memory_limit_mb")
+    if limit is None:
+        return None
+    applied = policy.get("framework_limit_mb")
+    return applied if applied is not None and applied <= limit else limit
+
+
+def _limit_facts(policy: dict) -> dict:
+    """What the record says beside ``memory_limit_mb``: the framework limit applied, and the
+    reserve it leaves for the CUDA context (only when the server sent one)."""
+    if policy.get("framework_limit_mb") is None:
+        return {}
+    return {
+        "framework_limit_mb": framework_limit(policy),
+        "context_reserve_mb": policy.get("context_reserve_mb"),
+    }
+
+
 def apply_memory_tensorflow(tf, policy: dict, result: dict) -> None:
     """TensorFlow's devices, memory limit and memory growth, before its context exists."""
     config = tf.config
     devices = policy.get("devices")
     limit = policy.get("memory_limit_mb")
+    allowed = framework_limit(policy)
     growth = policy.get("memory_growth")
     if devices == []:
         # Also hides GPUs that CUDA_VISIBLE_DEVICES did not (a process that reset it).
@@ -39,10 +65,10 @@ def apply_memory_tensorflow(tf, policy: dict, result: dict) -> None:
 
         def limit_all() -> None:
             for gpu in gpus:
-                virtual = [config.LogicalDeviceConfiguration(memory_limit=limit)]
+                virtual = [config.LogicalDeviceConfiguration(memory_limit=allowed)]
                 config.set_logical_device_configuration(gpu, virtual)
 
-        attempt(result, "memory_limit_mb", limit, limit_all, devices=names)
+        attempt(result, "memory_limit_mb", limit, limit_all, devices=names, **_limit_facts(policy))
         if growth is not None:
             _growth_with_limit(result, growth)
     elif growth is not None:
@@ -93,7 +119,7 @@ def apply_memory_torch(torch, policy: dict, result: dict, on_cuda_init=None) -> 
     def cap() -> None:
         # Runs inside torch's CUDA initialization: an exception here would break it.
         try:
-            outcome = _torch_limit(torch, limit)
+            outcome = _torch_limit(torch, limit, framework_limit(policy), _limit_facts(policy))
             if returned and on_cuda_init is not None:
                 on_cuda_init(outcome)
             elif not returned:
@@ -106,8 +132,9 @@ def apply_memory_torch(torch, policy: dict, result: dict, on_cuda_init=None) -> 
     returned.append(True)
 
 
-def _torch_limit(torch, limit: int) -> dict:
-    """Cap each visible CUDA device at ``limit`` MiB; runs once CUDA is initialized."""
+def _torch_limit(torch, limit: int, allowed: int, facts: dict) -> dict:
+    """Cap each visible CUDA device at ``allowed`` MiB (the framework limit under the cap
+    ``limit``); runs once CUDA is initialized."""
     outcome = {"applied": [], "skipped": [], "errors": []}
     try:
         count = torch.cuda.device_count()
@@ -117,11 +144,11 @@ def _torch_limit(torch, limit: int) -> dict:
         fractions = {}
         for index in range(count):
             total = torch.cuda.get_device_properties(index).total_memory
-            fraction = min(1.0, limit * 2**20 / total)
+            fraction = min(1.0, allowed * 2**20 / total)
             torch.cuda.set_per_process_memory_fraction(fraction, index)
             fractions[str(index)] = round(fraction, 4)
         outcome["applied"].append(
-            {"setting": "memory_limit_mb", "value": limit, "fractions": fractions}
+            {"setting": "memory_limit_mb", "value": limit, **facts, "fractions": fractions}
         )
     except Exception as exc:
         failed(outcome, "memory_limit_mb", limit, exc)

@@ -33,12 +33,15 @@ def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
 
     if not isinstance(policy.get("memory_growth"), (bool, type(None))):
         reject("memory_growth", "true, false or null")
-    limit = policy.get("memory_limit_mb")
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 1 <= limit < 2**53:
-            reject("memory_limit_mb", "a number of MiB >= 1 or null")
+    # The cap, and what the frameworks get under it (the cap less the CUDA context reserve).
+    for field, least in (("memory_limit_mb", 1), ("framework_limit_mb", 1), ("context_reserve_mb", 0)):
+        value = policy.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < 2**53:
+            reject(field, f"a number of MiB >= {least} or null")
         else:
-            policy["memory_limit_mb"] = int(limit)
+            policy[field] = int(value)
     devices = policy.get("devices")
     if devices is not None and not (
         isinstance(devices, list)

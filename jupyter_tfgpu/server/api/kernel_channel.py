@@ -26,7 +26,6 @@ from jupyter_tfgpu.server.kernels.channel import (
     validate_report,
 )
 from jupyter_tfgpu.policy import CapExceeded, PolicyError
-from jupyter_tfgpu.policy.environment import policy_document, render_env
 
 
 class KernelScopeAuthorizer(Authorizer):
@@ -168,11 +167,9 @@ class KernelChannelHandler(TFGPUAPIHandler):
         view = await self.kernels.describe(self.kernel_id)
         notebook = view["notebook"]
         policies = self.policies
-        effective = view["policy"]
-        devices = policies.devices
-        document = policy_document(effective, devices, notebook=notebook, kernel_id=self.kernel_id)
         view["own"] = policies.own(notebook) if notebook else None
-        view["next_start"] = {"env": render_env(effective, devices), "policy": document}
+        # With the framework limit a start would apply (the cap less the CUDA context reserve).
+        view["next_start"] = policies.next_start(self.kernel_id, notebook)
         return view
 
     def notebook(self) -> str:

@@ -55,9 +55,11 @@ class KernelFacts:
 
     kernel_id: str
     notebook: str | None
-    peak_gpu_bytes: int  # on its fullest GPU
+    peak_gpu_bytes: int  # on the GPU judged: the one furthest over its limit (or nearest)
     total_gpu_bytes: int
-    limit_bytes: int | None  # per GPU
+    # What peak_gpu_bytes is held to, per GPU: the cap for NVML's figure, the framework limit
+    # (the cap less the CUDA context reserve) for a figure that is only the kernel's report
+    limit_bytes: int | None
     idle_seconds: float | None  # None while busy
     # Where the figures come from: "nvml" (its processes, as nvidia-smi shows them),
     # "kernel_report" (its frameworks' own report, sent from inside the kernel), "mixed"; None
@@ -65,6 +67,7 @@ class KernelFacts:
     peak_source: str | None = None  # of peak_gpu_bytes
     memory_source: str | None = None  # of total_gpu_bytes
     unknown: str | None = None  # why its GPU memory is unknown now (None: it is known)
+    cap_bytes: int | None = None  # the cap itself, when limit_bytes is the framework limit
 
 
 @dataclass
@@ -217,8 +220,7 @@ class Enforcer:
         if rule == "memory_cap":
             reason = (
                 f"{_who(facts)} held {facts.peak_gpu_bytes / MiB:.0f} MiB on a GPU"
-                f"{_by_its_report(facts.peak_source)}, over its cap of "
-                f"{(facts.limit_bytes or 0) / MiB:.0f} MiB, for {held:.0f} s"
+                f"{_by_its_report(facts.peak_source)}, over {_its_limit(facts)}, for {held:.0f} s"
             )
             memory = facts.peak_gpu_bytes
         else:
@@ -309,6 +311,17 @@ class Enforcer:
 
 def _who(facts: KernelFacts) -> str:
     return f"The kernel of {facts.notebook}" if facts.notebook else f"Kernel {facts.kernel_id}"
+
+
+def _its_limit(facts: KernelFacts) -> str:
+    """The limit a figure was held to, in words."""
+    limit, cap = (facts.limit_bytes or 0) / MiB, facts.cap_bytes
+    if cap is None or cap == facts.limit_bytes:
+        return f"its cap of {limit:.0f} MiB"
+    return (
+        f"its framework limit of {limit:.0f} MiB (its cap of {cap / MiB:.0f} MiB less "
+        f"{cap / MiB - limit:.0f} MiB for the CUDA context, which its report leaves out)"
+    )
 
 
 def _by_its_report(source: str | None) -> str:

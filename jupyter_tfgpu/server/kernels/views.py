@@ -8,8 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from jupyter_tfgpu.policy import PolicyService
+from jupyter_tfgpu.policy.environment import framework_limit_mb
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
 from jupyter_tfgpu.server.kernels.memory import KernelMemory
+
+MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -60,31 +63,51 @@ def describe(
     }
 
 
-def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts:
-    """A kernel's GPU memory, cap and idleness, for the enforcer."""
-    memory = row.memory
-    known = [g for g in memory.per_gpu if g.used_memory is not None]
-    peak = max(known, key=lambda g: g.used_memory or 0, default=None)
-    # The cap is the tighter of what the kernel started with and what is in force now.
+def cap_mb(row: KernelRow, policies: PolicyService) -> int | None:
+    """A kernel's cap (MiB per GPU, as NVML shows its processes): the tighter of what it started
+    with and what is in force now; None without one."""
     limits = [
         doc.get("memory_limit_mb")
         for doc in (row.applied or {}, policies.effective(row.notebook))
         if doc.get("memory_limit_mb")
     ]
-    limit_mb = min(limits) if limits else None
+    return min(limits) if limits else None
+
+
+def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts:
+    """A kernel's GPU memory, cap and idleness, for the enforcer.
+
+    NVML's figure for its processes is held to the cap. A figure that is only the kernel's own
+    report (its frameworks' allocations, without the CUDA context) is held to the framework
+    limit it started with: the cap less the context reserve its launch left. The GPU judged is
+    the one furthest over (or nearest to) its limit.
+    """
+    memory = row.memory
+    cap = cap_mb(row, policies)
+    reserve = (row.applied or {}).get("context_reserve_mb") or 0
+    limits = {"nvml": cap, "kernel_report": framework_limit_mb(cap, reserve) if cap else None}
+    known = [g for g in memory.per_gpu if g.used_memory is not None]
+    if cap is None:
+        judged = max(known, key=lambda g: g.used_memory or 0, default=None)
+    else:
+        judged = max(
+            known, key=lambda g: (g.used_memory or 0) - (limits[g.source] or 0) * MiB, default=None
+        )
+    limit = limits[judged.source] if judged is not None else cap
     idle = None
     if row.execution_state == "idle" and isinstance(row.last_activity, datetime):
         idle = max(0.0, (now - row.last_activity).total_seconds())
     return KernelFacts(
         kernel_id=row.kernel_id,
         notebook=row.notebook,
-        peak_gpu_bytes=peak.used_memory or 0 if peak is not None else 0,
+        peak_gpu_bytes=judged.used_memory or 0 if judged is not None else 0,
         total_gpu_bytes=memory.total,
-        limit_bytes=limit_mb * 2**20 if limit_mb else None,
+        limit_bytes=limit * MiB if limit else None,
         idle_seconds=idle,
-        peak_source=peak.source if peak is not None else None,
+        peak_source=judged.source if judged is not None else None,
         memory_source=memory.source,
         unknown=memory.unknown,
+        cap_bytes=cap * MiB if cap else None,
     )
 
 
@@ -109,7 +132,7 @@ def metrics_row(row: KernelRow, policies: PolicyService, now: datetime) -> dict[
         "kernel_id": row.kernel_id,
         "notebook": row.notebook,
         "idle_seconds": known.idle_seconds,
-        "limit_bytes": known.limit_bytes,
+        "limit_bytes": known.cap_bytes,
         **row.memory.as_dict(),
     }
 
