@@ -1,7 +1,9 @@
 """Handlers of the kernel channel: ``tfgpu/api/kernel/...``, authenticated by a kernel token.
 
-These routes act on the calling kernel's own notebook only (there is no path or id to name
-another one). They accept no user credentials, and user routes accept no kernel token.
+These routes act on the notebook of the kernel whose token is presented (there is no path or
+id to name another one). They accept no user credentials, and user routes accept no kernel
+token. A kernel's token can be read by other processes of the server's OS user: see
+``server/kernels/channel.py`` for what the channel holds against, and what not.
 """
 
 from __future__ import annotations

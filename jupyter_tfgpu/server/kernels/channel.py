@@ -3,8 +3,15 @@
 Code inside a kernel (the framework reporter, the ``%tfgpu`` magic, widgets) talks to the
 server with a token made for that kernel alone at each (re)start and handed to it in
 ``TFGPU_KERNEL_TOKEN``; the server's own token is never put in a kernel's environment. A kernel
-token opens only the ``tfgpu/api/kernel/...`` routes, and those act on the kernel's own
-notebook only: a kernel cannot read or change another notebook's policy.
+token opens only the ``tfgpu/api/kernel/...`` routes, and those act on the notebook of the
+kernel the token was made for: there is no path or id in them to name another one.
+
+What that does not hold against: every kernel runs as the server's OS user, and a process can
+read the environment of any other process of its user (``/proc/<pid>/environ``). So code in
+one notebook that goes looking can take a sibling kernel's token and act as that kernel on this
+channel: read its view, change its notebook's policy (within the admin's caps, which apply to
+every write whoever makes it) and report figures for it. It cannot reach the user routes, lift a
+cap, change the enforcement, or reach another server's kernels.
 """
 
 from __future__ import annotations
