@@ -46,6 +46,7 @@ class Kernel:
         self.connection_file = runtime / f"kernel-{self.id}.json"
         self.client = None
         self.pid: int | None = None
+        self.applied: dict[str, Any] = {}  # GET kernels/{id}'s applied: the launch document
         self.probe: dict[str, Any] = {}
         self.stderr: list[str] = []
 

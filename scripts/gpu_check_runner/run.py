@@ -101,6 +101,7 @@ class GpuCheck:
         kernel.connect(self.within(90))
         view = self.server.api("GET", f"tfgpu/api/kernels/{kernel.id}")
         kernel.pid = view.get("pid")
+        kernel.applied = view.get("applied") or {}
         if kernel.pid:
             self.all_pids[kernel.pid] = kernel.id
         kernel.probe = kernel.run(kernel_code("probe", env_names=ENV_NAMES), self.within(30))

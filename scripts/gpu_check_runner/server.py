@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 BASE_URL = "/tfgpu-check/"
+# Caps are enforced for the whole run, with restarts: check (8) holds a capped kernel past this
+# grace period and expects it left alone, and every capped kernel of checks (2) and (3) stays
+# within its cap too (a kernel restarted under a check fails it).
+ENFORCEMENT = "restart"
+ENFORCEMENT_GRACE_S = 10.0
 
 
 class ApiError(RuntimeError):
@@ -87,6 +92,8 @@ class Server:
             f"--TFGPU.backend={self.backend}",
             "--TFGPU.sample_interval=0.5",
             "--TFGPU.process_interval=1.0",
+            f"--TFGPU.enforcement={ENFORCEMENT}",
+            f"--TFGPU.enforcement_grace={ENFORCEMENT_GRACE_S:g}",
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(
