@@ -54,11 +54,12 @@ def kernel_state(app) -> dict[str, set[str]]:
         "placement reservations": set(app.policies.placement.reserved()),
         "report folders": set(os.listdir(report_root)) if os.path.isdir(report_root) else set(),
         "attribution kernels": {k.kernel_id for k in app.attribution.kernels},
+        "GPUs whose figure was a kernel's report": app.kernels.memory.kernel_ids(),
     }
     # No public accessor for these: the registry's and the enforcer's own per-kernel memory.
     for owner, names in (
         (app.kernels, ("_pids", "_notebooks", "_failing")),
-        (app.enforcer, ("_since", "_announced", "_history", "_cooldown", "_failing")),
+        (app.enforcer, ("_since", "_announced", "_history", "_cooldown", "_failing", "_waiting")),
     ):
         for name in names:
             kept = getattr(owner, name, None) or ()
