@@ -75,6 +75,7 @@ class Services:
             **self.policies.admin.to_json(),
             "backend": self.configured_backend,
             **{name: self.settings[name] for name, (_, shown) in SAMPLING.items() if shown},
+            "policy_store_path": self.settings["policy_store_path"],
             "provisioner": self.provisioner,
             "enforcement": self.enforcer.rules.to_json(),
             # Admin settings that do not apply (with TFGPU.on_config_error = 'warn').

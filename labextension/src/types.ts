@@ -223,6 +223,24 @@ export interface IConfig {
   allowed_devices: (number | string)[] | null;
   force_memory_growth: boolean;
   allow_user_policies: boolean;
+  forced_policy: Policy;
+  max_threads: number | null;
+  placement_strategy: 'most_free_memory' | 'fewest_kernels' | 'pack';
+  backend: 'auto' | 'nvml' | 'simulated' | 'none';
+  sample_interval: number;
+  history_seconds: number;
+  nvml_budget: number;
+  policy_store_path: string;
+  provisioner: { name: string; default: boolean; reason: string | null };
+  enforcement: {
+    action: 'off' | 'warn' | 'interrupt' | 'restart' | 'shutdown';
+    grace: number;
+    idle_timeout: number;
+    idle_min_memory_mb: number;
+    idle_action: 'warn' | 'interrupt' | 'restart' | 'shutdown';
+    max_actions_per_hour: number;
+  };
+  problems: { setting: string | null; message: string; file: string | null }[];
 }
 
 /** An enforcement action, as the event bus and GET `enforcement` carry it. */

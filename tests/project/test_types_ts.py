@@ -424,7 +424,10 @@ def test_types_ts_mirrors_the_spec():
         (("  lost: boolean;\n", "  lost: boolean;\n  colour: string;\n"), "IGpu.colour"),
         (("  lost: boolean;\n", ""), "IGpu.lost"),
         (
-            ("  sample_interval: number;\n", "  sample_interval: string;\n"),
+            (
+                "  sample_interval: number;\n  history_seconds?",
+                "  sample_interval: string;\n  history_seconds?",
+            ),
             "IStatus.sample_interval",
         ),
         (("  reason: string | null;\n  /** Sec", "  reason: string;\n  /** Sec"), "IStatus.reason"),

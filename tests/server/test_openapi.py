@@ -36,7 +36,13 @@ def test_the_spec_is_valid_openapi():
 
 @pytest.mark.parametrize(
     "path,query",
-    [("status", ""), ("gpus", ""), ("gpus", "pcie=true"), ("gpus/history", "seconds=30")],
+    [
+        ("status", ""),
+        ("gpus", ""),
+        ("gpus", "pcie=true"),
+        ("gpus/history", "seconds=30"),
+        ("config", ""),
+    ],
 )
 async def test_responses_validate_against_the_spec(jp_fetch, path, query):
     """What the server answers is what the spec promises."""
@@ -77,3 +83,17 @@ def test_the_spec_embeds_the_current_policy_schema():
     root = Path(__file__).resolve().parents[2]
     check = subprocess.run([sys.executable, "scripts/sync_openapi.py", "--check"], cwd=root)
     assert check.returncode == 0
+
+
+def test_the_config_schema_is_closed_and_names_every_setting_get_config_shows():
+    """A field added to GET config without the spec fails: the schema allows no other field,
+    requires every one it names, and names every cap and shown sampling setting."""
+    from jupyter_tfgpu.policy import AdminPolicy
+    from jupyter_tfgpu.server.services import SAMPLING
+
+    schema = SPEC["components"]["schemas"]["Config"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == set(schema["properties"])
+    shown = set(AdminPolicy.settings()) | {name for name, (_, is_shown) in SAMPLING.items() if is_shown}
+    others = {"backend", "policy_store_path", "provisioner", "enforcement", "problems"}
+    assert shown | others <= set(schema["properties"])

@@ -16,7 +16,25 @@ const CONFIG: IConfig = {
   max_memory_mb: 8192,
   allowed_devices: [0],
   force_memory_growth: true,
-  allow_user_policies: true
+  allow_user_policies: true,
+  forced_policy: {},
+  max_threads: null,
+  placement_strategy: 'most_free_memory',
+  backend: 'simulated',
+  sample_interval: 1,
+  history_seconds: 3600,
+  nvml_budget: 0.02,
+  policy_store_path: '/srv/jupyter/tfgpu/policies.json',
+  provisioner: { name: 'tfgpu-provisioner', default: true, reason: null },
+  enforcement: {
+    action: 'off',
+    grace: 30,
+    idle_timeout: 0,
+    idle_min_memory_mb: 256,
+    idle_action: 'restart',
+    max_actions_per_hour: 3
+  },
+  problems: []
 };
 
 const byName = (fields: IPolicyField[], name: string) =>
