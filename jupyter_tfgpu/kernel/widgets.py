@@ -29,8 +29,10 @@ from jupyter_tfgpu.kernel.views import (
     WARN,
     GpuRow,
     _e,
+    cap_note,
     gpu_rows,
     memory_bar_html,
+    memory_source_note,
     sparkline_svg,
     utilization_bar_html,
 )
@@ -184,12 +186,15 @@ class _GpuRowWidget(widgets.Box):
                 f'<span style="{NOWRAP};min-width:6.5em">{busy} busy</span></div>'
             )
         held = f"{format_bytes(row.used)} / {format_bytes(row.total)}"
+        mine = format_bytes(row.mine or 0)
+        if row.mine_source == "kernel_report":
+            mine += " (own report)"
         bar = memory_bar_html(row, 100, label=f"{gpu} memory")
         self.memory.value = (
             f'<div style="display:flex;flex-wrap:wrap;align-items:center;column-gap:12px">'
             f'<span data-tfgpu-col="memory" style="display:flex">{bar}</span>'
             f'<span data-tfgpu-col="mine" style="{NOWRAP};min-width:11.5em;color:{MINE}">'
-            f"this kernel {_e(format_bytes(row.mine or 0))}</span>"
+            f"this kernel {_e(mine)}</span>"
             f'<span data-tfgpu-col="total" style="{NOWRAP};{MUTED}">{_e(held)}</span></div>'
         )
         label = f"{gpu} utilization over the last {self._span}"
@@ -304,6 +309,12 @@ class GPUPanel(widgets.VBox):
             parts.append(f'<div style="{WARN}">{_e(problem)}</div>')
         if note := placement_note(kernel):
             parts.append(f'<div style="{WARN}">{_e(note)}</div>')
+        # What %tfgpu says of where this kernel's figure comes from and of its cap.
+        if source := memory_source_note(kernel):
+            line, warning = source
+            parts.append(f'<div style="{WARN if warning else MUTED}">{_e(line)}</div>')
+        if cap := cap_note(kernel):
+            parts.append(f'<div style="{WARN}">{_e(cap)}</div>')
         if restart_required(kernel):
             said = "This notebook's policy changed: restart the kernel to apply it."
             parts.append(f'<div style="{WARN}">{_e(said)}</div>')

@@ -7,7 +7,9 @@ and clicks are sent as the front end sends them (comm messages on the shell chan
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import threading
 import time
 from importlib.resources import files
@@ -19,6 +21,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from tornado.httpclient import HTTPClientError
 
+from jupyter_tfgpu.kernel.views import WARN
 from jupyter_tfgpu.kernel.widgets import THREAD_PREFIX, GPUPanel, Poller, stop_all
 from tests.kernel_helpers import start_session
 from tests.notebooks.run import (
@@ -268,3 +271,89 @@ async def test_the_kernel_channel_serves_history_and_the_view_the_spec_documents
     with pytest.raises(HTTPClientError) as refused:
         await jp_fetch("tfgpu", "api", "kernel", "history")
     assert refused.value.code == 403
+
+
+class FixedSource:
+    """A GPU source that always answers the same kernel/status document."""
+
+    def __init__(self, status):
+        self._status = status
+
+    def status(self):
+        return self._status, None
+
+    def history(self, seconds):
+        return None
+
+
+def kernel_status(gpu_memory, applied=None):
+    """A kernel/status answer: one GPU, and this kernel with ``gpu_memory`` and ``applied``."""
+    gpu = {
+        "index": 0,
+        "name": "Test GPU",
+        "uuid": "GPU-test",
+        "memory": {"total": 16 * 2**30, "used": 4 * 2**30, "free": 12 * 2**30},
+        "utilization": {"gpu": 5, "memory": 0},
+        "processes": [],
+    }
+    kernel = {"id": "k1", "notebook": "boxed.ipynb", "gpu_memory": gpu_memory, "applied": applied}
+    return {"available": True, "timestamp": time.time(), "gpus": [gpu], "kernel": kernel}
+
+
+def panel_text(panel):
+    """The panel's header and first row as a reader sees them (tags dropped, entities read)."""
+    parts = [panel._header.value, panel.children[1].memory.value]
+    return html.unescape(re.sub(r"<[^>]+>", " ", " ".join(parts)))
+
+
+def test_panel_says_when_this_kernels_figure_is_its_own_report():
+    """As %tfgpu does: the row tags the figure, the header says what it is."""
+    # Given this kernel's figure on GPU 0 is its frameworks' own report
+    row = {"index": 0, "uuid": "GPU-test", "used_memory": 3 * 2**30, "source": "kernel_report",
+           "pids": []}  # fmt: skip
+    memory = {"total": 3 * 2**30, "source": "kernel_report", "unknown": None, "per_gpu": [row]}
+    # When the panel shows it
+    panel = GPUPanel(interval=60, source=FixedSource(kernel_status(memory)))
+    try:
+        said = panel_text(panel)
+    finally:
+        panel.close()
+    # Then the row and the header say where the figure comes from
+    assert "this kernel 3.0 GiB (own report)" in said
+    assert "GPU memory on GPU 0 is its frameworks' own report" in said
+    assert "leaves out the CUDA context" in said
+
+
+def test_panel_warns_when_this_kernels_memory_is_unknown_or_its_cap_leaves_no_room():
+    """The reason it is unknown, and the launch document's note on a cap below the context."""
+    why = "GPU 0's process list could not be read (NVMLError_Timeout: Timeout)"
+    note = (
+        "memory_limit_mb 300 is at or below the 550 MiB this GPU needs for the CUDA context and "
+        "libraries alone: any GPU use passes the cap"
+    )
+    memory = {"total": 0, "source": None, "unknown": why, "per_gpu": []}
+    applied = {"memory_limit_mb": 300, "framework_limit_mb": 300, "memory_limit_note": note}
+    panel = GPUPanel(interval=60, source=FixedSource(kernel_status(memory, applied)))
+    try:
+        header = panel._header.value
+    finally:
+        panel.close()
+    said = html.unescape(header)
+    assert f"This kernel's GPU memory is unknown right now: {why}." in said
+    assert f"This kernel's cap: {note}." in said
+    # Both as warnings
+    assert header.count(WARN) == 2
+
+
+def test_panel_says_nothing_more_for_nvmls_figure():
+    """NVML's figure within a cap that leaves room: no note."""
+    row = {"index": 0, "uuid": "GPU-test", "used_memory": 2**30, "source": "nvml", "pids": [1]}
+    memory = {"total": 2**30, "source": "nvml", "unknown": None, "per_gpu": [row]}
+    applied = {"memory_limit_mb": 4096, "framework_limit_mb": 3546, "context_reserve_mb": 550}
+    panel = GPUPanel(interval=60, source=FixedSource(kernel_status(memory, applied)))
+    try:
+        said = panel_text(panel)
+    finally:
+        panel.close()
+    assert "own report" not in said and "unknown" not in said and "cap:" not in said
+    assert "this kernel 1.0 GiB" in said
