@@ -3,7 +3,7 @@
 Each change to the stored policies (a write by this server, or another process's write found
 by the store's refresh) gets the next revision number. Views keep the revision they showed:
 a newer one names the notebooks to read again; a gap longer than the changes kept, or another
-``epoch`` (the server restarted), means read everything again.
+``epoch`` (the server restarted, or the admin's caps changed), means read everything again.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ class PolicyChanges:
         for listener in list(self._listeners):
             listener()
 
+    def start_over(self) -> None:
+        """Every policy may read differently now (the admin's caps changed): a new epoch, so
+        every view reads everything again, then tell the listeners."""
+        with self._lock:
+            self.epoch = uuid.uuid4().hex[:12]
+            # Still counted up: a message made for the old revision is never sent again.
+            self._revision += 1
+            self._recent.clear()
+        for listener in list(self._listeners):
+            listener()
+
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after each change, from the thread that made it."""
         self._listeners.append(listener)
@@ -55,8 +66,9 @@ class PolicyChanges:
         with self._lock:
             recent = list(self._recent)
             revision = self._revision
+            epoch = self.epoch
         return {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "revision": revision,
             "changes": [{"revision": r, "path": p} for r, p in recent],
         }

@@ -74,6 +74,14 @@ class PolicyService:
         """The server's GPUs (empty without a backend)."""
         return self._devices()
 
+    def set_admin(self, admin: AdminPolicy) -> None:
+        """New admin defaults and caps (the caps file changed): every open view reads its
+        policies again, as every effective policy may read differently now."""
+        self.admin = admin
+        if self.placement is not None:
+            self.placement.strategy = admin.placement_strategy
+        self.changes.start_over()
+
     # -- keys --------------------------------------------------------------------------------
 
     def key(self, path: str) -> str:

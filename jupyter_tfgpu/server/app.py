@@ -54,8 +54,8 @@ class TFGPUApp(ExtensionApp):
         # Settings live in the server's config so `--TFGPU.x=...` and
         # `c.TFGPU.x = ...` in jupyter_server_config.py both reach them. A wrong one stops the
         # server here, before anything is built or served (TFGPU.on_config_error).
-        cfg, problems = check_settings(self.serverapp, self.log)
-        self.services = services = build_services(cfg, self.serverapp, self.log, problems)
+        cfg, problems, caps_file = check_settings(self.serverapp, self.log)
+        self.services = services = build_services(cfg, self.serverapp, self.log, problems, caps_file)
         sampler, kernels = services.sampler, services.kernels
         # A worker thread checks the store's folder and reads its file, waited for a few seconds
         # at most: a slow or stuck file system must not keep the server from listening (the
@@ -81,7 +81,14 @@ class TFGPUApp(ExtensionApp):
             lambda: self._call_on_loop(loop, services.stream.policies_changed)
         )
         check_devices(cfg, sampler, services.problems, self.log)
-        self.log.info("%s", caps_in_force(services.settings, services.provisioner))
+        self.log.info("%s", caps_in_force(services.settings, services.provisioner, caps_file))
+        if caps_file is not None:
+            # Read in the watcher's thread; put in force (or refused) on the loop, in one step.
+            caps_file.start_watching(
+                lambda read: self._call_on_loop(
+                    loop, lambda: caps_file.receive(read, services.apply_caps)
+                )
+            )
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
         self.settings[SERVICES_KEY] = services
@@ -109,6 +116,8 @@ class TFGPUApp(ExtensionApp):
         services = self.services
         if services is not None:
             services.policies.store.stop_refreshing()
+            if services.caps_file is not None:
+                services.caps_file.stop_watching()
         if self._unsubscribe is not None:
             self._unsubscribe()
         if self._unsubscribe_policies is not None:

@@ -385,6 +385,27 @@ class TFGPU(Configurable):
             raise TraitError(f"TFGPU.{proposal['trait'].name}: expected a number, not NaN")
         return proposal["value"]
 
+    caps_file = Unicode(
+        None,
+        allow_none=True,
+        help="""A JSON file of caps and enforcement settings that the server reads at start
+        and again whenever it changes (it looks every 2 seconds), so they change without a
+        restart and without stopping any kernel: an object of TFGPU settings such as
+        {"max_memory_mb": 20480, "enforcement": "restart"}, of these only: default_policy,
+        max_memory_mb, allowed_devices, force_memory_growth, allow_user_policies,
+        forced_policy, max_threads, placement_strategy, enforcement, enforcement_grace,
+        idle_timeout, idle_min_memory_mb, idle_action, max_actions_per_hour. Its values win
+        over the config files and the environment; the command line wins over it (a setting
+        given in both is reported, and the file's value is not used). The server's user, whom
+        every notebook runs as, must not be able to change it: the file, the folders on its
+        path and any symbolic link to it must not belong to that user (unless the server runs
+        as root), and the file and those folders must not be writable by group or others (a
+        sticky folder such as /tmp excepted). A file that fails that, does not validate or is
+        missing stops the server at start (see on_config_error); while the server runs, the
+        caps in force then stay as they were, and the problem is logged and listed in GET
+        config until the file is fixed. None (the default): no caps file.""",
+    ).tag(config=True)
+
     # -- start-up ----------------------------------------------------------------------------
 
     on_config_error = Enum(

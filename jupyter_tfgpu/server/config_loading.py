@@ -16,6 +16,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from jupyter_tfgpu.server.caps_file import read_within
+from jupyter_tfgpu.server.caps_watcher import CapsFile
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import (
     Problem,
@@ -38,11 +40,13 @@ STOPS = (
 )
 
 
-def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Problem]]:
-    """The TFGPU settings in force and their problems; stops the server when told to.
+def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Problem], CapsFile | None]:
+    """The TFGPU settings in force, their problems, and the caps file (None without one); stops
+    the server when told to.
 
     Runs before the extension builds anything and before the server listens, so stopping here
-    leaves no port open and no kernel running.
+    leaves no port open and no kernel running. The caps file's problems are its own (they go
+    when the file is fixed, see ``caps_watcher``), not among those returned.
     """
     given = given_settings(serverapp)
     value_problems = setting_problems(given.config, given.origin) + environment_problems(given.config)
@@ -55,21 +59,36 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
         else:
             log.warning("jupyter-tfgpu: the config file %s failed to load: %s", failed.path, failed.error)
     problems.extend(unread_settings_folders(serverapp.config_file_paths))
-    if problems and on_config_error(given.config) == "stop":
-        for problem in problems:
+    # Built from the settings as given only, with no parent: nothing re-reads the sections.
+    settings = TFGPU(config=without_settings(given.config, value_problems))
+    caps = None
+    if settings.caps_file:
+        base = {name: getattr(settings, name) for name in settings.trait_names(config=True)}
+        caps = CapsFile(settings.caps_file, base, given.command_line, log=log)
+        for name, value in caps.at_start(read_within(caps.read, caps.path)).items():
+            setattr(settings, name, value)
+    refused = caps.problems if caps is not None else []
+    if (problems or refused) and on_config_error(given.config) == "stop":
+        for problem in problems + refused:
             log.critical("jupyter-tfgpu: %s", problem)
         log.critical(STOPS)
         serverapp.exit(1)
     for problem in problems:
         log.error("jupyter-tfgpu: %s; starting without it (TFGPU.on_config_error = 'warn')", problem)
-    # Built from the settings as given only, with no parent: nothing re-reads the sections.
-    settings = TFGPU(config=without_settings(given.config, value_problems))
-    return settings, problems
+    for problem in refused:
+        log.error(
+            "jupyter-tfgpu: %s; starting without the caps file (TFGPU.on_config_error = 'warn'); "
+            "it is read again when it changes",
+            problem,
+        )
+    return settings, problems, caps
 
 
-
-def caps_in_force(settings: Mapping[str, Any], provisioner: Mapping[str, Any]) -> str:
-    """One line for the start-up log: the caps, policies and enforcement this server runs with."""
+def caps_in_force(
+    settings: Mapping[str, Any], provisioner: Mapping[str, Any], caps_file: CapsFile | None = None
+) -> str:
+    """One line for the start-up log: the caps, policies and enforcement this server runs with,
+    and which of them the caps file gave."""
 
     def shown(value: Any) -> str:
         return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
@@ -105,7 +124,14 @@ def caps_in_force(settings: Mapping[str, Any], provisioner: Mapping[str, Any]) -
         if provisioner.get("default")
         else f"policies not applied to kernels: {provisioner.get('reason')}"
     )
-    return f"jupyter-tfgpu: caps in force: {caps}; {enforcement}; {idle}; {applied}"
+    line = f"jupyter-tfgpu: caps in force: {caps}; {enforcement}; {idle}; {applied}"
+    if caps_file is None:
+        return line
+    if caps_file.applied_at is None:
+        return f"{line}; caps file {caps_file.path}: not in force (see the errors above), read again when it changes"
+    given = ", ".join(caps_file.from_file) or "no setting"
+    return f"{line}; caps file {caps_file.path}: {given} from it, read again when it changes"
+
 
 def stop_unless_warned(serverapp: Any, log: logging.Logger, err: Exception) -> None:
     """The extension failed to load: stop the server, unless TFGPU.on_config_error is 'warn'."""

@@ -20,6 +20,7 @@ from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.stream import StreamMessages
 from jupyter_tfgpu.server.kernels.usage import KernelUsage
+from jupyter_tfgpu.server.caps_watcher import CapsFile
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import Problem
 from jupyter_tfgpu.server.events import ENFORCEMENT_EVENT, ENFORCEMENT_SCHEMA
@@ -63,6 +64,7 @@ class Services:
     usage: KernelUsage = field(default_factory=KernelUsage)
     # The CUDA context each GPU model and driver needs, measured (framework limits leave it).
     contexts: ContextSizes | None = None
+    caps_file: CapsFile | None = None  # TFGPU.caps_file, when the admin named one
 
     @property
     def configured_backend(self) -> str:
@@ -78,13 +80,36 @@ class Services:
             "policy_store_path": self.settings["policy_store_path"],
             "provisioner": self.provisioner,
             "enforcement": self.enforcer.rules.to_json(),
-            # Admin settings that do not apply (with TFGPU.on_config_error = 'warn').
-            "problems": [problem.to_json() for problem in self.problems],
+            "caps_file": self.caps_file.to_json() if self.caps_file is not None else None,
+            # Admin settings that do not apply (with TFGPU.on_config_error = 'warn'), and why
+            # the caps file as it is now is not used.
+            "problems": [problem.to_json() for problem in self.problems + self._caps_file_problems],
         }
+
+    @property
+    def _caps_file_problems(self) -> list[Problem]:
+        return self.caps_file.problems if self.caps_file is not None else []
+
+    def apply_caps(self, values: dict[str, Any]) -> None:
+        """Put new caps and enforcement rules in force, all at once (on the event loop): the
+        admin policy, the placement strategy, the enforcer's rules, and GET config."""
+        settings = {**self.settings, **values}
+        admin = AdminPolicy.from_settings(settings)
+        rules = Rules.from_settings(settings)
+        # Nothing is changed until everything above was made.
+        self.settings.update(values)
+        if admin != self.policies.admin:
+            self.policies.set_admin(admin)
+        if rules != self.enforcer.rules:
+            self.enforcer.set_rules(rules)
 
 
 def build_services(
-    config: TFGPU, serverapp: Any, log: logging.Logger, problems: list[Problem] | None = None
+    config: TFGPU,
+    serverapp: Any,
+    log: logging.Logger,
+    problems: list[Problem] | None = None,
+    caps_file: CapsFile | None = None,
 ) -> Services:
     """Build every service from the checked settings; nothing is started yet."""
     settings = {name: getattr(config, name) for name in config.trait_names(config=True)}
@@ -147,6 +172,7 @@ def build_services(
         provisioner=provisioner,
         problems=problems if problems is not None else [],
         contexts=contexts,
+        caps_file=caps_file,
     )
 
 

@@ -153,7 +153,7 @@ export interface IPolicyDescription {
 
 /** The stream's `policies`: every change to the stored policies, numbered. */
 export interface IPolicyChanges {
-  /** Changes with each server start. */
+  /** Changes with each server start, and when the admin's caps change: read everything again. */
   epoch: string;
   /** The last change's number; 0 until the first change. */
   revision: number;
@@ -216,7 +216,10 @@ export interface IKernel {
   restart_required: boolean;
 }
 
-/** GET `config`: the admin settings in force. */
+/**
+ * GET `config`: the admin settings in force. The caps and enforcement may change while the
+ * server runs (a caps file); the stream's `policies.epoch` changes with them.
+ */
 export interface IConfig {
   default_policy: Policy;
   max_memory_mb: number | null;
@@ -240,6 +243,17 @@ export interface IConfig {
     idle_action: 'warn' | 'interrupt' | 'restart' | 'shutdown';
     max_actions_per_hour: number;
   };
+  /** The caps file (TFGPU.caps_file) and what of it is in force; null without one. */
+  caps_file: {
+    path: string;
+    /** Seconds since the epoch. */
+    read_at: number | null;
+    in_force: boolean;
+    applied_at: number | null;
+    settings: string[];
+    /** Also on the command line, which wins: the file's value is not used. */
+    overridden: string[];
+  } | null;
   problems: { setting: string | null; message: string; file: string | null }[];
 }
 

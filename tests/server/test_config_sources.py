@@ -55,6 +55,7 @@ VALUES = {
     "idle_min_memory_mb": 1024,
     "idle_action": "shutdown",
     "max_actions_per_hour": 5,
+    "caps_file": "/etc/jupyter/tfgpu-caps.json",
     "on_config_error": "warn",
 }
 # The parsers a --TFGPU.x=... argument meets: jupyter_server's (jupyter server, jupyter lab,

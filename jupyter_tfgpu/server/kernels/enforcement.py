@@ -119,6 +119,14 @@ class Enforcer:
         self._waiting: set[tuple[str, str]] = set()  # episodes held on an unknown figure, logged
         self._busy = False
 
+    def set_rules(self, rules: Rules) -> None:
+        """New rules (the admin's caps file changed): every episode starts over, so each kernel
+        gets the whole grace period under the new rules; actions taken still count."""
+        self.rules = rules
+        self._since.clear()
+        self._announced.clear()
+        self._waiting.clear()
+
     @property
     def enabled(self) -> bool:
         """Whether any rule is on."""

@@ -34,6 +34,7 @@ const CONFIG: IConfig = {
     idle_action: 'restart',
     max_actions_per_hour: 3
   },
+  caps_file: null,
   problems: []
 };
 
