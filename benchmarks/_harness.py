@@ -6,6 +6,7 @@ Everything runs on 127.0.0.1, every wait is bounded in time, and every child pro
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ import platform
 import queue
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +33,7 @@ from serve_fake import free_port, percentile  # noqa: E402
 
 __all__ = [
     "FakeServer", "PySpy", "StreamClients", "call", "execute", "free_port", "machine",
-    "percentile", "start_session", "stop_process",
+    "percentile", "stalled_stream_client", "start_session", "stop_process",
 ]  # fmt: skip
 
 
@@ -75,8 +77,10 @@ class FakeServer:
         extra: list[str] | None = None,
         max_seconds: float = 1800,
         launcher: list[str] | None = None,
+        wait_for_sample: bool = True,
     ):
         self.latency = latency
+        self.wait_for_sample = wait_for_sample  # False: return as soon as the server listens
         self.extra = list(extra or [])  # ServerApp / TFGPU arguments
         self.launcher = list(launcher or [])  # serve_fake.py's own options (--mig 7, ...)
         self.info: dict[str, Any] = {}  # what serve_fake wrote to its ready file
@@ -90,6 +94,8 @@ class FakeServer:
         self.log_path = Path(self._dir.name) / "server.log"
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
+        self.started_at: float | None = None  # time.monotonic() when the process was started
+        self.ready_at: float | None = None  # ... when its ready file was seen (it serves)
         self._conn: http.client.HTTPConnection | None = None
 
     def __enter__(self) -> "FakeServer":
@@ -106,17 +112,19 @@ class FakeServer:
             cmd.append("--no-latency")
         cmd += [*self.launcher, "--", *self.extra]
         with open(self.log_path, "wb") as log:
+            self.started_at = time.monotonic()
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__(None, None, None)
                 raise RuntimeError(f"serve_fake did not start; log:\n{self.log_tail()}")
-            time.sleep(0.05)
+            time.sleep(0.01)
+        self.ready_at = time.monotonic()
         self.info = json.loads(ready.read_text())
         self.pid = self.info["pid"]
         # Wait (bounded) for the first sample, so every measurement starts from a sampling server.
-        for _ in range(100):
+        for _ in range(100 if self.wait_for_sample else 0):
             if self.get("tfgpu/api/gpus").get("timestamp") is not None:
                 break
             time.sleep(0.1)
@@ -253,14 +261,53 @@ def execute(server: FakeServer, kernel_id: str, code: str, timeout: float = 90) 
     return asyncio.run(_execute(server, kernel_id, code, timeout))
 
 
+def stalled_stream_client(server: FakeServer, timeout: float = 10) -> socket.socket:
+    """Open tfgpu/api/stream on a raw socket, complete the websocket handshake, and never read
+    again (the caller closes the socket). Its receive buffer is small, as a client's that stopped
+    reading is full, so the server's writes stop completing after a few messages."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        headers = "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())
+        sock.sendall(
+            (
+                f"GET /tfgpu/api/stream HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 8192:
+            chunk = sock.recv(1)  # byte by byte: nothing past the handshake is read
+            if not chunk:
+                raise RuntimeError("the server closed the stream during the handshake")
+            head += chunk
+        if head.split()[1:2] != [b"101"]:
+            raise RuntimeError(f"stream handshake refused: {head[:200]!r}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class StreamClients:
     """N websocket clients on tfgpu/api/stream, in their own process so they do not skew timings."""
 
-    def __init__(self, server: FakeServer, clients: int, *, pcie: int = 0, max_seconds: float = 600):
+    def __init__(
+        self,
+        server: FakeServer,
+        clients: int,
+        *,
+        pcie: int = 0,
+        max_seconds: float = 600,
+        classify: bool = False,
+    ):
         self.server = server
         self.clients = clients
         self.pcie = pcie
         self.max_seconds = max_seconds
+        self.classify = classify  # count each client's policy pushes and revisions too
         self.proc: subprocess.Popen | None = None
         self.summary: dict[str, Any] = {}
         self._lines: queue.Queue[str] = queue.Queue()
@@ -275,6 +322,8 @@ class StreamClients:
             "--pcie", str(self.pcie),
             "--seconds", str(self.max_seconds),
         ]  # fmt: skip
+        if self.classify:
+            cmd.append("--classify")
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr, text=True

@@ -2,7 +2,11 @@
 
 Prints ``READY <connected>`` once every client is connected (and the PCIe watchers have asked
 for PCIe), then counts messages until ``--seconds`` pass or SIGTERM arrives, and prints one JSON
-line: {"clients", "seconds", "messages": {min, median, max}, "bytes"}.
+line: {"clients", "seconds", "messages": {min, median, max}, "bytes"}. With ``--classify`` each
+message is parsed and the line adds "per_client": [{"messages", "bytes", "same_snapshot",
+"new_revision"}], where "same_snapshot" counts messages carrying the snapshot (``timestamp``) of
+the message before (a push without a new sample: a policy change) and "new_revision" those whose
+``policies.revision`` differs from the message before's.
 """
 
 from __future__ import annotations
@@ -27,18 +31,27 @@ async def client(url: str, token: str, pcie: bool, counts: list, slot: int):
     conn = await websocket_connect(request)
     if pcie:
         await conn.write_message(json.dumps({"pcie": True}))
-    counts[slot] = [0, 0]
+    # messages, bytes, same snapshot as the message before, new revision, last (timestamp, revision)
+    counts[slot] = [0, 0, 0, 0, None]
     return conn
 
 
-async def reader(conn, stop: asyncio.Event, counts: list, slot: int) -> None:
+async def reader(conn, stop: asyncio.Event, counts: list, slot: int, classify: bool) -> None:
     """Read messages until stopped or the server closes."""
     while not stop.is_set():
         message = await conn.read_message()
         if message is None:
             return
-        counts[slot][0] += 1
-        counts[slot][1] += len(message)
+        count = counts[slot]
+        count[0] += 1
+        count[1] += len(message)
+        if classify:
+            data = json.loads(message)
+            key = (data.get("timestamp"), (data.get("policies") or {}).get("revision"))
+            if count[4] is not None:
+                count[2] += key[0] == count[4][0]
+                count[3] += key[1] != count[4][1]
+            count[4] = key
 
 
 async def main() -> int:
@@ -49,6 +62,7 @@ async def main() -> int:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--pcie", type=int, default=0, help="how many clients watch PCIe")
     parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--classify", action="store_true", help="count pushes and revisions")
     args = parser.parse_args()
 
     stop = asyncio.Event()
@@ -63,7 +77,9 @@ async def main() -> int:
     )
     started = time.monotonic()
     print(f"READY {len(conns)}", flush=True)
-    tasks = [asyncio.create_task(reader(c, stop, counts, i)) for i, c in enumerate(conns)]
+    tasks = [
+        asyncio.create_task(reader(c, stop, counts, i, args.classify)) for i, c in enumerate(conns)
+    ]
     try:
         await asyncio.wait_for(stop.wait(), timeout=args.seconds)
     except asyncio.TimeoutError:
@@ -74,21 +90,21 @@ async def main() -> int:
     for conn in conns:
         conn.close()
     messages = [c[0] for c in counts if c is not None]
-    print(
-        json.dumps(
-            {
-                "clients": len(conns),
-                "seconds": round(elapsed, 3),
-                "messages": {
-                    "min": min(messages),
-                    "median": statistics.median(messages),
-                    "max": max(messages),
-                },
-                "bytes": sum(c[1] for c in counts if c is not None),
-            }
-        ),
-        flush=True,
-    )
+    summary = {
+        "clients": len(conns),
+        "seconds": round(elapsed, 3),
+        "messages": {
+            "min": min(messages), "median": statistics.median(messages), "max": max(messages)
+        },  # fmt: skip
+        "bytes": sum(c[1] for c in counts if c is not None),
+    }
+    if args.classify:
+        summary["per_client"] = [
+            {"messages": c[0], "bytes": c[1], "same_snapshot": c[2], "new_revision": c[3]}
+            for c in counts
+            if c is not None
+        ]
+    print(json.dumps(summary), flush=True)
     return 0
 
 

@@ -1,6 +1,6 @@
 """What the hardening holds, measured against serve_fake.py (a real server, fake NVML of 8 GPUs).
 
-Sections (``--sections 1234``; all by default), each on a fresh server:
+Sections (``--sections 1234567``; all by default), each on a fresh server:
   1  a hostile kernel floods ``kernel/report`` (4 threads: distinct PIDs, long UUIDs, 60 MB
      bodies, a 401-digit figure) while a well-behaved client polls status, gpus, kernels and
      /metrics: its answers and latency, the kernel's answers, server RSS before/after/+35 s
@@ -11,6 +11,15 @@ Sections (``--sections 1234``; all by default), each on a fresh server:
   4  kernel churn: 50 kernels started and stopped through the REST API in batches of 10:
      server RSS and threads before/after, leftover kernel processes, per-kernel state
      (``--kernels N`` for a longer churn, in batches of 10)
+  5  a kernel loops on PUT and DELETE kernel/policy with its own token for 10 s while 1 (then 3)
+     stream views are open: requests sent, accepted and refused (429), store writes (inotify),
+     stream messages, bytes and policy pushes per view, a well-behaved client's latency
+  6  5 websocket clients that complete the handshake and never read, for 60 s, against servers
+     of 8 and of 64 fake GPUs sampled every 0.1 s: server RSS every 5 s and after they close,
+     the bytes the server holds for them, and a reading client's message rate
+  7  one of 8 GPUs fails at open (its memory query times out after hanging 1 s; or it is lost):
+     time from the server's start to GET gpus listing 7 GPUs served and the lost one with its
+     reason, and from clearing the fault to the GPU served (its 30 s re-probe)
 
 Prints one JSON document, then a markdown table. No assertions: figures are reported, not
 enforced. ``--quick`` shortens every window (about a minute; numbers only indicative).
@@ -39,17 +48,22 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     FakeServer,
+    StreamClients,
     call,
     execute,
     machine,
     percentile,
+    stalled_stream_client,
     start_session,
     stop_process,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jupyter_tfgpu.server.kernels.channel import REPORT_TTL  # noqa: E402
+from jupyter_tfgpu.server.kernels.channel import CHANNEL_LIMITS, REPORT_TTL  # noqa: E402
 from jupyter_tfgpu.policy.store import LOCK_TIMEOUT  # noqa: E402
+from jupyter_tfgpu.server.api.backpressure import STALL_SECONDS  # noqa: E402
+from jupyter_tfgpu.server.api.stream import PUSH_INTERVAL  # noqa: E402
+from jupyter_tfgpu.server.sampling.sampler import LOST_RETRY_SECONDS  # noqa: E402
 
 MB = 2**20
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
@@ -58,11 +72,19 @@ FULL = {
     "flood_s": 12.0, "flood_threads": 4, "big_mb": 60, "big_every_s": 3.0, "big_max": 4,
     "after_s": REPORT_TTL + 5, "fault_s": 15.0, "recover_s": 40.0, "hold_s": 11.5,
     "kernels": 50, "batch": 10,
+    "policy_flood_s": 10.0, "views": (1, 3),
+    "stalled": 5, "stalled_s": 60.0, "stalled_gpus": (8, 64), "rss_every_s": 5.0,
+    "after_close_s": 15.0, "lost_gpu": 3, "lost_kinds": ("timeout", "lost"),
+    "reprobe_wait_s": LOST_RETRY_SECONDS + 15,
 }  # fmt: skip
 QUICK = {
     "flood_s": 4.0, "flood_threads": 4, "big_mb": 60, "big_every_s": 2.0, "big_max": 1,
     "after_s": 5.0, "fault_s": 5.0, "recover_s": 10.0, "hold_s": LOCK_TIMEOUT + 2,
     "kernels": 10, "batch": 5,
+    "policy_flood_s": 4.0, "views": (1,),
+    "stalled": 5, "stalled_s": 15.0, "stalled_gpus": (8, 64), "rss_every_s": 5.0,
+    "after_close_s": 6.0, "lost_gpu": 3, "lost_kinds": ("timeout",),
+    "reprobe_wait_s": LOST_RETRY_SECONDS + 15,
 }  # fmt: skip
 
 # NVML faults of section 2: (function, NVML_ERROR_ suffix, GPU or None for all, hang seconds).
@@ -129,6 +151,41 @@ LEAVE_TRACES = """
 import tfgpu_apply, tfgpu_report
 tfgpu_apply.error(None, "churn benchmark: a record for the server to clean up", announce=False)
 print(tfgpu_report.send_once("torch", [{"uuid": "GPU-churn", "reserved": 2**20}]))
+"""
+
+# Runs inside a kernel: PUT and DELETE kernel/policy in turn, as fast as answered, on a
+# keep-alive connection, bounded by a deadline and a count. A request the server could not take
+# because it had closed the connection (it closes it after a 429) is sent again once on a new one.
+POLICY_LOOP = r"""
+import collections, http.client, json, os, time, urllib.parse
+URL = urllib.parse.urlsplit(os.environ["TFGPU_SERVER_URL"])
+PATH = URL.path.rstrip("/") + "/tfgpu/api/kernel/policy"
+HEADERS = {"Authorization": "tfgpu-kernel " + os.environ["TFGPU_KERNEL_TOKEN"],
+           "Content-Type": "application/json"}
+SECONDS, MAX_REQUESTS = %(seconds)r, 200000
+counts = collections.defaultdict(collections.Counter)
+connections = 1
+conn = http.client.HTTPConnection(URL.hostname, URL.port, timeout=30)
+started = time.monotonic()
+for i in range(MAX_REQUESTS):
+    if time.monotonic() - started >= SECONDS:
+        break
+    method = "PUT" if i %% 2 == 0 else "DELETE"
+    body = json.dumps({"memory_limit_mb": 1024 + i}) if method == "PUT" else None
+    for attempt in (0, 1):
+        try:
+            conn.request(method, PATH, body=body, headers=HEADERS)
+            response = conn.getresponse()
+            response.read()
+            code = str(response.status)
+            break
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()  # http.client connects again at the next request
+            connections += 1
+            code = type(err).__name__
+    counts[method][code] += 1
+print(json.dumps({"seconds": round(time.monotonic() - started, 2), "by_method": counts,
+                  "connections": connections}))
 """
 
 # Holds the store's lock for argv[2] seconds, as a second server on the same home would.
@@ -520,6 +577,274 @@ def section_churn(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- 5: a kernel's policy flood ------------------------------------------------------------------
+
+
+def store_writes(store: Path):
+    """Counts atomic rewrites of ``store`` as they happen: each is a rename onto its path, seen
+    by inotify (watchdog), so none is missed however fast they come. Start/stop it yourself."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Renames(FileSystemEventHandler):
+        count = 0
+
+        def on_moved(self, event) -> None:
+            if Path(os.fsdecode(event.dest_path)) == store:
+                self.count += 1
+
+    renames = Renames()
+    observer = Observer()
+    observer.schedule(renames, str(store.parent))
+    return observer, renames
+
+
+def policy_revision(server: FakeServer, notebook: str) -> int | None:
+    """The server's policy-change counter (``revision`` of GET policies/<notebook>)."""
+    status, body, _ = call(server, "GET", f"tfgpu/api/policies/{notebook}")
+    return (body or {}).get("revision") if status == 200 else None
+
+
+def policy_flood_round(server: FakeServer, store: Path, views: int, p: dict[str, Any]):
+    """One kernel loops on PUT/DELETE kernel/policy while ``views`` stream clients are open."""
+    notebook = f"policy-flood-{views}.ipynb"
+    session = start_session(server, notebook)
+    kernel_id = session["kernel"]["id"]
+    execute(server, kernel_id, "print('ready')", timeout=90)
+    revision_before = policy_revision(server, notebook)
+    kernel: dict[str, Any] = {}
+
+    def run_loop() -> None:
+        try:
+            out = execute(server, kernel_id, POLICY_LOOP % {"seconds": p["policy_flood_s"]},
+                          timeout=p["policy_flood_s"] + 120)  # fmt: skip
+            kernel.update(json.loads(out.strip().splitlines()[-1]))
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            kernel["error"] = f"{type(err).__name__}: {err}"
+
+    observer, renames = store_writes(store)
+    observer.start()
+    try:
+        limit_s = p["policy_flood_s"] + 150
+        with StreamClients(server, views, classify=True, max_seconds=limit_s) as clients:
+            loop = threading.Thread(target=run_loop, daemon=True)
+            poller = Poller(server, ["tfgpu/api/status", "tfgpu/api/gpus", "tfgpu/api/kernels"])
+            loop.start()
+            poller.run(until=lambda: not loop.is_alive(), max_seconds=limit_s)
+            loop.join(5)
+            time.sleep(1.0)  # the trailing push of the last change (0.25 s) reaches the views
+    finally:
+        observer.stop()
+        observer.join(10)
+    revision_after = policy_revision(server, notebook)
+    call(server, "DELETE", f"api/sessions/{session['id']}")
+    by_method = kernel.get("by_method", {})
+    statuses: collections.Counter[str] = collections.Counter()
+    for counts in by_method.values():
+        statuses.update(counts)
+    per_view = clients.summary.get("per_client", [])
+    return {
+        "views": views,
+        "kernel_seconds": kernel.get("seconds"),
+        "kernel_error": kernel.get("error"),
+        "requests": sum(statuses.values()),
+        "accepted": statuses.get("200", 0),
+        "refused_429": statuses.get("429", 0),
+        "by_method": by_method,
+        "connections_opened": kernel.get("connections"),
+        "store_writes": renames.count,
+        "policy_revisions": (
+            None if None in (revision_before, revision_after) else revision_after - revision_before
+        ),
+        "views_window_s": clients.summary.get("seconds"),
+        "per_view": [
+            {"messages": v["messages"], "kib": round(v["bytes"] / 1024, 1),
+             "policy_pushes": v["same_snapshot"], "new_revisions": v["new_revision"]}
+            for v in per_view
+        ],  # fmt: skip
+        "client": poller.summary(),
+    }
+
+
+def section_policy_flood(p: dict[str, Any]) -> dict[str, Any]:
+    """A kernel loops on PUT and DELETE kernel/policy with its own token; what reaches the store,
+    the open views and a well-behaved client; with 1, then 3 views (a fresh kernel each)."""
+    state = tempfile.TemporaryDirectory(prefix="tfgpu-bench-policy-")
+    store = Path(state.name) / "state" / "policies.json"
+    store.parent.mkdir(parents=True)
+    try:
+        with FakeServer(extra=[f"--TFGPU.policy_store_path={store}"]) as server:
+            rounds = [policy_flood_round(server, store, views, p) for views in p["views"]]
+    finally:
+        state.cleanup()
+    return {
+        "flood_s": p["policy_flood_s"],
+        "limit": CHANNEL_LIMITS["policy"].describe(),
+        "push_interval_s": PUSH_INTERVAL,
+        "store_writes_counted_by": "inotify renames onto the store's path (watchdog), from outside",
+        "rounds": rounds,
+    }
+
+
+# -- 6: stalled stream clients -------------------------------------------------------------------
+
+
+def stream_clients(server: FakeServer) -> dict[str, Any]:
+    """The stream's open clients and the bytes they hold on the server (launcher endpoint)."""
+    status, body, _ = call(server, "GET", "bench/stream")
+    if status != 200 or not body:
+        return {"unavailable": str(status)}
+    return {
+        "clients": body["clients"],
+        "pending_kib": round(body["pending_bytes"] / 1024, 1),
+        "closed": sum(1 for o in body["outputs"] if o["closed_because"]),
+    }
+
+
+def stalled_round(gpus: int, p: dict[str, Any]) -> dict[str, Any]:
+    """``p["stalled"]`` clients stop reading for ``stalled_s`` on a server of ``gpus`` GPUs sampled
+    every 0.1 s; the server's RSS every few seconds and after they close; one client reads."""
+    extra = [
+        "--TFGPU.sample_interval=0.1", "--TFGPU.history_seconds=60",
+        # Driver time is not what is measured here: let the fast group keep its 0.1 s.
+        "--TFGPU.nvml_budget=1",
+    ]  # fmt: skip
+    with FakeServer(latency=False, launcher=["--gpus", str(gpus)], extra=extra) as server:
+        proc = psutil.Process(server.pid)
+        seconds = p["stalled_s"] + 2 * p["after_close_s"] + 60
+        with StreamClients(server, 1, max_seconds=seconds) as reading:
+            time.sleep(2)
+            before = {"rss_mib": mib(proc.memory_info().rss), **stream_clients(server)}
+            sockets = [stalled_stream_client(server) for _ in range(p["stalled"])]
+            opened = time.monotonic()
+            timeline = []
+            try:
+                for tick in range(int(p["stalled_s"] // p["rss_every_s"]) + 1):
+                    wait = opened + tick * p["rss_every_s"] - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    timeline.append({
+                        "s": round(time.monotonic() - opened, 1),
+                        "rss_mib": mib(proc.memory_info().rss), **stream_clients(server),
+                    })  # fmt: skip
+            finally:
+                for sock in sockets:
+                    sock.close()
+            closed = time.monotonic()
+            after = []
+            for wait_s in (p["after_close_s"] / 3, p["after_close_s"]):
+                time.sleep(max(0.0, closed + wait_s - time.monotonic()))
+                after.append({
+                    "s_after_close": round(time.monotonic() - closed, 1),
+                    "rss_mib": mib(proc.memory_info().rss), **stream_clients(server),
+                })  # fmt: skip
+        status = server.get("tfgpu/api/status")
+    summary = reading.summary
+    fast = ((status.get("sampler") or {}).get("groups") or {}).get("fast") or {}
+    rss = [row["rss_mib"] for row in timeline]
+    return {
+        "gpus": gpus,
+        "stalled_clients": p["stalled"],
+        "fast_interval_s": fast.get("interval"),
+        "configured_interval_s": fast.get("configured_interval"),
+        "before": before,
+        "every_5s": timeline,
+        "after_close": after,
+        "rss_growth_mib_peak": round(max(rss) - before["rss_mib"], 1) if rss else None,
+        "rss_growth_mib_after_close": round(after[-1]["rss_mib"] - before["rss_mib"], 1),
+        "reading_client": {
+            "messages": summary.get("messages", {}).get("max"),
+            "seconds": summary.get("seconds"),
+            "per_s": round(summary["messages"]["max"] / summary["seconds"], 2)
+            if summary.get("seconds") else None,
+            "mib": mib(summary.get("bytes")),
+        },
+    }
+
+
+def section_stalled(p: dict[str, Any]) -> dict[str, Any]:
+    """Stalled websocket clients on servers of 8 and of 64 GPUs sampled every 0.1 s."""
+    return {
+        "stall_seconds": STALL_SECONDS,
+        "rounds": [stalled_round(gpus, p) for gpus in p["stalled_gpus"]],
+    }
+
+
+# -- 7: one GPU lost at open ---------------------------------------------------------------------
+
+
+# (name, the fault on one GPU from before the server starts)
+LOST_AT_OPEN = {
+    "timeout": {"name": "nvmlDeviceGetMemoryInfo", "error": "TIMEOUT", "delay": 1.0},
+    "lost": {"name": "nvmlDeviceGetHandleByIndex", "error": "GPU_IS_LOST", "delay": 0.0},
+}
+
+
+def served(row: dict[str, Any]) -> bool:
+    """A GPU row with its readings: not lost, memory and temperature read."""
+    return (not row.get("lost") and row.get("temperature") is not None
+            and (row.get("memory") or {}).get("used") is not None)  # fmt: skip
+
+
+def lost_at_open_round(kind: str, p: dict[str, Any]) -> dict[str, Any]:
+    """8 GPUs, one failing at open: when GET gpus lists 7 served and the lost one with its
+    reason, and, once the fault is cleared, when that GPU is served (its 30 s re-probe)."""
+    gpu = p["lost_gpu"]
+    fault = {**LOST_AT_OPEN[kind], "gpu": gpu}
+    launcher = ["--gpus", "8", "--start-faults", json.dumps([fault])]
+    with FakeServer(launcher=launcher, wait_for_sample=False) as server:
+        t0 = server.started_at
+        reasons: collections.Counter[str] = collections.Counter()
+        listed = rows = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = server.get("tfgpu/api/gpus").get("gpus") or []
+            if len(rows) == 8:
+                others = [r for i, r in enumerate(rows) if i != gpu]
+                said = rows[gpu].get("lost") and rows[gpu].get("lost_reason")
+                if said and all(served(r) for r in others):
+                    listed = time.monotonic()
+                    break
+            else:
+                reasons[str(server.get("tfgpu/api/status").get("reason"))] += 1
+            time.sleep(0.02)
+        status = server.get("tfgpu/api/status")
+        lost_row = {k: rows[gpu].get(k) for k in ("index", "lost", "lost_reason")} if rows else None
+        log_lines = [line.strip() for line in server.log_tail(200).splitlines()
+                     if f"GPU {gpu}:" in line]  # fmt: skip
+        _, cleared, _ = call(server, "POST", "bench/faults", {"clear": True})
+        cleared_at = time.monotonic()
+        back = None
+        while time.monotonic() - cleared_at < p["reprobe_wait_s"]:
+            rows = server.get("tfgpu/api/gpus").get("gpus") or []
+            if len(rows) == 8 and all(served(r) for r in rows):
+                back = time.monotonic()
+                break
+            time.sleep(0.1)
+    return {
+        "fault": fault,
+        "faults_raised": (cleared or {}).get("faults_raised"),
+        "serving_s": round(server.ready_at - t0, 2),
+        "listed_s": round(listed - t0, 2) if listed else None,
+        "listed_after_serving_s": round(listed - server.ready_at, 2) if listed else None,
+        "status_reasons_before": dict(reasons),
+        "status_when_listed": {k: status.get(k) for k in ("available", "device_count", "reason")},
+        "lost_row": lost_row,
+        "log": log_lines[:2],
+        "served_after_clear_s": round(back - cleared_at, 2) if back else None,
+        "served_after_listed_s": round(back - listed, 2) if back and listed else None,
+        "wait_bound_s": p["reprobe_wait_s"],
+    }
+
+
+def section_lost_at_open(p: dict[str, Any]) -> dict[str, Any]:
+    """One of 8 GPUs fails at open (a timeout, or lost); the other 7 are served."""
+    return {
+        "lost_retry_s": LOST_RETRY_SECONDS,
+        "rounds": {kind: lost_at_open_round(kind, p) for kind in p["lost_kinds"]},
+    }
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -528,6 +853,9 @@ SECTIONS = {
     "2": ("nvml_faults", section_faults),
     "3": ("held_store_lock", section_store_lock),
     "4": ("kernel_churn", section_churn),
+    "5": ("policy_flood", section_policy_flood),
+    "6": ("stalled_clients", section_stalled),
+    "7": ("gpu_lost_at_open", section_lost_at_open),
 }
 
 
@@ -580,6 +908,42 @@ def markdown(result: dict[str, Any]) -> str:
             ("4 churn", "leftover kernel processes", f["leftover_kernel_processes"]),
             ("4 churn", "per-kernel state left", json.dumps({k: v for k, v in f["state_after"].items() if v})),
         ]  # fmt: skip
+    if "policy_flood" in s and "error" not in s["policy_flood"]:
+        f = s["policy_flood"]
+        for r in f["rounds"]:
+            views = ", ".join(
+                f"{v['messages']} msgs / {v['kib']} KiB / {v['policy_pushes']} pushes"
+                for v in r["per_view"]
+            )
+            c = r["client"]
+            rows += [
+                (f"5 policy flood, {r['views']} view(s)", "requests / accepted / 429",
+                 f"{r['requests']} / {r['accepted']} / {r['refused_429']}"),
+                (f"5 policy flood, {r['views']} view(s)", "store writes / policy revisions",
+                 f"{r['store_writes']} / {r['policy_revisions']}"),
+                (f"5 policy flood, {r['views']} view(s)", f"per view in {r['views_window_s']} s", views),
+                (f"5 policy flood, {r['views']} view(s)", "client served / errors, p50 / p99 ms",
+                 f"{c['served']} / {c['errors']}, {c['p50_ms']} / {c['p99_ms']}"),
+            ]  # fmt: skip
+    if "stalled_clients" in s and "error" not in s["stalled_clients"]:
+        for r in s["stalled_clients"]["rounds"]:
+            name = f"6 stalled, {r['gpus']} GPUs"
+            rows += [
+                (name, "RSS MiB every 5 s", " ".join(str(t["rss_mib"]) for t in r["every_5s"])),
+                (name, "RSS MiB before / after close", f"{r['before']['rss_mib']} / "
+                 + " / ".join(str(a["rss_mib"]) for a in r["after_close"])),
+                (name, "held for clients KiB (max)", max(t.get("pending_kib", 0) for t in r["every_5s"])),
+                (name, "reading client msgs/s (fast interval s)",
+                 f"{r['reading_client']['per_s']} ({r['fast_interval_s']})"),
+            ]  # fmt: skip
+    if "gpu_lost_at_open" in s and "error" not in s["gpu_lost_at_open"]:
+        for kind, r in s["gpu_lost_at_open"]["rounds"].items():
+            rows += [
+                (f"7 lost at open ({kind})", "serving / listed 7 + lost s from start",
+                 f"{r['serving_s']} / {r['listed_s']}"),
+                (f"7 lost at open ({kind})", "lost reason", (r["lost_row"] or {}).get("lost_reason")),
+                (f"7 lost at open ({kind})", "served after clear s", r["served_after_clear_s"]),
+            ]  # fmt: skip
     for name, data in s.items():
         if "error" in data:
             rows.append((name, "error", data["error"].splitlines()[-1]))
@@ -592,7 +956,7 @@ def main() -> int:
     """Run the chosen sections; print the JSON document and a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short windows (about a minute)")
-    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. '13'")
+    parser.add_argument("--sections", default="1234567", help="which sections to run, e.g. '57'")
     parser.add_argument("--kernels", type=int, default=None, help="section 4: kernels in all")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args()

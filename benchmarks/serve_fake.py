@@ -15,13 +15,18 @@ adds endpoints that the benchmark scripts use from outside (token required):
     GET/POST {base_url}bench/processes  the fake's GPU processes: POST {"add": [{"pid", "gpu",
                                   "mig", "used_memory"}], "remove": [pid, ...]}; both answer
                                   {"processes": [...]}
+    GET {base_url}bench/stream    the stream's open clients, as the server counts them:
+                                  {"clients", "pending_bytes", "outputs": [{"in_flight",
+                                  "pending_bytes", "sent", "skipped", "closed_because"}]}
 
 Usage (from the repo root):
     python benchmarks/serve_fake.py [--no-latency] [--port N] [--token T] [--ready-file F]
                                     [--max-seconds S] [--gpus N] [--mig N]
-                                    [--foreign-processes N] [--checkout DIR] [--quick]
+                                    [--foreign-processes N] [--checkout DIR]
+                                    [--start-faults JSON] [--quick]
                                     [-- extra ServerApp/TFGPU args]
 ``--quick`` starts the server, reads its own endpoints once, prints a JSON result and exits.
+``--start-faults`` injects NVML faults before the server starts, so its first open meets them.
 """
 
 from __future__ import annotations
@@ -95,6 +100,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="import jupyter_tfgpu from this checkout (e.g. a git worktree of another commit), "
         "in the server and in its kernels, instead of the one installed",
     )  # fmt: skip
+    parser.add_argument(
+        "--start-faults", default="",
+        help='NVML faults in force from the start, as POST bench/faults\'s "inject" list (JSON), '
+        'e.g. \'[{"name": "nvmlDeviceGetMemoryInfo", "error": "TIMEOUT", "gpu": 3}]\'',
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: start, self-check, exit")
     return parser.parse_known_args(argv)
 
@@ -147,6 +157,19 @@ def make_fake(latency: bool, gpus: int, mig: int = 0, foreign: int | None = None
             for k in range(foreign)
         ])  # fmt: skip
     return fake
+
+
+def inject_faults(fake, specs: list[dict]) -> None:
+    """Add faults to the fake, each ``{"name", "error", "times", "gpu", "delay"}``: ``error`` an
+    ``NVML_ERROR_`` suffix ("TIMEOUT") or a code, the rest as ``FakeNvml.inject`` takes them."""
+    for spec in specs:
+        error = spec["error"]
+        if isinstance(error, str):
+            error = getattr(fake.module, f"NVML_ERROR_{error.upper()}")
+        fake.inject(
+            spec["name"], int(error), times=spec.get("times"), gpu=spec.get("gpu"),
+            delay=float(spec.get("delay", 0.0)),
+        )  # fmt: skip
 
 
 def foreign_pid_base() -> int:
@@ -252,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = make_fake(
         latency=not args.no_latency, gpus=args.gpus, mig=args.mig, foreign=args.foreign_processes
     )
+    inject_faults(fake, json.loads(args.start_faults) if args.start_faults else [])
     sys.modules["pynvml"] = fake.module  # before the extension's backend imports it
     if args.checkout:
         # First on the path, after the fake was imported from this repo; kernels inherit it.
@@ -337,14 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             body = self.get_json_body() or {}
             if body.get("clear"):
                 fake.clear()
-            for spec in body.get("inject", []):
-                error = spec["error"]
-                if isinstance(error, str):
-                    error = getattr(fake.module, f"NVML_ERROR_{error.upper()}")
-                fake.inject(
-                    spec["name"], int(error), times=spec.get("times"), gpu=spec.get("gpu"),
-                    delay=float(spec.get("delay", 0.0)),
-                )  # fmt: skip
+            inject_faults(fake, body.get("inject", []))
             self.finish(json.dumps(fault_state()))
 
     class KernelStateHandler(APIHandler):
@@ -391,6 +408,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise web.HTTPError(400, f"bad process spec: {err}") from None
             self.finish(json.dumps({"processes": list_processes(fake)}))
 
+    class StreamClientsHandler(APIHandler):
+        """GET bench/stream: the stream's open clients, as the server counts them (bench only)."""
+
+        @web.authenticated
+        def get(self) -> None:
+            """Open clients, the bytes they have pending, and each one's output."""
+            outputs = list(self.settings["tfgpu_services"].stream.clients)
+            self.finish(json.dumps({
+                "clients": len(outputs),
+                "pending_bytes": sum(o.pending_bytes for o in outputs),
+                "outputs": [
+                    {"in_flight": o.in_flight, "pending_bytes": o.pending_bytes, "sent": o.sent,
+                     "skipped": o.skipped, "closed_because": o.closed_because}
+                    for o in outputs
+                ],
+            }))  # fmt: skip
+
     class BenchServerApp(ServerApp):
         """ServerApp plus the benchmark endpoints, a lifetime bound and a parent watchdog."""
 
@@ -404,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     (url_path_join(self.base_url, "bench/faults"), NvmlFaultsHandler),
                     (url_path_join(self.base_url, "bench/kernel-state"), KernelStateHandler),
                     (url_path_join(self.base_url, "bench/processes"), GpuProcessesHandler),
+                    (url_path_join(self.base_url, "bench/stream"), StreamClientsHandler),
                 ],
             )
             log_function = self.web_app.settings.get("log_function")
