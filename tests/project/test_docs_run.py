@@ -6,7 +6,8 @@ written into their pages by ``docs/_tools/generate.py``, and read there):
 - ```` ```python ```` blocks that configure (``c.…`` or ``get_config()``) are loaded by Jupyter's
   own config loader, then handed to ``TFGPU`` (and to the other configurables they set), so a
   bad value fails as it would in the server; other Python blocks run in a fresh interpreter;
-- ```` ```json ```` blocks through ``JSONFileConfigLoader``, ```` ```yaml ```` blocks parsed, with
+- ```` ```json ```` blocks through ``JSONFileConfigLoader`` (a caps file, an object of setting
+  names, through the server's caps-file reader), ```` ```yaml ```` blocks parsed, with
   their ``extraConfig`` Python and their ``--Class.trait=value`` argument lists checked as above;
 - shell commands (```` ```bash ````, unlabelled blocks, a systemd unit's ``ExecStart``, and code
   spans in the text that start with a command such as ``python`` or ``jupyter``): each kind is
@@ -184,6 +185,41 @@ def load_json_config(text: str, folder: Path) -> Config:
     path = folder / "jupyter_server_config.json"
     path.write_text(text)
     return JSONFileConfigLoader(path.name, path=str(folder)).load_config()
+
+
+def is_caps_file(text: str) -> bool:
+    """A caps file (``TFGPU.caps_file``) rather than a config file: an object of setting names,
+    where a config file names sections (``TFGPU``, ``ServerApp``), which start upper case."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and not any(key[:1].isupper() for key in data)
+
+
+def check_caps_file(text: str, folder: Path) -> None:
+    """The server's caps-file reader takes it, as root-owned /etc/jupyter would hold it."""
+    from jupyter_tfgpu.server.caps_file import read_caps_file
+
+    admin = folder / "etc"
+    admin.mkdir(mode=0o755)
+    path = admin / "tfgpu-caps.json"
+    path.write_text(text)
+    path.chmod(0o644)
+    # As a server under another user than the one that wrote the file (root's own file, for a
+    # server running as root).
+    read = read_caps_file(str(path), uid=0 if os.geteuid() == 0 else os.geteuid() + 1)
+    assert read.values is not None, [str(problem) for problem in read.problems]
+
+
+def caps_files_named() -> set[str]:
+    """The caps files the example configs name."""
+    named = set()
+    for example in EXAMPLES.glob("*.py"):
+        found = re.search(r"caps_file = \"([^\"]+)\"", example.read_text())
+        if found:
+            named.add(found[1])
+    return named
 
 
 def parse_server_command_line(args: list[str]) -> Config:
@@ -382,6 +418,26 @@ def check_install_folders(args: list[str]) -> None:
     assert stores & set(folders), f"none of {folders} is a store folder of the examples {stores}"
 
 
+def check_install_caps_file(args: list[str], folder: Path) -> None:
+    """``install -o USER -g GROUP -m MODE FILE DEST`` puts an example caps file where an example
+    config names it, owned by another user than the server's, writable by its owner alone."""
+    options, files = {}, []
+    words = iter(args)
+    for word in words:
+        if word in ("-o", "-g", "-m"):
+            options[word] = next(words)
+        else:
+            files.append(word)
+    assert set(options) == {"-o", "-g", "-m"} and len(files) == 2, args
+    assert int(options["-m"], 8) & 0o022 == 0, f"others could write it: {options['-m']}"
+    units = "\n".join(b.text for b in ALL_BLOCKS if b.lang == "ini")
+    assert f"User={options['-o']}" not in units, "the server's user would own the caps file"
+    source, dest = files
+    assert (EXAMPLES / source).is_file(), f"{source} is not an example file"
+    assert dest in caps_files_named(), f"{dest} is not a caps file an example config names"
+    check_caps_file((EXAMPLES / source).read_text(), folder)
+
+
 def check_script(path: str, args: list[str]) -> None:
     """The script is in the repository, and every option given is one it names."""
     script = ROOT / path
@@ -485,6 +541,8 @@ def check_command(words: list[str], folder: Path) -> None:
         check_pip_install(args[3:] if python else args[1:])
     elif program == "install" and args[:1] == ["-d"]:
         check_install_folders(args[1:])
+    elif program == "install":
+        check_install_caps_file(args, folder)
     elif python and args[:1] == ["-m"] and args[1:2] == ["venv"]:
         assert len(args) == 3 and Path(args[2]).is_absolute(), "python -m venv FOLDER"
     elif python and args[:3] == ["-m", "pip", "uninstall"]:
@@ -531,8 +589,12 @@ def test_python_blocks_run(block, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("block", _params([b for b in ALL_BLOCKS if b.lang == "json"]))
 def test_json_blocks_load(block, tmp_path):
-    """A JSON config block loads with Jupyter's JSON config loader and its settings are valid."""
-    check_config(load_json_config(block.text, tmp_path))
+    """A JSON config block loads with Jupyter's JSON config loader and its settings are valid;
+    a caps file (setting names at the top, no sections) is read by the server's own reader."""
+    if is_caps_file(block.text):
+        check_caps_file(block.text, tmp_path)
+    else:
+        check_config(load_json_config(block.text, tmp_path))
 
 
 @pytest.mark.parametrize("block", _params([b for b in ALL_BLOCKS if b.lang in ("yaml", "yml")]))
@@ -730,6 +792,17 @@ def test_a_broken_command_fails(command, tmp_path):
     with pytest.raises(Exception):  # noqa: B017
         for words in split_commands(command):
             check_command(words, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"max_memory_mb": "20 GiB"}', '{"backend": "nvml"}', '{"max_memory": 20480}'],
+)
+def test_a_broken_caps_file_fails(text, tmp_path):
+    """A caps file block the server would refuse fails the check."""
+    assert is_caps_file(text)
+    with pytest.raises(AssertionError):
+        check_caps_file(text, tmp_path)
 
 
 def test_json_config_is_loaded_and_checked(tmp_path):
