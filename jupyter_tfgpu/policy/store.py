@@ -330,9 +330,16 @@ class PolicyStore:
             with self._as_unavailable(), self._flocked():
                 remove_stale_temp_files(self.path)
                 # Another process may have written: read afresh, never from the copy.
-                policies = {k: dict(v) for k, v in self._load_locked().items()}
+                found = self._load_locked()
+                policies = {k: dict(v) for k, v in found.items()}
                 yield policies
-                self._write(policies)
+                if policies == found:
+                    # Nothing to change (a reset of a notebook without a policy, the same policy
+                    # again): no rewrite and fsync, and no change for the views; what was read
+                    # (perhaps another process's write) is what this server serves now.
+                    self._publish(found, stamp_of(self.path))
+                else:
+                    self._write(policies)
         finally:
             self._io_lock.release()
 

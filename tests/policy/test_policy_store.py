@@ -402,6 +402,26 @@ def test_delete_of_one_policy_says_whether_there_was_one(filled_store):
     assert filled_store.get("other.ipynb") is None
 
 
+def test_a_change_that_changes_nothing_does_not_rewrite_the_file(filled_store):
+    """Removing a policy that is not there, or storing the same one again, leaves the file as it
+    is (no rewrite, no fsync) and tells no view of a change; a real change still writes."""
+    # Given the store's file as it is, and a listener for changes
+    changes: list[set[str]] = []
+    filled_store.on_change = changes.append
+    before = os.stat(filled_store.path)
+    # When nothing is changed, twice
+    assert filled_store.delete("never-had-one.ipynb") is False
+    filled_store.put("other.ipynb", filled_store.get("other.ipynb"))
+    # Then the file is the same file, and no change was announced
+    after = os.stat(filled_store.path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert changes == []
+    # And a real change still rewrites it
+    filled_store.put("other.ipynb", {"memory_limit_mb": 99})
+    assert os.stat(filled_store.path).st_ino != before.st_ino
+    assert changes == [{"other.ipynb"}]
+
+
 # -- notebook path keys -------------------------------------------------------------------------
 
 
