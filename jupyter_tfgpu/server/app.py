@@ -129,6 +129,7 @@ class TFGPUApp(ExtensionApp):
             return
         if TFGPUProvisioner.policies is services.policies:
             TFGPUProvisioner.policies = None
+        await services.kernels.stop()
         await asyncio.get_running_loop().run_in_executor(None, services.sampler.stop)
 
     @staticmethod

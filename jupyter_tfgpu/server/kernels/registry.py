@@ -200,6 +200,17 @@ class KernelRegistry:
         self.reports.forget(kernel_id)
         self.memory.forget(kernel_id)
 
+    async def stop(self) -> None:
+        """The server stops: no refresh is left pending on its loop, and this server's record
+        folder (every kernel's, the kernels' own processes may still write) is removed."""
+        pending = [t for t in (self._queued, self._running) if t is not None and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._queued = self._running = None
+        await asyncio.to_thread(shutil.rmtree, self.report_root, True)
+
     def remove_report_folder(self, kernel_id: str) -> None:
         """Delete a gone kernel's report folder; blocking (the kernel may have filled it)."""
         shutil.rmtree(os.path.join(self.report_root, kernel_id), ignore_errors=True)
