@@ -258,6 +258,9 @@ class Sampler:
         self._tokens_at = time.monotonic()
         self._opened = True
         self._open_retry_in = self._open_retry_at = None
+        # The GPUs as known without a reading (names, totals; readings null), served before
+        # "available" is: GET status and GET gpus never disagree while the first round runs.
+        self._publish_round(time.monotonic())
         # Set last: request handlers read these from the event loop while the worker opens.
         self.reason = None
         self.available = True
