@@ -4,7 +4,16 @@ import { DASH, describeInterconnect, formatMemory, formatPercent } from './forma
 import { ISeries } from './stream';
 import { IGpu } from './types';
 
-/** One GPU: utilization and memory with sparklines, temperature and power. */
+/** What a process list that is not current means, for its line's tooltip. */
+const STALE_PROCESSES =
+  "The last read of this GPU's process list failed. Who holds its memory is shown as an " +
+  'earlier read found it, for a limited time (the list is then left empty); the figures NVML ' +
+  'gives for the kernels that may use this GPU are unknown until a read succeeds.';
+
+/**
+ * One GPU: utilization and memory with sparklines, temperature and power, and whether its
+ * process list is current.
+ */
 export function GpuCard(props: {
   gpu: IGpu;
   simulated: boolean;
@@ -56,6 +65,11 @@ export function GpuCard(props: {
             seconds={seconds}
             kind="memory"
           />
+          {gpu.processes_stale && (
+            <p className="jp-tfgpu-Gpu-stale" title={STALE_PROCESSES}>
+              Process list not current: {gpu.processes_stale}
+            </p>
+          )}
           <div className="jp-tfgpu-Gpu-foot">
             <span title="Temperature">
               {gpu.temperature === null ? DASH : `${gpu.temperature} \u00b0C`}

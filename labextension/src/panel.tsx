@@ -9,6 +9,14 @@ import { basename, formatBytes } from './format';
 import { GpuCard } from './gpucard';
 import { groupHolders, IHolder } from './holders';
 import { gpuIcon } from './icon';
+import {
+  HolderFigure,
+  HolderGpus,
+  OwnReportNote,
+  RunningCap,
+  UnknownKernels,
+  UnknownNote
+} from './kernelmemory';
 import { KernelsModel } from './kernels';
 import { IPolicyField, PolicyModel } from './policy';
 import { PolicyForm } from './policyform';
@@ -146,12 +154,12 @@ export class GpuPanel extends ReactWidget {
   }
 
   private _holders(): React.ReactNode {
-    const { stream, openNotebook, kernelAction } = this._options;
-    const { kernels: held, others } = groupHolders(stream.snapshot);
+    const { stream, kernels, openNotebook, kernelAction } = this._options;
+    const { kernels: held, others, unknown } = groupHolders(stream.snapshot, kernels.kernels);
     return (
       <section className="jp-tfgpu-Section" aria-labelledby="jp-tfgpu-holders">
         <h3 id="jp-tfgpu-holders">GPU memory by notebook</h3>
-        {!held.length && !others.length && (
+        {!held.length && !others.length && !unknown.length && (
           <p className="jp-tfgpu-Muted">No process holds GPU memory.</p>
         )}
         <ul className="jp-tfgpu-Holders">
@@ -164,6 +172,7 @@ export class GpuPanel extends ReactWidget {
               onAction={kernelAction}
             />
           ))}
+          <UnknownKernels kernels={unknown} />
           {others.length > 0 && (
             <li className="jp-tfgpu-Holder">
               <div className="jp-tfgpu-Holder-head">
@@ -179,6 +188,7 @@ export class GpuPanel extends ReactWidget {
             </li>
           )}
         </ul>
+        {held.some(h => h.gpus.some(g => g.ownReport)) && <OwnReportNote />}
       </section>
     );
   }
@@ -226,6 +236,7 @@ export class GpuPanel extends ReactWidget {
             The running kernel uses this policy.
           </p>
         )}
+        {kernel && <RunningCap kernel={kernel} />}
         {path && description && (
           <PolicyForm
             key={path}
@@ -341,11 +352,12 @@ function Holder(props: {
         ) : (
           <span className="jp-tfgpu-Holder-name">Kernel {id.slice(0, 8)} (no notebook)</span>
         )}
-        <span>{formatBytes(holder.total)}</span>
+        <HolderFigure holder={holder} />
       </div>
+      {holder.unknown && <UnknownNote reason={holder.unknown} />}
       <div className="jp-tfgpu-Holder-foot">
         <span className="jp-tfgpu-Muted">
-          {holder.gpus.map(g => `GPU ${g.index}`).join(', ')}
+          <HolderGpus holder={holder} />
           {state && ` \u00b7 ${state}`}
         </span>
         <span className="jp-tfgpu-Holder-actions">

@@ -2,7 +2,8 @@
 
 import { describeAvailability } from './availability';
 import { DASH, describeGpu, formatBytes, formatMemory, statusText } from './format';
-import { groupHolders } from './holders';
+import { groupHolders, IHolder, limitFor } from './holders';
+import { OWN_REPORT_NOTE } from './kernelmemory';
 import { IKernel, ISnapshot, IStatus } from './types';
 
 /** Which GPUs the status bar shows (the extension's settings). */
@@ -40,11 +41,27 @@ const CLICK = 'Click for the GPU panel.';
 /** What the figures of the `all` and chosen-GPU modes are. */
 const MACHINE = 'mean utilization \u00b7 memory used / total';
 
-/** A kernel's per-GPU memory limit in bytes: what it started with, or its policy's. */
-function limitOf(kernel: IKernel | undefined): number | null {
-  const source = kernel?.applied ?? kernel?.policy;
-  const mib = source?.memory_limit_mb;
-  return typeof mib === 'number' ? mib * 2 ** 20 : null;
+/**
+ * What the kernel's per-GPU limit is, in words, given where its figures come from: the cap for
+ * NVML's figures, the framework limit for its own report (which leaves out the CUDA context).
+ */
+function limitWords(kernel: IKernel | undefined, holder: IHolder | undefined): string {
+  const cap = limitFor(kernel, false);
+  if (cap === null) {
+    return '';
+  }
+  const own = limitFor(kernel, true) as number;
+  const reports = holder?.gpus.filter(g => g.ownReport).length ?? 0;
+  if (!reports || own === cap) {
+    return `; its limit is ${formatBytes(cap)} per GPU`;
+  }
+  if (reports === holder?.gpus.length) {
+    return (
+      `; its limit is ${formatBytes(own)} per GPU, what its frameworks get under its ` +
+      `${formatBytes(cap)} cap`
+    );
+  }
+  return `; its limit is ${formatBytes(cap)} per GPU, ${formatBytes(own)} for its own report`;
 }
 
 /**
@@ -94,26 +111,38 @@ export function statusLine(input: IStatusInput): IStatusLine {
         `notebook's kernel.\n${totals}\n${CLICK}`
     );
   }
-  const holder = groupHolders(snapshot).kernels.find(h => h.kernelId === kernelId);
+  const holder = groupHolders(snapshot, kernel ? [kernel] : []).kernels.find(
+    h => h.kernelId === kernelId
+  );
   const devices = kernel?.applied?.devices;
   if (!holder && Array.isArray(devices) && !devices.length) {
     const why = kernel?.applied?.placement?.reason ?? "This notebook's kernel sees no GPU";
     return line('GPU: CPU only', `${why}\n${totals}\n${CLICK}`);
   }
   const held = holder?.total ?? 0;
-  const limit = limitOf(kernel);
   const onOne = (holder?.gpus.length ?? 0) <= 1;
-  const text =
-    limit !== null && onOne
-      ? `GPU: ${formatMemory(held, limit)} limit`
-      : `GPU: ${formatBytes(held)}`;
+  const limit = limitFor(kernel, onOne && !!holder?.gpus[0]?.ownReport);
+  const figure = limit !== null && onOne ? `${formatMemory(held, limit)} limit` : formatBytes(held);
   const where = holder?.gpus.length
-    ? ` (${holder.gpus.map(g => `GPU ${g.index}: ${formatBytes(g.used)}`).join(', ')})`
+    ? ` (${holder.gpus
+        .map(g => `GPU ${g.index}: ${formatBytes(g.used)}${g.ownReport ? ', its own report' : ''}`)
+        .join(', ')})`
     : '';
-  const capped = limit === null ? '' : `; its limit is ${formatBytes(limit)} per GPU`;
+  const own = holder?.gpus.some(g => g.ownReport) ? `${OWN_REPORT_NOTE}\n` : '';
+  const unknown = kernel?.gpu_memory?.unknown;
+  if (unknown) {
+    // Unknown is not 0: the last known figure is marked stale, and without one none is shown.
+    const lastKnown = holder ? `Last known: ${formatBytes(held)}${where}.\n` : '';
+    return line(
+      holder ? `GPU: ${figure} (stale)` : 'GPU: unknown',
+      `This notebook's kernel's GPU memory is unknown now: ${unknown}.\n${lastKnown}${own}` +
+        `${totals}\n${CLICK}`,
+      true
+    );
+  }
   return line(
-    text,
-    `This notebook's kernel holds ${formatBytes(held)} of GPU memory${where}${capped}.\n` +
-      `${totals}\n${CLICK}`
+    `GPU: ${figure}`,
+    `This notebook's kernel holds ${formatBytes(held)} of GPU memory${where}` +
+      `${limitWords(kernel, holder)}.\n${own}${totals}\n${CLICK}`
   );
 }

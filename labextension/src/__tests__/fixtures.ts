@@ -2,10 +2,16 @@
 
 import { IApi, IGpu, IKernel, ISnapshot, IStatus } from '../types';
 
-/** A GPU row; `processes` as [pid, bytes, kernel id, notebook]. */
+/** A GPU row; `processes` as [pid, bytes, kernel id, notebook, how it was attributed]. */
 export function gpu(
   index: number,
-  processes: [number, number | null, string | null, string | null][] = [],
+  processes: [
+    number,
+    number | null,
+    string | null,
+    string | null,
+    ('pid' | 'kernel_report')?
+  ][] = [],
   extra: Partial<IGpu> = {}
 ): IGpu {
   return {
@@ -30,11 +36,12 @@ export function gpu(
     },
     mig: null,
     lost: false,
-    processes: processes.map(([pid, used_memory, kernel_id, notebook]) => ({
+    processes: processes.map(([pid, used_memory, kernel_id, notebook, attributed_by]) => ({
       pid,
       used_memory,
       kernel_id,
-      notebook
+      notebook,
+      ...(attributed_by ? { attributed_by } : {})
     })),
     ...extra
   };
@@ -65,6 +72,29 @@ export function kernel(id: string, extra: Partial<IKernel> = {}): IKernel {
     restart_required: false,
     ...extra
   };
+}
+
+/** A kernel's `gpu_memory` row on one GPU. */
+export function perGpu(
+  index: number,
+  used_memory: number | null,
+  source: 'nvml' | 'kernel_report'
+): IKernel['gpu_memory']['per_gpu'][number] {
+  return { index, uuid: `GPU-${index}`, used_memory, pids: [], source };
+}
+
+/** A kernel whose GPU memory is as given (`total` is the sum of the known figures). */
+export function kernelHolding(
+  id: string,
+  rows: IKernel['gpu_memory']['per_gpu'],
+  unknown: string | null = null,
+  extra: Partial<IKernel> = {}
+): IKernel {
+  const known = rows.filter(r => r.used_memory !== null);
+  const sources = new Set(known.map(r => r.source));
+  const source = sources.size > 1 ? 'mixed' : (known[0]?.source ?? null);
+  const total = known.reduce((sum, r) => sum + (r.used_memory ?? 0), 0);
+  return kernel(id, { gpu_memory: { total, source, unknown, per_gpu: rows }, ...extra });
 }
 
 /** A WebSocket double the test drives by hand. */

@@ -1,6 +1,6 @@
 import { statusLine, IStatusInput } from '../statustext';
 import { IStatus } from '../types';
-import { gpu, kernel, SAMPLER, snapshot } from './fixtures';
+import { gpu, kernel, kernelHolding, perGpu, SAMPLER, snapshot } from './fixtures';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -75,6 +75,49 @@ describe('statusLine', () => {
     expect(none.text).toBe('GPU: \u2013');
     expect(none.tooltip).toContain('No notebook with a running kernel');
     expect(none.tooltip).toContain('GPU 1 Simulated GPU 16GB');
+  });
+
+  it("says when the figure is the kernel's own report, held to the limit its frameworks got", () => {
+    // Given a kernel in a container: NVML lists no process of it; it reports 1.5 GiB on GPU 1
+    const applied = { memory_limit_mb: 4096, framework_limit_mb: 3584, context_reserve_mb: 512 };
+    const boxed = kernelHolding('k2', [perGpu(1, 1.5 * GiB, 'kernel_report')], null, { applied });
+    const line = statusLine(input({ kernelId: 'k2', kernel: boxed }));
+    // Then it shows that figure against the framework limit, and the tooltip says what it is
+    expect(line.text).toBe('GPU: 1.5 / 3.5 GiB limit');
+    expect(line.tooltip.split('\n')[0]).toBe(
+      "This notebook's kernel holds 1.5 GiB of GPU memory (GPU 1: 1.5 GiB, its own report); " +
+        'its limit is 3.5 GiB per GPU, what its frameworks get under its 4.0 GiB cap.'
+    );
+    expect(line.tooltip.split('\n')[1]).toBe(
+      "Own report: the kernel's frameworks' own figure, sent from inside the kernel; it " +
+        'leaves out the CUDA context.'
+    );
+    expect(line.warning).toBe(false);
+  });
+
+  it('says when the memory is unknown now: the last known figure marked stale, or none', () => {
+    const why = "GPU 0's process list could not be read (NVMLError_Timeout: Timeout)";
+    // Given the kernel's figure kept from GPU 0's last process list
+    const stale = kernelHolding('k1', [perGpu(0, 1.2 * GiB, 'nvml')], why);
+    const line = statusLine(input({ kernel: stale }));
+    // Then the last known figure is marked stale, with a warning and the reason first
+    expect(line.text).toBe('GPU: 1.2 GiB (stale)');
+    expect(line.warning).toBe(true);
+    expect(line.tooltip.split('\n').slice(0, 2)).toEqual([
+      `This notebook's kernel's GPU memory is unknown now: ${why}.`,
+      'Last known: 1.2 GiB (GPU 0: 1.2 GiB).'
+    ]);
+    expect(line.label).toBe(
+      `GPU: 1.2 GiB (stale). This notebook's kernel's GPU memory is unknown now: ${why}.`
+    );
+    // And a kernel whose own report stopped has no figure: unknown, never 0 B
+    const silent = 'its own GPU memory report, the only figure for it on GPU 1, stopped arriving';
+    const gone = statusLine(input({ kernelId: 'k2', kernel: kernelHolding('k2', [], silent) }));
+    expect(gone.text).toBe('GPU: unknown');
+    expect(gone.tooltip.split('\n')[0]).toBe(
+      `This notebook's kernel's GPU memory is unknown now: ${silent}.`
+    );
+    expect(gone.warning).toBe(true);
   });
 
   it('says CPU only, and why, for a kernel placed on no GPU', () => {

@@ -1,0 +1,179 @@
+/**
+ * What the panel says of a kernel's GPU memory beyond its bytes: where the figure comes from,
+ * when it is unknown, and what the kernel's cap leaves its frameworks.
+ */
+
+import * as React from 'react';
+
+import { basename, formatBytes } from './format';
+import { IHolder } from './holders';
+import { IKernel } from './types';
+
+/** What a figure that is the kernel's own report is (the "own report" tag's tooltip). */
+export const OWN_REPORT =
+  "Reported by the kernel's frameworks from inside the kernel (the server cannot match the " +
+  "GPU's processes to it, as in a container without the host's PIDs); leaves out the CUDA context.";
+
+/** The tag's meaning in short, said once under a list that has the tag. */
+export const OWN_REPORT_NOTE =
+  "Own report: the kernel's frameworks' own figure, sent from inside the kernel; it leaves " +
+  'out the CUDA context.';
+
+/** What a cap is, for the cap line's tooltip. */
+const CAP =
+  "A cap is what NVML (and nvidia-smi) shows for the kernel's processes. The frameworks get " +
+  'the cap less the room the CUDA context and libraries take outside their allocators.';
+
+/** Where the context reserve comes from, for the cap line's tooltip. */
+const RESERVE_SOURCES: Record<string, string> = {
+  measured: 'The room left was measured on this server for these GPU models and driver.',
+  'starting value':
+    'The room left is the starting value (or a larger figure measured here): these GPUs have ' +
+    'not all been measured on this server yet.'
+};
+
+/** MiB as people write them: `550 MiB`, `3.5 GiB`. */
+function mib(value: number): string {
+  return value < 1024 ? `${value} MiB` : formatBytes(value * 2 ** 20);
+}
+
+/** The bytes a kernel holds; when unknown now, the last known figure, marked stale. */
+export function HolderFigure(props: { holder: IHolder }): JSX.Element {
+  const { holder } = props;
+  if (!holder.unknown) {
+    return <span className="jp-tfgpu-Holder-memory">{formatBytes(holder.total)}</span>;
+  }
+  return (
+    <span
+      className="jp-tfgpu-Holder-memory jp-tfgpu-mod-stale"
+      title="The last known figure: the server cannot know this kernel's GPU memory now"
+    >
+      <span className="jp-tfgpu-VisuallyHidden">last known </span>
+      {formatBytes(holder.total)}
+    </span>
+  );
+}
+
+/** The GPUs a kernel holds memory on; a figure that is its own report is tagged so. */
+export function HolderGpus(props: { holder: IHolder }): JSX.Element {
+  return (
+    <>
+      {props.holder.gpus.map((g, i) => (
+        <React.Fragment key={g.index}>
+          {i > 0 && ', '}
+          {`GPU ${g.index}`}
+          {g.ownReport && (
+            <>
+              {' '}
+              <span className="jp-tfgpu-Tag" title={OWN_REPORT}>
+                own report
+              </span>
+            </>
+          )}
+        </React.Fragment>
+      ))}
+    </>
+  );
+}
+
+/** Why a kernel's GPU memory is unknown now: a warning badge (the reason its tooltip) and the reason. */
+export function UnknownNote(props: { reason: string }): JSX.Element {
+  return (
+    <div className="jp-tfgpu-Holder-note">
+      <span className="jp-tfgpu-Badge jp-tfgpu-mod-unknown" title={props.reason}>
+        GPU memory unknown
+      </span>
+      <span className="jp-tfgpu-Holder-reason">{props.reason}</span>
+    </div>
+  );
+}
+
+/** Under the list, once, when a figure in it is a kernel's own report: the tag's meaning. */
+export function OwnReportNote(): JSX.Element {
+  return <p className="jp-tfgpu-Muted jp-tfgpu-Footnote">{OWN_REPORT_NOTE}</p>;
+}
+
+/** Kernels whose GPU memory is unknown now and that have no figure at all: one item for all. */
+export function UnknownKernels(props: { kernels: readonly IKernel[] }): JSX.Element | null {
+  const { kernels } = props;
+  if (!kernels.length) {
+    return null;
+  }
+  const names = kernels.map(k => basename(k.notebook) || `Kernel ${k.id.slice(0, 8)}`);
+  const reasons = [...new Set(kernels.map(k => k.gpu_memory.unknown as string))];
+  return (
+    <li className="jp-tfgpu-Holder">
+      <div className="jp-tfgpu-Holder-head">
+        <span
+          className="jp-tfgpu-Holder-name"
+          title={kernels.map(k => k.notebook ?? k.id).join('\n')}
+        >
+          {names.join(', ')}
+        </span>
+      </div>
+      <UnknownNote reason={reasons.join('; ')} />
+    </li>
+  );
+}
+
+/**
+ * The running kernel's cap as its launch document says (`text`, and `title` for its tooltip),
+ * and a warning when the cap leaves no room for the CUDA context; null without a cap.
+ */
+export function describeCap(
+  applied: IKernel['applied']
+): { text: string; title: string; warning: string | null } | null {
+  const cap = applied?.memory_limit_mb;
+  if (typeof cap !== 'number') {
+    return null;
+  }
+  const text = `Running kernel: cap ${mib(cap)} per GPU`;
+  const note = applied?.memory_limit_note;
+  if (note) {
+    return { text: `${text}.`, title: CAP, warning: `The running kernel's cap: ${note}.` };
+  }
+  const framework = applied?.framework_limit_mb;
+  const reserve = applied?.context_reserve_mb;
+  if (typeof framework !== 'number' || typeof reserve !== 'number') {
+    return { text: `${text}.`, title: CAP, warning: null };
+  }
+  const source = applied?.context_reserve_source ?? 'starting value';
+  if (source === 'simulated') {
+    return {
+      text: `${text} (simulated GPUs: no CUDA context, frameworks get all of it).`,
+      title: CAP,
+      warning: null
+    };
+  }
+  const where =
+    source === 'measured'
+      ? `measured on ${applied?.context_reserve_measured_on ?? 'these GPUs'}`
+      : 'starting value';
+  return {
+    text:
+      `${text} (frameworks get ${mib(framework)}; ${mib(reserve)} left for the CUDA context, ` +
+      `${where}).`,
+    title: `${CAP} ${RESERVE_SOURCES[source] ?? ''}`.trim(),
+    warning: null
+  };
+}
+
+/** The cap line of the running kernel; nothing when it started without a cap. */
+export function RunningCap(props: { kernel: IKernel }): JSX.Element | null {
+  const said = describeCap(props.kernel.applied);
+  if (!said) {
+    return null;
+  }
+  return (
+    <>
+      <p className="jp-tfgpu-Muted jp-tfgpu-Cap" title={said.title}>
+        {said.text}
+      </p>
+      {said.warning && (
+        <p className="jp-tfgpu-Note jp-mod-warning" role="status">
+          {said.warning}
+        </p>
+      )}
+    </>
+  );
+}
