@@ -16,6 +16,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 from jupyter_tfgpu.gpu import make_backend
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
+from jupyter_tfgpu.policy.environment import STARTING_CONTEXT_MB
 from jupyter_tfgpu.policy.placement import Placement
 from jupyter_tfgpu.server.api import metrics
 from jupyter_tfgpu.server.api.stream import StreamMessages
@@ -65,6 +66,16 @@ class Services:
     # The CUDA context each GPU model and driver needs, measured (framework limits leave it).
     contexts: ContextSizes | None = None
     caps_file: CapsFile | None = None  # TFGPU.caps_file, when the admin named one
+
+    def context_reserve_json(self) -> dict[str, Any]:
+        """What the frameworks leave of a cap for the CUDA context, as ``GET status`` shows it:
+        the starting value, and what was measured per GPU model and driver."""
+        contexts = self.contexts
+        simulated = self.sampler.simulated
+        return {
+            "starting_mb": 0 if simulated else STARTING_CONTEXT_MB,
+            "measured": contexts.to_json() if contexts is not None else [],
+        }
 
     @property
     def configured_backend(self) -> str:

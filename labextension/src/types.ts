@@ -40,6 +40,16 @@ export interface IStatus {
       }
     >;
   };
+  /** What the frameworks leave of a cap for the CUDA context, per GPU model and driver. */
+  context_reserve?: {
+    starting_mb: number;
+    measured: {
+      gpu: string;
+      driver: string;
+      context_mb: number;
+      kernels_measured: number;
+    }[];
+  };
 }
 
 /** One process holding memory on a GPU. */

@@ -108,6 +108,9 @@ async def test_a_kernel_at_its_framework_limit_is_never_over_its_cap(
         "gpu": gpu.name, "driver": fake_nvml.driver_version,
         "context_mb": CONTEXT, "kernels_measured": 1,
     }  # fmt: skip
+    # And an admin sees the measurement, and the starting value, in GET status
+    status = json.loads((await jp_fetch("tfgpu", "api", "status")).body)
+    assert status["context_reserve"] == {"starting_mb": STARTING_CONTEXT_MB, "measured": [row]}
 
     # And a kernel started now leaves the measured context, and its JAX gets that share
     b, b_pid, applied_b = await start(jp_fetch, jp_serverapp, "b.ipynb")

@@ -129,6 +129,7 @@ class StatusHandler(TFGPUAPIHandler):
                 "history_seconds": sampler.history_seconds,
                 "versions": {"extension": __version__, **sampler.versions},
                 "sampler": sampler.describe(),
+                "context_reserve": self.services.context_reserve_json(),
             }
         )
 
