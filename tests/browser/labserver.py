@@ -55,6 +55,7 @@ class Lab:
         extra: list[str],
         without_nvml: bool = False,
         app: str = "lab",
+        launcher: str | None = None,
     ) -> None:
         self.token = secrets.token_hex(16)
         self.port = _free_port()
@@ -90,12 +91,18 @@ class Lab:
         env.pop("TFGPU_BACKEND", None)
         self.log_path = scratch / "lab.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        # The one fake: an NVML whose library is missing, for a backend named "nvml".
-        lab = [sys.executable, str(Path(__file__).with_name("lab_without_nvml.py"))]
+        # The one fake: NVML's library (missing, or a fake pynvml), run by a script beside this
+        # one in place of `python -m jupyterlab`, for a backend named "nvml".
+        launcher = "lab_without_nvml.py" if without_nvml else launcher
         module, app_options = APPS[app]
+        lab = (
+            [sys.executable, str(Path(__file__).with_name(launcher))]
+            if launcher
+            else [sys.executable, "-m", module]
+        )
         self.proc = subprocess.Popen(
             [
-                *(lab if without_nvml else [sys.executable, "-m", module]),
+                *lab,
                 "--no-browser", "--allow-root",
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
                 "--ServerApp.port_retries=0", f"--ServerApp.base_url={BASE_URL}",
@@ -177,10 +184,12 @@ def start_lab(
     *extra: str,
     without_nvml: bool = False,
     app: str = "lab",
+    launcher: str | None = None,
 ) -> Iterator[Lab]:
-    """Run one lab (or notebook) server for a module (use from a module-scoped fixture)."""
+    """Run one lab (or notebook) server for a module (use from a module-scoped fixture);
+    ``launcher``: a script here that runs JupyterLab over a fake NVML."""
     scratch = tmp_path_factory.mktemp(f"{app}-{backend}")
-    lab = Lab(scratch, backend, list(extra), without_nvml, app)
+    lab = Lab(scratch, backend, list(extra), without_nvml, app, launcher)
     try:
         yield lab
     finally:
