@@ -73,9 +73,11 @@ def test_a_kernels_own_report_is_its_figure_tagged_so(browser: Any, lab: Lab, co
         "Own report: the kernel's frameworks' own figure, sent from inside the kernel; it leaves "
         "out the CUDA context."
     )
-    assert panel.locator(".jp-tfgpu-Holder-name", has_text="Other processes").count() == 0
+    # (the process is matched to the kernel once the panel has the kernel's report: waited for)
+    others = panel.locator(".jp-tfgpu-Holder-name", has_text="Other processes")
+    expect(others).to_have_count(0, timeout=20_000)
     # And its memory is known: GPU 1's list is stale, but this kernel may use GPU 0 only
-    assert row.locator(".jp-tfgpu-mod-unknown").count() == 0
+    expect(row.locator(".jp-tfgpu-mod-unknown")).to_have_count(0)
 
     # And GPU 1's card says its process list is not current, and why; GPU 0's says nothing
     cards = panel.locator(".jp-tfgpu-Gpu")
