@@ -41,7 +41,7 @@ export interface IStatus {
     >;
   };
   /** What the frameworks leave of a cap for the CUDA context, per GPU model and driver. */
-  context_reserve?: {
+  context_reserve: {
     starting_mb: number;
     measured: {
       gpu: string;

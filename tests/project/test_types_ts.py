@@ -362,6 +362,8 @@ class Checker:
                 continue
             if not member.optional and name not in needed:
                 self.problem(f"{path}.{name}", "optional in the schema, not `?` in types.ts")
+            elif member.optional and name in needed and required:
+                self.problem(f"{path}.{name}", "required by the schema, `?` in types.ts")
             for home in homes:
                 self.compare(member.type, home, f"{path}.{name}")
 
@@ -423,6 +425,7 @@ def test_types_ts_mirrors_the_spec():
     [
         (("  lost: boolean;\n", "  lost: boolean;\n  colour: string;\n"), "IGpu.colour"),
         (("  lost: boolean;\n", ""), "IGpu.lost"),
+        (("  lost: boolean;\n", "  lost?: boolean;\n"), "IGpu.lost"),
         (
             (
                 "  sample_interval: number;\n  history_seconds?",

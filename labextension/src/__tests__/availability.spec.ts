@@ -1,6 +1,6 @@
 import { describeAvailability } from '../availability';
 import { IStatus } from '../types';
-import { SAMPLER } from './fixtures';
+import { CONTEXT_RESERVE, SAMPLER } from './fixtures';
 
 const status = (extra: Partial<IStatus>): IStatus => ({
   backend: 'none',
@@ -13,6 +13,7 @@ const status = (extra: Partial<IStatus>): IStatus => ({
   sample_interval: 1,
   sampler: SAMPLER,
   versions: {},
+  context_reserve: CONTEXT_RESERVE,
   ...extra
 });
 

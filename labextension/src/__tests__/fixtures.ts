@@ -54,6 +54,9 @@ export const SAMPLER: IStatus['sampler'] = {
   groups: {}
 };
 
+/** What GET status says of the CUDA context reserve before any kernel was measured. */
+export const CONTEXT_RESERVE: IStatus['context_reserve'] = { starting_mb: 550, measured: [] };
+
 /** A snapshot taken at `timestamp`. */
 export function snapshot(timestamp: number | null, gpus: IGpu[]): ISnapshot {
   return { timestamp, simulated: true, gpus };

@@ -1,6 +1,6 @@
 import { statusLine, IStatusInput } from '../statustext';
 import { IStatus } from '../types';
-import { gpu, kernel, kernelHolding, perGpu, SAMPLER, snapshot } from './fixtures';
+import { CONTEXT_RESERVE, gpu, kernel, kernelHolding, perGpu, SAMPLER, snapshot } from './fixtures';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -14,7 +14,8 @@ const available: IStatus = {
   device_count: 2,
   sample_interval: 1,
   sampler: SAMPLER,
-  versions: {}
+  versions: {},
+  context_reserve: CONTEXT_RESERVE
 };
 
 /** Two 16 GiB GPUs with 1 GiB used each; kernel k1 holds 1.2 GiB on GPU 0. */
