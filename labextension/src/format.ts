@@ -5,6 +5,10 @@ import { IGpu } from './types';
 /** Shown for a figure the GPU does not report. */
 export const DASH = '\u2013';
 
+/** Bytes in a MiB and a GiB (the server gives limits in MiB, figures in bytes). */
+export const MiB = 2 ** 20;
+export const GiB = 2 ** 30;
+
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
 /** Bytes in binary units with one decimal, e.g. `3.2 GiB`. */

@@ -1,5 +1,6 @@
 /** Who holds GPU memory, from a snapshot's process lists and the kernels' own figures (pure). */
 
+import { MiB } from './format';
 import { IKernel, ISnapshot } from './types';
 
 /** One kernel's (or one other process's) memory across the GPUs. */
@@ -118,7 +119,7 @@ export function limitFor(kernel: IKernel | undefined, ownReport: boolean): numbe
   }
   const framework = applied?.framework_limit_mb;
   const mib = ownReport && typeof framework === 'number' ? framework : cap;
-  return mib * 2 ** 20;
+  return mib * MiB;
 }
 
 /** A kernel holding at least `percent` of its per-GPU memory limit on some GPU. */

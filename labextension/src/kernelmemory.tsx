@@ -5,7 +5,7 @@
 
 import * as React from 'react';
 
-import { basename, formatBytes } from './format';
+import { basename, formatBytes, MiB } from './format';
 import { IHolder } from './holders';
 import { IKernel } from './types';
 
@@ -34,7 +34,7 @@ const RESERVE_SOURCES: Record<string, string> = {
 
 /** MiB as people write them: `550 MiB`, `3.5 GiB`. */
 function mib(value: number): string {
-  return value < 1024 ? `${value} MiB` : formatBytes(value * 2 ** 20);
+  return value < 1024 ? `${value} MiB` : formatBytes(value * MiB);
 }
 
 /** The bytes a kernel holds; when unknown now, the last known figure, marked stale. */

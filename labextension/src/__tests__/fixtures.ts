@@ -1,5 +1,6 @@
 /** Small builders and fakes shared by the model tests. */
 
+import { GiB } from '../format';
 import { IApi, IGpu, IKernel, ISnapshot, IStatus } from '../types';
 
 /** A GPU row; `processes` as [pid, bytes, kernel id, notebook, how it was attributed]. */
@@ -18,7 +19,7 @@ export function gpu(
     index,
     uuid: `GPU-${index}`,
     name: 'Simulated GPU 16GB',
-    memory: { total: 16 * 2 ** 30, used: 2 ** 30, free: 15 * 2 ** 30 },
+    memory: { total: 16 * GiB, used: GiB, free: 15 * GiB },
     utilization: { gpu: 40, memory: 20 },
     temperature: 50,
     power: { draw: 100, limit: 300 },

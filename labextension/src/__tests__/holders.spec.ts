@@ -1,8 +1,7 @@
+import { GiB, MiB } from '../format';
 import { groupHolders, nearCap } from '../holders';
 import { gpu, kernel, kernelHolding, perGpu, snapshot } from './fixtures';
 
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
 const STALE = "GPU 1's process list could not be read (NVMLError_Timeout: Timeout)";
 
 describe('groupHolders', () => {

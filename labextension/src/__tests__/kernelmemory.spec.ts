@@ -1,5 +1,6 @@
 import * as React from 'react';
 
+import { GiB } from '../format';
 import { GpuCard } from '../gpucard';
 import { groupHolders, IHolder } from '../holders';
 import {
@@ -19,7 +20,6 @@ const { renderToStaticMarkup } = jest.requireActual('react-dom/server') as {
   renderToStaticMarkup: (element: React.ReactElement) => string;
 };
 
-const GiB = 2 ** 30;
 const STALE = "GPU 0's process list could not be read (NVMLError_Timeout: Timeout)";
 
 function html(element: React.ReactElement): string {

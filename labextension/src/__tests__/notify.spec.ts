@@ -8,10 +8,9 @@ import {
   INotice,
   placementNotice
 } from '../notify';
+import { MiB } from '../format';
 import { IKernel } from '../types';
 import { gpu, kernel, snapshot } from './fixtures';
-
-const MiB = 2 ** 20;
 
 const event = (extra: Record<string, unknown>) => ({
   schema_id: ENFORCEMENT_SCHEMA,

@@ -1,9 +1,7 @@
+import { GiB, MiB } from '../format';
 import { statusLine, IStatusInput } from '../statustext';
 import { IStatus } from '../types';
 import { CONTEXT_RESERVE, gpu, kernel, kernelHolding, perGpu, SAMPLER, snapshot } from './fixtures';
-
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
 
 const available: IStatus = {
   backend: 'simulated',
