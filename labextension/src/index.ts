@@ -24,8 +24,8 @@ import { GpuPanel, KernelAction } from './panel';
 import { PolicyModel, policyFields } from './policy';
 import schema from './policy.schema.json';
 import { requestAPI } from './request';
+import { DEFAULTS, ISettings, readSettings, statusChoice } from './settings';
 import { GpuStatusItem } from './statusitem';
-import { IStatusChoice } from './statustext';
 import { GpuStreamModel } from './stream';
 import { addToolbarItem } from './toolbaritem';
 import { IApi } from './types';
@@ -56,19 +56,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null
   ) => {
     const { serviceManager } = app;
-    const settings = serviceManager.serverSettings;
+    const serverSettings = serviceManager.serverSettings;
     const api: IApi = {
-      request: (endPoint, init) => requestAPI(endPoint, init, settings),
+      request: (endPoint, init) => requestAPI(endPoint, init, serverSettings),
       connect: () => {
-        let url = URLExt.join(settings.wsUrl, 'tfgpu', 'api', 'stream');
-        if (settings.appendToken && settings.token) {
-          url += `?token=${encodeURIComponent(settings.token)}`;
+        let url = URLExt.join(serverSettings.wsUrl, 'tfgpu', 'api', 'stream');
+        if (serverSettings.appendToken && serverSettings.token) {
+          url += `?token=${encodeURIComponent(serverSettings.token)}`;
         }
-        return new settings.WebSocket(url);
+        return new serverSettings.WebSocket(url);
       }
     };
-    let historySeconds = 300;
-    const stream = new GpuStreamModel({ api, historySeconds });
+    // The schema's defaults until the registry's settings load (they hold the same defaults).
+    let settings: ISettings = DEFAULTS;
+    const stream = new GpuStreamModel({
+      api,
+      interval: settings.refreshInterval,
+      historySeconds: settings.historySeconds
+    });
     const kernels = new KernelsModel(api);
     const policy = new PolicyModel(api);
     serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
@@ -104,9 +109,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         } else if (connection) {
           await connection[action]();
         } else if (action === 'restart') {
-          await KernelAPI.restartKernel(id, settings);
+          await KernelAPI.restartKernel(id, serverSettings);
         } else {
-          await KernelAPI.interruptKernel(id, settings);
+          await KernelAPI.interruptKernel(id, serverSettings);
         }
       } catch (error) {
         void showErrorMessage(`Could not ${action} the kernel of ${name}`, error as Error);
@@ -120,7 +125,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       policy,
       tracker,
       fields: policyFields(schema),
-      historySeconds: () => historySeconds,
+      historySeconds: () => settings.historySeconds,
       localPath: path => serviceManager.contents.localPath(path),
       openNotebook: path => void app.commands.execute('docmanager:open', { path }),
       kernelAction: (action, id, notebook) => void kernelAction(action, id, notebook)
@@ -144,6 +149,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         kernels,
         kernelId: () => tracker.currentWidget?.sessionContext.session?.kernel?.id,
         kernelChanged: [tracker.currentChanged],
+        choice: statusChoice(settings),
         onClick: openPanel
       });
       statusBar.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
@@ -179,22 +185,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
           });
         }
         Notification.emit(notice.message, notice.type, { autoClose: false, actions });
-      }
+      },
+      enforcement: settings.notifyEnforcement,
+      capPercent: settings.capWarningPercent
     });
 
     const apply = (values: ISettingRegistry.ISettings['composite']) => {
-      historySeconds = (values.historySeconds as number) ?? 300;
-      stream.historySeconds = historySeconds;
-      stream.interval = (values.refreshInterval as number) ?? 5;
-      const choice: IStatusChoice = {
-        mode: (values.statusBarGpus as IStatusChoice['mode']) ?? 'kernel',
-        indices: (values.statusBarIndices as number[]) ?? []
-      };
+      settings = readSettings(values);
+      stream.historySeconds = settings.historySeconds;
+      stream.interval = settings.refreshInterval;
       if (item) {
-        item.choice = choice;
+        item.choice = statusChoice(settings);
       }
-      notifier.capPercent = (values.capWarningPercent as number) ?? 90;
-      notifier.enforcement = (values.notifyEnforcement as boolean) ?? true;
+      notifier.capPercent = settings.capWarningPercent;
+      notifier.enforcement = settings.notifyEnforcement;
       panel.update();
     };
     if (registry) {

@@ -69,16 +69,18 @@ export function placementNotice(kernel: IKernel): INotice | null {
 export class GpuNotifier implements IDisposable {
   /** Listen to `events`, and watch `stream` against `kernels`' limits. */
   constructor(private _options: GpuNotifier.IOptions) {
+    this.enforcement = _options.enforcement;
+    this.capPercent = _options.capPercent;
     _options.events.stream.connect(this._onEvent, this);
     _options.stream.changed.connect(this._onSnapshot, this);
     _options.kernels.changed.connect(this._onKernels, this);
   }
 
   /** Whether to notify enforcement actions. */
-  enforcement = true;
+  enforcement: boolean;
 
   /** Percent of its memory limit at which a kernel's owner is told (0: never). */
-  capPercent = 90;
+  capPercent: number;
 
   /** Whether the notifier is disposed. */
   get isDisposed(): boolean {
@@ -146,5 +148,9 @@ export namespace GpuNotifier {
     /** The ids of the kernels of the notebooks open in this lab. */
     openKernels: () => string[];
     notify: (notice: INotice) => void;
+    /** Whether to notify enforcement actions (the `notifyEnforcement` setting). */
+    enforcement: boolean;
+    /** Percent of its limit at which to warn, 0: never (the `capWarningPercent` setting). */
+    capPercent: number;
   }
 }

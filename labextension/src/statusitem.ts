@@ -22,6 +22,7 @@ export class GpuStatusItem extends Widget {
     this._text.setAttribute('aria-hidden', 'true');
     this._label.setAttribute('aria-hidden', 'true');
     this.node.append(this._text, this._label);
+    this._choice = _options.choice;
     this.node.tabIndex = 0;
     this.node.setAttribute('role', 'button');
     this.node.addEventListener('click', _options.onClick);
@@ -68,7 +69,7 @@ export class GpuStatusItem extends Widget {
     this.toggleClass('jp-mod-warning', line.warning);
   }
 
-  private _choice: IStatusChoice = { mode: 'kernel', indices: [] };
+  private _choice: IStatusChoice;
   private _text = document.createElement('span');
   private _label = document.createElement('span');
 }
@@ -83,6 +84,8 @@ export namespace GpuStatusItem {
     kernelId: () => string | null | undefined;
     /** Signals after which `kernelId` may name another kernel. */
     kernelChanged: ISignal<unknown, unknown>[];
+    /** Which GPUs to show. */
+    choice: IStatusChoice;
     onClick: () => void;
   }
 }

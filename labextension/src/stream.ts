@@ -66,10 +66,10 @@ export class GpuStreamModel implements IDisposable {
   /** Start reading with `api`; `interval` is in seconds, `historySeconds` the sparkline span. */
   constructor(options: GpuStreamModel.IOptions) {
     this._api = options.api;
-    this._historySeconds = options.historySeconds ?? 300;
+    this._historySeconds = options.historySeconds;
     this._poll = new Poll({
       factory: () => this._tick(),
-      frequency: { interval: (options.interval ?? 5) * 1000, backoff: true, max: 60 * 1000 },
+      frequency: { interval: options.interval * 1000, backoff: true, max: 60 * 1000 },
       name: 'jupyter-tfgpu:stream',
       standby: 'when-hidden'
     });
@@ -321,9 +321,9 @@ export namespace GpuStreamModel {
   /** How to reach the server, and the refresh settings. */
   export interface IOptions {
     api: IApi;
-    /** Seconds between background refreshes; default 5. */
-    interval?: number;
-    /** Seconds of history for the sparklines; default 300. */
-    historySeconds?: number;
+    /** Seconds between background refreshes (the `refreshInterval` setting). */
+    interval: number;
+    /** Seconds of history for the sparklines (the `historySeconds` setting). */
+    historySeconds: number;
   }
 }

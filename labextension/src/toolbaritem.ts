@@ -19,7 +19,9 @@ export function addToolbarItem(
   const item = new GpuStatusItem({
     ...options,
     kernelId: () => sessionContext.session?.kernel?.id,
-    kernelChanged: [sessionContext.kernelChanged]
+    kernelChanged: [sessionContext.kernelChanged],
+    // A notebook's toolbar shows that notebook's kernel, whatever the status bar setting says.
+    choice: { mode: 'kernel', indices: [] }
   });
   item.addClass('jp-tfgpu-ToolbarItem');
   panel.toolbar.addItem(TOOLBAR_ITEM, item);

@@ -64,7 +64,9 @@ describe('GpuNotifier', () => {
       stream: stream as any,
       kernels: kernels as any,
       openKernels: () => [],
-      notify: notice => notices.push(notice)
+      notify: notice => notices.push(notice),
+      enforcement: true,
+      capPercent: 90
     });
     const holding = (mib: number) => {
       stream.snapshot = snapshot(1, [gpu(0, [[1, mib * MiB, 'k1', 'k1.ipynb']])]);
@@ -140,7 +142,9 @@ describe('GpuNotifier placement', () => {
       stream: stream as any,
       kernels: kernels as any,
       openKernels: () => ['k1'],
-      notify: notice => notices.push(notice)
+      notify: notice => notices.push(notice),
+      enforcement: true,
+      capPercent: 90
     });
     const refreshed = (...list: IKernel[]) => {
       kernels.kernels = list;

@@ -1,5 +1,5 @@
 import { appendSnapshot, GpuStreamModel, ISeries, seriesFromHistory } from '../stream';
-import { IHistory } from '../types';
+import { IApi, IHistory } from '../types';
 import { fakeApi, gpu, snapshot } from './fixtures';
 
 const STATUS = { backend: 'simulated', available: true, reason: null, simulated: true };
@@ -46,6 +46,11 @@ describe('series', () => {
   });
 });
 
+/** The model's options: a 5 s background refresh and 300 s of history unless `extra` says. */
+function options(api: IApi, extra: Partial<GpuStreamModel.IOptions> = {}): GpuStreamModel.IOptions {
+  return { api, interval: 5, historySeconds: 300, ...extra };
+}
+
 describe('GpuStreamModel', () => {
   // Fake timers throughout: the poll, the reconnects and the back-off run on jest's clock, so
   // a loaded machine cannot make a test wait too short or too long.
@@ -62,7 +67,7 @@ describe('GpuStreamModel', () => {
   it('streams over the websocket while live, with the history first', async () => {
     // Given an available backend
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY, gpus: snapshot(1, [gpu(0)]) });
-    model = new GpuStreamModel({ api, historySeconds: 60 });
+    model = new GpuStreamModel(options(api, { historySeconds: 60 }));
     // When the panel watches live
     model.live = true;
     await advance();
@@ -80,7 +85,7 @@ describe('GpuStreamModel', () => {
   it('asks for PCIe and NVLink over the socket only when told to', async () => {
     // Given a live stream that delivered
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY, gpus: snapshot(1, [gpu(0)]) });
-    model = new GpuStreamModel({ api, historySeconds: 60 });
+    model = new GpuStreamModel(options(api, { historySeconds: 60 }));
     model.live = true;
     await advance();
     api.sockets[0].send(snapshot(103, [gpu(0)]));
@@ -102,7 +107,7 @@ describe('GpuStreamModel', () => {
 
   it('reconnects when the server drops the stream', async () => {
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY });
-    model = new GpuStreamModel({ api });
+    model = new GpuStreamModel(options(api));
     model.live = true;
     await advance();
     api.sockets[0].send(snapshot(1, [gpu(0)]));
@@ -116,7 +121,7 @@ describe('GpuStreamModel', () => {
 
   it('backs off when the stream keeps failing before it delivers', async () => {
     const api = fakeApi({ status: STATUS });
-    model = new GpuStreamModel({ api, interval: 1 });
+    model = new GpuStreamModel(options(api, { interval: 1 }));
     model.live = true;
     await advance(20);
     // When the socket closes before any message
@@ -138,7 +143,7 @@ describe('GpuStreamModel', () => {
 
   it('polls GET gpus instead while nobody watches live, and closes the socket', async () => {
     const api = fakeApi({ status: STATUS, 'gpus/history': HISTORY, gpus: snapshot(5, [gpu(0)]) });
-    model = new GpuStreamModel({ api });
+    model = new GpuStreamModel(options(api));
     model.live = true;
     await advance();
     api.sockets[0].send(snapshot(4, [gpu(0)]));
@@ -155,7 +160,7 @@ describe('GpuStreamModel', () => {
   it('stays off the GPUs when the backend is unavailable', async () => {
     const reason = "GPU monitoring is turned off (TFGPU.backend = 'none')";
     const api = fakeApi({ status: { ...STATUS, available: false, reason } });
-    model = new GpuStreamModel({ api });
+    model = new GpuStreamModel(options(api));
     model.live = true;
     await advance();
     expect(model.status?.reason).toBe(reason);
@@ -165,7 +170,7 @@ describe('GpuStreamModel', () => {
 
   it('reports a failing server, and asks for the status again', async () => {
     const api = fakeApi({ status: new Error('Network down') });
-    model = new GpuStreamModel({ api });
+    model = new GpuStreamModel(options(api));
     await advance();
     expect(model.error).toBe('Network down');
     expect(model.status).toBeNull();
