@@ -12,7 +12,7 @@ import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
 from jupyter_tfgpu.server.sampling.sampler import LOST_RETRY_SECONDS, Sampler
-from tests.fake_pynvml import FakeGpu, FakeNvml
+from tests.fake_pynvml import FakeGpu, FakeLink, FakeNvml
 
 GIB = 2**30
 
@@ -153,6 +153,34 @@ def test_a_gpu_lost_at_open_comes_back(install):
     assert still[0]["lost"] is True
     assert back[0]["lost"] is False and back[0]["temperature"] == 40
     assert back[0]["uuid"] == fake.gpus[0].uuid
+
+
+def test_a_gpu_back_without_nvlink_shows_no_nvlink_figures_of_before(install):
+    """A GPU that comes back from a loss with no NVLink links shows none of its old NVLink
+    figures: the interconnect's reading replaces the last one whole."""
+    # Given a GPU with NVLink whose interconnect is watched and was read
+    fake = install(gpus=[FakeGpu(nvlink=[FakeLink(tx_kib=100, rx_kib=200)])])
+    sampler = every_second(pcie_interval=1.0)
+    sampler.open()
+    release = sampler.watch_pcie()
+    before = round_at(sampler, 100.0)
+
+    # When it is lost, then answers again at its retry, its driver reporting no NVLink now
+    fake.gpus[0].lost = True
+    round_at(sampler, 101.0)
+    fake.gpus[0].lost = False
+    fake.gpus[0].nvlink = []
+    back = round_at(sampler, 101.0 + LOST_RETRY_SECONDS)
+    release()
+
+    # Then
+    assert before[0]["nvlink"]["tx_total"] == 100 * 1024
+    assert back[0]["lost"] is False
+    assert back[0]["nvlink"] == {
+        "links": 0, "active": None, "tx": None, "rx": None, "tx_total": None, "rx_total": None,
+        "reason": "this GPU has no NVLink",
+    }  # fmt: skip
+    sampler.stop()
 
 
 def test_zero_gpus_then_some_are_found_on_a_retry(install):

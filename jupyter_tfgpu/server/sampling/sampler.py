@@ -638,6 +638,10 @@ class Sampler:
         read = {"fast": backend.read_fast, "slow": backend.read_slow, "pcie": backend.read_pcie}
         fields = dict(read[name](index))
         errors = fields.pop("errors", None) or {}
+        # A reading replaces the group's last one whole: a part it no longer has (NVLink on a
+        # GPU back without links) is gone, not kept from before.
+        for key in GROUP_FIELDS[name]:
+            gpu.fields.pop(key, None)
         gpu.fields.update(fields)
         # Replaced each time the group is read: a field that answers again loses its reason.
         gpu.errors[name] = errors
