@@ -4,35 +4,31 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import {
-  Dialog,
-  ICommandPalette,
-  Notification,
-  showDialog,
-  showErrorMessage
-} from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
-import { KernelAPI } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
-import { basename } from './format';
+import {
+  addOpenPanelCommand,
+  openKernels,
+  openNotebook,
+  openPanel,
+  runKernelAction,
+  showNotice
+} from './commands';
 import { KernelsModel } from './kernels';
-import { GpuNotifier, INotice } from './notify';
-import { GpuPanel, KernelAction } from './panel';
+import { GpuNotifier } from './notify';
+import { GpuPanel } from './panel';
 import { PolicyModel, policyFields } from './policy';
 import schema from './policy.schema.json';
-import { requestAPI } from './request';
+import { serverApi } from './request';
 import { DEFAULTS, ISettings, readSettings, statusChoice } from './settings';
 import { GpuStatusItem } from './statusitem';
 import { GpuStreamModel } from './stream';
 import { addToolbarItem } from './toolbaritem';
-import { IApi } from './types';
 
 const PLUGIN_ID = 'jupyter-tfgpu:plugin';
-/** Opens the GPU panel (the View menu's entry comes from the plugin's schema). */
-const OPEN_PANEL = 'tfgpu:open';
 
 /**
  * The GPU sidebar panel, the status bar item and the notifications, over one set of models.
@@ -56,17 +52,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     labShell: ILabShell | null
   ) => {
     const { serviceManager } = app;
-    const serverSettings = serviceManager.serverSettings;
-    const api: IApi = {
-      request: (endPoint, init) => requestAPI(endPoint, init, serverSettings),
-      connect: () => {
-        let url = URLExt.join(serverSettings.wsUrl, 'tfgpu', 'api', 'stream');
-        if (serverSettings.appendToken && serverSettings.token) {
-          url += `?token=${encodeURIComponent(serverSettings.token)}`;
-        }
-        return new serverSettings.WebSocket(url);
-      }
-    };
+    const api = serverApi(serviceManager.serverSettings);
     // The schema's defaults until the registry's settings load (they hold the same defaults).
     let settings: ISettings = DEFAULTS;
     const stream = new GpuStreamModel({
@@ -87,38 +73,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
-    const kernelAction = async (action: KernelAction, id: string, notebook: string | null) => {
-      const name = basename(notebook) || `kernel ${id.slice(0, 8)}`;
-      const verb = action === 'restart' ? 'Restart' : action === 'shutdown' ? 'Shut down' : '';
-      if (verb) {
-        const answer = await showDialog({
-          title: `${verb} the kernel?`,
-          body: `${verb} the kernel of ${name}? Its variables will be lost.`,
-          buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: verb })]
-        });
-        if (!answer.button.accept) {
-          return;
-        }
-      }
-      try {
-        // An open notebook's own connection follows the restart; other kernels go over REST.
-        const open = tracker.find(w => w.sessionContext.session?.kernel?.id === id);
-        const connection = open?.sessionContext.session?.kernel;
-        if (action === 'shutdown') {
-          await serviceManager.kernels.shutdown(id);
-        } else if (connection) {
-          await connection[action]();
-        } else if (action === 'restart') {
-          await KernelAPI.restartKernel(id, serverSettings);
-        } else {
-          await KernelAPI.interruptKernel(id, serverSettings);
-        }
-      } catch (error) {
-        void showErrorMessage(`Could not ${action} the kernel of ${name}`, error as Error);
-      }
-      await kernels.refresh().catch(() => 0);
-    };
-
     const panel = new GpuPanel({
       stream,
       kernels,
@@ -127,21 +81,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
       fields: policyFields(schema),
       historySeconds: () => settings.historySeconds,
       localPath: path => serviceManager.contents.localPath(path),
-      openNotebook: path => void app.commands.execute('docmanager:open', { path }),
-      kernelAction: (action, id, notebook) => void kernelAction(action, id, notebook)
+      openNotebook: path => openNotebook(app, path),
+      kernelAction: (action, id, notebook) =>
+        void runKernelAction(app, tracker, kernels, action, id, notebook)
     });
     // Notebook 7 (no lab shell) has it beside the notebook, where its debugger opens too.
     app.shell.add(panel, labShell ? 'left' : 'right', { rank: 600, type: 'GPUs' });
     restorer?.add(panel, 'jupyter-tfgpu:panel');
+    addOpenPanelCommand(app, panel, palette);
 
-    app.commands.addCommand(OPEN_PANEL, {
-      label: args => (args.isPalette ? 'Show the GPU Panel' : 'GPU Panel'),
-      caption: 'GPUs, who holds their memory, and the current notebook’s GPU policy',
-      execute: () => app.shell.activateById(panel.id)
-    });
-    palette?.addItem({ command: OPEN_PANEL, category: 'GPU', args: { isPalette: true } });
-
-    const openPanel = () => void app.commands.execute(OPEN_PANEL);
     let item: GpuStatusItem | null = null;
     if (statusBar) {
       item = new GpuStatusItem({
@@ -150,14 +98,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
         kernelId: () => tracker.currentWidget?.sessionContext.session?.kernel?.id,
         kernelChanged: [tracker.currentChanged],
         choice: statusChoice(settings),
-        onClick: openPanel
+        onClick: () => openPanel(app)
       });
       statusBar.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
     } else {
       // No status bar (Notebook 7): each notebook's toolbar shows its own kernel's memory.
       app.docRegistry.addWidgetExtension('Notebook', {
         createNew: widget =>
-          addToolbarItem(widget as NotebookPanel, { stream, kernels, onClick: openPanel })
+          addToolbarItem(widget as NotebookPanel, {
+            stream,
+            kernels,
+            onClick: () => openPanel(app)
+          })
       });
     }
 
@@ -165,27 +117,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       events: serviceManager.events,
       stream,
       kernels,
-      openKernels: () => {
-        const ids: string[] = [];
-        tracker.forEach(widget => {
-          const id = widget.sessionContext.session?.kernel?.id;
-          if (id) {
-            ids.push(id);
-          }
-        });
-        return ids;
-      },
-      notify: (notice: INotice) => {
-        const actions: Notification.IAction[] = [{ label: 'GPU panel', callback: openPanel }];
-        if (notice.notebook) {
-          const path = notice.notebook;
-          actions.unshift({
-            label: 'Open notebook',
-            callback: () => void app.commands.execute('docmanager:open', { path })
-          });
-        }
-        Notification.emit(notice.message, notice.type, { autoClose: false, actions });
-      },
+      openKernels: () => openKernels(tracker),
+      notify: notice => showNotice(app, notice),
       enforcement: settings.notifyEnforcement,
       capPercent: settings.capWarningPercent
     });

@@ -1,6 +1,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { IApi } from './types';
+
 /** Call `{baseUrl}tfgpu/api/{endPoint}` and return its JSON body; HTTP errors throw `ResponseError`. */
 export async function requestAPI<T>(
   endPoint = '',
@@ -26,4 +28,18 @@ export async function requestAPI<T>(
     throw new ServerConnection.ResponseError(response, message);
   }
   return data as T;
+}
+
+/** The calls the models make (`IApi`), bound to this server's settings. */
+export function serverApi(settings: ServerConnection.ISettings): IApi {
+  return {
+    request: (endPoint, init) => requestAPI(endPoint, init, settings),
+    connect: () => {
+      let url = URLExt.join(settings.wsUrl, 'tfgpu', 'api', 'stream');
+      if (settings.appendToken && settings.token) {
+        url += `?token=${encodeURIComponent(settings.token)}`;
+      }
+      return new settings.WebSocket(url);
+    }
+  };
 }

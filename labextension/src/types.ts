@@ -278,7 +278,7 @@ export interface IEnforcementEvent {
   status?: 'done' | 'failed' | 'skipped';
 }
 
-/** The two calls every model needs; bound to the server settings in `index.ts`. */
+/** The two calls every model needs; bound to the server settings by `serverApi` (request.ts). */
 export interface IApi {
   /** `requestAPI` bound to the server settings. */
   request<T>(endPoint: string, init?: RequestInit): Promise<T>;
