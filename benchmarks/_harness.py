@@ -1,24 +1,21 @@
-"""Shared plumbing for the benchmark scripts: start serve_fake.py, stream clients, read counters.
+"""Shared plumbing for the benchmark scripts: start serve_fake.py, call its REST API, run kernels.
 
 Everything runs on 127.0.0.1, every wait is bounded in time, and every child process is ended
-(SIGTERM, then SIGKILL) when its context exits.
+(SIGTERM, then SIGKILL) when its context exits. Stream clients are in ``_streams.py``, py-spy in
+``_pyspy.py``.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
 import platform
-import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +23,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVE_FAKE = HERE / "serve_fake.py"
-STREAM_CLIENTS = HERE / "_stream_clients.py"
 
 sys.path.insert(0, str(HERE))
 from serve_fake import free_port, percentile  # noqa: E402
 
 __all__ = [
-    "FakeServer", "PySpy", "StreamClients", "call", "execute", "free_port", "machine",
-    "percentile", "stalled_stream_client", "start_session", "stop_process",
+    "FakeServer", "call", "execute", "free_port", "machine", "percentile", "start_session",
+    "stop_process",
 ]  # fmt: skip
 
 
@@ -259,200 +255,3 @@ def execute(server: FakeServer, kernel_id: str, code: str, timeout: float = 90) 
     import asyncio
 
     return asyncio.run(_execute(server, kernel_id, code, timeout))
-
-
-def stalled_stream_client(server: FakeServer, timeout: float = 10) -> socket.socket:
-    """Open tfgpu/api/stream on a raw socket, complete the websocket handshake, and never read
-    again (the caller closes the socket). Its receive buffer is small, as a client's that stopped
-    reading is full, so the server's writes stop completing after a few messages."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        key = base64.b64encode(os.urandom(16)).decode()
-        headers = "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())
-        sock.sendall(
-            (
-                f"GET /tfgpu/api/stream HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 8192:
-            chunk = sock.recv(1)  # byte by byte: nothing past the handshake is read
-            if not chunk:
-                raise RuntimeError("the server closed the stream during the handshake")
-            head += chunk
-        if head.split()[1:2] != [b"101"]:
-            raise RuntimeError(f"stream handshake refused: {head[:200]!r}")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class StreamClients:
-    """N websocket clients on tfgpu/api/stream, in their own process so they do not skew timings."""
-
-    def __init__(
-        self,
-        server: FakeServer,
-        clients: int,
-        *,
-        pcie: int = 0,
-        max_seconds: float = 600,
-        classify: bool = False,
-    ):
-        self.server = server
-        self.clients = clients
-        self.pcie = pcie
-        self.max_seconds = max_seconds
-        self.classify = classify  # count each client's policy pushes and revisions too
-        self.proc: subprocess.Popen | None = None
-        self.summary: dict[str, Any] = {}
-        self._lines: queue.Queue[str] = queue.Queue()
-
-    def __enter__(self) -> "StreamClients":
-        cmd = [
-            sys.executable,
-            str(STREAM_CLIENTS),
-            "--url", self.server.ws_url + "tfgpu/api/stream",
-            "--token", self.server.token,
-            "--clients", str(self.clients),
-            "--pcie", str(self.pcie),
-            "--seconds", str(self.max_seconds),
-        ]  # fmt: skip
-        if self.classify:
-            cmd.append("--classify")
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._stderr, text=True
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        line = self._next_line(timeout=90)
-        if not line.startswith("READY"):
-            self.__exit__(None, None, None)
-            self._stderr.seek(0)
-            err = self._stderr.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"stream clients did not connect: {line!r}\n{err}")
-        connected = int(line.split()[1])
-        if connected != self.clients:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"only {connected} of {self.clients} websocket clients connected")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is None:
-            return
-        stop_process(self.proc)
-        for _ in range(100):  # the final summary line, if the process got to print it
-            try:
-                line = self._lines.get(timeout=0.05)
-            except queue.Empty:
-                break
-            if line.startswith("{"):
-                self.summary = json.loads(line)
-        self.proc = None
-        self._stderr.close()
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.strip())
-
-    def _next_line(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return self._lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc is not None and self.proc.poll() is not None:
-                    break
-        return ""
-
-
-# Frames every sample of the server passes through: left out of the top-frames list.
-_SCAFFOLDING = (
-    "<module>", "main (serve_fake", "launch_instance", "start_ioloop", "ServerApp.start ",
-    "run_forever", "_run_once", "BaseAsyncIOLoop.start", "Thread._bootstrap", "Thread.run ",
-    "Handle._run",
-)  # fmt: skip
-
-
-def _scaffolding(frame: str) -> bool:
-    return any(mark in frame for mark in _SCAFFOLDING)
-
-
-class PySpy:
-    """py-spy recording one process (raw collapsed stacks, idle samples dropped), if installed."""
-
-    def __init__(self, pid: int, out: Path, max_seconds: float = 600, rate: int = 200):
-        self.pid, self.out, self.max_seconds, self.rate = pid, Path(out), max_seconds, rate
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "PySpy":
-        import shutil
-
-        exe = shutil.which("py-spy")
-        if exe is None:
-            return self
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                exe, "record", "--pid", str(self.pid), "--rate", str(self.rate),
-                "--nonblocking", "--threads", "--format", "raw", "-o", str(self.out),
-                "--duration", str(int(self.max_seconds)),
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # let it attach
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def summary(self, top: int = 12) -> dict[str, Any]:
-        """Share of on-CPU samples by package (leaf frame) and the top inclusive frames."""
-        import collections
-        import re
-
-        if not self.out.exists():
-            return {"available": False}
-        total = 0
-        by_package: collections.Counter[str] = collections.Counter()
-        inclusive: collections.Counter[str] = collections.Counter()
-        for line in self.out.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            n = int(count)
-            total += n
-            frames = [re.sub(r" \((.*?):\d+\)$", r" (\1)", f) for f in stack.split(";")[1:]]
-            leaf = frames[-1] if frames else ""
-            for package in ("jupyter_tfgpu", "fake_pynvml", "jupyter_server", "tornado", "asyncio", "logging"):
-                if f"{package}/" in leaf or f"{package}." in leaf or f"/{package}" in leaf:
-                    by_package[package] += n
-                    break
-            else:
-                by_package["other"] += n
-            for frame in set(frames):
-                inclusive[frame] += n
-        pct = lambda n: round(100 * n / total, 1) if total else None  # noqa: E731
-        return {
-            "samples": total,
-            "self_pct_by_package": {k: pct(v) for k, v in by_package.most_common()},
-            "top_inclusive_pct": {
-                k: pct(v)
-                for k, v in [kv for kv in inclusive.most_common() if not _scaffolding(kv[0])][:top]
-            },
-            "raw": str(self.out),
-        }

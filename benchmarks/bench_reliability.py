@@ -48,15 +48,14 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     FakeServer,
-    StreamClients,
     call,
     execute,
     machine,
     percentile,
-    stalled_stream_client,
     start_session,
     stop_process,
 )
+from _streams import StreamClients, stalled_stream_client  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jupyter_tfgpu.server.kernels.channel import CHANNEL_LIMITS, REPORT_TTL  # noqa: E402

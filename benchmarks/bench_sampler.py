@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import FakeServer, PySpy, StreamClients, machine, percentile  # noqa: E402
+from _harness import FakeServer, machine, percentile  # noqa: E402
+from _pyspy import PySpy  # noqa: E402
+from _streams import StreamClients  # noqa: E402
 
 TARGETS = {
     "a": "calls/s flat within 10% for 1/10/50 clients",

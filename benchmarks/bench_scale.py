@@ -51,7 +51,6 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     FakeServer,
-    StreamClients,
     call,
     execute,
     machine,
@@ -59,6 +58,7 @@ from _harness import (  # noqa: E402
     start_session,
     stop_process,
 )
+from _streams import StreamClients  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 2**30
