@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from jupyter_tfgpu.gpu.group_readings import FastReading, InterconnectReading, SlowReading
+    from jupyter_tfgpu.gpu.readings import ProcessReading
 
 
 class BackendUnavailable(Exception):
@@ -66,11 +70,12 @@ class Backend(Protocol):
     """What the sampler needs from a source of GPU readings.
 
     Readings come in groups with very different costs, so the sampler can call each group on
-    its own cadence and time it. Each ``read_*`` returns a dict of contract fields (``None`` for a
-    field the GPU does not support) and raises ``GpuLost`` when that GPU stopped answering.
-    A field whose query failed otherwise (a driver timeout, say) is ``None`` too, and the dict
-    may carry ``"errors"``: field path (``"temperature"``, ``"power.draw"``) -> reason. Any other
-    exception fails the whole group; the sampler nulls it with the reason and reads it again.
+    its own cadence and time it (``server/sampling/groups.py`` names each group's method). Each
+    ``read_*`` returns that group's typed reading (``gpu/group_readings.py``; ``None`` for a field
+    the GPU does not support) and raises ``GpuLost`` when that GPU stopped answering. A field
+    whose query failed otherwise (a driver timeout, say) is ``None`` too, with the reason in the
+    reading's ``errors``. Any other exception fails the whole group; the sampler nulls it with
+    the reason and reads it again.
     """
 
     name: str
@@ -92,23 +97,23 @@ class Backend(Protocol):
         """The GPU's facts as the backend knows them now, without a driver call.
 
         They change after ``reopen``, and when a reading finds that they did (MIG instances
-        made or destroyed); the sampler compares them after each process-list read.
+        made or destroyed); the sampler takes them again after each reading.
         """
 
     def versions(self) -> dict[str, str | None]:
         """Driver, library and CUDA versions, where known."""
 
-    def read_fast(self, index: int) -> dict[str, Any]:
-        """Cheap fields read every interval: ``memory``, ``utilization`` (and MIG memory)."""
+    def read_fast(self, index: int) -> FastReading:
+        """Cheap fields read every interval: memory, utilization (and MIG memory)."""
 
-    def read_slow(self, index: int) -> dict[str, Any]:
-        """Fields that change slowly: ``temperature``, ``power``, ``fan``, ``clocks``."""
+    def read_slow(self, index: int) -> SlowReading:
+        """Fields that change slowly: temperature, power, fan, clocks."""
 
-    def read_processes(self, index: int) -> list[dict[str, Any]]:
-        """Processes on the GPU: ``pid``, ``used_memory`` (bytes or None), ``type``, ``utilization``."""
+    def read_processes(self, index: int) -> tuple[ProcessReading, ...]:
+        """Processes on the GPU: PID, used memory (bytes or None), type, MIG slot, utilization."""
 
-    def read_pcie(self, index: int) -> dict[str, Any]:
-        """PCIe throughput ``{"pcie": {"tx": bytes/s, "rx": bytes/s}}``; slow (about 20 ms a call)."""
+    def read_pcie(self, index: int) -> InterconnectReading:
+        """PCIe throughput in bytes/s (and NVLink's); slow (about 20 ms a call)."""
 
     def close(self) -> None:
         """Release the library; safe to call twice."""

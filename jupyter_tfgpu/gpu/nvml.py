@@ -9,7 +9,24 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from jupyter_tfgpu.gpu.backend import BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from jupyter_tfgpu.gpu.group_readings import (
+    ClockSpeeds,
+    FastReading,
+    InterconnectReading,
+    SlowReading,
+)
 from jupyter_tfgpu.gpu.nvlink import NvlinkCounters
+from jupyter_tfgpu.gpu.readings import (
+    MemoryReading,
+    NvlinkReading,
+    PcieReading,
+    PowerReading,
+    ProcessReading,
+    ProcessUtilization,
+    UtilizationReading,
+)
+
+UNKNOWN_MEMORY = MemoryReading(None, None, None, None)
 
 # Errors that mean "this field is not available here", not "something broke".
 _UNAVAILABLE = ("NVMLError_NotSupported", "NVMLError_NoPermission", "NVMLError_FunctionNotFound")
@@ -239,7 +256,7 @@ class NvmlBackend:
             index=index,
             uuid=uuid,
             name=name,
-            memory_total=memory["total"] if memory else None,
+            memory_total=memory.total if memory else None,
             power_limit=limit / 1000 if limit is not None else None,
             max_clocks=max_clocks,
             mig_mode=mig_mode,
@@ -275,7 +292,7 @@ class NvmlBackend:
                 uuid=self._optional(index, nvml.nvmlDeviceGetUUID, mig) or "",
                 gpu_instance_id=self._optional(index, nvml.nvmlDeviceGetGpuInstanceId, mig),
                 compute_instance_id=self._optional(index, nvml.nvmlDeviceGetComputeInstanceId, mig),
-                memory_total=memory["total"] if memory else None,
+                memory_total=memory.total if memory else None,
             )
             instances.append(instance)
             handles.append((slot, mig))
@@ -309,7 +326,7 @@ class NvmlBackend:
         handle: Any,
         errors: dict[str, str] | None = None,
         field: str = "memory",
-    ) -> dict[str, int | None] | None:
+    ) -> MemoryReading | None:
         """Memory with the v2 struct (which separates driver-reserved memory) where present."""
         nvml = self._nvml
         if self._memory_v2 is not False and hasattr(nvml, "nvmlMemory_v2"):
@@ -323,20 +340,15 @@ class NvmlBackend:
                 self._memory_v2 = False
             else:
                 self._memory_v2 = True
-                return {
-                    "total": info.total,
-                    "used": info.used,
-                    "free": info.free,
-                    "reserved": info.reserved,
-                }
+                return MemoryReading(info.total, info.used, info.free, info.reserved)
         info = self._optional(
             index, nvml.nvmlDeviceGetMemoryInfo, handle, errors=errors, field=field
         )
         if info is None:
             return None
-        return {"total": info.total, "used": info.used, "free": info.free, "reserved": None}
+        return MemoryReading(info.total, info.used, info.free, None)
 
-    def read_fast(self, index: int) -> dict[str, Any]:
+    def read_fast(self, index: int) -> FastReading:
         """Memory and utilization (and per-MIG-instance memory)."""
         handle = self._handle(index)
         errors: dict[str, str] = {}
@@ -345,22 +357,21 @@ class NvmlBackend:
             index, self._nvml.nvmlDeviceGetUtilizationRates, handle, errors=errors,
             field="utilization",
         )
-        fields: dict[str, Any] = {
-            "memory": memory or {"total": None, "used": None, "free": None, "reserved": None},
-            "utilization": {
-                "gpu": rates.gpu if rates is not None else None,
-                "memory": rates.memory if rates is not None else None,
-            },
+        mig_memory = {
+            slot: self._memory(index, mig, errors, f"mig.instances.{slot}.memory")
+            for slot, mig in self._mig_handles.get(index, ())
         }
-        if self._mig_handles.get(index):
-            fields["mig_memory"] = {
-                slot: self._memory(index, mig, errors, f"mig.instances.{slot}.memory")
-                for slot, mig in self._mig_handles[index]
-            }
-        fields["errors"] = errors
-        return fields
+        return FastReading(
+            memory=memory or UNKNOWN_MEMORY,
+            utilization=UtilizationReading(
+                rates.gpu if rates is not None else None,
+                rates.memory if rates is not None else None,
+            ),
+            mig_memory=mig_memory,
+            errors=errors,
+        )
 
-    def read_slow(self, index: int) -> dict[str, Any]:
+    def read_slow(self, index: int) -> SlowReading:
         """Temperature (C), power (W), fan (%), current clocks (MHz)."""
         nvml = self._nvml
         handle = self._handle(index)
@@ -372,21 +383,21 @@ class NvmlBackend:
         draw = ask("power.draw", nvml.nvmlDeviceGetPowerUsage)
         limit = ask("power.limit", nvml.nvmlDeviceGetEnforcedPowerLimit)
         temperature = ask("temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
-        return {
-            "temperature": temperature,
-            "power": {
-                "draw": draw / 1000 if draw is not None else None,
-                "limit": limit / 1000 if limit is not None else None,
-            },
-            "fan": ask("fan", nvml.nvmlDeviceGetFanSpeed),
-            "clocks": {
-                "sm": ask("clocks.sm", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM),
-                "memory": ask("clocks.memory", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM),
-            },
-            "errors": errors,
-        }
+        return SlowReading(
+            temperature=temperature,
+            power=PowerReading(
+                draw / 1000 if draw is not None else None,
+                limit / 1000 if limit is not None else None,
+            ),
+            fan=ask("fan", nvml.nvmlDeviceGetFanSpeed),
+            clocks=ClockSpeeds(
+                ask("clocks.sm", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM),
+                ask("clocks.memory", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM),
+            ),
+            errors=errors,
+        )
 
-    def read_pcie(self, index: int) -> dict[str, Any]:
+    def read_pcie(self, index: int) -> InterconnectReading:
         """PCIe throughput in bytes/s (NVML reports KB/s), and NVLink's where the GPU has links."""
         nvml = self._nvml
         handle = self._handle(index)
@@ -398,17 +409,15 @@ class NvmlBackend:
         rx = self._optional(
             index, throughput, handle, nvml.NVML_PCIE_UTIL_RX_BYTES, errors=errors, field="pcie.rx"
         )
-        fields: dict[str, Any] = {
-            "pcie": {
-                "tx": tx * 1024 if tx is not None else None,
-                "rx": rx * 1024 if rx is not None else None,
-            },
-            "errors": errors,
-        }
         links = self._infos[index].nvlink_links if index < len(self._infos) else 0
-        if links:
-            fields["nvlink"] = self._read_nvlink(index, handle, links)
-        return fields
+        return InterconnectReading(
+            pcie=PcieReading(
+                tx * 1024 if tx is not None else None,
+                rx * 1024 if rx is not None else None,
+            ),
+            nvlink=self._read_nvlink(index, handle, links) if links else None,
+            errors=errors,
+        )
 
     # -- NVLink (field values; read with PCIe, only while someone watches) -----------------------
 
@@ -450,7 +459,7 @@ class NvmlBackend:
             return 0, "this GPU has no NVLink"
         return int(count), None
 
-    def _read_nvlink(self, index: int, handle: Any, links: int) -> dict[str, Any]:
+    def _read_nvlink(self, index: int, handle: Any, links: int) -> NvlinkReading:
         """Active links, throughput (bytes/s) and data totals (bytes) over all links."""
         nvml = self._nvml
         ids: list[tuple[int, int]] = []
@@ -464,15 +473,14 @@ class NvmlBackend:
         counters = self._nvlink.setdefault(index, NvlinkCounters())
         if values is None:  # no link answered: the totals stay where they were
             tx_total, rx_total = counters.totals()
-            return {"links": links, "active": None, "tx": None, "rx": None,
-                    "tx_total": tx_total, "rx_total": rx_total}  # fmt: skip
+            return NvlinkReading(links, None, None, None, tx_total, rx_total)
         states = [self._value(v) for v in values[0::3]]
         known = [s for s in states if s is not None]
         active = sum(1 for s in known if s == nvml.NVML_NVLINK_STATE_ACTIVE) if known else None
         now = max((int(v.timestamp) for v in values), default=0)
         rates = counters.update(now, [self._value(v) for v in values[1::3]],
                                 [self._value(v) for v in values[2::3]])  # fmt: skip
-        return {"links": links, "active": active, **rates._asdict()}
+        return NvlinkReading(links, active, *rates)
 
     def _process_list(self, index: int, kind: str, handle: Any) -> list[Any] | None:
         """Run the newest process-list variant that works, remembering the choice."""
@@ -496,24 +504,22 @@ class NvmlBackend:
                 raise
         return None
 
-    def read_processes(self, index: int) -> list[dict[str, Any]]:
+    def read_processes(self, index: int) -> tuple[ProcessReading, ...]:
         """Compute and graphics processes, one row per PID, with per-process utilization."""
         handle = self._handle(index)
         if self._infos[index].mig_mode is not None:
             last = self._mig_read_at.get(index)
             if last is None or self._clock() - last >= MIG_REFRESH_SECONDS:
                 self._refresh_mig(index)  # instances made or destroyed with no process on them
-        by_pid: dict[int, dict[str, Any]] = {}
+        by_pid: dict[int, ProcessReading] = {}
         if self._infos[index].mig_mode:
             self._read_mig_processes(index, handle, by_pid)
         else:
             self._collect_processes(index, handle, by_pid, lambda proc: None)
         utilization = self._process_utilization(index, handle)
-        for pid, row in by_pid.items():
-            row["utilization"] = utilization.get(pid)
-        return list(by_pid.values())
+        return tuple(row._replace(utilization=utilization.get(pid)) for pid, row in by_pid.items())
 
-    def _read_mig_processes(self, index: int, handle: Any, by_pid: dict[int, dict[str, Any]]) -> None:
+    def _read_mig_processes(self, index: int, handle: Any, by_pid: dict[int, ProcessReading]) -> None:
         """A MIG GPU: one list from the parent where NVML allows it, else one per instance.
 
         NVML answers the parent handle with every instance's processes (and their instance ids)
@@ -524,7 +530,7 @@ class NvmlBackend:
         """
         source = self._mig_process_source.get(index)
         if source != "instances":
-            found: dict[int, dict[str, Any]] = {}
+            found: dict[int, ProcessReading] = {}
             ids_of: dict[int, tuple[Any, Any]] = {}
 
             def slot_of(proc: Any) -> int | None:
@@ -533,12 +539,12 @@ class NvmlBackend:
                 return self._mig_slots.get(index, {}).get(ids)
 
             answered = self._collect_processes(index, handle, found, slot_of)
-            unplaced = {pid: ids_of[pid] for pid, row in found.items() if row["mig"] is None}
+            unplaced = {pid: ids_of[pid] for pid, row in found.items() if row.mig is None}
             unknown = {ids for ids in unplaced.values() if self._names_instance(ids)}
             if unknown and self._refresh_mig(index, unknown):
                 slots = self._mig_slots.get(index, {})
                 for pid, ids in unplaced.items():
-                    found[pid]["mig"] = slots.get(ids)
+                    found[pid] = found[pid]._replace(mig=slots.get(ids))
             # Records without instance ids cannot be placed from the parent's list; ids that
             # no enumeration finds stay on the GPU (mig null) rather than vanish.
             no_ids = any(not self._names_instance(ids) for ids in unplaced.values())
@@ -563,7 +569,7 @@ class NvmlBackend:
         self,
         index: int,
         target: Any,
-        by_pid: dict[int, dict[str, Any]],
+        by_pid: dict[int, ProcessReading],
         slot_of: Callable[[Any], int | None],
     ) -> bool:
         """Add the compute and graphics lists of one handle; False if the compute list is refused."""
@@ -574,19 +580,20 @@ class NvmlBackend:
                 continue
             answered = answered or kind == "compute"
             for proc in procs:
-                row = by_pid.setdefault(
-                    proc.pid,
-                    {"pid": proc.pid, "used_memory": None, "type": kind, "mig": slot_of(proc)},
-                )
-                if row["type"] != kind:
-                    row["type"] = "compute+graphics"
+                slot = slot_of(proc)  # asked for every record: it notes the record's ids
+                row = by_pid.get(proc.pid)
+                if row is None:
+                    row = ProcessReading(proc.pid, None, kind, slot)
+                elif row.type != kind:
+                    row = row._replace(type="compute+graphics")
                 used = proc.usedGpuMemory
                 if used is not None:
                     # A PID seen in both lists reports the same allocation twice.
-                    row["used_memory"] = max(row["used_memory"] or 0, used)
+                    row = row._replace(used_memory=max(row.used_memory or 0, used))
+                by_pid[proc.pid] = row
         return answered
 
-    def _process_utilization(self, index: int, handle: Any) -> dict[int, dict[str, int]]:
+    def _process_utilization(self, index: int, handle: Any) -> dict[int, ProcessUtilization]:
         nvml = self._nvml
         fn = getattr(nvml, "nvmlDeviceGetProcessUtilization", None)
         if fn is None:
@@ -604,5 +611,5 @@ class NvmlBackend:
                 latest[sample.pid] = sample
         if latest:
             self._process_util_ts[index] = max(s.timeStamp for s in latest.values())
-        return {pid: {"sm": s.smUtil, "memory": s.memUtil} for pid, s in latest.items()}
+        return {pid: ProcessUtilization(s.smUtil, s.memUtil) for pid, s in latest.items()}
 

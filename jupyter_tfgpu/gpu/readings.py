@@ -134,8 +134,8 @@ class ProcessReading(NamedTuple):
     attributed_by: str | None = None  # "pid" or "kernel_report"
 
     @classmethod
-    def from_backend(cls, row: Mapping[str, Any]) -> ProcessReading:
-        """From a backend's process dict (``pid``, ``used_memory``, ``type``, ``mig``, ...)."""
+    def from_json(cls, row: Mapping[str, Any]) -> ProcessReading:
+        """From the API's form (``pid``, ``used_memory``, ``type``, ``mig``, ...)."""
         util = row.get("utilization")
         return cls(
             row["pid"],
@@ -147,8 +147,6 @@ class ProcessReading(NamedTuple):
             row.get("notebook"),
             row.get("attributed_by"),
         )
-
-    from_json = from_backend
 
     def owned_by(self, kernel_id: str, notebook: str | None, how: str) -> ProcessReading:
         """A copy that names its kernel (``how``: "pid" or "kernel_report")."""

@@ -17,6 +17,21 @@ from typing import Any, Callable, Iterable
 import psutil
 
 from jupyter_tfgpu.gpu.backend import DeviceInfo
+from jupyter_tfgpu.gpu.group_readings import (
+    ClockSpeeds,
+    FastReading,
+    InterconnectReading,
+    SlowReading,
+)
+from jupyter_tfgpu.gpu.readings import (
+    MemoryReading,
+    NvlinkReading,
+    PcieReading,
+    PowerReading,
+    ProcessReading,
+    ProcessUtilization,
+    UtilizationReading,
+)
 
 _NAMESPACE = uuidlib.UUID("6b1d3f0e-3c55-4f43-9d5e-1f1f0a7a6a11")
 # Memory the "driver" holds on an idle simulated GPU, like a real context-free GPU shows.
@@ -73,8 +88,9 @@ class SimulatedBackend:
         self._pid_source = pid_source
         self._devices: list[DeviceInfo] = []
         self._procs: dict[int, psutil.Process] = {}
-        # Per GPU: the rows from the last process read, which the fast fields sum up.
-        self._rows: dict[int, list[dict[str, Any]]] = {}
+        # Per GPU: the processes of the last process read and their CPU percent, which the
+        # fast fields sum up.
+        self._rows: dict[int, list[tuple[ProcessReading, float]]] = {}
         self._lock = threading.Lock()
         # GPU index -> (monotonic seconds, bytes sent, bytes received) over NVLink so far
         self._nvlink: dict[int, tuple[float, float, float]] = {}
@@ -105,60 +121,58 @@ class SimulatedBackend:
     def _busy(self, index: int) -> float:
         with self._lock:
             rows = list(self._rows.get(index, ()))
-        return min(100.0, sum(r["cpu_percent"] for r in rows))
+        return min(100.0, sum(cpu for _, cpu in rows))
 
-    def read_fast(self, index: int) -> dict[str, Any]:
+    def read_fast(self, index: int) -> FastReading:
         """Memory = baseline + the real resident memory of the processes on this GPU."""
         total = self._devices[index].memory_total or 0
         with self._lock:
-            held = sum(r["used_memory"] or 0 for r in self._rows.get(index, ()))
+            held = sum(row.used_memory or 0 for row, _ in self._rows.get(index, ()))
         used = min(total, _BASELINE_USED + held)
         busy = self._busy(index)
-        return {
-            "memory": {"total": total, "used": used, "free": total - used, "reserved": 0},
-            "utilization": {"gpu": round(busy), "memory": round(busy * 0.6)},
-        }
+        return FastReading(
+            memory=MemoryReading(total, used, total - used, 0),
+            utilization=UtilizationReading(round(busy), round(busy * 0.6)),
+        )
 
-    def read_slow(self, index: int) -> dict[str, Any]:
+    def read_slow(self, index: int) -> SlowReading:
         """Temperature, power, fan and clocks as plain functions of utilization."""
         busy = self._busy(index) / 100
-        return {
-            "temperature": round(32 + 45 * busy),
-            "power": {"draw": round(40 + (_POWER_LIMIT_W - 40) * busy, 1), "limit": _POWER_LIMIT_W},
-            "fan": round(30 + 60 * busy),
-            "clocks": {"sm": round(210 + (_MAX_SM_MHZ - 210) * busy), "memory": _MAX_MEM_MHZ},
-        }
+        return SlowReading(
+            temperature=round(32 + 45 * busy),
+            power=PowerReading(round(40 + (_POWER_LIMIT_W - 40) * busy, 1), _POWER_LIMIT_W),
+            fan=round(30 + 60 * busy),
+            clocks=ClockSpeeds(round(210 + (_MAX_SM_MHZ - 210) * busy), _MAX_MEM_MHZ),
+        )
 
-    def read_pcie(self, index: int) -> dict[str, Any]:
+    def read_pcie(self, index: int) -> InterconnectReading:
         """Throughput proportional to utilization (simulated), NVLink's too where bridged."""
         busy = self._busy(index) / 100
-        fields: dict[str, Any] = {"pcie": {"tx": int(2e9 * busy), "rx": int(6e9 * busy)}}
+        pcie = PcieReading(int(2e9 * busy), int(6e9 * busy))
         links = self._devices[index].nvlink_links
-        if links:
-            now = time.monotonic()
-            rate = _NVLINK_BYTES_PER_S * busy
-            then, sent, received = self._nvlink.get(index, (now, 0.0, 0.0))
-            sent += rate * (now - then)
-            received += rate * 0.8 * (now - then)
-            self._nvlink[index] = (now, sent, received)
-            fields["nvlink"] = {
-                "links": links, "active": links, "tx": int(rate), "rx": int(rate * 0.8),
-                "tx_total": int(sent), "rx_total": int(received),
-            }  # fmt: skip
-        return fields
+        if not links:
+            return InterconnectReading(pcie)
+        now = time.monotonic()
+        rate = _NVLINK_BYTES_PER_S * busy
+        then, sent, received = self._nvlink.get(index, (now, 0.0, 0.0))
+        sent += rate * (now - then)
+        received += rate * 0.8 * (now - then)
+        self._nvlink[index] = (now, sent, received)
+        nvlink = NvlinkReading(
+            links, links, int(rate), int(rate * 0.8), tx_total=int(sent), rx_total=int(received)
+        )
+        return InterconnectReading(pcie, nvlink)
 
-    def read_processes(self, index: int) -> list[dict[str, Any]]:
+    def read_processes(self, index: int) -> tuple[ProcessReading, ...]:
         """The kernel processes placed on this GPU, with their trees' real memory."""
         if index == 0:
             # One pass over all processes serves every GPU; the sampler reads GPU 0 first.
             self._refresh_rows()
         with self._lock:
-            return [
-                {k: v for k, v in row.items() if k != "cpu_percent"} for row in self._rows[index]
-            ]
+            return tuple(row for row, _ in self._rows[index])
 
     def _refresh_rows(self) -> None:
-        rows: dict[int, list[dict[str, Any]]] = {d.index: [] for d in self._devices}
+        rows: dict[int, list[tuple[ProcessReading, float]]] = {d.index: [] for d in self._devices}
         alive: dict[int, psutil.Process] = {}
         for pid in set(self._pid_source()):
             proc = self._procs.get(pid) or _process(pid)
@@ -169,17 +183,11 @@ class SimulatedBackend:
             if not placement:
                 continue
             memory, cpu = _tree_usage(proc)
+            row = ProcessReading(
+                pid, memory, "compute", None, ProcessUtilization(min(100, round(cpu)), None)
+            )
             for index in placement:
-                rows[index].append(
-                    {
-                        "pid": pid,
-                        "used_memory": memory,
-                        "type": "compute",
-                        "mig": None,
-                        "utilization": {"sm": min(100, round(cpu)), "memory": None},
-                        "cpu_percent": cpu,
-                    }
-                )
+                rows[index].append((row, cpu))
         with self._lock:
             self._procs = alive
             self._rows = rows

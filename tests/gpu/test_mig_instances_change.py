@@ -58,16 +58,16 @@ def test_a_process_on_an_instance_made_after_open_is_placed_on_it(fake):
 
     # When a new instance is made and a 5 GiB process starts in it
     mig = new_slice(fake)
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then the process is there, on the new slot; the GPU's facts list the new instance
-    assert rows[202]["used_memory"] == 5 * GIB and rows[202]["mig"] == 3
-    assert rows[101]["mig"] == 0
+    assert rows[202].used_memory == 5 * GIB and rows[202].mig == 3
+    assert rows[101].mig == 0
     after = backend.device_info(0)
     assert [i.index for i in before.mig_instances] == [0]
     assert [(i.index, i.uuid) for i in after.mig_instances] == [(0, fake.gpus[0].mig_devices[0].uuid), (3, mig.uuid)]
     # And the fast reading has the new instance's memory
-    assert backend.read_fast(0)["mig_memory"][3]["used"] == 5 * GIB
+    assert backend.read_fast(0).mig_memory[3].used == 5 * GIB
     # And the parent's list is still the one read (no flip to one list per instance)
     fake.reset_counters()
     backend.read_processes(0)
@@ -83,15 +83,15 @@ def test_ids_no_enumeration_finds_keep_the_process_and_are_not_looked_for_each_r
     backend.open()
 
     # When the processes are read three times
-    first = {p["pid"]: p for p in backend.read_processes(0)}
+    first = {p.pid: p for p in backend.read_processes(0)}
     fake.reset_counters()
     backend.read_processes(0)
     backend.read_processes(0)
     enumerations = fake.calls[ENUMERATE]
 
     # Then the process is listed, without a slot; one enumeration looked for it, not each round
-    assert first[303]["mig"] is None and first[303]["used_memory"] == 2 * GIB
-    assert first[101]["mig"] == 0
+    assert first[303].mig is None and first[303].used_memory == 2 * GIB
+    assert first[101].mig == 0
     assert enumerations == 0
     # And once the slow cadence is due, it is looked for again
     clock.now += MIG_REFRESH_SECONDS
@@ -137,7 +137,7 @@ def test_an_unprivileged_reader_finds_the_new_instance_and_its_process(fake):
     # When a slice with a process is made and the slow cadence comes
     new_slice(fake)
     clock.now += MIG_REFRESH_SECONDS
-    rows = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+    rows = {p.pid: p.mig for p in backend.read_processes(0)}
 
     # Then
     assert rows == {101: 0, 202: 3}

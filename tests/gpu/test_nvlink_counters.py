@@ -41,7 +41,7 @@ def links(monkeypatch, clock) -> list[FakeLink]:
 def read(backend: NvmlBackend, clock: Clock) -> dict:
     """One interconnect reading, one second after the last."""
     clock.now += 1
-    return backend.read_pcie(0)["nvlink"]
+    return backend.read_pcie(0).nvlink.to_json()
 
 
 def test_a_silent_link_keeps_its_last_count_in_the_total(links, clock):

@@ -259,8 +259,8 @@ def test_datacenter_gpu_has_no_fan(install):
     slow = backend.read_slow(0)
 
     # Then
-    assert slow["fan"] is None
-    assert slow["temperature"] == 35
+    assert slow.fan is None
+    assert slow.temperature == 35
 
 
 def test_unsupported_memory_info_gives_null_memory(install):
@@ -274,8 +274,8 @@ def test_unsupported_memory_info_gives_null_memory(install):
     fast = backend.read_fast(0)
 
     # Then
-    assert fast["memory"] == {"total": None, "used": None, "free": None, "reserved": None}
-    assert fast["utilization"] == {"gpu": 3, "memory": 0}
+    assert fast.memory.to_json() == {"total": None, "used": None, "free": None, "reserved": None}
+    assert fast.utilization.to_json() == {"gpu": 3, "memory": 0}
 
 
 # -- lost GPUs ---------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_backend_raises_gpu_lost(install, failure):
         with pytest.raises(GpuLost) as err:
             read(1)
         assert err.value.index == 1
-    assert backend.read_fast(0)["memory"]["total"] == 80 * GIB
+    assert backend.read_fast(0).memory.total == 80 * GIB
 
 
 def test_gpu_lost_before_open_is_a_lost_row(install):
@@ -438,14 +438,14 @@ def test_processes_on_mig_instances_are_found(install):
     backend.open()
 
     # When
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then
     assert set(rows) == {101, 202}
-    assert rows[101]["used_memory"] == GIB
-    assert rows[202]["used_memory"] == 3 * GIB
-    assert rows[101]["mig"] == 0
-    assert rows[202]["mig"] == 2
+    assert rows[101].used_memory == GIB
+    assert rows[202].used_memory == 3 * GIB
+    assert rows[101].mig == 0
+    assert rows[202].mig == 2
 
 
 def test_mig_processes_found_when_parent_lists_refuse(install):
@@ -465,10 +465,10 @@ def test_mig_processes_found_when_parent_lists_refuse(install):
     backend._process_readers["compute"] = [v3]
 
     # When
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then
-    assert {pid: r["mig"] for pid, r in rows.items()} == {101: 0, 202: 2}
+    assert {pid: r.mig for pid, r in rows.items()} == {101: 0, 202: 2}
 
 
 def test_mig_processes_come_from_one_parent_list_where_nvml_allows(install):
@@ -481,10 +481,10 @@ def test_mig_processes_come_from_one_parent_list_where_nvml_allows(install):
     fake.reset_counters()
 
     # When the processes are read again
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then one compute and one graphics list were read (the parent's), with each slot right
-    assert {pid: r["mig"] for pid, r in rows.items()} == {101: 0, 202: 2}
+    assert {pid: r.mig for pid, r in rows.items()} == {101: 0, 202: 2}
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
     assert fake.calls["nvmlDeviceGetGraphicsRunningProcesses_v3"] == 1
 
@@ -496,11 +496,11 @@ def test_mig_parent_refusal_is_remembered(install):
     fake.gpus[0].mig_parent_lists_privileged = True
     backend = NvmlBackend()
     backend.open()
-    first = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+    first = {p.pid: p.mig for p in backend.read_processes(0)}
     fake.reset_counters()
 
     # When the processes are read again
-    again = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+    again = {p.pid: p.mig for p in backend.read_processes(0)}
 
     # Then both rounds place each process; the second asks the two instances only
     assert first == again == {101: 0, 202: 2}
@@ -522,11 +522,11 @@ def test_mig_empty_parent_list_is_checked_on_the_instances(install):
     fake.gpus[0].processes = procs
     backend.read_processes(0)
     fake.reset_counters()
-    rows = {p["pid"]: p["mig"] for p in backend.read_processes(0)}
+    rows = {p.pid: p.mig for p in backend.read_processes(0)}
 
     # Then the empty round asked the parent and both instances; once the parent named the
     # instances, it alone is asked
-    assert empty == []
+    assert empty == ()
     assert asked_while_empty == 3
     assert rows == {101: 0, 202: 2}
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
@@ -555,12 +555,12 @@ def test_nvlink_links_active_and_throughput_from_field_values(install):
     infos = backend.open()
 
     # When the interconnect is read twice, 2 s apart, after 4 MiB went out and 2 MiB came in
-    first = backend.read_pcie(0)["nvlink"]
+    first = backend.read_pcie(0).nvlink.to_json()
     links[0].tx_kib += 4096
     links[1].rx_kib += 2048
     clock.now += 2
     fake.reset_counters()
-    second = backend.read_pcie(0)["nvlink"]
+    second = backend.read_pcie(0).nvlink.to_json()
 
     # Then the first reading has the counters but no rate yet, the second the rates
     assert infos[0].nvlink_links == 3 and infos[0].nvlink_reason is None
@@ -572,7 +572,7 @@ def test_nvlink_links_active_and_throughput_from_field_values(install):
     assert fake.calls["nvmlDeviceGetFieldValues"] == 1
     # And the GPU without NVLink says so, and its reading has no NVLink part
     assert infos[1].nvlink_links == 0 and infos[1].nvlink_reason == "this GPU has no NVLink"
-    assert "nvlink" not in backend.read_pcie(1)
+    assert backend.read_pcie(1).nvlink is None
 
 
 def test_nvlink_shows_while_the_interconnect_is_watched(install):
@@ -618,7 +618,7 @@ def test_missing_v3_process_lists_fall_back_to_v2_once(install):
     second = [backend.read_processes(i) for i in range(2)]
 
     # Then v3 was probed once in all, v2 answered every time
-    assert [[p["pid"] for p in rows] for rows in first] == [[10], [11]]
+    assert [[p.pid for p in rows] for rows in first] == [[10], [11]]
     assert first == second
     assert v3_calls == 1
     assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
@@ -647,7 +647,7 @@ def test_no_process_list_symbol_at_all_is_an_empty_list(install):
     second = backend.read_processes(0)
 
     # Then no error, no rows, and the second round asks only the remembered plain names
-    assert first == second == []
+    assert first == second == ()
     assert fake.calls - before == {
         "nvmlDeviceGetComputeRunningProcesses": 1,
         "nvmlDeviceGetGraphicsRunningProcesses": 1,
@@ -703,11 +703,11 @@ def test_unknown_process_memory_is_null_not_zero(install):
     backend.open()
 
     # When
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then
-    assert rows[5]["used_memory"] is None
-    assert rows[6]["used_memory"] == 0
+    assert rows[5].used_memory is None
+    assert rows[6].used_memory == 0
 
 
 def test_pid_in_compute_and_graphics_lists_is_one_row(install):
@@ -727,12 +727,12 @@ def test_pid_in_compute_and_graphics_lists_is_one_row(install):
     rows = backend.read_processes(0)
 
     # Then
-    assert sorted(r["pid"] for r in rows) == [9, 10, 11]
-    by_pid = {r["pid"]: r for r in rows}
-    assert by_pid[9]["type"] == "compute+graphics"
-    assert by_pid[9]["used_memory"] == 2 * GIB
-    assert by_pid[10]["type"] == "compute"
-    assert by_pid[11]["type"] == "graphics"
+    assert sorted(r.pid for r in rows) == [9, 10, 11]
+    by_pid = {r.pid: r for r in rows}
+    assert by_pid[9].type == "compute+graphics"
+    assert by_pid[9].used_memory == 2 * GIB
+    assert by_pid[10].type == "compute"
+    assert by_pid[11].type == "graphics"
 
 
 def test_per_process_utilization_when_supported(install):
@@ -747,11 +747,11 @@ def test_per_process_utilization_when_supported(install):
     backend.open()
 
     # When
-    rows = {p["pid"]: p for p in backend.read_processes(0)}
+    rows = {p.pid: p for p in backend.read_processes(0)}
 
     # Then
-    assert rows[21]["utilization"] == {"sm": 80, "memory": 35}
-    assert rows[22]["utilization"] is None
+    assert rows[21].utilization.to_json() == {"sm": 80, "memory": 35}
+    assert rows[22].utilization is None
 
 
 def test_per_process_utilization_not_supported(install):
@@ -770,7 +770,7 @@ def test_per_process_utilization_not_supported(install):
     rows = backend.read_processes(0)
 
     # Then
-    assert [(r["pid"], r["used_memory"], r["utilization"]) for r in rows] == [(21, GIB, None)]
+    assert [(r.pid, r.used_memory, r.utilization) for r in rows] == [(21, GIB, None)]
 
 
 def test_processes_in_the_sampler_snapshot(install):

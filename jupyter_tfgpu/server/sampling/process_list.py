@@ -8,8 +8,9 @@ are longer. Then it is dropped, still marked stale: kept for ever, it would be a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from jupyter_tfgpu.gpu.readings import ProcessReading
 
 STALE_PROCESSES_SECONDS = 60.0
 STALE_PROCESSES_READS = 3
@@ -19,11 +20,11 @@ STALE_PROCESSES_READS = 3
 class ProcessList:
     """The rows a backend's ``read_processes`` gave last, when, and why they are stale."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: tuple[ProcessReading, ...] = ()
     read_at: float | None = None  # the round's time of the last read that answered
     stale: str | None = None  # why ``rows`` is not this round's list; None when it is
 
-    def took(self, rows: list[dict[str, Any]], now: float) -> None:
+    def took(self, rows: tuple[ProcessReading, ...], now: float) -> None:
         """A read that answered."""
         self.rows, self.read_at, self.stale = rows, now, None
 
@@ -32,7 +33,7 @@ class ProcessList:
         bound = max(STALE_PROCESSES_SECONDS, STALE_PROCESSES_READS * interval)
         self.stale = reason
         if self.read_at is None:
-            self.rows = []  # never read: empty, and marked as unknown
+            self.rows = ()  # never read: empty, and marked as unknown
         elif now - self.read_at > bound:
-            self.rows = []
+            self.rows = ()
             self.stale = f"{reason}; no process list read for over {bound:g} s"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from jupyter_tfgpu.gpu import Backend, BackendUnavailable, DeviceInfo, GpuLost
+from jupyter_tfgpu.gpu.group_readings import FastReading, InterconnectReading, SlowReading
 from jupyter_tfgpu.gpu.readings import (
     ClockReading,
     GpuReading,
@@ -25,7 +26,6 @@ from jupyter_tfgpu.gpu.readings import (
     NvlinkReading,
     PcieReading,
     PowerReading,
-    ProcessReading,
     UtilizationReading,
 )
 from jupyter_tfgpu.server.sampling.budget import (
@@ -51,9 +51,10 @@ OPEN_RETRY_SECONDS = 5.0
 OPEN_RETRY_MAX_SECONDS = 300.0
 # How long a REST request for PCIe figures keeps PCIe sampling on.
 PCIE_REQUEST_SECONDS = 30.0
-# The snapshot fields each group fills; a group that fails as a whole nulls these.
+# The snapshot fields each group fills; a group that fails as a whole nulls these (the fast
+# group its MIG instances' memory too), each with the reason.
 GROUP_FIELDS = {
-    "fast": ("memory", "utilization", "mig_memory"),
+    "fast": ("memory", "utilization"),
     "processes": ("processes",),
     "slow": ("temperature", "power", "fan", "clocks"),
     "pcie": ("pcie", "nvlink"),  # the interconnect: PCIe, and NVLink where the GPU has it
@@ -91,7 +92,9 @@ class Snapshot:
 @dataclass
 class _GpuState:
     info: DeviceInfo
-    fields: dict[str, Any] = field(default_factory=dict)
+    # group -> its last reading (a FastReading, SlowReading or InterconnectReading); a group
+    # that failed as a whole has none
+    readings: dict[str, Any] = field(default_factory=dict)
     processes: ProcessList = field(default_factory=ProcessList)
     lost: bool = False
     lost_reason: str | None = None
@@ -636,27 +639,23 @@ class Sampler:
             gpu.info = backend.device_info(index)
             return
         read = {"fast": backend.read_fast, "slow": backend.read_slow, "pcie": backend.read_pcie}
-        fields = dict(read[name](index))
-        errors = fields.pop("errors", None) or {}
         # A reading replaces the group's last one whole: a part it no longer has (NVLink on a
         # GPU back without links) is gone, not kept from before.
-        for key in GROUP_FIELDS[name]:
-            gpu.fields.pop(key, None)
-        gpu.fields.update(fields)
+        reading = read[name](index)
+        gpu.readings[name] = reading
         # Replaced each time the group is read: a field that answers again loses its reason.
-        gpu.errors[name] = errors
-        for path, reason in errors.items():
+        gpu.errors[name] = dict(reading.errors)
+        for path, reason in reading.errors.items():
             self._warn_once(index, path, reason)
 
     def _group_failed(self, gpu: _GpuState, name: str, err: Exception, now: float) -> None:
         """A group that failed as a whole shows null fields with the reason, not stale ones;
         the process list, whose absence would read as "no processes", is kept marked stale."""
         reason = f"{type(err).__name__}: {err}"
-        for key in GROUP_FIELDS[name]:
-            gpu.fields.pop(key, None)
+        gpu.readings.pop(name, None)
         if name == "processes":
             gpu.processes.failed(reason, now, self.stats["processes"].interval)
-        gpu.errors[name] = {key: reason for key in GROUP_FIELDS[name] if key != "mig_memory"}
+        gpu.errors[name] = {key: reason for key in GROUP_FIELDS[name]}
         self._warn_once(gpu.info.index, name, reason)
 
     def _warn_once(self, index: int, path: str, reason: str) -> None:
@@ -669,23 +668,24 @@ class Sampler:
     # -- snapshots ---------------------------------------------------------------------------
 
     def _gpu_reading(self, gpu: _GpuState, pcie_on: bool) -> GpuReading:
-        info, f = gpu.info, gpu.fields
-        memory = f.get("memory")
-        clocks = f.get("clocks") or {}
+        info = gpu.info
+        fast: FastReading | None = gpu.readings.get("fast")
+        slow: SlowReading | None = gpu.readings.get("slow")
+        link: InterconnectReading | None = gpu.readings.get("pcie")
         mig = None
         if info.mig_mode is not None:
-            mig_memory = f.get("mig_memory") or {}
+            mig_memory = fast.mig_memory if fast is not None else {}
             mig = MigReading(
                 info.mig_mode,
                 tuple(
-                    MigInstanceReading(inst, MemoryReading.from_json(mig_memory.get(inst.index)))
+                    MigInstanceReading(inst, mig_memory.get(inst.index))
                     for inst in info.mig_instances
                 ),
             )
-        power = f.get("power")
-        util = f.get("utilization")
-        pcie = f.get("pcie") if pcie_on else None
-        nvlink = f.get("nvlink") or {}
+        nvlink = (link.nvlink if link is not None else None) or NvlinkReading()
+        if not pcie_on:
+            # Rates only while someone watches; the counters' last reading stays valid.
+            nvlink = nvlink._replace(active=None, tx=None, rx=None)
         return GpuReading(
             index=info.index,
             uuid=info.uuid,
@@ -699,41 +699,24 @@ class Sampler:
                 for path, reason in errors.items()
             },
             memory=(
-                MemoryReading.from_json(memory)
-                if memory
-                else MemoryReading(info.memory_total, None, None)
+                fast.memory if fast is not None else MemoryReading(info.memory_total, None, None)
             ),
             utilization=(
-                UtilizationReading(util.get("gpu"), util.get("memory"))
-                if util
-                else UtilizationReading(None, None)
+                fast.utilization if fast is not None else UtilizationReading(None, None)
             ),
-            temperature=f.get("temperature"),
-            power=(
-                PowerReading(power.get("draw"), power.get("limit"))
-                if power
-                else PowerReading(None, info.power_limit)
-            ),
-            fan=f.get("fan"),
+            temperature=slow.temperature if slow is not None else None,
+            power=slow.power if slow is not None else PowerReading(None, info.power_limit),
+            fan=slow.fan if slow is not None else None,
             clocks=ClockReading(
-                clocks.get("sm"),
-                clocks.get("memory"),
+                slow.clocks.sm if slow is not None else None,
+                slow.clocks.memory if slow is not None else None,
                 info.max_clocks.get("sm"),
                 info.max_clocks.get("memory"),
             ),
-            pcie=PcieReading(pcie.get("tx"), pcie.get("rx")) if pcie else PcieReading(None, None),
-            nvlink=NvlinkReading(
-                links=info.nvlink_links,
-                # Rates only while someone watches; the counters' last reading stays valid.
-                active=nvlink.get("active") if pcie_on else None,
-                tx=nvlink.get("tx") if pcie_on else None,
-                rx=nvlink.get("rx") if pcie_on else None,
-                tx_total=nvlink.get("tx_total"),
-                rx_total=nvlink.get("rx_total"),
-                reason=info.nvlink_reason,
-            ),
+            pcie=link.pcie if link is not None and pcie_on else PcieReading(None, None),
+            nvlink=nvlink._replace(links=info.nvlink_links, reason=info.nvlink_reason),
             mig=mig,
-            processes=tuple(ProcessReading.from_backend(proc) for proc in gpu.processes.rows),
+            processes=gpu.processes.rows,
             processes_stale=gpu.processes.stale,
         )
 
