@@ -16,6 +16,17 @@ export interface IPolicyField {
   options?: (string | number)[];
   minimum?: number;
   maximum?: number;
+  /** What a `string` field's text must match. */
+  pattern?: string;
+  /** A `devices` or `list` field's items: GPU indices (their bounds), names (their pattern). */
+  items?: {
+    index?: { minimum?: number; maximum?: number };
+    name?: { pattern?: string };
+  };
+  /** The most items of a `devices` or `list` field. */
+  maxItems?: number;
+  /** Whether each item of a `devices` or `list` field may be there once only. */
+  uniqueItems?: boolean;
 }
 
 /** Words for a `devices` field's named modes. */
@@ -58,7 +69,8 @@ export function policyFields(schema: { properties?: Record<string, any> }): IPol
       title: prop.title ?? name.replace(/_/g, ' '),
       description: prop.description ?? '',
       minimum: prop.minimum,
-      maximum: prop.maximum
+      maximum: prop.maximum,
+      pattern: prop.pattern
     };
     if (Array.isArray(prop.enum)) {
       fields.push({
@@ -67,9 +79,23 @@ export function policyFields(schema: { properties?: Record<string, any> }): IPol
         options: prop.enum.filter((v: unknown) => v !== null)
       });
     } else if (types.includes('array')) {
-      const items = JSON.stringify(branches.find(b => [b.type].flat().includes('array')).items);
-      const gpus = name === 'devices' || /"type":"integer"/.test(items ?? '');
-      fields.push({ ...field, kind: gpus ? 'devices' : 'list', options: consts });
+      const array = branches.find(b => [b.type].flat().includes('array'));
+      // An item is one schema or a choice of them (a GPU index or a GPU's UUID).
+      const items: any[] = array.items?.anyOf ?? array.items?.oneOf ?? [array.items ?? {}];
+      const index = items.find(i => [i.type].flat().includes('integer'));
+      const named = items.find(i => i.type === undefined || [i.type].flat().includes('string'));
+      fields.push({
+        ...field,
+        // Items that may be integers are GPU indices: the form ticks GPUs.
+        kind: index ? 'devices' : 'list',
+        options: consts,
+        items: {
+          index: index && { minimum: index.minimum, maximum: index.maximum },
+          name: named && { pattern: named.pattern }
+        },
+        maxItems: array.maxItems,
+        uniqueItems: array.uniqueItems
+      });
     } else if (
       ['boolean', 'integer', 'number', 'string'].includes(types[0]) &&
       types.length === 1
@@ -78,6 +104,56 @@ export function policyFields(schema: { properties?: Record<string, any> }): IPol
     }
   }
   return fields;
+}
+
+/** Whether `n` is within the bounds a field or its items have. */
+function inBounds(n: number, bounds: { minimum?: number; maximum?: number }): boolean {
+  return (bounds.minimum ?? -Infinity) <= n && n <= (bounds.maximum ?? Infinity);
+}
+
+/** Whether `text` matches `pattern` (none: any text). */
+function matches(text: string, pattern: string | undefined): boolean {
+  return pattern === undefined || new RegExp(pattern, 'u').test(text);
+}
+
+/**
+ * Whether the form can show and send `value` for `field`, as `policyFields` read the field's
+ * type, choices, named modes and bounds from the schema; null ("not set") always. The form
+ * lets the server judge what it sends: this is the lab's reading of the schema, not a check.
+ */
+export function fieldAccepts(field: IPolicyField, value: unknown): boolean {
+  if (value === null) {
+    return true;
+  }
+  const options: unknown[] = field.options ?? [];
+  switch (field.kind) {
+    case 'boolean':
+      return typeof value === 'boolean';
+    case 'enum':
+      return options.includes(value);
+    case 'integer':
+      return Number.isInteger(value) && inBounds(value as number, field);
+    case 'number':
+      return typeof value === 'number' && Number.isFinite(value) && inBounds(value, field);
+    case 'string':
+      return typeof value === 'string' && matches(value, field.pattern);
+    case 'devices':
+    case 'list': {
+      if (!Array.isArray(value)) {
+        return options.includes(value);
+      }
+      const { index, name } = field.items ?? {};
+      const item = (v: unknown) =>
+        typeof v === 'string'
+          ? !!name && matches(v, name.pattern)
+          : !!index && Number.isInteger(v) && inBounds(v as number, index);
+      return (
+        value.length <= (field.maxItems ?? Infinity) &&
+        (!field.uniqueItems || new Set(value).size === value.length) &&
+        value.every(item)
+      );
+    }
+  }
 }
 
 /** What the admin's config allows for a field (caps are named in the server's config). */

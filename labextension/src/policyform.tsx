@@ -3,6 +3,7 @@ import * as React from 'react';
 import {
   DEVICE_MODES,
   describeValue,
+  fieldAccepts,
   fieldLimit,
   IFieldLimit,
   IPolicyField,
@@ -185,12 +186,13 @@ function Input(props: IFieldProps & { id: string; describedBy?: string }): JSX.E
     case 'enum': {
       const options = field.kind === 'boolean' ? [true, false] : (field.options ?? []);
       const shown = limit.forced !== undefined ? limit.forced : value;
+      // A value the form has no choice for shows as "Not set" (the draft keeps it).
       return (
         <select
           id={id}
           aria-describedby={describedBy}
           className="jp-mod-styled"
-          value={shown === null ? '' : JSON.stringify(shown)}
+          value={shown === null || !fieldAccepts(field, shown) ? '' : JSON.stringify(shown)}
           disabled={limit.forced !== undefined}
           onChange={e => onChange(e.target.value === '' ? null : JSON.parse(e.target.value))}
         >

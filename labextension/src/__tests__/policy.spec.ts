@@ -1,6 +1,7 @@
 import schema from '../policy.schema.json';
 import {
   describeValue,
+  fieldAccepts,
   fieldLimit,
   IPolicyField,
   policyBody,
@@ -81,6 +82,142 @@ describe('policyFields', () => {
       ['mode', 'devices', 'mode']
     ]);
     expect(byName(fields, 'mode').options).toEqual(['auto']);
+  });
+});
+
+/** A property's alternatives: one schema, or each schema of its `anyOf`/`oneOf`. */
+const branchesOf = (prop: any): any[] => prop.anyOf ?? prop.oneOf ?? [prop];
+/** The JSON types a schema names, null left out. */
+const typesOf = (s: any): string[] => [s.type ?? []].flat().filter((t: string) => t !== 'null');
+/** A value of each JSON type, to offer a field typed otherwise. */
+const OF_TYPE: Record<string, unknown> = {
+  boolean: true,
+  integer: 7,
+  number: 0.5,
+  string: 'text',
+  array: ['text'],
+  object: {}
+};
+
+/**
+ * Every value the schema allows that the test can name (enum values, consts, bounds, a value of
+ * each type), and values just outside (a string not in an enum, past a bound, another type).
+ */
+function walk(schema: { properties: Record<string, any> }): {
+  name: string;
+  allowed: unknown[];
+  refused: unknown[];
+}[] {
+  return Object.entries(schema.properties).map(([name, prop]) => {
+    const allowed: unknown[] = [null];
+    const refused: unknown[] = [{}];
+    if (Array.isArray(prop.enum)) {
+      allowed.push(...prop.enum);
+      refused.push(`not ${prop.enum.join(' or ')}`, 1.5, true);
+    }
+    for (const branch of branchesOf(prop)) {
+      if ('const' in branch) {
+        allowed.push(branch.const);
+        refused.push(`not ${branch.const}`);
+      }
+      const types = typesOf(branch);
+      if (Array.isArray(prop.enum)) {
+        continue; // its values are the enum's
+      }
+      for (const other of Object.keys(OF_TYPE).filter(t => !types.includes(t))) {
+        if (!(other === 'number' && types.includes('integer'))) {
+          refused.push(OF_TYPE[other]);
+        }
+      }
+      if (types.includes('boolean')) {
+        allowed.push(true, false);
+      }
+      if (types.includes('integer') || types.includes('number')) {
+        const { minimum = -1000, maximum = 1000 } = branch;
+        allowed.push(minimum, maximum);
+        refused.push(minimum - 1, maximum + 1);
+        if (types.includes('integer')) {
+          refused.push(minimum + 0.5);
+        }
+      }
+      if (types.includes('string') && branch.pattern === undefined) {
+        allowed.push('text');
+      }
+      if (types.includes('array')) {
+        allowed.push([]);
+        for (const item of branchesOf(branch.items ?? {})) {
+          const itemTypes = typesOf(item);
+          if (itemTypes.includes('integer')) {
+            const { minimum = 0, maximum = 1000 } = item;
+            allowed.push([minimum], [maximum], [minimum, maximum]);
+            refused.push([minimum - 1], [maximum + 1], [minimum + 0.5]);
+            if (branch.uniqueItems) {
+              refused.push([minimum, minimum]);
+            }
+          }
+          if (itemTypes.includes('string') && item.pattern !== undefined) {
+            refused.push(['does not match']);
+          }
+        }
+        if (branch.maxItems !== undefined) {
+          refused.push(Array.from({ length: branch.maxItems + 1 }, (_, i) => `GPU-${i}`));
+        }
+      }
+    }
+    return { name, allowed, refused };
+  });
+}
+
+describe('fieldAccepts, walking the policy schema', () => {
+  const fields = policyFields(schema);
+
+  it('gives the form a field for every property of the schema', () => {
+    expect(fields.map(f => f.name)).toEqual(Object.keys(schema.properties));
+  });
+
+  it.each(walk(schema).map(w => [w.name, w]))(
+    '%s: accepts every value the schema allows, refuses a value outside each',
+    (name, w) => {
+      const field = byName(fields, name as string);
+      for (const value of w.allowed) {
+        expect([name, value, fieldAccepts(field, value)]).toEqual([name, value, true]);
+      }
+      for (const value of w.refused) {
+        expect([name, value, fieldAccepts(field, value)]).toEqual([name, value, false]);
+      }
+    }
+  );
+
+  it('accepts a value added to the schema, with no change to the lab', () => {
+    // Given the schema with one more value in every enum and one more named mode
+    const grown = JSON.parse(JSON.stringify(schema));
+    for (const prop of Object.values<any>(grown.properties)) {
+      if (Array.isArray(prop.enum)) {
+        prop.enum.splice(prop.enum.length - 1, 0, 'added_value');
+      }
+      for (const branch of prop.anyOf ?? []) {
+        if ('const' in branch) {
+          prop.anyOf.push({ const: 'added_mode' });
+          break;
+        }
+      }
+    }
+    // Then the form offers it, and a value outside is still refused
+    for (const w of walk(grown)) {
+      const field = byName(policyFields(grown), w.name);
+      expect(w.allowed.filter(v => !fieldAccepts(field, v))).toEqual([]);
+      expect(w.refused.filter(v => fieldAccepts(field, v))).toEqual([]);
+    }
+    const allocator = byName(policyFields(grown), 'allocator');
+    expect(allocator.options).toContain('added_value');
+    expect(byName(policyFields(grown), 'devices').options).toContain('added_mode');
+  });
+
+  it('reads the devices items: GPU indices within bounds, names by their pattern', () => {
+    const devices = byName(fields, 'devices');
+    expect(fieldAccepts(devices, [0, 'GPU-8f2a', 'MIG-1c2d/0/1'])).toBe(true);
+    expect(fieldAccepts(devices, ['gpu0'])).toBe(false);
+    expect(fieldAccepts(devices, 'auto')).toBe(true);
   });
 });
 
