@@ -117,7 +117,7 @@ def _kernel_rows(gpus: list[Any], kernels: int) -> list[dict[str, Any]]:
 
 def bench_collector(kernels: int, scrapes: int) -> dict[str, Any]:
     """Time generate_latest over the collector; count the scraping thread's NVML calls."""
-    from serve_fake import make_fake
+    from fake_gpus import make_fake
 
     from tests.fake_pynvml import FakeLink
 
