@@ -1,4 +1,4 @@
-"""What the kernel bootstrap (jupyter_tfgpu/kernel/bootstrap/) adds to Python start-up.
+"""What the kernel bootstrap (jupyter_tfgpu/in_kernel/bootstrap/) adds to Python start-up.
 
 The provisioner puts the bootstrap folder on PYTHONPATH of every kernel, so its sitecustomize runs
 in every Python process a kernel starts. Measured hyperfine-style: a fresh interpreter per run,
@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import REPO, machine, percentile  # noqa: E402
 
-BOOTSTRAP = REPO / "jupyter_tfgpu" / "kernel" / "bootstrap"
+BOOTSTRAP = REPO / "jupyter_tfgpu" / "in_kernel" / "bootstrap"
 POLICY = json.dumps({"memory_growth": True, "memory_limit_mb": 4096, "devices": None})
 # Inherited values of these would change what the children do.
 LEAKY = ("PYTHONPATH", "TFGPU_POLICY", "TFGPU_REPORT_DIR", "CUDA_VISIBLE_DEVICES")

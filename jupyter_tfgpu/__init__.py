@@ -19,6 +19,6 @@ def _jupyter_labextension_paths() -> list[dict]:
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext jupyter_tfgpu``: register the ``%tfgpu`` magic."""
-    from jupyter_tfgpu.kernel.magic import load_ipython_extension as load
+    from jupyter_tfgpu.in_kernel.magic import load_ipython_extension as load
 
     load(ipython)

@@ -1,7 +1,7 @@
 """Names shared across the process boundary between the server and the kernels, defined once.
 
-The server side and the kernel side (``kernel/``) import them from here. The kernel bootstrap
-(``kernel/bootstrap/``) runs in any Python and imports nothing of this package: it keeps its own
+The server side and the kernel side (``in_kernel/``) import them from here. The kernel bootstrap
+(``in_kernel/bootstrap/``) runs in any Python and imports nothing of this package: it keeps its own
 copies, which ``tests/project/test_protocol.py`` pins to these. Dependency-free on purpose.
 """
 

@@ -6,8 +6,8 @@
 """
 
 try:
-    from jupyter_tfgpu.kernel.policy_editor import PolicyEditor
-    from jupyter_tfgpu.kernel.widgets import GPUPanel
+    from jupyter_tfgpu.in_kernel.policy_editor import PolicyEditor
+    from jupyter_tfgpu.in_kernel.widgets import GPUPanel
 except ImportError as exc:  # pragma: no cover - depends on the environment
     if getattr(exc, "name", None) not in ("ipywidgets", "traitlets"):
         raise

@@ -24,8 +24,8 @@ PACKAGE = "jupyter_tfgpu"
 LAB = "share/jupyter/labextensions/jupyter-tfgpu"
 # Files the server or the kernels read at run time, besides the Python modules.
 RUNTIME_FILES = (
-    "kernel/bootstrap/sitecustomize.py",
-    "kernel/bootstrap/tfgpu_bootstrap.py",
+    "in_kernel/bootstrap/sitecustomize.py",
+    "in_kernel/bootstrap/tfgpu_bootstrap.py",
     "policy/policy.schema.json",
     "server/api/openapi.yaml",
     "server/events/enforcement.yaml",

@@ -13,7 +13,7 @@ from pathlib import Path
 from jupyter_tfgpu import protocol
 from jupyter_tfgpu.policy.environment import POLICY_VARIABLES
 
-BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "kernel" / "bootstrap"
+BOOTSTRAP = Path(__file__).resolve().parent.parent / "jupyter_tfgpu" / "in_kernel" / "bootstrap"
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 # Variables a developer's shell (or the server's test kernel) could leak into the children.
 LEAKY = (

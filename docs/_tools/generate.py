@@ -130,7 +130,7 @@ def policy_fields_table() -> str:
     schema = json.loads((PACKAGE / "policy" / "policy.schema.json").read_text())
     render = openapi_md()
     _on_path()
-    from jupyter_tfgpu.kernel.policy_fields import policy_fields
+    from jupyter_tfgpu.in_kernel.policy_fields import policy_fields
 
     options = {field.name: field.option for field in policy_fields()}
     rows = ["| field | `%tfgpu policy` option | type | what it does |", "|---|---|---|---|"]

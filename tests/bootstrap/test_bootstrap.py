@@ -1,4 +1,4 @@
-"""The kernel bootstrap (jupyter_tfgpu/kernel/bootstrap/) in real Python subprocesses.
+"""The kernel bootstrap (jupyter_tfgpu/in_kernel/bootstrap/) in real Python subprocesses.
 
 Each test starts ``sys.executable`` with the bootstrap folder on PYTHONPATH and a policy in
 TFGPU_POLICY, exactly as the provisioner starts a kernel, so sitecustomize really runs at

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_tfgpu.kernel.policy_fields import policy_fields
+from jupyter_tfgpu.in_kernel.policy_fields import policy_fields
 from tests.browser.a11y import tab_through, unnamed_controls
 from tests.browser.labserver import REPO, Console, Lab, open_lab, start_lab, wait_for_kernel
 

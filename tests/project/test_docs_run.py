@@ -339,8 +339,8 @@ def check_yaml(text: str, folder: Path) -> None:
 
 def check_magic(line: str) -> None:
     """A ``%tfgpu`` line parses with the magic's parser, and each field's value with its field."""
-    from jupyter_tfgpu.kernel.magic import TFGPUMagics
-    from jupyter_tfgpu.kernel.policy_fields import field_named, policy_fields
+    from jupyter_tfgpu.in_kernel.magic import TFGPUMagics
+    from jupyter_tfgpu.in_kernel.policy_fields import field_named, policy_fields
 
     args = TFGPUMagics.tfgpu.parser.parse_argstring(line.removeprefix("%tfgpu"))
     for field in policy_fields():

@@ -47,19 +47,19 @@ class Rule:
 RULES = (
     Rule(
         "kernel bootstrap imports nothing of the package",
-        files=("kernel/bootstrap/*.py",),
+        files=("in_kernel/bootstrap/*.py",),
         why="it runs in any Python (sitecustomize), where jupyter_tfgpu may not be installed",
         forbidden=("jupyter_tfgpu",),
         # tfgpu_magic hands %tfgpu to the kernel side when this Python has the package, and
         # registers a stub saying how to install it when the import fails
-        guarded_ok=("jupyter_tfgpu.kernel",),
+        guarded_ok=("jupyter_tfgpu.in_kernel",),
     ),
     Rule(
         "kernel side imports nothing of the server side",
-        files=("kernel/**/*.py", "widgets.py"),
-        excluded=("kernel/bootstrap/*.py",),
+        files=("in_kernel/**/*.py", "widgets.py"),
+        excluded=("in_kernel/bootstrap/*.py",),
         why="it runs inside kernels: only the protocol and other kernel-side modules",
-        allowed=("jupyter_tfgpu.protocol", "jupyter_tfgpu.kernel"),
+        allowed=("jupyter_tfgpu.protocol", "jupyter_tfgpu.in_kernel"),
     ),
     Rule(
         "GPU backends know nothing of Jupyter or policies",
@@ -90,7 +90,7 @@ RULES = (
 
 
 def module_name(path: Path) -> str:
-    """``jupyter_tfgpu.kernel.client`` for jupyter_tfgpu/kernel/client.py."""
+    """``jupyter_tfgpu.in_kernel.client`` for jupyter_tfgpu/in_kernel/client.py."""
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -206,11 +206,11 @@ def test_the_package_keeps_the_rule(rule):
 # A forbidden import for each rule, written into a module the rule covers: the rule must see it.
 BAD = {
     "kernel bootstrap imports nothing of the package": (
-        "kernel/bootstrap/tfgpu_report.py",
+        "in_kernel/bootstrap/tfgpu_report.py",
         "def f():\n    from jupyter_tfgpu import protocol\n",
     ),
     "kernel side imports nothing of the server side": (
-        "kernel/client.py",
+        "in_kernel/client.py",
         "import os\nfrom jupyter_tfgpu.server.kernels.channel import AUTH_SCHEME\n",
     ),
     "GPU backends know nothing of Jupyter or policies": (
@@ -252,15 +252,15 @@ def test_what_the_rules_let_through():
     """Allowed imports are not reported: the kernel side's own, the bootstrap's guarded import of
     the kernel side (and only that), the handlers' type-only import of the app."""
     bootstrap = RULES[0]
-    guarded = "try:\n    from jupyter_tfgpu.kernel.magic import load\nexcept Exception:\n    load = None\n"
-    assert violations(bootstrap, PACKAGE / "kernel" / "bootstrap" / "tfgpu_magic.py", guarded) == []
-    server = guarded.replace("jupyter_tfgpu.kernel.magic", "jupyter_tfgpu.server.app")
+    guarded = "try:\n    from jupyter_tfgpu.in_kernel.magic import load\nexcept Exception:\n    load = None\n"
+    assert violations(bootstrap, PACKAGE / "in_kernel" / "bootstrap" / "tfgpu_magic.py", guarded) == []
+    server = guarded.replace("jupyter_tfgpu.in_kernel.magic", "jupyter_tfgpu.server.app")
     assert (
-        len(violations(bootstrap, PACKAGE / "kernel" / "bootstrap" / "tfgpu_magic.py", server)) == 1
+        len(violations(bootstrap, PACKAGE / "in_kernel" / "bootstrap" / "tfgpu_magic.py", server)) == 1
     )
     kernel = next(r for r in RULES if r.name == "kernel side imports nothing of the server side")
-    ok = "from jupyter_tfgpu import protocol\nfrom jupyter_tfgpu.kernel.units import parse_mib\nfrom . import views\n"
-    assert violations(kernel, PACKAGE / "kernel" / "magic.py", ok) == []
+    ok = "from jupyter_tfgpu import protocol\nfrom jupyter_tfgpu.in_kernel.units import parse_mib\nfrom . import views\n"
+    assert violations(kernel, PACKAGE / "in_kernel" / "magic.py", ok) == []
     api = next(r for r in RULES if r.name == "API handlers do not import the app")
     typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from jupyter_tfgpu.server.app import TFGPUApp\n"
     assert violations(api, PACKAGE / "server" / "api" / "handlers.py", typed) == []

@@ -44,7 +44,7 @@ HUB_TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
 
 def bootstrap_dir() -> str:
     """The folder holding the kernel-side sitecustomize.py."""
-    return str(Path(str(files("jupyter_tfgpu.kernel").joinpath("bootstrap"))))
+    return str(Path(str(files("jupyter_tfgpu.in_kernel").joinpath("bootstrap"))))
 
 
 def is_ipykernel(cmd: list[str]) -> bool:

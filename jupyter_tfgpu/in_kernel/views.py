@@ -9,9 +9,9 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_tfgpu.kernel.notices import availability, placement_note
-from jupyter_tfgpu.kernel.policy_fields import policy_fields, requested
-from jupyter_tfgpu.kernel.units import format_bytes
+from jupyter_tfgpu.in_kernel.notices import availability, placement_note
+from jupyter_tfgpu.in_kernel.policy_fields import policy_fields, requested
+from jupyter_tfgpu.in_kernel.units import format_bytes
 
 SOURCES = {"default": "admin default", "notebook": "this notebook", "cap": "admin cap"}
 MINE = "var(--jp-brand-color1, #1976d2)"

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from jupyter_tfgpu.kernel.policy_fields import policy_fields
+from jupyter_tfgpu.in_kernel.policy_fields import policy_fields
 from tests.notebooks.run import code_cells, printed_json, run_notebook
 
 NOTEBOOK = "team/nb.ipynb"

@@ -16,11 +16,11 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Bool, Unicode
 
-from jupyter_tfgpu.kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
-from jupyter_tfgpu.kernel.inprocess import apply_policy, restart_required, tell_server
-from jupyter_tfgpu.kernel.policy_fields import PolicyField, policy_fields
-from jupyter_tfgpu.kernel.views import MUTED, SOURCES, WARN, _e
-from jupyter_tfgpu.kernel.widgets import Poller
+from jupyter_tfgpu.in_kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
+from jupyter_tfgpu.in_kernel.inprocess import apply_policy, restart_required, tell_server
+from jupyter_tfgpu.in_kernel.policy_fields import PolicyField, policy_fields
+from jupyter_tfgpu.in_kernel.views import MUTED, SOURCES, WARN, _e
+from jupyter_tfgpu.in_kernel.widgets import Poller
 
 NOT_SET = "not set"
 # Each field is a row: its control (the field's name is the control's label, so screen readers

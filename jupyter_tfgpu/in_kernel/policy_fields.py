@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
-from jupyter_tfgpu.kernel.units import format_mib, parse_mib
+from jupyter_tfgpu.in_kernel.units import format_mib, parse_mib
 
 # Shorter option names than the field names, where the issue and the docs use them.
 OPTION_NAMES = {"memory_growth": "growth", "memory_limit_mb": "limit"}

@@ -21,8 +21,8 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from tornado.httpclient import HTTPClientError
 
-from jupyter_tfgpu.kernel.views import WARN
-from jupyter_tfgpu.kernel.widgets import THREAD_PREFIX, GPUPanel, Poller, stop_all
+from jupyter_tfgpu.in_kernel.views import WARN
+from jupyter_tfgpu.in_kernel.widgets import THREAD_PREFIX, GPUPanel, Poller, stop_all
 from tests.kernel_helpers import start_session
 from tests.notebooks.run import (
     IopubRecorder,

@@ -13,7 +13,7 @@ import sys
 def load_ipython_extension(ipython):
     """Register ``%tfgpu`` from the installed package, or a stub that says what is missing."""
     try:
-        from jupyter_tfgpu.kernel.magic import load_ipython_extension as load
+        from jupyter_tfgpu.in_kernel.magic import load_ipython_extension as load
     except Exception as exc:  # noqa: BLE001 - not installed in this environment, or too old
         ipython.register_magic_function(_missing(exc), "line", "tfgpu")
         return

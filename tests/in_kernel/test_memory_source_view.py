@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from jupyter_tfgpu.kernel.views import StatusView, memory_source_note
+from jupyter_tfgpu.in_kernel.views import StatusView, memory_source_note
 
 GIB = 2**30
 

@@ -21,8 +21,8 @@ def tfgpu_config():
 RESET_HERE = """
 import json
 import tfgpu_bootstrap
-from jupyter_tfgpu.kernel import inprocess
-from jupyter_tfgpu.kernel.client import ServerClient
+from jupyter_tfgpu.in_kernel import inprocess
+from jupyter_tfgpu.in_kernel.client import ServerClient
 client = ServerClient.from_env()
 view = client.reset_policy()
 outcome = inprocess.apply_policy(view["next_start"])

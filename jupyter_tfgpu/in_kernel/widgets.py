@@ -19,11 +19,11 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Float, Unicode
 
-from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, ServerError, TokenRefused
-from jupyter_tfgpu.kernel.inprocess import restart_required
-from jupyter_tfgpu.kernel.local import local_status
-from jupyter_tfgpu.kernel.notices import availability, placement_note
-from jupyter_tfgpu.kernel.views import (
+from jupyter_tfgpu.in_kernel.client import NotConfigured, ServerClient, ServerError, TokenRefused
+from jupyter_tfgpu.in_kernel.inprocess import restart_required
+from jupyter_tfgpu.in_kernel.local import local_status
+from jupyter_tfgpu.in_kernel.notices import availability, placement_note
+from jupyter_tfgpu.in_kernel.views import (
     MINE,
     MUTED,
     WARN,
@@ -36,7 +36,7 @@ from jupyter_tfgpu.kernel.views import (
     sparkline_svg,
     utilization_bar_html,
 )
-from jupyter_tfgpu.kernel.units import format_bytes
+from jupyter_tfgpu.in_kernel.units import format_bytes
 
 THREAD_PREFIX = "tfgpu-widget"
 MAX_BACKOFF = 30.0

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jupyter_tfgpu.kernel.client import RateLimited, ServerClient
+from jupyter_tfgpu.in_kernel.client import RateLimited, ServerClient
 
 LIMIT = "too many policy changes: at most 30 per 60 s per kernel"
 

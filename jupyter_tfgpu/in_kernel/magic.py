@@ -22,11 +22,11 @@ from IPython.core.magic_arguments import (
     parse_argstring,
 )
 
-from jupyter_tfgpu.kernel import inprocess, oom_hook
-from jupyter_tfgpu.kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
-from jupyter_tfgpu.kernel.local import local_status
-from jupyter_tfgpu.kernel.policy_fields import PolicyField, field_named, policy_fields, same_policy, setting_text
-from jupyter_tfgpu.kernel.views import KernelsView, MessageView, PolicyChangeView, StatusView
+from jupyter_tfgpu.in_kernel import inprocess, oom_hook
+from jupyter_tfgpu.in_kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
+from jupyter_tfgpu.in_kernel.local import local_status
+from jupyter_tfgpu.in_kernel.policy_fields import PolicyField, field_named, policy_fields, same_policy, setting_text
+from jupyter_tfgpu.in_kernel.views import KernelsView, MessageView, PolicyChangeView, StatusView
 
 COMMANDS = ("status", "policy", "watch", "kernels")
 NEEDS_SERVER = "policies need the jupyter-tfgpu server"
@@ -232,7 +232,7 @@ class TFGPUMagics(Magics):
 
     def _watch(self, interval: float) -> Any:
         try:
-            from jupyter_tfgpu.kernel.widgets import GPUPanel
+            from jupyter_tfgpu.in_kernel.widgets import GPUPanel
         except ImportError:
             return MessageView(
                 "%tfgpu watch needs ipywidgets: pip install 'jupyter-tfgpu[widgets]'"

@@ -14,10 +14,10 @@ import types
 
 import pytest
 
-from jupyter_tfgpu.kernel.magic import TFGPUMagics
-from jupyter_tfgpu.kernel.oom import device_named, find_out_of_memory, requested_bytes
-from jupyter_tfgpu.kernel.oom_view import duration, explain, size_option
-from jupyter_tfgpu.kernel.policy_fields import field_named
+from jupyter_tfgpu.in_kernel.magic import TFGPUMagics
+from jupyter_tfgpu.in_kernel.oom import device_named, find_out_of_memory, requested_bytes
+from jupyter_tfgpu.in_kernel.oom_view import duration, explain, size_option
+from jupyter_tfgpu.in_kernel.policy_fields import field_named
 
 GIB = 2**30
 MIB = 2**20

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_tfgpu.kernel.policy_fields import requested, same_policy, setting_text
+from jupyter_tfgpu.in_kernel.policy_fields import requested, same_policy, setting_text
 from jupyter_tfgpu.protocol import POLICY_ENV, REPORTING_FRAMEWORKS
 
 LABELS = {"tensorflow": "TensorFlow", "torch": "PyTorch", "jax": "JAX"}

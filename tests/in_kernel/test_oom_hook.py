@@ -10,10 +10,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-from jupyter_tfgpu.kernel import oom_hook
-from jupyter_tfgpu.kernel.client import NotConfigured, Unreachable
-from jupyter_tfgpu.kernel.magic import load_ipython_extension
-from tests.kernel.test_oom import SHARED, TF_MESSAGE, status
+from jupyter_tfgpu.in_kernel import oom_hook
+from jupyter_tfgpu.in_kernel.client import NotConfigured, Unreachable
+from jupyter_tfgpu.in_kernel.magic import load_ipython_extension
+from tests.in_kernel.test_oom import SHARED, TF_MESSAGE, status
 
 TF_CELL = f"""
 import tensorflow as tf

@@ -20,11 +20,11 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jupyter_tfgpu.kernel import inprocess
-from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, ServerError
-from jupyter_tfgpu.kernel.local import local_status
-from jupyter_tfgpu.kernel.oom import find_out_of_memory
-from jupyter_tfgpu.kernel.oom_view import OutOfMemoryView, explain
+from jupyter_tfgpu.in_kernel import inprocess
+from jupyter_tfgpu.in_kernel.client import NotConfigured, ServerClient, ServerError
+from jupyter_tfgpu.in_kernel.local import local_status
+from jupyter_tfgpu.in_kernel.oom import find_out_of_memory
+from jupyter_tfgpu.in_kernel.oom_view import OutOfMemoryView, explain
 
 SWITCH_ENV = "TFGPU_OOM_EXPLAIN"
 OFF_WORDS = ("0", "false", "no", "off")

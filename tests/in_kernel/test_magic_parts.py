@@ -11,10 +11,10 @@ import traceback
 
 import pytest
 
-from jupyter_tfgpu.kernel.client import NotConfigured, ServerClient, Unreachable
-from jupyter_tfgpu.kernel.local import local_status
-from jupyter_tfgpu.kernel.policy_fields import field_named, policy_fields, schema, setting_text
-from jupyter_tfgpu.kernel.units import format_bytes, parse_mib
+from jupyter_tfgpu.in_kernel.client import NotConfigured, ServerClient, Unreachable
+from jupyter_tfgpu.in_kernel.local import local_status
+from jupyter_tfgpu.in_kernel.policy_fields import field_named, policy_fields, schema, setting_text
+from jupyter_tfgpu.in_kernel.units import format_bytes, parse_mib
 from jupyter_tfgpu.server.kernels.provisioner import MAGIC_EXTENSION, bootstrap_dir, is_ipykernel, with_magic
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 
@@ -73,7 +73,7 @@ def test_every_schema_field_has_an_option_and_parses():
 def test_a_field_added_to_the_schema_gets_an_option(monkeypatch):
     """A new boolean and a new integer field need no code in the magic."""
     # Given a schema with two more fields
-    from jupyter_tfgpu.kernel import policy_fields as module
+    from jupyter_tfgpu.in_kernel import policy_fields as module
 
     added = {
         "flash_attention": {"type": ["boolean", "null"], "title": "Flash attention"},
@@ -164,7 +164,7 @@ def test_the_loader_fails_soft_without_the_package(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("tfgpu_magic_under_test", path)
     loader = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loader)
-    monkeypatch.setitem(sys.modules, "jupyter_tfgpu.kernel.magic", None)
+    monkeypatch.setitem(sys.modules, "jupyter_tfgpu.in_kernel.magic", None)
     registered = {}
 
     class Shell:
@@ -194,7 +194,7 @@ def test_record_entries_read_in_the_fields_own_form():
 def test_the_help_starts_with_the_usage_line():
     """`%tfgpu --help` reads as plain text: no `::` left over from IPython's Sphinx markup."""
     # Given the magic's parser
-    from jupyter_tfgpu.kernel.magic import TFGPUMagics
+    from jupyter_tfgpu.in_kernel.magic import TFGPUMagics
 
     # When its help is made, as `%tfgpu --help` prints it
     text = TFGPUMagics.tfgpu.parser.format_help()

@@ -8,8 +8,8 @@ from tests.kernel_helpers import run_json, start_session
 
 APPLY_HERE = """
 import json
-from jupyter_tfgpu.kernel import inprocess
-from jupyter_tfgpu.kernel.client import ServerClient
+from jupyter_tfgpu.in_kernel import inprocess
+from jupyter_tfgpu.in_kernel.client import ServerClient
 client = ServerClient.from_env()
 view = client.set_policy({"memory_growth": True, "intra_op_threads": 2})
 outcome = inprocess.apply_policy(view["next_start"])
