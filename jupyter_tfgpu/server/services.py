@@ -31,18 +31,17 @@ from jupyter_tfgpu.server.kernels.contexts import ContextSizes
 from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
 from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner
 from jupyter_tfgpu.server.kernels.registry import KernelRegistry
+from jupyter_tfgpu.server.sampling.groups import SAMPLING_GROUPS
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 
 # The sampling settings: TFGPU trait -> (the Sampler argument it sets, whether GET config shows
-# it). The caps and the enforcement rules list their own settings (AdminPolicy, Rules).
+# it); each sampling group's interval as its row says (sampling/groups.py). The caps and the
+# enforcement rules list their own settings (AdminPolicy, Rules).
 SAMPLING: dict[str, tuple[str, bool]] = {
-    "sample_interval": ("interval", True),
+    **{group.setting: (group.argument, group.in_config) for group in SAMPLING_GROUPS},
     "history_seconds": ("history_seconds", True),
     "nvml_budget": ("budget", True),
-    "slow_interval": ("slow_interval", False),
-    "process_interval": ("process_interval", False),
-    "pcie_interval": ("pcie_interval", False),
 }
 
 

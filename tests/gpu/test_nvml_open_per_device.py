@@ -57,7 +57,7 @@ def every_second(**kwargs) -> Sampler:
 
 def round_at(sampler: Sampler, now: float) -> list[dict]:
     """One round at simulated second ``now``; the GPU rows as published."""
-    sampler._tokens_at = now
+    sampler._schedule.tokens_at = now
     sampler._sample_round(now)
     return sampler.latest.to_json()["gpus"]
 

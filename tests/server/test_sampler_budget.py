@@ -34,7 +34,7 @@ def fake(monkeypatch):
 def run_rounds(sampler: Sampler, seconds: int) -> None:
     """Drive the sampler's rounds on a simulated clock, one per second."""
     start = time.monotonic()
-    sampler._tokens_at = start
+    sampler._schedule.tokens_at = start
     for tick in range(seconds):
         sampler._sample_round(start + tick)
 
@@ -51,7 +51,7 @@ def test_driver_time_stays_within_budget_while_pcie_is_watched(fake):
     run_rounds(sampler, 120)
     release()
     # Then the time spent inside NVML is within the budget, counting the bucket it started with
-    allowance = 0.02 * 120 + sampler._token_cap()
+    allowance = 0.02 * 120 + sampler._schedule.token_cap()
     assert fake.call_time <= allowance
     # And PCIe was read (not starved), far less often than its configured 2 s
     assert fake.calls["nvmlDeviceGetPcieThroughput"] >= 16

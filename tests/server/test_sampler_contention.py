@@ -74,7 +74,7 @@ def install(monkeypatch):
 def make_sampler(clock: SimClock) -> Sampler:
     sampler = Sampler(NvmlBackend(), interval=1.0, budget=0.02, clock=clock.time, timer=clock.time)
     sampler.open()
-    sampler._tokens_at = clock.now
+    sampler._schedule.tokens_at = clock.now
     return sampler
 
 

@@ -40,7 +40,7 @@ def every_second() -> Sampler:
 
 def round_at(sampler: Sampler, now: float) -> tuple[GpuReading, ...]:
     """One round at simulated second ``now``; the GPUs as published."""
-    sampler._tokens_at = now
+    sampler._schedule.tokens_at = now
     sampler._sample_round(now)
     return sampler.latest.gpus
 

@@ -1,7 +1,8 @@
-"""The sampler's driver-time budget: reading groups, their measured costs, planned cadences.
+"""The sampler's driver-time budget: the groups' measured costs and planned cadences.
 
 NVML calls hold the driver's lock that users' GPU work needs too, so the sampler spends at most
 a share of wall time (``TFGPU.nvml_budget``) inside them; these are the numbers and the planning.
+Each group's share, typical cost and freshness floor are in its row of ``groups.py``.
 
 What a reading costs is estimated from the lowest of its recent times, per GPU, not their
 average. A call timed from Python also holds the time the sampler's thread waited for a CPU or
@@ -18,24 +19,16 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-# Reading groups, cheapest and most wanted first. Each gets a share of the driver-time budget;
-# a share a group does not need passes to the others.
-GROUPS = ("fast", "processes", "slow", "pcie")
-SHARES = {"fast": 0.4, "processes": 0.3, "slow": 0.2, "pcie": 0.1}
+from jupyter_tfgpu.server.sampling.groups import SAMPLING_GROUPS
+
 # Cadences are planned on this share of the budget; the rest absorbs jitter and bursts.
 PLAN_SHARE = 0.9
 # The driver-time bucket holds at most this many seconds' worth of budget.
 TOKEN_WINDOW = 10.0
-# Typical seconds per GPU for a group never measured yet (PCIe: two 20 ms counter samples).
-TYPICAL_COST = {"fast": 0.0001, "processes": 0.01, "slow": 0.001, "pcie": 0.04}
 # A GPU's cost for a group is the lowest of its readings of the last this many seconds (and at
 # most this many readings; the newest is always kept).
 COST_WINDOW_SECONDS = 120.0
 COST_WINDOW_READINGS = 64
-# Freshness floor: the budget never stretches these groups past this many times their
-# configured interval. Memory and utilization must stay current (the sidebar, the stream, the
-# enforcer read them); when the floor holds a group above its share, the sampler says so.
-MAX_STRETCH = {"fast": 5.0}
 
 
 @dataclass
@@ -96,13 +89,14 @@ class Plan:
 def plan(costs: dict[str, float], desired: dict[str, float], budget: float) -> Plan:
     """Stretch each group's interval so the total time inside the backend stays within budget.
 
-    ``costs`` are seconds per round, ``desired`` the configured intervals, ``budget`` a
-    fraction of wall time. Each group may use its share of the budget; shares a group
-    leaves unused are handed to the groups that need more, in ``GROUPS`` order. A group with a
-    freshness floor (``MAX_STRETCH``) is never stretched past it, even over its share.
+    ``costs`` are seconds per round and ``desired`` the configured intervals, by group name;
+    ``budget`` is a fraction of wall time. Each group may use its share of the budget; shares a
+    group leaves unused are handed to the groups that need more, in the table's order. A group
+    with a freshness floor (``max_stretch``) is never stretched past it, even over its share.
     """
-    groups = [g for g in GROUPS if g in desired]
-    allowance = {g: SHARES[g] * budget for g in groups}
+    rows = {row.name: row for row in SAMPLING_GROUPS if row.name in desired}
+    groups = list(rows)
+    allowance = {g: rows[g].share * budget for g in groups}
     for _ in range(len(groups)):
         spare = 0.0
         needy = []
@@ -115,15 +109,16 @@ def plan(costs: dict[str, float], desired: dict[str, float], budget: float) -> P
                 needy.append(g)
         if not needy or spare <= 1e-12:
             break
-        weight = sum(SHARES[g] for g in needy)
+        weight = sum(rows[g].share for g in needy)
         for g in needy:
-            allowance[g] += spare * SHARES[g] / weight
+            allowance[g] += spare * rows[g].share / weight
     intervals = {}
     for g in groups:
         cost = costs.get(g, 0.0)
         interval = desired[g] if cost <= 0 else max(desired[g], cost / max(allowance[g], 1e-9))
-        if g in MAX_STRETCH:
-            interval = min(interval, desired[g] * MAX_STRETCH[g])
+        max_stretch = rows[g].max_stretch
+        if max_stretch is not None:
+            interval = min(interval, desired[g] * max_stretch)
         intervals[g] = interval
     return Plan(intervals, allowance)
 
