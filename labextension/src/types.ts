@@ -107,6 +107,22 @@ export interface ISnapshot {
   cadence?: ICadence;
 }
 
+/** One kernel in a `stream` message: a short view of GET `kernels/{id}`, as of its snapshot. */
+export interface IStreamKernel {
+  id: string;
+  notebook: string | null;
+  execution_state: string | null;
+  /** Bytes on all GPUs (`gpu_memory.total` of GET kernels). */
+  gpu_memory: number;
+  /** `gpu_memory.source` of GET kernels. */
+  gpu_memory_source: 'nvml' | 'kernel_report' | 'mixed' | null;
+  /** `gpu_memory.unknown` of GET kernels: why the figure is unknown now. */
+  gpu_memory_unknown: string | null;
+  /** The limit the kernel started with. */
+  memory_limit_mb: number | null;
+  restart_required: boolean;
+}
+
 /** NVLink: read only while a client watches the interconnect; rates in bytes/s. */
 export interface INvlink {
   /** Links the GPU has; 0: none, and `reason` says why. */

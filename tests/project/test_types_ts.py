@@ -34,6 +34,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "IGpuProcess": ("GpuProcess",),
     "IGpu": ("Gpu",),
     "ISnapshot": ("Snapshot",),
+    "IStreamKernel": ("StreamKernel",),
     "ICadence": ("Cadence",),
     "INvlink": ("Nvlink",),
     "IPolicyChanges": ("PolicyChanges",),
@@ -435,6 +436,10 @@ def test_types_ts_mirrors_the_spec():
         ),
         (("  reason: string | null;\n  /** Sec", "  reason: string;\n  /** Sec"), "IStatus.reason"),
         (("'memory_cap' | 'idle'", "'memory_cap' | 'idle' | 'other'"), "IEnforcementEvent.rule"),
+        (
+            ("gpu_memory_unknown: string | null;", "gpu_memory_unknown?: string | null;"),
+            "IStreamKernel.gpu_memory_unknown",
+        ),
         (("history_seconds?: number", "history_seconds: number"), "IStatus.history_seconds"),
         (("processes: IGpuProcess[]", "processes: IGpu[]"), "IGpu.processes[]"),
         (

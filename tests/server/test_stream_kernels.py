@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.resources import files
+
+import yaml
+from jsonschema import Draft202012Validator
 
 from jupyter_tfgpu.gpu.keys import gpu_keys
 from jupyter_tfgpu.gpu.readings import GpuReading
@@ -36,6 +40,11 @@ async def test_stream_messages_list_kernels(jp_fetch, jp_ws_fetch):
     assert mine[0]["notebook"] == "live.ipynb"
     assert mine[0]["memory_limit_mb"] == 2048
     assert mine[0]["restart_required"] is False
+    # And every kernel in it is as the spec's StreamKernel schema says (the lab's types mirror it)
+    spec = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
+    validator = Draft202012Validator(spec["components"]["schemas"]["StreamKernel"])
+    for kernel in message["kernels"]:
+        validator.validate(kernel)
 
 
 def _snapshot(used: int | None) -> Snapshot:
