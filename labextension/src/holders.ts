@@ -30,9 +30,8 @@ export interface IHolders {
 
 /**
  * Processes grouped by kernel (largest first), and the processes of no kernel. With the kernels
- * as GET `kernels` describes them, a GPU where a kernel's figure is its own report shows that
- * report (also where NVML lists no process for it), and a kernel whose memory is unknown now
- * says why.
+ * as `KernelsModel` has them, a GPU where a kernel's figure is its own report shows that report
+ * (also where NVML lists no process for it), and a kernel whose memory is unknown now says why.
  */
 export function groupHolders(
   snapshot: ISnapshot | null,

@@ -17,7 +17,7 @@ import {
   runKernelAction,
   showNotice
 } from './commands';
-import { KernelsModel } from './kernels';
+import { followStream, KernelsModel } from './kernels';
 import { GpuNotifier } from './notify';
 import { GpuPanel } from './panel';
 import { PolicyModel, policyFields } from './policy';
@@ -61,6 +61,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       historySeconds: settings.historySeconds
     });
     const kernels = new KernelsModel(api);
+    // While the stream is live, each kernel's memory source and unknown state come with every
+    // sample rather than with the next GET kernels.
+    followStream(kernels, stream);
     const policy = new PolicyModel(api);
     serviceManager.kernels.runningChanged.connect(() => void kernels.refresh().catch(() => 0));
     // A policy saved anywhere (another tab, %tfgpu, a widget, REST, a rename) is pushed on the

@@ -2,7 +2,8 @@ import { IDisposable } from '@lumino/disposable';
 import { Poll, Throttler } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { IApi, IKernel } from './types';
+import { GpuStreamModel } from './stream';
+import { IApi, IKernel, IStreamKernel } from './types';
 
 /** Seconds between refreshes while the panel shows the kernels, and while it does not. */
 const ACTIVE_INTERVAL = 5;
@@ -14,9 +15,26 @@ const BACKGROUND_INTERVAL = 30;
 export const FOLLOW_INTERVAL = 1000;
 
 /**
+ * A kernel as GET `kernels` showed it, with where its GPU memory figure comes from and whether
+ * it is unknown as the stream's newer `summary` says (the per-GPU figures only GET has).
+ */
+export function withSummary(kernel: IKernel, summary: IStreamKernel | undefined): IKernel {
+  if (!summary) {
+    return kernel;
+  }
+  const gpu_memory = {
+    ...kernel.gpu_memory,
+    source: summary.gpu_memory_source,
+    unknown: summary.gpu_memory_unknown
+  };
+  return { ...kernel, gpu_memory };
+}
+
+/**
  * The server's kernels with their policies (GET `kernels`): what each started with and
  * whether it needs a restart. Refreshed often while the panel is open, rarely otherwise,
- * and at once after anything that changes them (`refresh()`).
+ * and at once after anything that changes them (`refresh()`). While the stream is live, each
+ * kernel's memory source and unknown state are the stream's (`follow()`), a sample old at most.
  */
 export class KernelsModel implements IDisposable {
   /** Start polling through `api`. */
@@ -35,14 +53,35 @@ export class KernelsModel implements IDisposable {
     return this._changed;
   }
 
-  /** The running kernels, as of the last refresh. */
+  /** The running kernels, as of the last refresh and the stream's latest message. */
   get kernels(): readonly IKernel[] {
-    return this._kernels;
+    return this._shown;
   }
 
   /** One kernel by id. */
   find(id: string | null | undefined): IKernel | undefined {
-    return this._kernels.find(k => k.id === id);
+    return this._shown.find(k => k.id === id);
+  }
+
+  /**
+   * Take each kernel's memory source and unknown state from the stream's latest message (null:
+   * no live stream, GET `kernels` alone). When a kernel's figure changes source, or a kernel
+   * GET did not list appears, the kernels are read again soon: the per-GPU figures (a kernel's
+   * own report) are GET's alone. Only a change does that, so a difference that stays costs
+   * one read.
+   */
+  follow(summary: readonly IStreamKernel[] | null): void {
+    const before = new Map((this._summary ?? []).map(s => [s.id, s.gpu_memory_source]));
+    this._summary = summary;
+    const changed = (s: IStreamKernel) =>
+      before.has(s.id)
+        ? before.get(s.id) !== s.gpu_memory_source
+        : !this._byId.has(s.id) ||
+          (this._byId.get(s.id)?.gpu_memory.source ?? null) !== s.gpu_memory_source;
+    if (this._read && summary?.some(changed)) {
+      this.refreshSoon();
+    }
+    this._show();
   }
 
   /** Refresh often (true while the panel is visible). */
@@ -79,10 +118,20 @@ export class KernelsModel implements IDisposable {
   /** Fetch the kernels now. */
   async refresh(): Promise<void> {
     const { kernels } = await this._api.request<{ kernels: IKernel[] }>('kernels');
-    const text = JSON.stringify(kernels);
+    this._kernels = kernels;
+    this._byId = new Map(kernels.map(k => [k.id, k]));
+    this._read = true;
+    this._show();
+  }
+
+  /** What GET `kernels` said, with the stream's figures; `changed` when that differs. */
+  private _show(): void {
+    const summary = new Map((this._summary ?? []).map(s => [s.id, s]));
+    const shown = this._kernels.map(k => withSummary(k, summary.get(k.id)));
+    const text = JSON.stringify(shown);
     if (text !== this._text) {
       this._text = text;
-      this._kernels = kernels;
+      this._shown = shown;
       this._changed.emit();
     }
   }
@@ -114,7 +163,16 @@ export class KernelsModel implements IDisposable {
   );
   private _following = false;
   private _stale = false;
+  private _byId = new Map<string, IKernel>();
   private _kernels: IKernel[] = [];
   private _poll: Poll;
+  private _read = false;
+  private _shown: IKernel[] = [];
+  private _summary: readonly IStreamKernel[] | null = null;
   private _text = '';
+}
+
+/** Keep `kernels` following the kernel summary of each of `stream`'s messages. */
+export function followStream(kernels: KernelsModel, stream: GpuStreamModel): void {
+  stream.changed.connect(() => kernels.follow(stream.kernels), kernels);
 }

@@ -32,7 +32,7 @@ export interface IStatusInput {
   error: string | null;
   /** The current notebook's kernel id (none without a notebook or a kernel). */
   kernelId: string | null | undefined;
-  /** That kernel as GET `kernels` last showed it (its policy and what it started with). */
+  /** That kernel as `KernelsModel` has it (GET `kernels`, the stream's memory source and state). */
   kernel: IKernel | undefined;
   choice: IStatusChoice;
 }

@@ -3,7 +3,7 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { IPolicyChangeNotice, PolicyChangeTracker } from './policychanges';
-import { IApi, IHistory, IPolicyChanges, ISnapshot, IStatus } from './types';
+import { IApi, IHistory, IPolicyChanges, ISnapshot, IStatus, IStreamKernel } from './types';
 
 /** One GPU's recent readings, oldest first; null where the GPU gave no value. */
 export interface ISeries {
@@ -96,6 +96,14 @@ export class GpuStreamModel implements IDisposable {
   /** The latest snapshot. */
   get snapshot(): ISnapshot | null {
     return this._snapshot;
+  }
+
+  /**
+   * The kernels as the latest snapshot's stream message summed them up; null when that snapshot
+   * came from GET `gpus` (no live stream), which has none.
+   */
+  get kernels(): readonly IStreamKernel[] | null {
+    return this._kernels;
   }
 
   /** Why the last request failed (null after a success). */
@@ -272,8 +280,11 @@ export class GpuStreamModel implements IDisposable {
     }
   }
 
-  private _receive(message: ISnapshot & { policies?: IPolicyChanges }): void {
-    const { policies, ...snapshot } = message;
+  private _receive(
+    message: ISnapshot & { kernels?: IStreamKernel[]; policies?: IPolicyChanges }
+  ): void {
+    const { kernels, policies, ...snapshot } = message;
+    this._kernels = kernels ?? null;
     // A message re-sent for a policy change repeats the snapshot; the series skip its time.
     appendSnapshot(this._series, snapshot, this._historySeconds);
     this._snapshot = snapshot;
@@ -305,6 +316,7 @@ export class GpuStreamModel implements IDisposable {
   private _failures = 0;
   private _historySeconds: number;
   private _interconnect = false;
+  private _kernels: IStreamKernel[] | null = null;
   private _live = false;
   private _poll: Poll;
   private _policiesChanged = new Signal<this, IPolicyChangeNotice>(this);
