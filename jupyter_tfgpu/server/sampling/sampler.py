@@ -123,13 +123,18 @@ def log_opened(log: logging.Logger, backend: str, gpus: Sequence[GpuState]) -> N
             )  # fmt: skip
 
 
+def lost_retry_at(now: float) -> float:
+    """When a GPU found lost (or not opened) at ``now`` is opened again."""
+    return now + LOST_RETRY_SECONDS
+
+
 def reopen_lost(
     backend: Backend, gpu: GpuState, now: float, timer: Callable[[], float]
 ) -> tuple[bool, float | None]:
     """Open a lost GPU again when its retry is due: whether it answered, and the seconds the
     try took (None when it was not due)."""
     if gpu.retry_at is None:
-        gpu.retry_at = now + LOST_RETRY_SECONDS  # lost at open: it was just tried
+        gpu.retry_at = lost_retry_at(now)  # lost at open: it was just tried
     if now < gpu.retry_at:
         return False, None
     started = timer()
@@ -140,7 +145,7 @@ def reopen_lost(
     seconds = timer() - started
     if info.lost:
         gpu.lost_reason = info.lost_reason or gpu.lost_reason
-        gpu.retry_at = now + LOST_RETRY_SECONDS
+        gpu.retry_at = lost_retry_at(now)
         return False, seconds
     gpu.info = info
     return True, seconds
@@ -397,7 +402,7 @@ def read_round(
         except GpuLost as err:
             if not gpu.lost:
                 log.error("GPU %d is lost: %s", gpu.info.index, err.reason)
-            gpu.went_lost(err.reason, now, now + LOST_RETRY_SECONDS, processes_interval)
+            gpu.went_lost(err.reason, now, lost_retry_at(now), processes_interval)
     return spent
 
 
