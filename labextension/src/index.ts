@@ -5,7 +5,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
-import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
@@ -23,10 +23,9 @@ import { GpuPanel } from './panel';
 import { PolicyModel, policyFields } from './policy';
 import schema from './policy.schema.json';
 import { serverApi } from './request';
-import { DEFAULTS, ISettings, readSettings, statusChoice } from './settings';
-import { GpuStatusItem } from './statusitem';
+import { DEFAULTS, followSettings, ISettings, statusChoice } from './settings';
 import { GpuStreamModel } from './stream';
-import { addToolbarItem } from './toolbaritem';
+import { addMemoryItems } from './toolbaritem';
 
 const PLUGIN_ID = 'jupyter-tfgpu:plugin';
 
@@ -93,28 +92,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer?.add(panel, 'jupyter-tfgpu:panel');
     addOpenPanelCommand(app, panel, palette);
 
-    let item: GpuStatusItem | null = null;
-    if (statusBar) {
-      item = new GpuStatusItem({
-        stream,
-        kernels,
-        kernelId: () => tracker.currentWidget?.sessionContext.session?.kernel?.id,
-        kernelChanged: [tracker.currentChanged],
-        choice: statusChoice(settings),
-        onClick: () => openPanel(app)
-      });
-      statusBar.registerStatusItem('jupyter-tfgpu:status', { item, align: 'left', rank: 100 });
-    } else {
-      // No status bar (Notebook 7): each notebook's toolbar shows its own kernel's memory.
-      app.docRegistry.addWidgetExtension('Notebook', {
-        createNew: widget =>
-          addToolbarItem(widget as NotebookPanel, {
-            stream,
-            kernels,
-            onClick: () => openPanel(app)
-          })
-      });
-    }
+    const item = addMemoryItems(app, statusBar, tracker, {
+      stream,
+      kernels,
+      choice: statusChoice(settings),
+      onClick: () => openPanel(app)
+    });
 
     const notifier = new GpuNotifier({
       events: serviceManager.events,
@@ -126,8 +109,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       capPercent: settings.capWarningPercent
     });
 
-    const apply = (values: ISettingRegistry.ISettings['composite']) => {
-      settings = readSettings(values);
+    followSettings(registry, PLUGIN_ID, changed => {
+      settings = changed;
       stream.historySeconds = settings.historySeconds;
       stream.interval = settings.refreshInterval;
       if (item) {
@@ -136,16 +119,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       notifier.capPercent = settings.capWarningPercent;
       notifier.enforcement = settings.notifyEnforcement;
       panel.update();
-    };
-    if (registry) {
-      void registry.load(PLUGIN_ID).then(
-        loaded => {
-          apply(loaded.composite);
-          loaded.changed.connect(() => apply(loaded.composite));
-        },
-        reason => console.warn('jupyter-tfgpu: could not load its settings', reason)
-      );
-    }
+    });
   }
 };
 

@@ -4,6 +4,7 @@
  * from it.
  */
 
+import type { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import schema from './settings.schema.json';
@@ -48,4 +49,25 @@ export function readSettings(composite: ReadonlyPartialJSONObject): ISettings {
 /** What the status bar item shows, from the settings. */
 export function statusChoice(settings: ISettings): IStatusChoice {
   return { mode: settings.statusBarGpus, indices: settings.statusBarIndices };
+}
+
+/**
+ * Call `apply` with the plugin's settings once they load and after each change. Without a
+ * registry, or when they cannot load, the defaults stay in force.
+ */
+export function followSettings(
+  registry: ISettingRegistry | null,
+  plugin: string,
+  apply: (settings: ISettings) => void
+): void {
+  if (!registry) {
+    return;
+  }
+  void registry.load(plugin).then(
+    loaded => {
+      apply(readSettings(loaded.composite));
+      loaded.changed.connect(() => apply(readSettings(loaded.composite)));
+    },
+    reason => console.warn('jupyter-tfgpu: could not load its settings', reason)
+  );
 }
