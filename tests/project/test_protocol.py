@@ -1,9 +1,9 @@
 """The kernel bootstrap's copies of the protocol names are the originals' (jupyter_tfgpu/protocol.py).
 
-The bootstrap runs in any Python and imports nothing of ``jupyter_tfgpu``, so it keeps copies at
-the top of ``tfgpu_bootstrap.py`` (and ``sitecustomize.py`` one more, so that a start-up without a
-policy imports nothing). These tests load them as a kernel does, from the folder the provisioner
-puts on PYTHONPATH, and pin each to the original; a copy anywhere else in the bootstrap fails.
+The bootstrap runs in any Python and imports nothing of ``jupyter_tfgpu``, so it keeps copies in
+``tfgpu_protocol.py`` (and ``sitecustomize.py`` one more, so that a start-up without a policy
+imports nothing). These tests load them as a kernel does, from the folder the provisioner puts on
+PYTHONPATH, and pin each to the original; a copy anywhere else in the bootstrap fails.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from jupyter_tfgpu.server.kernels.provisioner import bootstrap_dir
 from tests.bootstrap_helpers import last_json, run_python
 
 BOOTSTRAP = Path(bootstrap_dir())
-# Where copies may live: the hook module, and the one variable sitecustomize reads at start-up.
-HOLDERS = ("tfgpu_bootstrap.py", "sitecustomize.py")
+# Where copies may live: the bootstrap's protocol module, and the one variable sitecustomize reads
+# at start-up.
+HOLDERS = ("tfgpu_protocol.py", "sitecustomize.py")
 
 
-def load_bootstrap():
-    """``tfgpu_bootstrap`` from the bootstrap folder, as its own module (no package, no sys.path)."""
-    path = BOOTSTRAP / "tfgpu_bootstrap.py"
-    spec = importlib.util.spec_from_file_location("tfgpu_bootstrap_copy", path)
+def load_copies():
+    """``tfgpu_protocol`` from the bootstrap folder, as its own module (no package, no sys.path)."""
+    path = BOOTSTRAP / "tfgpu_protocol.py"
+    spec = importlib.util.spec_from_file_location("tfgpu_protocol_copy", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def public_constants(module) -> dict:
-    """A module's own ``UPPER_CASE`` names (``vars``: tfgpu_bootstrap's ``__getattr__`` stays out)."""
+    """A module's own ``UPPER_CASE`` names."""
     return {
         name: value
         for name, value in vars(module).items()
@@ -56,9 +57,9 @@ def module_constants(path: Path) -> dict:
 
 
 def test_each_copy_in_the_bootstrap_equals_the_protocols():
-    """Every constant of tfgpu_bootstrap exists in jupyter_tfgpu.protocol with the same value."""
-    # Given the bootstrap's hook module, loaded as a kernel loads it
-    copies = public_constants(load_bootstrap())
+    """Every constant of tfgpu_protocol exists in jupyter_tfgpu.protocol with the same value."""
+    # Given the bootstrap's protocol module, loaded as a kernel loads it
+    copies = public_constants(load_copies())
     # Then each copy is the original, and all the names the bootstrap needs are there
     assert copies == {name: getattr(protocol, name, None) for name in copies}
     assert {
@@ -102,7 +103,7 @@ def test_no_other_bootstrap_module_keeps_a_copy():
                     literals.setdefault(path.name, []).append(value)
             except TypeError:
                 pass  # a tuple holding a list or a dict: no protocol value
-    # Then there are none: they all take the names from tfgpu_bootstrap
+    # Then there are none: they all take the names from tfgpu_protocol
     assert literals == {}
 
 
@@ -112,9 +113,9 @@ def test_the_reporter_sends_what_the_server_accepts():
     proc = run_python(
         """
         import json, tfgpu_bootstrap, tfgpu_report
-        print(json.dumps({"frameworks": tfgpu_report.FRAMEWORKS,
+        print(json.dumps({"frameworks": tfgpu_report.REPORTING_FRAMEWORKS,
                           "scheme": tfgpu_report.AUTH_SCHEME,
-                          "hooked": tfgpu_bootstrap.FRAMEWORKS}))
+                          "hooked": tfgpu_bootstrap.HOOKED_MODULES}))
         """
     )
     seen = last_json(proc)

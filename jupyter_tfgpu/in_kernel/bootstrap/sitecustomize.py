@@ -13,7 +13,7 @@ _CHAINED_ERROR = (
     "Error in sitecustomize (chained by jupyter-tfgpu); set PYTHONVERBOSE for traceback:\n{}: {}\n"
 )
 _NOT_INSTALLED = "jupyter-tfgpu: GPU policy hooks not installed ({}: {})\n"
-# tfgpu_bootstrap.POLICY_ENV, copied rather than imported so that a process without a policy
+# tfgpu_protocol.POLICY_ENV, copied rather than imported so that a process without a policy
 # imports nothing more; tests/project/test_protocol.py pins it like the others.
 POLICY_ENV = "TFGPU_POLICY"
 

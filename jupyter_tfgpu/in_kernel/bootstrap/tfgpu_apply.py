@@ -5,7 +5,9 @@ is most of the bootstrap's code, and compiling it on every Python start-up would
 milliseconds where no ``.pyc`` is cached); its public names are reached as
 ``tfgpu_bootstrap.<name>``. Per framework it applies the runtime settings (``tfgpu_runtime``),
 then the memory settings (``tfgpu_memory``), records the outcome (``tfgpu_record``) and hands the
-framework to the GPU memory reporter (``tfgpu_report``).
+framework to the GPU memory reporter (``tfgpu_report``), with the way to note its failures in the
+record. It does not import ``tfgpu_bootstrap`` back: the names it shares come from
+``tfgpu_protocol``.
 
 It imports nothing from ``jupyter_tfgpu`` and never imports a framework itself: the framework
 module it acts on is handed in. A failure of its own never reaches the user's code: it is
@@ -20,15 +22,15 @@ import sys
 import time
 
 import tfgpu_memory
+import tfgpu_report
 import tfgpu_runtime
-from tfgpu_bootstrap import HOOKED_MODULES
 from tfgpu_policy import load_policy
+from tfgpu_protocol import HOOKED_MODULES
 from tfgpu_record import current_policy, error, record, report_status, set_policy, write_report
-from tfgpu_result import attempt, merge, new_result, skip
-from tfgpu_state import STATE, sibling
+from tfgpu_result import merge, new_result, skip
+from tfgpu_state import STATE
 
 __all__ = [
-    "FRAMEWORKS",
     "apply_jax",
     "apply_now",
     "apply_tensorflow",
@@ -39,8 +41,6 @@ __all__ = [
     "report_status",
 ]
 
-FRAMEWORKS = HOOKED_MODULES
-
 
 # -- one framework: runtime settings, then memory settings ------------------------------------------
 
@@ -48,7 +48,7 @@ FRAMEWORKS = HOOKED_MODULES
 def apply_tensorflow(tf, policy: dict) -> dict:
     """Apply the policy's in-process TensorFlow knobs; returns applied / skipped (with reasons)."""
     result = new_result("tensorflow")
-    tfgpu_runtime.apply_runtime_tensorflow(tf, policy, result, attempt, skip)
+    tfgpu_runtime.apply_runtime_tensorflow(tf, policy, result)
     tfgpu_memory.apply_memory_tensorflow(tf, policy, result)
     return result
 
@@ -56,7 +56,7 @@ def apply_tensorflow(tf, policy: dict) -> dict:
 def apply_torch(torch, policy: dict, on_cuda_init=None) -> dict:
     """Register the memory cap for when CUDA initializes (at once if it has); never inits CUDA."""
     result = new_result("torch")
-    tfgpu_runtime.apply_runtime_torch(torch, policy, result, attempt, skip)
+    tfgpu_runtime.apply_runtime_torch(torch, policy, result)
     tfgpu_memory.apply_memory_torch(torch, policy, result, on_cuda_init)
     return result
 
@@ -64,14 +64,14 @@ def apply_torch(torch, policy: dict, on_cuda_init=None) -> dict:
 def apply_jax(jax, policy: dict) -> dict:
     """JAX reads its GPU knobs from the environment at backend init: record what it will see."""
     result = new_result("jax")
-    tfgpu_runtime.apply_runtime_jax(jax, policy, result, attempt, skip)
+    tfgpu_runtime.apply_runtime_jax(jax, policy, result)
     return result
 
 
 def apply_keras(keras, policy: dict) -> dict:
     """Keras's global dtype policy (mixed precision), set as Keras is imported."""
     result = new_result("keras")
-    tfgpu_runtime.apply_runtime_keras(keras, policy, result, attempt, skip)
+    tfgpu_runtime.apply_runtime_keras(keras, policy, result)
     if "tensorflow" in STATE.frameworks and result["applied"]:
         # TensorFlow recorded mixed precision as pending until Keras came: it is done now.
         merge(STATE.frameworks["tensorflow"], {"applied": list(result["applied"]), "skipped": []})
@@ -108,7 +108,7 @@ def apply_now(framework_name: str, policy: dict | str | None = None) -> dict:
     """Re-apply the policy (``policy`` replaces it when given) to an already imported framework."""
     if framework_name not in APPLY:
         raise ValueError(
-            f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework_name!r}"
+            f"framework must be one of {', '.join(HOOKED_MODULES)}, not {framework_name!r}"
         )
     try:
         if policy is not None:
@@ -165,10 +165,15 @@ def _watch(name: str, module) -> None:
     if name == "keras":
         return  # Keras holds no GPU memory of its own; its backend framework reports
     try:
-        sibling("tfgpu_report").framework_imported(name, module)
+        tfgpu_report.framework_imported(name, module, _reporter_failed)
     except Exception as exc:
         message = f"could not start the GPU memory reporter ({type(exc).__name__}: {exc})"
         error(name, message, write=False, announce=False)
+
+
+def _reporter_failed(message: str) -> None:
+    """A failure of the reporter's thread: one line in the record, nothing on stderr."""
+    error(None, f"GPU memory reporter: {message}", announce=False)
 
 
 def _dumps(value) -> str:

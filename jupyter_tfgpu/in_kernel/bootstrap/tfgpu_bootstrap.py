@@ -7,9 +7,10 @@ real loader's ``exec_module`` so the policy's in-process knobs are applied right
 framework's ``__init__`` finished, before user code can run an op, once per process.
 
 This module is on the start-up path of every Python process a kernel starts, so it holds only the
-hook and the names shared with the server; the policy code lives in ``tfgpu_apply`` next to it,
-which pulls in the rest of the folder, and is imported with the first framework. Its public
-names (``record``, ``apply_now``, ``apply_tensorflow``, ``apply_torch``, ``apply_jax``,
+hook (and takes the modules it watches from ``tfgpu_protocol``); the policy code lives in
+``tfgpu_apply`` next to it, which pulls in the rest of the folder, and is imported with the first
+framework. No module of the folder imports this one back. ``tfgpu_apply``'s public names
+(``record``, ``apply_now``, ``apply_tensorflow``, ``apply_torch``, ``apply_jax``,
 ``load_policy``, ...) are reachable here too: ``tfgpu_bootstrap.record()``.
 Nothing here imports ``jupyter_tfgpu`` or a framework, and no failure here breaks an import.
 """
@@ -17,19 +18,7 @@ Nothing here imports ``jupyter_tfgpu`` or a framework, and no failure here break
 import os
 import sys
 
-# -- names shared with the server ------------------------------------------------------------------
-# Copies of ``jupyter_tfgpu/protocol.py`` (the bootstrap runs in any Python and cannot import it),
-# pinned to it by tests/project/test_protocol.py. The one place the bootstrap's modules take them
-# from: here, as this module is loaded anyway when a policy is set (one more module would cost
-# every start-up). sitecustomize keeps its own pinned POLICY_ENV, to import nothing without one.
-AUTH_SCHEME = "tfgpu-kernel"
-POLICY_ENV = "TFGPU_POLICY"
-SERVER_URL_ENV = "TFGPU_SERVER_URL"
-KERNEL_TOKEN_ENV = "TFGPU_KERNEL_TOKEN"
-REPORT_DIR_ENV = "TFGPU_REPORT_DIR"
-REPORT_INTERVAL_ENV = "TFGPU_REPORT_INTERVAL"
-REPORTING_FRAMEWORKS = ("tensorflow", "torch", "jax")
-HOOKED_MODULES = ("tensorflow", "keras", "torch", "jax")
+from tfgpu_protocol import HOOKED_MODULES
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _hooked = set()  # frameworks whose first import this process has seen

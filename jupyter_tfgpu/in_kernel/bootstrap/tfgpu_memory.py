@@ -1,4 +1,5 @@
-"""A policy's memory settings in process: GPU memory growth, a memory limit, hiding every GPU.
+"""A policy's memory settings in process: GPU memory growth, a memory limit, hiding every GPU;
+their check (``check``), and the allocator's, which the frameworks read from the environment.
 
 Each ``apply_memory_*`` adds to a framework's result (``tfgpu_result``) what it applied, skipped
 and why. JAX has none here: it reads its memory settings from the environment, which the
@@ -16,9 +17,43 @@ import os
 
 from tfgpu_result import attempt, failed, merge, skip
 
+# The allocators a policy may name (TF_GPU_ALLOCATOR, PYTORCH_ALLOC_CONF: set by the provisioner).
+ALLOCATORS = ("cuda_malloc_async", "default")
 NO_GPU = "no GPU visible"
 PENDING = "pending until CUDA initializes"
 HIDDEN = "GPUs hidden by the policy (devices: [])"
+
+
+def check(policy: dict, reject) -> None:
+    """Unset memory fields of a TFGPU_POLICY document with the wrong type
+    (``reject(field, expected)``): the policy's, and the framework limit the server added."""
+    if not isinstance(policy.get("memory_growth"), (bool, type(None))):
+        reject("memory_growth", "true, false or null")
+    # The cap, and what the frameworks get under it (the cap less the CUDA context reserve).
+    for field, least in (
+        ("memory_limit_mb", 1),
+        ("framework_limit_mb", 1),
+        ("context_reserve_mb", 0),
+    ):
+        value = policy.get(field)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not least <= value < 2**53
+        ):
+            reject(field, f"a number of MiB >= {least} or null")
+        else:
+            policy[field] = int(value)
+    devices = policy.get("devices")
+    if devices is not None and not (
+        isinstance(devices, list)
+        and all(isinstance(d, (str, int)) and not isinstance(d, bool) for d in devices)
+    ):
+        reject("devices", "a list of GPU UUIDs or indices, or null")
+    if policy.get("allocator") not in (*ALLOCATORS, None):
+        reject("allocator", f"one of {', '.join(ALLOCATORS)} or null")
 
 
 def framework_limit(policy: dict) -> int | None:

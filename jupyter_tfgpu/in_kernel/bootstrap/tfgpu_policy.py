@@ -1,13 +1,15 @@
 """Parse and check a ``TFGPU_POLICY`` document: what the provisioner rendered, as this process
 reads it. Pure: no state, no framework; fields of the wrong type are unset and said why.
+
+Each concern checks the fields it applies (``tfgpu_memory.check``, ``tfgpu_runtime.check``); this
+module parses the document, checks the fields that say where it runs, and asks them in turn.
 """
 
 from __future__ import annotations
 
+import tfgpu_memory
 import tfgpu_runtime
-from tfgpu_bootstrap import POLICY_ENV
-
-ALLOCATORS = ("cuda_malloc_async", "default")
+from tfgpu_protocol import POLICY_ENV
 
 
 def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
@@ -31,25 +33,7 @@ def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
         )
         policy[field] = None
 
-    if not isinstance(policy.get("memory_growth"), (bool, type(None))):
-        reject("memory_growth", "true, false or null")
-    # The cap, and what the frameworks get under it (the cap less the CUDA context reserve).
-    for field, least in (("memory_limit_mb", 1), ("framework_limit_mb", 1), ("context_reserve_mb", 0)):
-        value = policy.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < 2**53:
-            reject(field, f"a number of MiB >= {least} or null")
-        else:
-            policy[field] = int(value)
-    devices = policy.get("devices")
-    if devices is not None and not (
-        isinstance(devices, list)
-        and all(isinstance(d, (str, int)) and not isinstance(d, bool) for d in devices)
-    ):
-        reject("devices", "a list of GPU UUIDs or indices, or null")
-    if policy.get("allocator") not in (*ALLOCATORS, None):
-        reject("allocator", f"one of {', '.join(ALLOCATORS)} or null")
+    tfgpu_memory.check(policy, reject)
     for field in ("notebook", "kernel_id"):
         if not isinstance(policy.get(field), (str, type(None))):
             reject(field, "a string or null")

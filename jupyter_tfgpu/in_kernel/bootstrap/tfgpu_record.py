@@ -11,9 +11,10 @@ import os
 import sys
 import time
 
-from tfgpu_bootstrap import POLICY_ENV, REPORT_DIR_ENV
+import tfgpu_report
 from tfgpu_policy import load_policy
-from tfgpu_state import STATE, sibling
+from tfgpu_protocol import POLICY_ENV, REPORT_DIR_ENV
+from tfgpu_state import STATE
 
 
 def current_policy() -> dict | None:
@@ -59,7 +60,7 @@ def record() -> dict:
 def report_status() -> dict:
     """This process's GPU memory reporter: running, why not, reports sent, last answer."""
     try:
-        return sibling("tfgpu_report").status()
+        return tfgpu_report.status()
     except Exception as exc:
         return {"running": False, "reason": f"reporter unavailable ({type(exc).__name__})"}
 

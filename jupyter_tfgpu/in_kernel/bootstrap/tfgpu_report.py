@@ -2,16 +2,19 @@
 
 Inside a container NVML reports host PIDs, which the server cannot map to its kernels. So each
 Python process of a kernel whose framework has initialized a GPU posts that framework's allocator
-figures to ``{TFGPU_SERVER_URL}tfgpu/api/kernel/report`` every ``TFGPU_REPORT_INTERVAL`` seconds
-(default 5), with the kernel's own token, and the server matches them to the unknown PIDs.
+figures (read by ``tfgpu_figures``) to ``{TFGPU_SERVER_URL}tfgpu/api/kernel/report`` every
+``TFGPU_REPORT_INTERVAL`` seconds (default 5), with the kernel's own token, and the server matches
+them to the unknown PIDs.
 
-``tfgpu_apply`` hands each imported framework to ``framework_imported``; one daemon thread per
-process then only looks: it never imports a framework and never initializes a GPU, so a process
-that does not use a GPU never sends anything. It stops for good when the server answers 403 or
-404 (the token was revoked at a restart, or the server is gone) and backs off up to a minute
-while the server cannot be reached. Failures never reach user code: they show in ``status()``
-and as one line in ``tfgpu_bootstrap.record()['errors']``. The token is read from the
-environment when a report is sent and is never printed, logged or put into an error message.
+``tfgpu_apply`` hands each imported framework to ``framework_imported``, with the way to note a
+failure in the bootstrap's record; one daemon thread per process then only looks: it never
+imports a framework and never initializes a GPU, so a process that does not use a GPU never
+sends anything. It stops for good when the server answers 403 or 404 (the token was revoked at a
+restart, or the server is gone) and backs off up to a minute while the server cannot be reached.
+Failures never reach user code: they show in ``status()`` and as one line in
+``tfgpu_bootstrap.record()['errors']``. The token is read from the environment when a report is
+sent and is never printed, logged or put into an error message. All of the reporter's state is
+``REPORTER``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import os
 import sys
 import threading
 
-from tfgpu_bootstrap import (
+from tfgpu_figures import GPU_PLATFORMS, PROBES
+from tfgpu_protocol import (
     AUTH_SCHEME,
     KERNEL_TOKEN_ENV,
     REPORT_INTERVAL_ENV,
@@ -28,68 +32,84 @@ from tfgpu_bootstrap import (
     SERVER_URL_ENV,
 )
 
-__all__ = ["FRAMEWORKS", "collect", "device_id", "framework_imported", "send_once", "status"]
+__all__ = ["REPORTER", "collect", "framework_imported", "send_once", "status"]
 
-FRAMEWORKS = REPORTING_FRAMEWORKS
 ROUTE = "tfgpu/api/kernel/report"
 DEFAULT_INTERVAL = 5.0
 MAX_BACKOFF = 60.0
 TIMEOUT = 5.0
 # Answers after which sending again cannot help: token revoked (403), server or route gone (404).
 FINAL = (403, 404)
-GPU_PLATFORMS = ("cuda", "rocm", "gpu")  # JAX backend names that mean a GPU
 NOT_A_KERNEL = f"{SERVER_URL_ENV} or {KERNEL_TOKEN_ENV} is not set (not a jupyter-tfgpu kernel)"
 
-_lock = threading.Lock()
-_modules: dict = {}  # framework name -> module, as the import hook handed it in
-_thread = None
-_stop = threading.Event()
-_noted: set = set()  # kinds of failure already written to the bootstrap record
-_opener_cache: list = []
-_state = {
-    "running": False,
-    "reason": "no framework imported yet",
-    "watching": [],
-    "reporting": [],
-    "sent": 0,
-    "failures": 0,
-    "last_status": None,
-    "last_error": None,
-    "interval": None,
-    "retry_in": None,
-    "stopped": False,
-}
+
+class Reporter:
+    """This process's reporter: the frameworks it watches, its thread, what ``status()`` says."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.modules: dict = {}  # framework name -> module, as the import hook handed it in
+        self.thread = None
+        self.stop = threading.Event()
+        self.noted: set = set()  # kinds of failure already noted in the bootstrap record
+        self.note = None  # writes a failure into the bootstrap record (given by tfgpu_apply)
+        self.opener = None  # urllib's opener, built on the first report
+        self.status = {
+            "running": False,
+            "reason": "no framework imported yet",
+            "watching": [],
+            "reporting": [],
+            "sent": 0,
+            "failures": 0,
+            "last_status": None,
+            "last_error": None,
+            "interval": None,
+            "retry_in": None,
+            "stopped": False,
+        }
+
+
+REPORTER = Reporter()
 
 
 def status() -> dict:
     """The reporter of this process: running, why not, reports sent, the last answer (a copy)."""
-    with _lock:
-        data = dict(_state, pid=os.getpid())
-        data["watching"] = sorted(_modules)
-        data["reporting"] = list(_state["reporting"])
-        data["running"] = bool(_state["running"] and _thread is not None and _thread.is_alive())
+    with REPORTER.lock:
+        data = dict(REPORTER.status, pid=os.getpid())
+        data["watching"] = sorted(REPORTER.modules)
+        data["reporting"] = list(REPORTER.status["reporting"])
+        thread = REPORTER.thread
+        data["running"] = bool(
+            REPORTER.status["running"] and thread is not None and thread.is_alive()
+        )
     return data
 
 
 # -- starting ------------------------------------------------------------------------------------
 
 
-def framework_imported(name: str, module) -> bool:
-    """Watch a framework the user imported; start the thread if this process can report."""
-    global _thread
-    with _lock:
-        _modules[name] = module
-        if _thread is not None or _state["stopped"]:
+def framework_imported(name: str, module, note=None) -> bool:
+    """Watch a framework the user imported; start the thread if this process can report.
+
+    ``note(message)`` writes a failure of the reporter into the bootstrap's record.
+    """
+    with REPORTER.lock:
+        REPORTER.modules[name] = module
+        if note is not None:
+            REPORTER.note = note
+        if REPORTER.thread is not None or REPORTER.status["stopped"]:
             return False
         reason = _channel_problem() or _no_gpu_build(name, module)
         if reason is not None:
             # A later framework may still be built for GPUs: keep the first channel reason.
-            _state["reason"] = reason
+            REPORTER.status["reason"] = reason
             return False
         interval = _interval()
-        _state.update(running=True, reason=None, interval=interval)
-        _thread = threading.Thread(target=_run, args=(interval,), name="tfgpu-report", daemon=True)
-        _thread.start()
+        REPORTER.status.update(running=True, reason=None, interval=interval)
+        REPORTER.thread = threading.Thread(
+            target=_run, args=(interval,), name="tfgpu-report", daemon=True
+        )
+        REPORTER.thread.start()
         return True
 
 
@@ -133,11 +153,12 @@ def _interval() -> float:
 
 def _after_fork() -> None:
     """A forked child has no reporter thread (and may have inherited a held lock)."""
-    global _lock, _thread, _stop
-    _lock = threading.Lock()
-    _stop = threading.Event()
-    _thread = None
-    _state.update(running=False, reason="forked child: no reporter", reporting=[], retry_in=None)
+    REPORTER.lock = threading.Lock()
+    REPORTER.stop = threading.Event()
+    REPORTER.thread = None
+    REPORTER.status.update(
+        running=False, reason="forked child: no reporter", reporting=[], retry_in=None
+    )
 
 
 if hasattr(os, "register_at_fork"):
@@ -150,10 +171,10 @@ if hasattr(os, "register_at_fork"):
 def _run(interval: float) -> None:
     delay = interval
     try:
-        while not _stop.wait(delay):
+        while not REPORTER.stop.wait(delay):
             found = collect()
-            with _lock:
-                _state["reporting"] = [name for name, _ in found]
+            with REPORTER.lock:
+                REPORTER.status["reporting"] = [name for name, _ in found]
             delay = interval
             for framework, devices in found:
                 delay = _send_round(framework, devices, interval)
@@ -164,8 +185,8 @@ def _run(interval: float) -> None:
     except Exception as exc:  # never let a failure of ours reach the user's process
         _stopped(f"reporter stopped ({type(exc).__name__})")
     finally:
-        with _lock:
-            _state["running"] = False
+        with REPORTER.lock:
+            REPORTER.status["running"] = False
 
 
 def _send_round(framework: str, devices: list, interval: float) -> float | None:
@@ -173,9 +194,9 @@ def _send_round(framework: str, devices: list, interval: float) -> float | None:
     try:
         code = send_once(framework, devices)
     except ConnectionError as exc:
-        with _lock:
-            retry = min(MAX_BACKOFF, max(interval, _state["retry_in"] or interval / 2) * 2)
-            _state["retry_in"] = retry
+        with REPORTER.lock:
+            retry = min(MAX_BACKOFF, max(interval, REPORTER.status["retry_in"] or interval / 2) * 2)
+            REPORTER.status["retry_in"] = retry
         _note("unreachable", f"{exc}; retrying with backoff (at most {MAX_BACKOFF:.0f} s)")
         return retry
     if code in FINAL:
@@ -183,14 +204,14 @@ def _send_round(framework: str, devices: list, interval: float) -> float | None:
         _stopped(f"the server {what} (HTTP {code}); reporter stopped")
         return None
     if 200 <= code < 300:
-        with _lock:
-            _state["retry_in"] = None
+        with REPORTER.lock:
+            REPORTER.status["retry_in"] = None
         return interval
     if code >= 500 or code == 429:
         # 429: the server limits reports per kernel; slowing down is the answer, not stopping.
-        with _lock:
-            retry = min(MAX_BACKOFF, max(interval, _state["retry_in"] or interval / 2) * 2)
-            _state["retry_in"] = retry
+        with REPORTER.lock:
+            retry = min(MAX_BACKOFF, max(interval, REPORTER.status["retry_in"] or interval / 2) * 2)
+            REPORTER.status["retry_in"] = retry
         kind = "rate limited" if code == 429 else "server error"
         _note(kind, f"the server answered HTTP {code}; retrying with backoff")
         return retry
@@ -199,21 +220,23 @@ def _send_round(framework: str, devices: list, interval: float) -> float | None:
 
 
 def _stopped(message: str) -> None:
-    with _lock:
-        _state.update(running=False, stopped=True, reason=message, retry_in=None, reporting=[])
+    with REPORTER.lock:
+        REPORTER.status.update(
+            running=False, stopped=True, reason=message, retry_in=None, reporting=[]
+        )
     _note("stopped", message)
 
 
 def _note(kind: str, message: str) -> None:
     """One line in the bootstrap record per kind of failure; nothing on stdout or stderr."""
-    with _lock:
-        if kind in _noted:
+    with REPORTER.lock:
+        if kind in REPORTER.noted:
             return
-        _noted.add(kind)
-    recorder = sys.modules.get("tfgpu_record")
-    if recorder is not None:
+        REPORTER.noted.add(kind)
+        note = REPORTER.note
+    if note is not None:
         try:
-            recorder.error(None, f"GPU memory reporter: {message}", announce=False)
+            note(message)
         except Exception:
             pass
 
@@ -223,130 +246,21 @@ def _note(kind: str, message: str) -> None:
 
 def collect() -> list:
     """(framework, devices) for each watched framework that has initialized a GPU."""
-    with _lock:
-        modules = list(_modules.items())
+    with REPORTER.lock:
+        modules = list(REPORTER.modules.items())
     found = []
     for name, module in modules:
         try:
             devices = PROBES[name](module)
         except Exception as exc:
-            with _lock:
-                _state["last_error"] = f"{name}: could not read its figures ({type(exc).__name__})"
+            with REPORTER.lock:
+                REPORTER.status["last_error"] = (
+                    f"{name}: could not read its figures ({type(exc).__name__})"
+                )
             continue
         if devices:
             found.append((name, devices))
     return found
-
-
-def _tensorflow(tf) -> list | None:
-    """Figures of TensorFlow's logical GPUs, once its eager context has initialized its devices."""
-    context = sys.modules.get("tensorflow.python.eager.context")
-    # The module global, not context(): that would create the context object if there is none.
-    ctx = getattr(context, "_context", None)
-    if ctx is None or getattr(ctx, "_context_handle", None) is None:
-        return None
-    rows = []
-    for position, device in enumerate(tf.config.list_logical_devices("GPU")):
-        index = _trailing_index(getattr(device, "name", ""), position)
-        info = tf.config.experimental.get_memory_info(f"GPU:{index}")
-        # TensorFlow does not expose what its allocator reserved: in use and peak only.
-        rows.append(_row(index, None, info.get("current"), info.get("peak")))
-    return rows
-
-
-def _torch(torch) -> list | None:
-    """Figures of each CUDA device torch has used, once torch initialized CUDA."""
-    cuda = getattr(torch, "cuda", None)
-    if cuda is None or not cuda.is_initialized():
-        return None
-    current = cuda.current_device()
-    rows = []
-    for index in range(cuda.device_count()):
-        reserved = cuda.memory_reserved(index)
-        peak = cuda.max_memory_reserved(index)
-        if index == current or reserved or peak:
-            rows.append(_row(index, reserved, cuda.memory_allocated(index), peak))
-    return rows
-
-
-def _jax(jax) -> list | None:
-    """Figures of JAX's GPU devices, only if its GPU backend was already created."""
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    backends = getattr(bridge, "_backends", None)
-    if not isinstance(backends, dict):
-        return None
-    rows = []
-    for platform, client in list(backends.items()):
-        if platform not in GPU_PLATFORMS:
-            continue
-        for position, device in enumerate(client.local_devices()):
-            stats = device.memory_stats() or {}
-            index = getattr(device, "local_hardware_id", None)
-            index = index if isinstance(index, int) else position
-            rows.append(
-                _row(
-                    index,
-                    stats.get("pool_bytes"),
-                    stats.get("bytes_in_use"),
-                    stats.get("peak_bytes_in_use"),
-                )
-            )
-    return rows
-
-
-PROBES = {"tensorflow": _tensorflow, "torch": _torch, "jax": _jax}
-
-
-def _trailing_index(name: str, default: int) -> int:
-    tail = str(name).rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else default
-
-
-def _bytes(value) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        value = int(value)
-    except (TypeError, ValueError):
-        return None
-    return value if value >= 0 else None
-
-
-def _row(index: int, reserved, in_use, peak) -> dict:
-    return {
-        "uuid": device_id(index),
-        "reserved": _bytes(reserved),
-        "in_use": _bytes(in_use),
-        "peak": _bytes(peak),
-    }
-
-
-def device_id(index: int) -> str:
-    """The server's name for this process's CUDA device ``index``: a UUID where known."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    entries = [e.strip() for e in visible.split(",")] if visible else []
-    entry = entries[index] if index < len(entries) else ""
-    if entry and not entry.isdigit():
-        return entry  # the provisioner's UUIDs (GPU-... or MIG-...)
-    uuid = _torch_uuid(index)
-    if uuid:
-        return uuid  # an index may count in another order than NVML's; a UUID cannot
-    return entry or str(index)
-
-
-def _torch_uuid(index: int) -> str | None:
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None)
-    try:
-        if cuda is None or not cuda.is_initialized():  # get_device_properties would init CUDA
-            return None
-        uuid = getattr(cuda.get_device_properties(index), "uuid", None)
-    except Exception:
-        return None
-    if not uuid:
-        return None
-    text = str(uuid)
-    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
 # -- sending --------------------------------------------------------------------------------------
@@ -358,8 +272,8 @@ def send_once(framework_name: str, devices: list) -> int:
     Raises ValueError for an unknown framework, RuntimeError outside a jupyter-tfgpu kernel, and
     ConnectionError (naming only the kind of failure) when the server cannot be reached.
     """
-    if framework_name not in FRAMEWORKS:
-        names = ", ".join(FRAMEWORKS)
+    if framework_name not in REPORTING_FRAMEWORKS:
+        names = ", ".join(REPORTING_FRAMEWORKS)
         raise ValueError(f"framework must be one of {names}, not {framework_name!r}")
     url = os.environ.get(SERVER_URL_ENV)
     if not url or not os.environ.get(KERNEL_TOKEN_ENV):
@@ -376,18 +290,18 @@ def send_once(framework_name: str, devices: list) -> int:
     try:
         code, reason = _post(url, framework_name, rows)
     except ConnectionError as exc:
-        with _lock:
-            _state["failures"] += 1
-            _state["last_status"] = None
-            _state["last_error"] = str(exc)
+        with REPORTER.lock:
+            REPORTER.status["failures"] += 1
+            REPORTER.status["last_status"] = None
+            REPORTER.status["last_error"] = str(exc)
         raise
-    with _lock:
-        _state["last_status"] = code
+    with REPORTER.lock:
+        REPORTER.status["last_status"] = code
         if 200 <= code < 300:
-            _state["sent"] += 1
+            REPORTER.status["sent"] += 1
         else:
-            _state["failures"] += 1
-            _state["last_error"] = f"HTTP {code} {reason}".strip()
+            REPORTER.status["failures"] += 1
+            REPORTER.status["last_error"] = f"HTTP {code} {reason}".strip()
     return code
 
 
@@ -425,7 +339,7 @@ def _post(url: str, framework: str, rows: list) -> tuple:
 def _opener():
     """urllib without proxies (the server is local) and without redirects (they would carry the
     Authorization header to wherever they point)."""
-    if not _opener_cache:
+    if REPORTER.opener is None:
         import urllib.request
 
         class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -433,5 +347,5 @@ def _opener():
                 return None
 
         no_proxy = urllib.request.ProxyHandler({})
-        _opener_cache.append(urllib.request.build_opener(no_proxy, _NoRedirect))
-    return _opener_cache[0]
+        REPORTER.opener = urllib.request.build_opener(no_proxy, _NoRedirect)
+    return REPORTER.opener

@@ -1,11 +1,14 @@
 """Runtime settings of a policy beyond memory: precision, XLA, TF32, determinism, placement,
-threads. Loaded by ``tfgpu_apply`` with the first framework; imports no framework itself.
+threads: their check (``check``) and how each framework gets them. Loaded by ``tfgpu_apply`` with
+the first framework; imports no framework itself.
 
 Each ``apply_runtime_*`` adds to the framework's result what it applied, and what it skipped and why
 (including "this framework has no such knob"), the same way the memory settings are recorded.
 """
 
 import sys
+
+from tfgpu_result import attempt, skip
 
 # Fields this module applies, in the order they are applied.
 RUNTIME_FIELDS = (
@@ -41,22 +44,24 @@ def _wanted(policy: dict):
     return [(f, policy.get(f)) for f in RUNTIME_FIELDS if policy.get(f) is not None]
 
 
-def apply_runtime_tensorflow(tf, policy: dict, result: dict, call, skip) -> None:
-    """TensorFlow's knobs; ``call`` runs one config call and records it (restart-aware)."""
+def apply_runtime_tensorflow(tf, policy: dict, result: dict) -> None:
+    """TensorFlow's knobs, each config call recorded (restart-aware)."""
     config = tf.config
     for field, value in _wanted(policy):
         if field == "mixed_precision":
             keras = sys.modules.get("keras")
             if keras is not None:
-                call(result, field, value, lambda: keras.mixed_precision.set_global_policy(value))
+                attempt(
+                    result, field, value, lambda: keras.mixed_precision.set_global_policy(value)
+                )
             else:
                 result["pending"].append(
                     {"setting": field, "value": value, "reason": KERAS_PENDING}
                 )
         elif field == "xla_jit":
-            call(result, field, value, lambda: config.optimizer.set_jit(value))
+            attempt(result, field, value, lambda: config.optimizer.set_jit(value))
         elif field == "tf32":
-            call(
+            attempt(
                 result,
                 field,
                 value,
@@ -64,24 +69,24 @@ def apply_runtime_tensorflow(tf, policy: dict, result: dict, call, skip) -> None
             )
         elif field == "deterministic":
             if value:
-                call(result, field, value, config.experimental.enable_op_determinism)
+                attempt(result, field, value, config.experimental.enable_op_determinism)
             elif hasattr(config.experimental, "disable_op_determinism"):
-                call(result, field, value, config.experimental.disable_op_determinism)
+                attempt(result, field, value, config.experimental.disable_op_determinism)
             else:
                 skip(result, field, value, "off is TensorFlow's default; nothing to apply")
         elif field == "soft_placement":
-            call(result, field, value, lambda: config.set_soft_device_placement(value))
+            attempt(result, field, value, lambda: config.set_soft_device_placement(value))
         elif field == "log_placement":
-            call(result, field, value, lambda: tf.debugging.set_log_device_placement(value))
+            attempt(result, field, value, lambda: tf.debugging.set_log_device_placement(value))
         elif field == "intra_op_threads":
-            call(
+            attempt(
                 result,
                 field,
                 value,
                 lambda: config.threading.set_intra_op_parallelism_threads(value),
             )
         elif field == "inter_op_threads":
-            call(
+            attempt(
                 result,
                 field,
                 value,
@@ -89,16 +94,16 @@ def apply_runtime_tensorflow(tf, policy: dict, result: dict, call, skip) -> None
             )
 
 
-def apply_runtime_keras(keras, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_keras(keras, policy: dict, result: dict) -> None:
     """Keras's global dtype policy (the only Keras knob of a policy)."""
     value = policy.get("mixed_precision")
     if value is not None:
-        call(
+        attempt(
             result, "mixed_precision", value, lambda: keras.mixed_precision.set_global_policy(value)
         )
 
 
-def apply_runtime_torch(torch, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_torch(torch, policy: dict, result: dict) -> None:
     """PyTorch's equivalents, where it has them."""
     for field, value in _wanted(policy):
         if field == "tf32":
@@ -107,23 +112,23 @@ def apply_runtime_torch(torch, policy: dict, result: dict, call, skip) -> None:
                 torch.backends.cuda.matmul.allow_tf32 = on
                 torch.backends.cudnn.allow_tf32 = on
 
-            call(result, field, value, tf32)
+            attempt(result, field, value, tf32)
         elif field == "deterministic":
-            call(result, field, value, lambda: torch.use_deterministic_algorithms(value))
+            attempt(result, field, value, lambda: torch.use_deterministic_algorithms(value))
         elif field == "intra_op_threads":
-            call(result, field, value, lambda: torch.set_num_threads(value))
+            attempt(result, field, value, lambda: torch.set_num_threads(value))
         elif field == "inter_op_threads":
-            call(result, field, value, lambda: torch.set_num_interop_threads(value))
+            attempt(result, field, value, lambda: torch.set_num_interop_threads(value))
         else:
             skip(result, field, value, f"PyTorch has no process-wide {field} setting")
 
 
-def apply_runtime_jax(jax, policy: dict, result: dict, call, skip) -> None:
+def apply_runtime_jax(jax, policy: dict, result: dict) -> None:
     """JAX's equivalents; determinism comes from XLA_FLAGS, set by the server."""
     for field, value in _wanted(policy):
         if field == "tf32":
             precision = "tensorfloat32" if value else "float32"
-            call(
+            attempt(
                 result,
                 field,
                 value,

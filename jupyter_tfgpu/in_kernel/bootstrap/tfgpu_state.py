@@ -1,16 +1,14 @@
-"""The one state of the bootstrap in this process: the policy in force, the record, the lock.
+"""The state of applying and recording the policy in this process: the policy in force, the
+record, the lock.
 
-Imported with the first framework (by ``tfgpu_apply``); the modules that apply, record and report
-read and change ``STATE`` instead of globals of their own.
+Imported with the first framework (by ``tfgpu_apply``); the modules that apply and record read and
+change ``STATE`` instead of globals of their own. The GPU memory reporter keeps its own state
+(``tfgpu_report.REPORTER``): it runs on a thread of its own, and starts afresh in a forked child.
 """
 
 from __future__ import annotations
 
 import _thread
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class BootstrapState:
@@ -30,17 +28,3 @@ class BootstrapState:
 
 
 STATE = BootstrapState()
-
-
-def sibling(name: str):
-    """A module of this folder, imported on first use even if the user changed sys.path."""
-    module = sys.modules.get(name)
-    if module is None:
-        import importlib
-
-        sys.path.insert(0, _HERE)
-        try:
-            module = importlib.import_module(name)
-        finally:
-            sys.path.remove(_HERE)
-    return module
