@@ -1,4 +1,5 @@
-"""The layers hold: who may import whom, read from the source with ``ast`` (nothing is imported).
+"""The layers hold: who may import whom, read from the source with ``ast`` (nothing is imported);
+and no module imports, through others, one that imports it (no import circle).
 
 Every ``import`` and ``from ... import`` counts, at any depth (inside functions too), and so does
 ``importlib.import_module("...")`` / ``__import__("...")`` with a literal name. Relative imports
@@ -8,6 +9,7 @@ are resolved against the module's own package.
 from __future__ import annotations
 
 import ast
+import graphlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "jupyter_tfgpu"
+# A folder the provisioner puts on the kernel's PYTHONPATH, not a package: its modules are
+# imported by their file names.
+BOOTSTRAP = PACKAGE / "in_kernel" / "bootstrap"
 
 
 @dataclass(frozen=True)
@@ -264,3 +269,72 @@ def test_what_the_rules_let_through():
     api = next(r for r in RULES if r.name == "API handlers do not import the app")
     typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from jupyter_tfgpu.server.app import TFGPUApp\n"
     assert violations(api, PACKAGE / "server" / "api" / "handlers.py", typed) == []
+
+
+# -- import circles --------------------------------------------------------------------------------
+
+
+def importable_name(path: Path) -> str:
+    """The name a module is imported by: ``jupyter_tfgpu.in_kernel.client``, or a bootstrap
+    module's file name (``tfgpu_apply``)."""
+    return path.stem if path.parent == BOOTSTRAP else module_name(path)
+
+
+def import_graph(sources: dict[Path, str] | None = None) -> dict[str, set[str]]:
+    """Each module of the package (the bootstrap's included) -> the package's modules it imports.
+
+    ``sources`` replaces the text of some files. Imports count at any depth, type-only ones
+    excepted. An import names the module it loads (``from a.b import c``: ``a.b.c`` when that is
+    a module, else ``a.b``), not the packages above it.
+    """
+    texts = {path: path.read_text() for path in sorted(PACKAGE.rglob("*.py"))}
+    texts.update(sources or {})
+    known = {importable_name(path) for path in texts}
+    graph: dict[str, set[str]] = {}
+    for path, text in texts.items():
+        name = importable_name(path)
+        graph[name] = set()
+        for imported in imports_of(text, module_name(path), path.name == "__init__.py"):
+            target = imported.name
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name and not imported.type_only:
+                graph[name].add(target)
+    return graph
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of ``graph``, or None: its modules, each importing the next, the first again
+    last."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as err:
+        # graphlib lists each module before the one that depends on it, i.e. imports it
+        return list(reversed(err.args[1]))
+    return None
+
+
+def test_no_module_imports_itself_through_others():
+    """No import circle in the package or the bootstrap; an import inside a function counts (it
+    hides a circle from Python's start-up, it does not remove it)."""
+    # Given every module's imports
+    graph = import_graph()
+    assert {"tfgpu_bootstrap", "jupyter_tfgpu.server.app", "jupyter_tfgpu.widgets"} <= set(graph)
+    # When they are followed from module to module
+    circle = import_circle(graph)
+    # Then none leads back to where it started
+    assert circle is None, "import circle: " + " -> ".join(circle or ())
+
+
+def test_an_import_circle_is_found():
+    """One more import that closes a circle (the bootstrap's record importing the hook module,
+    which loads the record through tfgpu_apply) is reported, with the modules on it."""
+    # Given the record module importing the hook module inside a function
+    record = BOOTSTRAP / "tfgpu_record.py"
+    source = record.read_text() + "\n\ndef _hook():\n    import tfgpu_bootstrap\n"
+    # When the imports are followed
+    circle = import_circle(import_graph({record: source}))
+    # Then the circle through the three modules is reported
+    assert circle is not None
+    assert {"tfgpu_bootstrap", "tfgpu_apply", "tfgpu_record"} <= set(circle)
+    assert circle[0] == circle[-1]
