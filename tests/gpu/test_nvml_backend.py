@@ -973,8 +973,8 @@ def test_open_retries_back_off_to_five_minutes(install):
 def test_the_worker_thread_retries_the_open(install, monkeypatch):
     """The running sampler's own thread opens the backend once the driver answers."""
     # Given a running sampler whose open failed, retrying every few milliseconds
-    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_SECONDS", 0.01)
-    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_MAX_SECONDS", 0.01)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.opening.OPEN_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.opening.OPEN_RETRY_MAX_SECONDS", 0.01)
     fake = install(gpus=[FakeGpu(util_gpu=5)])
     fake.inject("nvmlDeviceGetCount", pynvml.NVML_ERROR_TIMEOUT)
     sampler = Sampler(NvmlBackend(), interval=0.05)

@@ -11,7 +11,8 @@ import pynvml
 import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
-from jupyter_tfgpu.server.sampling.sampler import LOST_RETRY_SECONDS, Sampler
+from jupyter_tfgpu.server.sampling.opening import LOST_RETRY_SECONDS
+from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeLink, FakeNvml
 
 GIB = 2**30

@@ -77,7 +77,7 @@ def tfgpu_config():
 def installed_nvml(installed_nvml, monkeypatch, start_faults) -> FakeNvml:
     """The fake installed as ``pynvml`` with the start faults, and short retries."""
     for name in ("OPEN_RETRY_SECONDS", "OPEN_RETRY_MAX_SECONDS", "LOST_RETRY_SECONDS"):
-        monkeypatch.setattr(f"jupyter_tfgpu.server.sampling.sampler.{name}", SHORT)
+        monkeypatch.setattr(f"jupyter_tfgpu.server.sampling.opening.{name}", SHORT)
     for fault in start_faults:
         installed_nvml.inject(*fault)
     return installed_nvml

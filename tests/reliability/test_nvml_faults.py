@@ -72,8 +72,8 @@ def tfgpu_config():
 def installed_nvml(installed_nvml, monkeypatch, start_fault) -> FakeNvml:
     """The fake installed as ``pynvml`` (tests/conftest.py), with the start fault if any, and
     short open retries."""
-    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_SECONDS", RETRY_SECONDS)
-    monkeypatch.setattr("jupyter_tfgpu.server.sampling.sampler.OPEN_RETRY_MAX_SECONDS", RETRY_SECONDS)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.opening.OPEN_RETRY_SECONDS", RETRY_SECONDS)
+    monkeypatch.setattr("jupyter_tfgpu.server.sampling.opening.OPEN_RETRY_MAX_SECONDS", RETRY_SECONDS)
     if start_fault is not None:
         installed_nvml.inject(*start_fault)
     return installed_nvml

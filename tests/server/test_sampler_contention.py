@@ -12,7 +12,8 @@ import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
 from jupyter_tfgpu.server.sampling.budget import COST_WINDOW_SECONDS
-from jupyter_tfgpu.server.sampling.sampler import Sampler, Ticker
+from jupyter_tfgpu.server.sampling.sampler import Sampler
+from jupyter_tfgpu.server.sampling.schedule import Ticker
 from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
 
 MIB = 2**20
