@@ -35,7 +35,6 @@ STILL_OVER = (
     "jupyter_tfgpu/gpu/nvml.py",
     "jupyter_tfgpu/in_kernel/views.py",
     "jupyter_tfgpu/server/config.py",
-    "jupyter_tfgpu/server/sampling/sampler.py",
 )
 
 
