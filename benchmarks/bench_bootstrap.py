@@ -36,7 +36,7 @@ from _harness import REPO, machine, percentile  # noqa: E402
 BOOTSTRAP = REPO / "jupyter_tfgpu" / "in_kernel" / "bootstrap"
 POLICY = json.dumps({"memory_growth": True, "memory_limit_mb": 4096, "devices": None})
 # Inherited values of these would change what the children do.
-LEAKY = ("PYTHONPATH", "TFGPU_POLICY", "TFGPU_REPORT_DIR", "CUDA_VISIBLE_DEVICES")
+LEAKY = ("PYTHONPATH", "TFGPU_POLICY", "TFGPU_RECORD_DIR", "CUDA_VISIBLE_DEVICES")
 TARGET_PASS_MS = 5.0
 TARGET_TF_PERCENT = 1.0
 
@@ -165,7 +165,7 @@ def bench_tensorflow(paths: dict[str, Path], runs: int, workdir: Path) -> dict[s
         env,
         PYTHONPATH=str(paths["source"]),
         TFGPU_POLICY=POLICY,
-        TFGPU_REPORT_DIR=str(workdir / "reports"),
+        TFGPU_RECORD_DIR=str(workdir / "records"),
     )
     check = hook_check(with_hook)
     variants = {"no bootstrap": env, "bootstrap + policy, source": with_hook}

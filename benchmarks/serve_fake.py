@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 "placement reservations": lambda: set(app.policies.placement.reserved()),
                 "attribution kernels": lambda: {k.kernel_id for k in app.attribution.kernels},
                 "report folders": lambda: set(
-                    os.listdir(app.kernels.report_root) if os.path.isdir(app.kernels.report_root) else ()
+                    os.listdir(app.kernels.record_root) if os.path.isdir(app.kernels.record_root) else ()
                 ),
             }
             state: dict = {}

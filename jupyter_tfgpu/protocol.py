@@ -13,7 +13,7 @@ POLICY_ENV = "TFGPU_POLICY"  # the effective policy the kernel started with, as 
 SERVER_URL_ENV = "TFGPU_SERVER_URL"  # where the kernel reaches the server (with base_url)
 KERNEL_TOKEN_ENV = "TFGPU_KERNEL_TOKEN"  # the kernel's own token for the kernel channel
 KERNEL_ID_ENV = "TFGPU_KERNEL_ID"  # inherited by every descendant: attribution of detached ones
-REPORT_DIR_ENV = "TFGPU_REPORT_DIR"  # where the bootstrap writes its per-process record
+RECORD_DIR_ENV = "TFGPU_RECORD_DIR"  # where the bootstrap writes its per-process record
 # Read by the kernel's reporter, set by no one by default: seconds between memory reports.
 REPORT_INTERVAL_ENV = "TFGPU_REPORT_INTERVAL"
 

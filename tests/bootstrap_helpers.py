@@ -19,7 +19,7 @@ HAS_TF = importlib.util.find_spec("tensorflow") is not None
 LEAKY = (
     "PYTHONPATH",
     protocol.POLICY_ENV,
-    protocol.REPORT_DIR_ENV,
+    protocol.RECORD_DIR_ENV,
     protocol.SERVER_URL_ENV,
     protocol.KERNEL_TOKEN_ENV,
     protocol.KERNEL_ID_ENV,

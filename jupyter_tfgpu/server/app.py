@@ -169,9 +169,9 @@ class TFGPUApp(ExtensionApp):
             return
         if action == "shutdown" and data.get("kernel_id"):
             self.services.kernels.forget(data["kernel_id"])
-            # Off the loop, and not awaited: the kernel could have filled its report folder.
+            # Off the loop, and not awaited: the kernel could have filled its record folder.
             asyncio.get_running_loop().run_in_executor(
-                None, self.services.kernels.remove_report_folder, data["kernel_id"]
+                None, self.services.kernels.remove_record_folder, data["kernel_id"]
             )
         await self.services.kernels.refresh()
         self.services.sampler.refresh_processes()

@@ -156,19 +156,19 @@ def build_services(
         placement=Placement(lambda: sampler.latest.gpus, settings["placement_strategy"]),
         context_reserve=contexts.reserve,
     )
-    report_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
+    record_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
     kernels = KernelRegistry(
         serverapp.kernel_manager,
         serverapp.session_manager,
         policies,
         sampler,
         attribution,
-        report_root,
+        record_root,
         tokens=tokens,
         reports=reports,
         log=log,
     )
-    provisioner = install_provisioner(settings, policies, tokens, report_root, serverapp, log)
+    provisioner = install_provisioner(settings, policies, tokens, record_root, serverapp, log)
     return Services(
         settings=settings,
         sampler=sampler,
@@ -212,7 +212,7 @@ def install_provisioner(
     settings: dict[str, Any],
     policies: PolicyService,
     tokens: KernelTokens,
-    report_root: str,
+    record_root: str,
     serverapp: Any,
     log: logging.Logger,
 ) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def install_provisioner(
     the trait on the instance.
     """
     TFGPUProvisioner.policies = policies
-    TFGPUProvisioner.report_root = report_root
+    TFGPUProvisioner.record_root = record_root
     TFGPUProvisioner.tokens = tokens
     TFGPUProvisioner.server_url = local_url(serverapp)
     TFGPUProvisioner.keep_hub_token = settings["keep_hub_token_in_kernels"]

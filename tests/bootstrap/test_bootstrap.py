@@ -23,13 +23,13 @@ RESTART = "TensorFlow already initialized its devices; restart the kernel to app
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs the TensorFlow CPU build")
 
 
-def python(code, policy=None, path=(), report_dir=None, env=None, timeout=240):
+def python(code, policy=None, path=(), record_dir=None, env=None, timeout=240):
     """Run ``code`` in a fresh interpreter with the bootstrap first on PYTHONPATH."""
     extra = {}
     if policy is not None:
         extra["TFGPU_POLICY"] = policy if isinstance(policy, str) else json.dumps(policy)
-    if report_dir is not None:
-        extra["TFGPU_REPORT_DIR"] = str(report_dir)
+    if record_dir is not None:
+        extra["TFGPU_RECORD_DIR"] = str(record_dir)
     extra.update(env or {})
     return run_python(code, path=path, env=extra, timeout=timeout)
 
@@ -159,8 +159,8 @@ def test_a_broken_sitecustomize_does_not_stop_ours(tmp_path):
 
 @pytest.fixture(scope="module")
 def tf_hooked(tmp_path_factory):
-    """One process that imports TensorFlow three ways under a policy, with a report folder."""
-    report_dir = tmp_path_factory.mktemp("reports") / "kernel-1"
+    """One process that imports TensorFlow three ways under a policy, with a record folder."""
+    record_dir = tmp_path_factory.mktemp("records") / "kernel-1"
     proc = python(
         """
         import json, sys
@@ -182,9 +182,9 @@ def tf_hooked(tmp_path_factory):
             "devices": None,
             "notebook": "a.ipynb",
         },
-        report_dir=report_dir,
+        record_dir=record_dir,
     )
-    return proc, last_json(proc), report_dir
+    return proc, last_json(proc), record_dir
 
 
 @pytest.mark.tensorflow
@@ -214,18 +214,18 @@ def test_import_tensorflow_runs_the_hook_once(tf_hooked):
 @pytest.mark.tensorflow
 @needs_tf
 def test_the_record_is_written_for_the_server(tf_hooked):
-    """The record lands in $TFGPU_REPORT_DIR/<pid>.json, mode 0600, with no temp file left."""
-    # Given the process of the fixture, which had TFGPU_REPORT_DIR set
-    _, seen, report_dir = tf_hooked
+    """The record lands in $TFGPU_RECORD_DIR/<pid>.json, mode 0600, with no temp file left."""
+    # Given the process of the fixture, which had TFGPU_RECORD_DIR set
+    _, seen, record_dir = tf_hooked
     record = seen["record"]
-    # When the server looks for that process's report
-    files = sorted(p.name for p in report_dir.iterdir())
-    report = report_dir / f"{record['pid']}.json"
+    # When the server looks for that process's record
+    files = sorted(p.name for p in record_dir.iterdir())
+    written = record_dir / f"{record['pid']}.json"
     # Then it is there, private to the user, and says what record() says
-    assert files == [report.name]
-    assert stat.S_IMODE(report.stat().st_mode) == 0o600
-    assert stat.S_IMODE(report_dir.stat().st_mode) == 0o700
-    assert json.loads(report.read_text()) == record
+    assert files == [written.name]
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record_dir.stat().st_mode) == 0o700
+    assert json.loads(written.read_text()) == record
 
 
 @pytest.mark.tensorflow
@@ -345,7 +345,7 @@ def test_a_subprocess_of_a_subprocess_applies_the_policy(tmp_path):
                           "tf_here": "tensorflow" in sys.modules}}))
         """,
         policy={"devices": []},
-        report_dir=tmp_path,
+        record_dir=tmp_path,
     )
     seen = last_json(proc)
     # Then the grandchild applied the policy and reported it; the child imported nothing
@@ -575,7 +575,7 @@ def test_torch_cap_waits_for_cuda_to_initialize(tmp_path):
         """,
         policy={"memory_limit_mb": 1024},
         path=[tmp_path],
-        report_dir=tmp_path / "reports",
+        record_dir=tmp_path / "records",
     )
     seen = last_json(proc)
     # Then it was pending first, then each device got a quarter of its 4 GiB
@@ -588,9 +588,9 @@ def test_torch_cap_waits_for_cuda_to_initialize(tmp_path):
     ]
     assert seen["fractions"] == {"0": 0.25, "1": 0.25}
     # And the server's copy was updated when CUDA initialized
-    [report] = (tmp_path / "reports").iterdir()
+    [written] = (tmp_path / "records").iterdir()
     assert (
-        json.loads(report.read_text())["frameworks"]["torch"]["applied"] == seen["after"]["applied"]
+        json.loads(written.read_text())["frameworks"]["torch"]["applied"] == seen["after"]["applied"]
     )
     assert warnings_in(proc) == []
 

@@ -553,7 +553,7 @@ print(json.dumps({"seen": seen, "record": tfgpu_bootstrap.record()}))
 def test_the_token_never_shows_when_the_server_is_down(closed_url, torch_stand_in, tmp_path):
     """Server down: backoff, one line in the record, and the token in no output or record."""
     # Given a kernel process whose server is not listening, writing its record for the server
-    reports = tmp_path / "reports"
+    records = tmp_path / "records"
     # When the reporter tries for a while, and the user sends by hand and prints what they get
     proc = kernel_process(
         WAIT_FOR
@@ -571,7 +571,7 @@ print(json.dumps({"status": status, "raised": raised, "record": tfgpu_bootstrap.
 """,
         closed_url,
         path=[torch_stand_in],
-        env={"TFGPU_REPORT_DIR": str(reports)},
+        env={"TFGPU_RECORD_DIR": str(records)},
     )
     seen = last_json(proc)
     # Then it keeps trying, further and further apart
@@ -583,7 +583,7 @@ print(json.dumps({"status": status, "raised": raised, "record": tfgpu_bootstrap.
     [line] = [e["message"] for e in seen["record"]["errors"]]
     assert "not reachable" in line
     # And the token is nowhere: stdout, stderr (a traceback included), the record file
-    written = "".join(p.read_text() for p in reports.iterdir())
+    written = "".join(p.read_text() for p in records.iterdir())
     assert "not reachable" in written
     for text in (proc.stdout, proc.stderr, written, json.dumps(seen)):
         assert TOKEN not in text

@@ -47,7 +47,7 @@ def clean_kernel_env(monkeypatch):
     monkeypatch.setattr(
         KernelProvisionerFactory.instance(), "default_provisioner_name", "local-provisioner"
     )
-    for name in ("TFGPU_SERVER_URL", "TFGPU_KERNEL_TOKEN", "TFGPU_POLICY", "TFGPU_REPORT_DIR"):
+    for name in ("TFGPU_SERVER_URL", "TFGPU_KERNEL_TOKEN", "TFGPU_POLICY", "TFGPU_RECORD_DIR"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -67,7 +67,7 @@ def test_each_copy_in_the_bootstrap_equals_the_protocols():
         "POLICY_ENV",
         "SERVER_URL_ENV",
         "KERNEL_TOKEN_ENV",
-        "REPORT_DIR_ENV",
+        "RECORD_DIR_ENV",
         "REPORT_INTERVAL_ENV",
         "REPORTING_FRAMEWORKS",
         "HOOKED_MODULES",

@@ -253,7 +253,7 @@ async def test_reports_past_the_rate_answer_429_until_the_bucket_refills(
 
 WRITE_RECORD = """
 import json, os
-path = os.path.join(os.environ["TFGPU_REPORT_DIR"], f"{os.getpid()}.json")
+path = os.path.join(os.environ["TFGPU_RECORD_DIR"], f"{os.getpid()}.json")
 os.makedirs(os.path.dirname(path), exist_ok=True)
 with open(path, "w") as f:
     f.write(%s)
@@ -313,7 +313,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
     jp_fetch, jp_serverapp, jp_kernel_dir, tfgpu
 ):
     """A kernel whose start failed leaves a token and a policy document; a kernel that vanished
-    leaves a report folder and reports. The periodic refresh forgets them, and keeps live ones."""
+    leaves a record folder and reports. The periodic refresh forgets them, and keeps live ones."""
     # Given a running kernel, and a kernelspec whose program does not exist
     live_id, live_token = await kernel_with_token(jp_fetch, jp_serverapp, "live.ipynb")
     spec = jp_kernel_dir / "broken"
@@ -333,9 +333,9 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
         "api", "kernels", method="POST", body=json.dumps({"name": "broken"}), raise_error=False
     )
     assert failed.code >= 500
-    # And a kernel vanished without a shutdown event, leaving its report folder and reports
+    # And a kernel vanished without a shutdown event, leaving its record folder and reports
     vanished = "0f0f0f0f-dead-4bad-8bad-000000000000"
-    os.makedirs(os.path.join(registry.report_root, vanished))
+    os.makedirs(os.path.join(registry.record_root, vanished))
     tfgpu.reports.put(vanished, json.loads(report("GPU-0", GIB)))
     held = tfgpu.tokens.kernel_ids() | set(tfgpu.policies.applied) | tfgpu.reports.kernel_ids()
     strays = held - {live_id}
@@ -355,7 +355,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
     assert tfgpu.tokens.kernel_ids() == {live_id}
     assert set(tfgpu.policies.applied) == {live_id}
     assert tfgpu.reports.kernel_ids() <= {live_id}
-    assert vanished not in os.listdir(registry.report_root)
+    assert vanished not in os.listdir(registry.record_root)
     assert (await send(jp_fetch, live_token, route="status")).code == 200
 
 

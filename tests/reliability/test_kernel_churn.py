@@ -20,7 +20,7 @@ from tests.kernel_helpers import run_code, start_session
 
 KERNELS = 50
 BATCH = 10
-# What a kernel leaves in the server when a framework runs in it: its record in the report
+# What a kernel leaves in the server when a framework runs in it: its record in the record
 # folder, and a report over its own channel (figures for simulated GPU 0).
 LEAVE_TRACES = """
 import tfgpu_apply, tfgpu_report
@@ -46,13 +46,13 @@ def tfgpu_config():
 
 def kernel_state(app) -> dict[str, set[str]]:
     """Kernel ids the server keeps something for, per place it keeps it."""
-    report_root = TFGPUProvisioner.report_root
+    record_root = TFGPUProvisioner.record_root
     state = {
         "policies.applied": set(app.policies.applied),
         "tokens": app.tokens.kernel_ids(),
         "reports": app.reports.kernel_ids(),
         "placement reservations": set(app.policies.placement.reserved()),
-        "report folders": set(os.listdir(report_root)) if os.path.isdir(report_root) else set(),
+        "record folders": set(os.listdir(record_root)) if os.path.isdir(record_root) else set(),
         "attribution kernels": {k.kernel_id for k in app.attribution.kernels},
         "GPUs whose figure was a kernel's report": app.kernels.memory.kernel_ids(),
     }
@@ -116,4 +116,4 @@ async def test_fifty_kernels_started_and_stopped_leave_nothing_behind(jp_fetch, 
     assert {place: ids for place, ids in kernel_state(app).items() if ids} == {}
     # And the check looked at state that was really there while the kernels ran
     assert all(state["policies.applied"] and state["tokens"] for state in seen_while_running)
-    assert all(state["reports"] and state["report folders"] for state in seen_while_running)
+    assert all(state["reports"] and state["record folders"] for state in seen_while_running)

@@ -14,7 +14,7 @@ from tests.server_process import TOKEN, Servers
 # folder the provisioner named (importing TensorFlow here would only make the test slow).
 WRITE_RECORD = """
 import json, os
-folder = os.environ["TFGPU_REPORT_DIR"]
+folder = os.environ["TFGPU_RECORD_DIR"]
 os.makedirs(folder, exist_ok=True)
 with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as out:
     json.dump({"pid": os.getpid()}, out)

@@ -26,7 +26,7 @@ import tfgpu_report
 import tfgpu_runtime
 from tfgpu_policy import load_policy
 from tfgpu_protocol import HOOKED_MODULES
-from tfgpu_record import current_policy, error, record, report_status, set_policy, write_report
+from tfgpu_record import current_policy, error, record, report_status, set_policy, write_record
 from tfgpu_result import merge, new_result, skip
 from tfgpu_state import STATE
 
@@ -147,7 +147,7 @@ def _apply(name: str, module, source: str) -> dict:
         )
     for message in errors:
         error(name, message, write=False)
-    write_report()
+    write_record()
     return dict(outcome, errors=errors)
 
 
@@ -157,7 +157,7 @@ def _torch_initialized(outcome: dict) -> None:
         merge(STATE.frameworks.setdefault("torch", {}), dict(outcome, errors=[]))
     for message in outcome["errors"]:
         error("torch", message, write=False)
-    write_report()
+    write_record()
 
 
 def _watch(name: str, module) -> None:

@@ -1,8 +1,8 @@
-"""The record of what this process applied, shared with the server through ``TFGPU_REPORT_DIR``.
+"""The record of what this process applied, shared with the server through ``TFGPU_RECORD_DIR``.
 
 Holds the policy in force (read from the environment on first use, or replaced by ``apply_now``),
 the errors (the first one announced once on stderr, prefixed ``jupyter-tfgpu:``), and writes the
-record to ``$TFGPU_REPORT_DIR/<pid>.json`` after each change. All of it lives in ``STATE``.
+record to ``$TFGPU_RECORD_DIR/<pid>.json`` after each change. All of it lives in ``STATE``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import tfgpu_report
 from tfgpu_policy import load_policy
-from tfgpu_protocol import POLICY_ENV, REPORT_DIR_ENV
+from tfgpu_protocol import POLICY_ENV, RECORD_DIR_ENV
 from tfgpu_state import STATE
 
 
@@ -65,10 +65,10 @@ def report_status() -> dict:
         return {"running": False, "reason": f"reporter unavailable ({type(exc).__name__})"}
 
 
-def write_report() -> None:
-    """Write the record to $TFGPU_REPORT_DIR/<pid>.json: temp file (0600), then rename."""
-    directory = os.environ.get(REPORT_DIR_ENV)
-    if not directory or STATE.report_failed:
+def write_record() -> None:
+    """Write the record to $TFGPU_RECORD_DIR/<pid>.json: temp file (0600), then rename."""
+    directory = os.environ.get(RECORD_DIR_ENV)
+    if not directory or STATE.record_failed:
         return
     import json
 
@@ -84,13 +84,13 @@ def write_report() -> None:
             json.dump(record(), fh, sort_keys=True)
         os.replace(tmp, os.path.join(directory, f"{pid}.json"))
     except Exception as exc:
-        STATE.report_failed = True  # once: a read-only or missing disk must not spam every import
+        STATE.record_failed = True  # once: a read-only or missing disk must not spam every import
         if tmp:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        error(None, f"could not write the report to {directory} ({type(exc).__name__}: {exc})")
+        error(None, f"could not write the record to {directory} ({type(exc).__name__}: {exc})")
 
 
 def error(framework: str | None, message: str, write: bool = True, announce: bool = True) -> None:
@@ -112,4 +112,4 @@ def error(framework: str | None, message: str, write: bool = True, announce: boo
         except Exception:
             pass
     if write:
-        write_report()
+        write_record()

@@ -24,7 +24,7 @@ class BootstrapState:
         self.policy_loaded = False
         self.policy_note: str | None = None  # why there is no policy to apply, when there is none
         self.warned = False  # the one stderr line was written
-        self.report_failed = False  # writing the record failed once: never try again
+        self.record_failed = False  # writing the record failed once: never try again
 
 
 STATE = BootstrapState()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
-from jupyter_tfgpu.protocol import KERNEL_ID_ENV, KERNEL_TOKEN_ENV, REPORT_DIR_ENV, SERVER_URL_ENV
+from jupyter_tfgpu.protocol import KERNEL_ID_ENV, KERNEL_TOKEN_ENV, RECORD_DIR_ENV, SERVER_URL_ENV
 
 if TYPE_CHECKING:
     from jupyter_tfgpu.server.kernels.channel import KernelTokens
@@ -73,7 +73,7 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
     # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
     policies: PolicyService | None = None
     tokens: KernelTokens | None = None
-    report_root: str | None = None
+    record_root: str | None = None
     server_url: str | None = None
     keep_hub_token: bool = False
 
@@ -109,8 +109,8 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
         if kwargs.get("cmd"):
             kwargs["cmd"] = with_magic(kwargs["cmd"])
         cls = type(self)
-        if cls.report_root and kernel_id:
-            env[REPORT_DIR_ENV] = os.path.join(cls.report_root, kernel_id)
+        if cls.record_root and kernel_id:
+            env[RECORD_DIR_ENV] = os.path.join(cls.record_root, kernel_id)
         # The kernel channel: a token for this kernel alone, never the server's own token.
         env.pop(KERNEL_TOKEN_ENV, None)
         if cls.tokens is not None and cls.server_url and kernel_id:

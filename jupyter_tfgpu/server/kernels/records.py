@@ -10,7 +10,8 @@ from typing import Any
 
 # The bootstrap's record is a few KiB; the kernel writes the file, so its size is not trusted.
 MAX_RECORD_BYTES = 256 * 1024
-# The record's fields (tfgpu_apply.record()) and the JSON types each must have when present.
+# The record's fields (the bootstrap's tfgpu_record.record()) and the JSON types each must have
+# when present.
 RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "pid": (int,),
     "ppid": (int,),

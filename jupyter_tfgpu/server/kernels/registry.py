@@ -35,7 +35,7 @@ class KernelGone(KeyError):
 
 
 class KernelRegistry:
-    """Keeps attribution up to date with the kernel and session managers, and reports kernels."""
+    """Keeps attribution up to date with the kernel and session managers, and describes kernels."""
 
     def __init__(
         self,
@@ -44,7 +44,7 @@ class KernelRegistry:
         policies: PolicyService,
         sampler: Sampler,
         attribution: Attribution,
-        report_root: str,
+        record_root: str,
         tokens: KernelTokens | None = None,
         reports: KernelReports | None = None,
         log: logging.Logger | None = None,
@@ -56,7 +56,7 @@ class KernelRegistry:
         self.policies = policies
         self.sampler = sampler
         self.attribution = attribution
-        self.report_root = report_root
+        self.record_root = record_root
         self.log = log or logging.getLogger(__name__)
         self._notebooks: dict[str, str] = {}
         self._pids: dict[str, int] = {}  # kernel id -> the PID refresh saw last
@@ -144,10 +144,10 @@ class KernelRegistry:
 
     async def prune(self) -> None:
         """Forget everything kept for kernels that are gone, or whose start failed (their policy
-        documents and placements, tokens, reports and report folders)."""
+        documents and placements, tokens, reports and record folders)."""
         # The folder is listed too: a kernel's detached child can write its record after the
         # kernel was forgotten. Off the event loop, as anything a kernel can grow.
-        folders = await asyncio.to_thread(self._report_folders)
+        folders = await asyncio.to_thread(self._record_folders)
         held = (
             set(self.policies.applied)
             | self.tokens.kernel_ids()
@@ -160,11 +160,11 @@ class KernelRegistry:
         if gone:
             for kernel_id in gone:
                 self.forget(kernel_id)
-            await asyncio.to_thread(lambda: [self.remove_report_folder(k) for k in gone])
+            await asyncio.to_thread(lambda: [self.remove_record_folder(k) for k in gone])
 
-    def _report_folders(self) -> set[str]:
+    def _record_folders(self) -> set[str]:
         try:
-            return set(os.listdir(self.report_root))
+            return set(os.listdir(self.record_root))
         except OSError:
             return set()
 
@@ -209,20 +209,20 @@ class KernelRegistry:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._queued = self._running = None
-        await asyncio.to_thread(shutil.rmtree, self.report_root, True)
+        await asyncio.to_thread(shutil.rmtree, self.record_root, True)
 
-    def remove_report_folder(self, kernel_id: str) -> None:
-        """Delete a gone kernel's report folder; blocking (the kernel may have filled it)."""
-        shutil.rmtree(os.path.join(self.report_root, kernel_id), ignore_errors=True)
+    def remove_record_folder(self, kernel_id: str) -> None:
+        """Delete a gone kernel's record folder; blocking (the kernel may have filled it)."""
+        shutil.rmtree(os.path.join(self.record_root, kernel_id), ignore_errors=True)
 
     # -- the views ---------------------------------------------------------------------------
 
-    def report(self, kernel_id: str, pid: int | None) -> dict[str, Any] | None:
+    def record(self, kernel_id: str, pid: int | None) -> dict[str, Any] | None:
         """What the kernel process's bootstrap recorded (applied / skipped per framework), or
         ``{"error": ...}`` when its record file cannot be used; blocking, so call it in a thread."""
         if not pid:
             return None
-        return read_record(os.path.join(self.report_root, kernel_id, f"{pid}.json"))
+        return read_record(os.path.join(self.record_root, kernel_id, f"{pid}.json"))
 
     def row(self, kernel_id: str) -> KernelRow:
         """One kernel now, as every view is made from it (KernelGone if it is gone)."""
@@ -246,10 +246,10 @@ class KernelRegistry:
         stopped while its record was read)."""
         row = self.row(kernel_id)
         # The kernel writes this file: read it off the event loop.
-        framework = await asyncio.to_thread(self.report, kernel_id, row.pid)
+        record = await asyncio.to_thread(self.record, kernel_id, row.pid)
         if not self.has(kernel_id):
             raise KernelGone(kernel_id)
-        return views.describe(row, self.policies, framework)
+        return views.describe(row, self.policies, record)
 
     def _per_kernel(self, view: Callable[[KernelRow], View], what: str) -> list[View]:
         """``view(row)`` for every kernel; a kernel whose view fails is skipped (and logged once),
@@ -289,9 +289,9 @@ class KernelRegistry:
             except KernelGone:
                 continue
         # One trip to a thread for every kernel's record file.
-        records = await asyncio.to_thread(lambda: [self.report(r.kernel_id, r.pid) for r in rows])
+        records = await asyncio.to_thread(lambda: [self.record(r.kernel_id, r.pid) for r in rows])
         return [
-            views.describe(row, self.policies, framework)
-            for row, framework in zip(rows, records)
+            views.describe(row, self.policies, record)
+            for row, record in zip(rows, records)
             if self.has(row.kernel_id)
         ]
