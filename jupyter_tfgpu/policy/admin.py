@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jupyter_tfgpu.gpu import DeviceInfo
-from jupyter_tfgpu.policy.model import CapExceeded, empty_policy, policy_fields, resolve_device
+from jupyter_tfgpu.policy.model import CapExceeded, empty_policy, policy_field_names, resolve_device
 
 THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
 
@@ -124,7 +124,7 @@ class AdminPolicy:
         ``sources`` says where each field's value came from: "default", "notebook" or "cap".
         """
         policy = empty_policy()
-        sources: dict[str, str | None] = dict.fromkeys(policy_fields())
+        sources: dict[str, str | None] = dict.fromkeys(policy_field_names())
         for name, value in self.default.items():
             if value is not None:
                 policy[name], sources[name] = value, "default"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
-from jupyter_tfgpu.policy.model import policy_fields, resolve_device
+from jupyter_tfgpu.policy.model import policy_field_names, resolve_device
 
 # Every variable a policy may set; a kernel's inherited values for these are replaced, so
 # the server's own environment cannot leak a different policy into a kernel.
@@ -178,7 +178,7 @@ def policy_document(
     framework limit, the reserve it leaves and where that figure comes from, and a note when
     the cap leaves no room at all.
     """
-    document = {name: policy.get(name) for name in policy_fields()}
+    document = {name: policy.get(name) for name in policy_field_names()}
     if policy.get("devices") != "auto":
         document["devices"] = visible_devices(policy, devices)
     limit = framework_limit(policy, reserve)

@@ -37,14 +37,14 @@ def policy_schema() -> dict[str, Any]:
     return json.loads(files(__package__).joinpath("policy.schema.json").read_text())
 
 
-def policy_fields() -> tuple[str, ...]:
+def policy_field_names() -> tuple[str, ...]:
     """Field names in schema order."""
     return tuple(policy_schema()["properties"])
 
 
 def empty_policy() -> dict[str, Any]:
     """A policy with no opinion on anything."""
-    return dict.fromkeys(policy_fields())
+    return dict.fromkeys(policy_field_names())
 
 
 def _field_of(error: jsonschema.ValidationError) -> str:
@@ -59,9 +59,9 @@ def _field_of(error: jsonschema.ValidationError) -> str:
 
 def _message(error: jsonschema.ValidationError, field: str) -> str:
     if error.validator == "additionalProperties":
-        return f"unknown field; known fields are {', '.join(policy_fields())}"
+        return f"unknown field; known fields are {', '.join(policy_field_names())}"
     description = (error.schema or {}).get("title")
-    hint = f" ({description})" if description and field in policy_fields() else ""
+    hint = f" ({description})" if description and field in policy_field_names() else ""
     return f"{error.message}{hint}"
 
 
@@ -93,7 +93,7 @@ def validate_policy(data: Any, devices: Iterable[DeviceInfo] | None = None) -> d
     # JSON Schema counts 2.0 as an integer; nothing downstream (placement, range(), the
     # kernel's thread settings) takes a float, so make every such value a real int here.
     policy = whole_numbers_as_ints(
-        {k: v for k, v in data.items() if k in policy_fields()}, policy_schema()
+        {k: v for k, v in data.items() if k in policy_field_names()}, policy_schema()
     )
     if devices is not None and isinstance(policy.get("devices"), list) and policy["devices"]:
         known = list(devices)

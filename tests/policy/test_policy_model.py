@@ -20,7 +20,7 @@ from jupyter_tfgpu.policy import (
     render_env,
     validate_policy,
 )
-from jupyter_tfgpu.policy.model import policy_fields
+from jupyter_tfgpu.policy.model import policy_field_names
 from jupyter_tfgpu.policy.environment import POLICY_VARIABLES
 
 GIB = 2**30
@@ -41,7 +41,7 @@ DEVICES = [
     DeviceInfo(index=1, uuid=UUID1, name="NVIDIA T4 8GB", memory_total=8 * GIB),
 ]
 
-NO_SOURCES = dict.fromkeys(policy_fields())  # every field of the one policy schema
+NO_SOURCES = dict.fromkeys(policy_field_names())  # every field of the one policy schema
 
 
 # -- validation ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from jupyter_tfgpu.gpu.simulated import simulated_uuid
-from jupyter_tfgpu.policy.model import policy_fields
+from jupyter_tfgpu.policy.model import policy_field_names
 from tests.kernel_helpers import poll
 
 SPEC = OpenAPI.from_dict(
@@ -22,7 +22,7 @@ SPEC = OpenAPI.from_dict(
 GPU_NAME = "Simulated GPU 16GB"
 UUID0, UUID1 = simulated_uuid(GPU_NAME, 0), simulated_uuid(GPU_NAME, 1)
 FIELDS = ("memory_growth", "memory_limit_mb", "devices", "allocator")  # set by the round trip
-NO_SOURCES = dict.fromkeys(policy_fields())
+NO_SOURCES = dict.fromkeys(policy_field_names())
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 FOLDER = b"<a folder where the store file should be>"  # store_content: make the path a folder
 
