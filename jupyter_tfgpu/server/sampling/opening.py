@@ -8,6 +8,7 @@ every ``LOST_RETRY_SECONDS`` while the others are read.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -24,19 +25,58 @@ OPEN_RETRY_SECONDS = 5.0
 OPEN_RETRY_MAX_SECONDS = 300.0
 
 
-class OpenRetry:
-    """When a backend that did not open is tried again (5 s, doubling to 5 min), and saying why
-    once per reason."""
+class BackendOpening:
+    """Opens the backend and finds its GPUs; after a failure, says why (once per reason) and
+    when it is tried again (5 s, doubling to 5 min)."""
 
-    def __init__(self, clock: Callable[[], float], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        backend: Backend | None,
+        *,
+        warn_unavailable: bool,
+        clock: Callable[[], float],
+        log: logging.Logger,
+        unavailable: Callable[[str], None],
+    ) -> None:
+        self.backend = backend
+        # The admin named this backend: its absence is a fault to warn about, not a GPU-less host.
+        self.warn_unavailable = warn_unavailable
         self._clock = clock
         self.log = log
+        self._unavailable = unavailable  # told why the open failed, before the log says it
+        self.versions: dict[str, str | None] = {"driver": None, "nvml": None, "cuda": None}
         self.delay: float | None = None  # the wait before the pending retry
         self.at: float | None = None  # when it is due; None: no retry pending
         self._logged: str | None = None  # the reason last logged
 
-    def failed(self, err: Exception) -> tuple[str, float]:
-        """The open failed with ``err``: why, in words, and the seconds until it is tried again."""
+    def open(self, stopped: threading.Event) -> list[GpuState] | None:
+        """The GPUs the backend found; None when it did not open or found none (``unavailable``
+        was told why, and a retry is pending), or when the server stopped meanwhile."""
+        backend = self.backend
+        assert backend is not None
+        try:
+            infos = backend.open()
+        except Exception as err:  # noqa: BLE001 - no GPU data is a state to report, not a crash
+            self._failed(err)
+            return None
+        if stopped.is_set():
+            # The server stopped while a slow open was under way: hand the library straight back.
+            backend.close()
+            return None
+        try:
+            self.versions = backend.versions()
+        except Exception:  # noqa: BLE001 - versions are informative only
+            self.log.debug("could not read GPU versions", exc_info=True)
+        if not infos:
+            # A driver still bringing its GPUs up: look again, on the open's back-off.
+            backend.close()
+            self._failed(BackendUnavailable(f"{backend.name}: no GPU found"))
+            return None
+        return [GpuState.opened(info) for info in infos]
+
+    def _failed(self, err: Exception) -> None:
+        """Record why the backend did not open and when to try again; say it."""
+        assert self.backend is not None
         if isinstance(err, BackendUnavailable):
             reason = err.reason
         else:
@@ -46,20 +86,17 @@ class OpenRetry:
             delay = min(self.delay * 2, max(OPEN_RETRY_MAX_SECONDS, OPEN_RETRY_SECONDS))
         self.delay = delay
         self.at = self._clock() + delay
-        return reason, delay
-
-    def say(self, backend: str, err: Exception, reason: str, delay: float, warn: bool) -> None:
-        """Log why the backend is unavailable: once per reason (a host without GPUs must not fill
-        the log every 5 minutes), as a warning where ``warn`` or the failure was unexpected."""
+        self._unavailable(reason)
         if reason == self._logged:
-            self.log.debug("GPU backend %s still unavailable: %s", backend, reason)
+            self.log.debug("GPU backend %s still unavailable: %s", self.backend.name, reason)
             return
+        # Once per reason: a host without GPUs must not fill the log every 5 minutes.
         self._logged = reason
-        expected = isinstance(err, BackendUnavailable) and not warn
+        expected = isinstance(err, BackendUnavailable) and not self.warn_unavailable
         self.log.log(
             logging.INFO if expected else logging.WARNING,
             "GPU backend %s unavailable: %s (trying again in %g s)",
-            backend,
+            self.backend.name,
             reason,
             delay,
             exc_info=not isinstance(err, BackendUnavailable),

@@ -16,18 +16,15 @@ import threading
 import time
 from typing import Any, Callable
 
-from jupyter_tfgpu.gpu import Backend, BackendUnavailable, DeviceInfo
+from jupyter_tfgpu.gpu import Backend, DeviceInfo
 from jupyter_tfgpu.server.sampling.budget import GroupStats
 from jupyter_tfgpu.server.sampling.gpu_state import GpuState
 from jupyter_tfgpu.server.sampling.groups import FAST, PROCESSES, SAMPLING_GROUPS
 from jupyter_tfgpu.server.sampling.history import History
-from jupyter_tfgpu.server.sampling.opening import (  # noqa: F401 - LOST_RETRY_SECONDS: benchmarks read it here
-    LOST_RETRY_SECONDS,
-    OpenRetry,
-    log_opened,
-)
+from jupyter_tfgpu.server.sampling.opening import BackendOpening, log_opened
+from jupyter_tfgpu.server.sampling.opening import LOST_RETRY_SECONDS  # noqa: F401 - benchmarks
 from jupyter_tfgpu.server.sampling.reading import FailureLog, read_round
-from jupyter_tfgpu.server.sampling.schedule import Schedule, Ticker
+from jupyter_tfgpu.server.sampling.schedule import Schedule, Watchers, run_rounds
 from jupyter_tfgpu.server.sampling.snapshot import (
     Annotator,
     Snapshot,
@@ -36,9 +33,6 @@ from jupyter_tfgpu.server.sampling.snapshot import (
     gpu_reading,
 )
 from jupyter_tfgpu.server.sampling.status import cadence, describe, stretch_reason
-
-# How long a REST request for PCIe figures keeps PCIe sampling on.
-PCIE_REQUEST_SECONDS = 30.0
 
 
 class Sampler:
@@ -73,9 +67,6 @@ class Sampler:
             for argument, group in arguments.items()
         }
         self.backend = backend
-        # The admin named this backend: its absence is a fault to warn about, not a GPU-less host.
-        self.warn_unavailable = warn_unavailable
-        self._clock = clock  # times the open retries
         self._timer = timer  # times each reading (tests inject one)
         self.interval = desired[FAST.name]
         self.history_seconds = history_seconds
@@ -83,7 +74,6 @@ class Sampler:
         self.log = log or logging.getLogger(__name__)
         self.available = False
         self.reason = unavailable_reason
-        self.versions: dict[str, str | None] = {"driver": None, "nvml": None, "cuda": None}
         self._schedule = Schedule(desired, budget)
         # Each returns the readings to publish (or None to keep them as they are).
         self.annotators: list[Annotator] = []
@@ -97,13 +87,19 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._pcie_watchers = 0
-        self._pcie_until = 0.0
+        self._watchers = Watchers()
         self._started_at = time.monotonic()
         self._failures = FailureLog(self.log)
         self._opened = False
         self._first_outcome = threading.Event()  # see ``opening``
-        self._retry = OpenRetry(clock, self.log)
+        # ``clock`` times its retries
+        self._opening = BackendOpening(
+            backend,
+            warn_unavailable=warn_unavailable,
+            clock=clock,
+            log=self.log,
+            unavailable=self._unavailable,
+        )
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -121,6 +117,11 @@ class Sampler:
     def devices(self) -> list[DeviceInfo]:
         """Static facts of each GPU."""
         return [g.info for g in self._gpus]
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        """Driver, library and CUDA versions, where the backend said them."""
+        return self._opening.versions
 
     @property
     def stats(self) -> dict[str, GroupStats]:
@@ -142,7 +143,7 @@ class Sampler:
         """Seconds until the backend is tried again; None when it is open or never retried."""
         if self._opened:
             return None
-        return self._retry.seconds_left()
+        return self._opening.seconds_left()
 
     def open(self) -> bool:
         """Open the backend; on any failure stay up, unavailable, with the reason and a retry."""
@@ -150,31 +151,15 @@ class Sampler:
             self.available = False
             self.reason = self.reason or "GPU monitoring is turned off (TFGPU.backend = 'none')"
             return False
-        try:
-            infos = self.backend.open()
-        except Exception as err:  # noqa: BLE001 - no GPU data is a state to report, not a crash
-            self._open_failed(err)
+        gpus = self._opening.open(self._stop)
+        if gpus is None:
             return False
-        if self._stop.is_set():
-            # The server stopped while a slow open was under way: hand the library straight back.
-            self.backend.close()
-            return False
-        try:
-            self.versions = self.backend.versions()
-        except Exception:  # noqa: BLE001 - versions are informative only
-            self.log.debug("could not read GPU versions", exc_info=True)
-        if not infos:
-            # A driver still bringing its GPUs up: look again, on the open's back-off.
-            self.backend.close()
-            self._open_failed(BackendUnavailable(f"{self.backend.name}: no GPU found"))
-            return False
-        gpus = [GpuState.opened(info) for info in infos]
         capacity = math.ceil(self.history_seconds / self.interval) if self.history_seconds else 0
         self._history = History(capacity, len(gpus))
         self._gpus = gpus
         self._schedule.opened(len(gpus))
         self._opened = True
-        self._retry.opened()
+        self._opening.opened()
         # The GPUs as known without a reading (names, totals; readings null), served before
         # "available" is: GET status and GET gpus never disagree while the first round runs.
         self._publish_round(time.monotonic())
@@ -183,19 +168,15 @@ class Sampler:
         self.available = True
         return True
 
-    def _open_failed(self, err: Exception) -> None:
-        """Record why the backend did not open and when to try again."""
-        assert self.backend is not None
-        reason, delay = self._retry.failed(err)
+    def _unavailable(self, reason: str) -> None:
         self.available = False
         self.reason = reason
-        self._retry.say(self.backend.name, err, reason, delay, self.warn_unavailable)
 
     def retry_open(self) -> bool:
         """Open the backend if it failed before and its retry is due; True once it is open."""
         if self._opened:
             return True
-        if not self._retry.due():
+        if not self._opening.due():
             return False
         if not self.open():
             return False
@@ -271,28 +252,18 @@ class Sampler:
 
     def watch_pcie(self) -> Callable[[], None]:
         """Keep PCIe sampling on until the returned function is called."""
-        self._pcie_watchers += 1
+        release = self._watchers.watch()
         self._wake.set()
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self._pcie_watchers -= 1
-
         return release
 
     def request_pcie(self) -> None:
         """Keep PCIe sampling on for a while because a REST client asked for it."""
-        first = time.monotonic() > self._pcie_until
-        self._pcie_until = time.monotonic() + PCIE_REQUEST_SECONDS
-        if first:
+        if self._watchers.request():
             self._wake.set()
 
     def pcie_wanted(self) -> bool:
         """Whether anybody currently asks for PCIe figures."""
-        return self._pcie_watchers > 0 or time.monotonic() < self._pcie_until
+        return self._watchers.wanted()
 
     def describe(self) -> dict[str, Any]:
         """What the sampler measured, for ``GET status``."""
@@ -332,27 +303,16 @@ class Sampler:
                 self._stop.wait(max(self.retry_in or 0.0, 0.01))
         if not self._gpus:
             return
-        schedule = self._schedule
-        ticker = Ticker(time.monotonic())
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self._sample_round(started)
-            except Exception:  # noqa: BLE001 - the sampler must outlive any one bad reading
-                self.log.exception("GPU sampling round failed")
-            self._first_outcome.set()  # opened, and the first snapshot has the GPUs' readings
-            ticker.after_round(started, time.monotonic(), schedule.interval(FAST))
-            self._wake.clear()
-            while not self._stop.is_set():
-                left = ticker.due(schedule.interval(FAST)) - time.monotonic()
-                if left <= 0:
-                    break
-                if self._wake.wait(left):
-                    self._wake.clear()
-                    if schedule.requested or (
-                        self.pcie_wanted() and schedule.watched_due(time.monotonic())
-                    ):
-                        break
+        run_rounds(
+            self._schedule,
+            self._sample_round,
+            self.pcie_wanted,
+            self._stop,
+            self._wake,
+            # opened, and the first snapshot has the GPUs' readings
+            round_done=self._first_outcome.set,
+            log=self.log,
+        )
 
     def _sample_round(self, now: float) -> None:
         schedule = self._schedule

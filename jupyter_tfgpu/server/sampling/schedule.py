@@ -1,4 +1,5 @@
-"""Scheduling: when a round is due, which groups it reads, and the driver time they may spend.
+"""Scheduling: when a round is due, which groups it reads, and the driver time they may spend;
+the worker's loop of rounds, and who watches the groups read only while watched.
 
 The plan of the cadences and the costs it is made from are in ``budget.py``; each group's
 share, typical cost and freshness floor in its row of ``groups.py``.
@@ -6,11 +7,16 @@ share, typical cost and freshness floor in its row of ``groups.py``.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from typing import Callable
 
 from jupyter_tfgpu.server.sampling.budget import PLAN_SHARE, TOKEN_WINDOW, GroupStats, Plan, plan
 from jupyter_tfgpu.server.sampling.groups import BY_NAME, FAST, SAMPLING_GROUPS, SamplingGroup
 
+# How long a REST request for PCIe figures keeps PCIe sampling on.
+PCIE_REQUEST_SECONDS = 30.0
 
 class Ticker:
     """When the next round is due: on a grid of the fast interval (a slow round does not shift
@@ -139,3 +145,66 @@ class Schedule:
             if BY_NAME[name].max_stretch is not None:
                 charge = min(charge, self.plan.allowances.get(name, 0.0) * stats.interval)
             self.tokens -= charge
+
+
+class Watchers:
+    """Who asks for the groups read only while watched (the interconnect): each open stream until
+    it lets go, and each REST request for ``PCIE_REQUEST_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.until = 0.0  # when the last REST request's while is over
+
+    def watch(self) -> Callable[[], None]:
+        """One more stream watching, until the returned function is called."""
+        self.streams += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.streams -= 1
+
+        return release
+
+    def request(self) -> bool:
+        """A REST client asked for the figures; True when nobody had for a while."""
+        first = time.monotonic() > self.until
+        self.until = time.monotonic() + PCIE_REQUEST_SECONDS
+        return first
+
+    def wanted(self) -> bool:
+        """Whether anybody currently asks for the figures."""
+        return self.streams > 0 or time.monotonic() < self.until
+
+
+def run_rounds(
+    schedule: Schedule,
+    sample_round: Callable[[float], None],
+    watched: Callable[[], bool],
+    stop: threading.Event,
+    wake: threading.Event,
+    round_done: Callable[[], None],
+    log: logging.Logger,
+) -> None:
+    """The worker's loop: a round at each tick of the fast group's grid until ``stop``; ``wake``
+    brings one forward when a group was asked for or a watched group's first reading is due."""
+    ticker = Ticker(time.monotonic())
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            sample_round(started)
+        except Exception:  # noqa: BLE001 - the sampler must outlive any one bad reading
+            log.exception("GPU sampling round failed")
+        round_done()
+        ticker.after_round(started, time.monotonic(), schedule.interval(FAST))
+        wake.clear()
+        while not stop.is_set():
+            left = ticker.due(schedule.interval(FAST)) - time.monotonic()
+            if left <= 0:
+                break
+            if wake.wait(left):
+                wake.clear()
+                if schedule.requested or (watched() and schedule.watched_due(time.monotonic())):
+                    break
