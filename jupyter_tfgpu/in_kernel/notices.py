@@ -1,4 +1,6 @@
-"""Why ``%tfgpu`` and the panel show no GPU: a GPU-less server, or a backend that failed."""
+"""What ``%tfgpu`` and the panel say beside the GPUs: why there is none (a GPU-less server, or a
+backend that failed), why placement found none, where this kernel's memory figure comes from, and
+when its cap leaves no room for the CUDA context."""
 
 from __future__ import annotations
 
@@ -39,3 +41,31 @@ def placement_note(kernel: dict[str, Any] | None) -> str | None:
     # With no strategy the server could not place at all, and its reason says what follows.
     cpu = "" if placement.get("strategy") is None else "; this kernel runs on the CPU only"
     return f"GPU placement: {reason}{cpu}."
+
+
+def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None:
+    """What to say of where this kernel's GPU memory figure comes from, and whether it is a
+    warning: unknown now, or its frameworks' own report; None when NVML gives it (or nothing)."""
+    memory = (kernel or {}).get("gpu_memory") or {}
+    if memory.get("unknown"):
+        return f"This kernel's GPU memory is unknown right now: {memory['unknown']}.", True
+    if memory.get("source") not in ("kernel_report", "mixed"):
+        return None
+    gpus = sorted(
+        str(g.get("index"))
+        for g in memory.get("per_gpu") or ()
+        if g.get("source") == "kernel_report" and g.get("used_memory") is not None
+    )
+    where = f"GPU {', '.join(gpus)}" if gpus else "its GPUs"
+    return (
+        f"This kernel's GPU memory on {where} is its frameworks' own report, sent from inside "
+        "the kernel: the server cannot match the GPU's processes to it (as in a container "
+        "without the host's PIDs). The figure leaves out the CUDA context.",
+        False,
+    )
+
+
+def cap_note(kernel: dict[str, Any] | None) -> str | None:
+    """What to say when this kernel's cap leaves no room for the CUDA context; None otherwise."""
+    note = ((kernel or {}).get("applied") or {}).get("memory_limit_note")
+    return f"This kernel's cap: {note}." if isinstance(note, str) and note else None

@@ -11,10 +11,11 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.oom import OutOfMemory, free_bytes, locate
 from jupyter_tfgpu.in_kernel.policy_fields import field_named, requested
 from jupyter_tfgpu.in_kernel.units import format_bytes
-from jupyter_tfgpu.in_kernel.views import MUTED, WARN, GpuRow, View, gpu_rows, memory_bar_html
+from jupyter_tfgpu.in_kernel.views import MUTED, WARN, View, memory_bar_html
 
 GIB = 2**30
 MIB = 2**20

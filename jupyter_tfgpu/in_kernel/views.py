@@ -6,10 +6,15 @@ Every value that comes from outside (GPU names, notebook paths, server messages)
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from typing import Any
 
-from jupyter_tfgpu.in_kernel.notices import availability, placement_note
+from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
+from jupyter_tfgpu.in_kernel.notices import (
+    availability,
+    cap_note,
+    memory_source_note,
+    placement_note,
+)
 from jupyter_tfgpu.in_kernel.policy_fields import policy_fields, requested
 from jupyter_tfgpu.in_kernel.units import format_bytes
 
@@ -20,100 +25,6 @@ TRACK = "var(--jp-layout-color2, #eeeeee)"
 MUTED = "color: var(--jp-ui-font-color2, #757575)"
 WARN = "color: var(--jp-warn-color1, #e65100)"
 NOTHING_SET = "Policy: nothing set (the frameworks' own behaviour)."
-
-
-@dataclass
-class GpuRow:
-    """One GPU as the panel and the magic show it."""
-
-    index: int
-    name: str
-    uuid: str
-    utilization: float | None
-    used: int | None
-    total: int | None
-    mine: int | None
-    lost: bool = False
-    # Where this kernel's figure comes from: "nvml" or "kernel_report" (its frameworks' own)
-    mine_source: str | None = None
-
-    @property
-    def others(self) -> int | None:
-        """Memory held by everyone but this kernel."""
-        if self.used is None:
-            return None
-        return max(0, self.used - (self.mine or 0))
-
-
-def _mine_per_gpu(status: dict[str, Any]) -> dict[int, int]:
-    """This kernel's bytes per GPU index: the server's figure, or NVML's process rows."""
-    kernel = status.get("kernel") or {}
-    per_gpu = (kernel.get("gpu_memory") or {}).get("per_gpu")
-    if per_gpu is not None:
-        return {g["index"]: g.get("used_memory") or 0 for g in per_gpu}
-    return {
-        gpu["index"]: sum(
-            p.get("used_memory") or 0 for p in gpu.get("processes") or () if p.get("mine")
-        )
-        for gpu in status.get("gpus") or ()
-    }
-
-
-def _mine_sources(status: dict[str, Any]) -> dict[int, str]:
-    """Where the server's figure of this kernel comes from, per GPU index."""
-    per_gpu = ((status.get("kernel") or {}).get("gpu_memory") or {}).get("per_gpu") or ()
-    return {g["index"]: g.get("source") for g in per_gpu if g.get("used_memory") is not None}
-
-
-def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None:
-    """What to say of where this kernel's GPU memory figure comes from, and whether it is a
-    warning: unknown now, or its frameworks' own report; None when NVML gives it (or nothing)."""
-    memory = (kernel or {}).get("gpu_memory") or {}
-    if memory.get("unknown"):
-        return f"This kernel's GPU memory is unknown right now: {memory['unknown']}.", True
-    if memory.get("source") not in ("kernel_report", "mixed"):
-        return None
-    gpus = sorted(
-        str(g.get("index"))
-        for g in memory.get("per_gpu") or ()
-        if g.get("source") == "kernel_report" and g.get("used_memory") is not None
-    )
-    where = f"GPU {', '.join(gpus)}" if gpus else "its GPUs"
-    return (
-        f"This kernel's GPU memory on {where} is its frameworks' own report, sent from inside "
-        "the kernel: the server cannot match the GPU's processes to it (as in a container "
-        "without the host's PIDs). The figure leaves out the CUDA context.",
-        False,
-    )
-
-
-def cap_note(kernel: dict[str, Any] | None) -> str | None:
-    """What to say when this kernel's cap leaves no room for the CUDA context; None otherwise."""
-    note = ((kernel or {}).get("applied") or {}).get("memory_limit_note")
-    return f"This kernel's cap: {note}." if isinstance(note, str) and note else None
-
-
-def gpu_rows(status: dict[str, Any]) -> list[GpuRow]:
-    """The GPUs of a ``kernel/status``-shaped answer."""
-    mine = _mine_per_gpu(status)
-    sources = _mine_sources(status)
-    rows = []
-    for gpu in status.get("gpus") or ():
-        memory = gpu.get("memory") or {}
-        rows.append(
-            GpuRow(
-                index=gpu.get("index", len(rows)),
-                name=str(gpu.get("name") or "GPU"),
-                uuid=str(gpu.get("uuid") or ""),
-                utilization=(gpu.get("utilization") or {}).get("gpu"),
-                used=memory.get("used"),
-                total=memory.get("total"),
-                mine=mine.get(gpu.get("index")),
-                lost=bool(gpu.get("lost")),
-                mine_source=sources.get(gpu.get("index")),
-            )
-        )
-    return rows
 
 
 def _pct(part: float | None, whole: float | None) -> float:

@@ -22,17 +22,19 @@ from traitlets import Float, Unicode
 from jupyter_tfgpu.in_kernel.client import NotConfigured, ServerClient, ServerError, TokenRefused
 from jupyter_tfgpu.in_kernel.inprocess import restart_required
 from jupyter_tfgpu.in_kernel.local import local_status
-from jupyter_tfgpu.in_kernel.notices import availability, placement_note
+from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
+from jupyter_tfgpu.in_kernel.notices import (
+    availability,
+    cap_note,
+    memory_source_note,
+    placement_note,
+)
 from jupyter_tfgpu.in_kernel.views import (
     MINE,
     MUTED,
     WARN,
-    GpuRow,
     _e,
-    cap_note,
-    gpu_rows,
     memory_bar_html,
-    memory_source_note,
     sparkline_svg,
     utilization_bar_html,
 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 
-from jupyter_tfgpu.in_kernel.views import StatusView, memory_source_note
+from jupyter_tfgpu.in_kernel.notices import memory_source_note
+from jupyter_tfgpu.in_kernel.views import StatusView
 
 GIB = 2**30
 
