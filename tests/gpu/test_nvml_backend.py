@@ -455,14 +455,14 @@ def test_mig_processes_found_when_parent_lists_refuse(install):
     backend = NvmlBackend()
     backend.open()
     real_v3 = fake.module.nvmlDeviceGetComputeRunningProcesses_v3
-    parent = backend._handles[0]
+    parent = backend._facts.handles[0]
 
     def v3(handle):
         if handle is parent:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
         return real_v3(handle)
 
-    backend._process_readers["compute"] = [v3]
+    backend._processes.readers["compute"] = [v3]
 
     # When
     rows = {p.pid: p for p in backend.read_processes(0)}
