@@ -25,6 +25,7 @@ from IPython.core.magic_arguments import (
 from jupyter_tfgpu.in_kernel import inprocess, oom_hook
 from jupyter_tfgpu.in_kernel.client import NotConfigured, Refused, ServerClient, ServerError, TokenRefused
 from jupyter_tfgpu.in_kernel.local import local_status
+from jupyter_tfgpu.in_kernel.notices import launch_of
 from jupyter_tfgpu.in_kernel.policy_fields import PolicyField, field_named, policy_fields, same_policy, setting_text
 from jupyter_tfgpu.in_kernel.views import KernelsView, MessageView, PolicyChangeView, StatusView
 
@@ -168,9 +169,9 @@ class TFGPUMagics(Magics):
         kernel = status.get("kernel")
         running = inprocess.running_policy()
         restart = inprocess.restart_required(kernel) if kernel else None
-        applied = (kernel or {}).get("applied") or {}
-        if applied.get("applied_in_process") or (
-            running and applied and not same_policy(running, applied)
+        launch = launch_of(kernel)
+        if launch.get("applied_in_process") or (
+            running and launch and not same_policy(running, launch)
         ):
             notes.append("This kernel's policy was changed in-process, without a restart.")
         notes.extend(_framework_lines())

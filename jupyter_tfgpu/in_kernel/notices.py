@@ -32,9 +32,16 @@ def availability(status: dict[str, Any]) -> tuple[str, bool] | None:
     )
 
 
+def launch_of(kernel: dict[str, Any] | None) -> dict[str, Any]:
+    """What this kernel's process started with: the launch document (the policy, placement, cap
+    facts) that the server's kernel view calls ``applied``; {} when it gives none. Not to be
+    mixed up with a framework's ``applied`` settings in the bootstrap's record."""
+    return (kernel or {}).get("applied") or {}
+
+
 def placement_note(kernel: dict[str, Any] | None) -> str | None:
     """Why a kernel that asked for GPUs by placement (``devices: "auto"``) got none."""
-    placement = ((kernel or {}).get("applied") or {}).get("placement")
+    placement = launch_of(kernel).get("placement")
     if not isinstance(placement, dict) or placement.get("chosen"):
         return None
     reason = str(placement.get("reason") or "no GPU was free")
@@ -67,5 +74,5 @@ def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None
 
 def cap_note(kernel: dict[str, Any] | None) -> str | None:
     """What to say when this kernel's cap leaves no room for the CUDA context; None otherwise."""
-    note = ((kernel or {}).get("applied") or {}).get("memory_limit_note")
+    note = launch_of(kernel).get("memory_limit_note")
     return f"This kernel's cap: {note}." if isinstance(note, str) and note else None

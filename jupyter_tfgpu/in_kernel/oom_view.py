@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
+from jupyter_tfgpu.in_kernel.notices import launch_of
 from jupyter_tfgpu.in_kernel.oom import OutOfMemory, free_bytes, locate
 from jupyter_tfgpu.in_kernel.policy_fields import field_named, requested
 from jupyter_tfgpu.in_kernel.units import format_bytes
@@ -207,7 +208,7 @@ def _name(title: str) -> str:
 
 
 def _policy_line(kernel: dict[str, Any], running: dict[str, Any] | None) -> str:
-    runs = requested(running if running is not None else kernel.get("applied"))
+    runs = requested(running if running is not None else launch_of(kernel))
     said = ", ".join(
         f"{_name(field_named(name).title)} {field_named(name).format(runs.get(name))}"
         for name in POLICY_SHOWN
@@ -382,7 +383,7 @@ def _with_actions(
     if kernel is not None and not kernel.get("notebook"):
         view.notes.append("This kernel has no notebook, so it has no GPU policy to change.")
         return view
-    runs = requested(running if running is not None else (kernel or {}).get("applied"))
+    runs = requested(running if running is not None else launch_of(kernel))
     view.actions = _actions(oom, status, gpu, row, runs)
     if view.actions:
         view.actions_note = (

@@ -12,6 +12,7 @@ from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.notices import (
     availability,
     cap_note,
+    launch_of,
     memory_source_note,
     placement_note,
 )
@@ -202,7 +203,7 @@ class StatusView(View):
             return []
         effective = kernel.get("policy") or {}
         sources = effective.get("sources") or {}
-        running = requested(self.running if self.running is not None else kernel.get("applied"))
+        running = requested(self.running if self.running is not None else launch_of(kernel))
         cells = []
         for field in policy_fields():
             now, was = effective.get(field.name), running.get(field.name)
