@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from jupyter_tfgpu.gpu import NvmlBackend
-from jupyter_tfgpu.gpu.nvml import MIG_REFRESH_SECONDS
+from jupyter_tfgpu.gpu.nvml_facts import MIG_REFRESH_SECONDS
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 from tests.fake_pynvml import FakeGpu, FakeMig, FakeNvml, FakeProcess
 
