@@ -121,7 +121,9 @@ class NvmlCalls:
             else:
                 self.memory_v2 = True
                 return MemoryReading(info.total, info.used, info.free, info.reserved)
-        info = self.optional(index, nvml.nvmlDeviceGetMemoryInfo, handle, errors=errors, field=field)
+        info = self.optional(
+            index, nvml.nvmlDeviceGetMemoryInfo, handle, errors=errors, field=field
+        )
         if info is None:
             return None
         return MemoryReading(info.total, info.used, info.free, None)

@@ -109,7 +109,8 @@ class ProcessLists:
 
     def _names_instance(self, ids: tuple[Any, Any]) -> bool:
         """Whether a process record's (GPU instance, compute instance) ids name an instance."""
-        none = getattr(getattr(self.calls.nvml, "NVML_VALUE_NOT_AVAILABLE_uint", None), "value", None)
+        not_available = getattr(self.calls.nvml, "NVML_VALUE_NOT_AVAILABLE_uint", None)
+        none = getattr(not_available, "value", None)
         return all(isinstance(i, int) and i != none for i in ids)
 
     def _collect(

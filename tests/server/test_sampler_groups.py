@@ -81,7 +81,8 @@ def test_no_other_module_names_a_group():
         for row in SAMPLING_GROUPS
         for name in (row.name, row.setting, row.read)
     }
-    files = [*sorted((PACKAGE / "server" / "sampling").glob("*.py")), PACKAGE / "server" / "services.py"]
+    sampling = sorted((PACKAGE / "server" / "sampling").glob("*.py"))
+    files = [*sampling, PACKAGE / "server" / "services.py"]
 
     found = [
         f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}"

@@ -31,7 +31,8 @@ class GpuState:
         """A GPU as the backend's open found it (lost when it could not be opened)."""
         if not info.lost:
             return cls(info)
-        return cls(info, lost=True, lost_reason=info.lost_reason or "the device could not be opened")
+        reason = info.lost_reason or "the device could not be opened"
+        return cls(info, lost=True, lost_reason=reason)
 
     def took(self, group: SamplingGroup, reading: Any, now: float) -> Mapping[str, str]:
         """A reading of the group that answered: it replaces the group's last one whole (a part

@@ -7,7 +7,7 @@ freshness floors (``budget.py``), the scheduling and reading of a round, the set
 (``server/services.py``) and GET status's ``sampler.groups`` read it. Adding a group is adding
 a row here, its ``TFGPU`` interval setting (``server/config.py``), and its method on the backends
 (``gpu/backend.py``) with the reading it returns (``gpu/group_readings.py``); where its fields are
-new, ``GpuReading`` gets them and the snapshot's assembly puts them there.
+new, ``GpuReading`` gets them and ``snapshot.py`` puts them there.
 """
 
 from __future__ import annotations

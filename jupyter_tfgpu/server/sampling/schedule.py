@@ -82,7 +82,9 @@ class Schedule:
     def watched_due(self, now: float) -> bool:
         """Whether a group read only while watched is due (its first reading once watched)."""
         return any(
-            self.stats[group.name].next_due <= now for group in SAMPLING_GROUPS if group.watched_only
+            self.stats[group.name].next_due <= now
+            for group in SAMPLING_GROUPS
+            if group.watched_only
         )
 
     def due(self, now: float, watched: bool) -> list[SamplingGroup]:
