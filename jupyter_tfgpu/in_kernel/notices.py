@@ -1,10 +1,12 @@
 """What ``%tfgpu`` and the panel say beside the GPUs: why there is none (a GPU-less server, or a
 backend that failed), why placement found none, where this kernel's memory figure comes from, and
-when its cap leaves no room for the CUDA context."""
+what its cap leaves its frameworks (and a warning when it leaves no room for the CUDA context)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from jupyter_tfgpu.in_kernel.units import format_mib
 
 # Backends an admin can name; one named and failing is a fault, not a GPU-less server.
 BACKEND_NAMES = {"nvml": "NVML", "simulated": "the simulated backend"}
@@ -69,6 +71,36 @@ def memory_source_note(kernel: dict[str, Any] | None) -> tuple[str, bool] | None
         "the kernel: the server cannot match the GPU's processes to it (as in a container "
         "without the host's PIDs). The figure leaves out the CUDA context.",
         False,
+    )
+
+
+def _mib(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def cap_line(kernel: dict[str, Any] | None) -> str | None:
+    """This kernel's cap as it started with it, what its frameworks get under it and the room left
+    for the CUDA context (and how that was found), as the lab says it; None without a cap."""
+    launch = launch_of(kernel)
+    cap = launch.get("memory_limit_mb")
+    if not _mib(cap):
+        return None
+    said = f"This kernel runs with a cap of {format_mib(cap)} per GPU"
+    framework, reserve = launch.get("framework_limit_mb"), launch.get("context_reserve_mb")
+    # A cap with no room for the context (cap_note warns of it), or a launch from an older server.
+    if launch.get("memory_limit_note") or not _mib(framework) or not _mib(reserve):
+        return f"{said}."
+    source = launch.get("context_reserve_source") or "starting value"
+    if source == "simulated":
+        return f"{said} (simulated GPUs: no CUDA context, frameworks get all of it)."
+    where = (
+        f"measured on {launch.get('context_reserve_measured_on') or 'these GPUs'}"
+        if source == "measured"
+        else "starting value"
+    )
+    return (
+        f"{said} (frameworks get {format_mib(framework)}; {format_mib(reserve)} left for the CUDA "
+        f"context, {where})."
     )
 
 

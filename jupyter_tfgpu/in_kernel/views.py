@@ -11,6 +11,7 @@ from typing import Any
 from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.notices import (
     availability,
+    cap_line,
     cap_note,
     launch_of,
     memory_source_note,
@@ -238,6 +239,8 @@ class StatusView(View):
             lines.append((note, True))
         if said := memory_source_note(self.data.get("kernel")):
             lines.append(said)
+        if line := cap_line(self.data.get("kernel")):
+            lines.append((line, False))
         if note := cap_note(self.data.get("kernel")):
             lines.append((note, True))
         return lines

@@ -25,6 +25,7 @@ from jupyter_tfgpu.in_kernel.local import local_status
 from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.notices import (
     availability,
+    cap_line,
     cap_note,
     memory_source_note,
     placement_note,
@@ -315,6 +316,8 @@ class GPUPanel(widgets.VBox):
         if source := memory_source_note(kernel):
             line, warning = source
             parts.append(f'<div style="{WARN if warning else MUTED}">{_e(line)}</div>')
+        if line := cap_line(kernel):
+            parts.append(f'<div style="{MUTED}">{_e(line)}</div>')
         if cap := cap_note(kernel):
             parts.append(f'<div style="{WARN}">{_e(cap)}</div>')
         if restart_required(kernel):

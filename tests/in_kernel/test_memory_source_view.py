@@ -65,3 +65,54 @@ def test_a_cap_that_leaves_no_room_for_the_context_is_a_warning():
     assert f"This kernel's cap: {note}." in StatusView(data).text()
     data["kernel"]["applied"] = {"memory_limit_mb": 4096, "framework_limit_mb": 3546}
     assert "This kernel's cap" not in StatusView(data).text()
+
+
+CAP = {"memory_limit_mb": 4096, "framework_limit_mb": 3584, "context_reserve_mb": 512}
+
+
+def shown(applied: dict | None) -> list[str]:
+    """The text and HTML forms of %tfgpu for a kernel that started with ``applied``."""
+    data = status({"total": 0, "per_gpu": []})
+    data["kernel"]["applied"] = applied
+    view = StatusView(data)
+    return [view.text(), html.unescape(view.html())]
+
+
+def test_the_cap_says_what_the_frameworks_get_and_how_the_context_was_found():
+    """As the lab's policy section: the cap, the frameworks' limit, the reserve and its source."""
+    # Given kernels started with a cap, the reserve measured, a starting value, or simulated
+    measured = dict(CAP, context_reserve_source="measured",
+                    context_reserve_measured_on="NVIDIA H200, driver 580.159.04")  # fmt: skip
+    starting = dict(CAP, context_reserve_source="starting value")
+    simulated = dict(CAP, framework_limit_mb=4096, context_reserve_mb=0,
+                     context_reserve_source="simulated")  # fmt: skip
+    # When %tfgpu shows them / Then each says so, in text and HTML
+    for said in shown(measured):
+        assert (
+            "This kernel runs with a cap of 4 GiB per GPU (frameworks get 3584 MiB; 512 MiB left "
+            "for the CUDA context, measured on NVIDIA H200, driver 580.159.04)." in said
+        )
+    for said in shown(starting):
+        assert (
+            "This kernel runs with a cap of 4 GiB per GPU (frameworks get 3584 MiB; 512 MiB left "
+            "for the CUDA context, starting value)." in said
+        )
+    for said in shown(simulated):
+        assert (
+            "This kernel runs with a cap of 4 GiB per GPU (simulated GPUs: no CUDA context, "
+            "frameworks get all of it)." in said
+        )
+
+
+def test_the_cap_line_without_the_frameworks_limit_or_without_a_cap():
+    """A launch from an older server names the cap alone; no cap, no line; a cap below the
+    context is named, and warned of."""
+    for said in shown({"memory_limit_mb": 4096}):
+        assert "This kernel runs with a cap of 4 GiB per GPU." in said
+    for applied in (None, {}, {"memory_limit_mb": None, "memory_growth": True}):
+        assert all("runs with a cap" not in said for said in shown(applied))
+    note = "memory_limit_mb 300 is at or below the 550 MiB this GPU needs"
+    low = dict(CAP, memory_limit_mb=300, framework_limit_mb=300, memory_limit_note=note)
+    for said in shown(low):
+        assert "This kernel runs with a cap of 300 MiB per GPU." in said
+        assert f"This kernel's cap: {note}." in said

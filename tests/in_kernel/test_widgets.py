@@ -357,3 +357,26 @@ def test_panel_says_nothing_more_for_nvmls_figure():
         panel.close()
     assert "own report" not in said and "unknown" not in said and "cap:" not in said
     assert "this kernel 1.0 GiB" in said
+
+
+def test_panel_says_what_the_cap_leaves_the_frameworks():
+    """As %tfgpu and the lab do: the cap, what the frameworks get and the CUDA context's room."""
+    # Given a kernel started with a cap, under a context reserve measured on its GPU
+    row = {"index": 0, "uuid": "GPU-test", "used_memory": 2**30, "source": "nvml", "pids": [1]}
+    memory = {"total": 2**30, "source": "nvml", "unknown": None, "per_gpu": [row]}
+    applied = {"memory_limit_mb": 4096, "framework_limit_mb": 3584, "context_reserve_mb": 512,
+               "context_reserve_source": "measured",
+               "context_reserve_measured_on": "Test GPU, driver 580.159.04"}  # fmt: skip
+    # When the panel shows it
+    panel = GPUPanel(interval=60, source=FixedSource(kernel_status(memory, applied)))
+    try:
+        header = panel._header.value
+    finally:
+        panel.close()
+    # Then the header says it, calmly
+    said = html.unescape(header)
+    assert (
+        "This kernel runs with a cap of 4 GiB per GPU (frameworks get 3584 MiB; 512 MiB left for "
+        "the CUDA context, measured on Test GPU, driver 580.159.04)." in said
+    )
+    assert WARN not in header
