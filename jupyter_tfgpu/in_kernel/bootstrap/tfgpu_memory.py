@@ -17,6 +17,9 @@ import os
 
 from tfgpu_result import attempt, failed, merge, skip
 
+# The policy's fields this module checks: applied here, or (the allocator, and the devices beyond
+# TensorFlow's) read by the frameworks from the environment the provisioner set.
+MEMORY_FIELDS = ("memory_growth", "memory_limit_mb", "devices", "allocator")
 # The allocators a policy may name (TF_GPU_ALLOCATOR, PYTORCH_ALLOC_CONF: set by the provisioner).
 ALLOCATORS = ("cuda_malloc_async", "default")
 NO_GPU = "no GPU visible"

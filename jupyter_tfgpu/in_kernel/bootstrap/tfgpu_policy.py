@@ -11,6 +11,12 @@ import tfgpu_memory
 import tfgpu_runtime
 from tfgpu_protocol import POLICY_ENV
 
+# The policy's fields no concern here checks or applies: the server acts on them alone, by
+# placement or through environment variables it sets (gpu_count: how many GPUs placement picks;
+# the process gets the outcome as devices). Every other field of the policy schema is a
+# concern's (tfgpu_memory.MEMORY_FIELDS, tfgpu_runtime.RUNTIME_FIELDS).
+SERVER_SIDE_FIELDS = ("gpu_count",)
+
 
 def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
     """Parse and check a ``TFGPU_POLICY`` value: (policy or None, problems); bad fields unset."""
