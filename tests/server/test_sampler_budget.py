@@ -1,4 +1,8 @@
-"""The sampler keeps its time inside NVML within nvml_budget, with the driver's real latencies."""
+"""The sampler keeps its time inside NVML within nvml_budget, with the driver's real latencies.
+
+The latencies pass on a simulated clock, which the fake NVML advances and the sampler times its
+readings with: the figures are the same on a loaded machine as on an idle one.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +26,31 @@ LATENCY = {
 }
 
 
+class DriverClock:
+    """Time that passes only inside NVML calls, by their latencies."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        """A call's latency passes."""
+        self.now += seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def fake(monkeypatch):
+def driver_clock() -> DriverClock:
+    """The simulated clock the fake NVML and the sampler share."""
+    return DriverClock()
+
+
+@pytest.fixture
+def fake(monkeypatch, driver_clock):
     """Eight GPUs with one process each, answering at the driver's latencies."""
     gpus = [FakeGpu(name="NVIDIA A100", processes=[FakeProcess(pid=1000 + i, used_memory=2**30)]) for i in range(8)]
-    nvml = FakeNvml(gpus=gpus, latency=LATENCY)
+    nvml = FakeNvml(gpus=gpus, latency=LATENCY, sleep=driver_clock.sleep, timer=driver_clock)
     monkeypatch.setitem(sys.modules, "pynvml", nvml.module)
     return nvml
 
@@ -39,10 +63,10 @@ def run_rounds(sampler: Sampler, seconds: int) -> None:
         sampler._sample_round(start + tick)
 
 
-def test_driver_time_stays_within_budget_while_pcie_is_watched(fake):
+def test_driver_time_stays_within_budget_while_pcie_is_watched(fake, driver_clock):
     """With PCIe watched (the slowest reading), NVML time over two minutes is within 2%."""
     # Given a sampler over 8 GPUs whose first readings are done
-    sampler = Sampler(NvmlBackend(), interval=1.0, budget=0.02)
+    sampler = Sampler(NvmlBackend(), interval=1.0, budget=0.02, timer=driver_clock)
     sampler.open()
     run_rounds(sampler, 1)
     fake.reset_counters()
