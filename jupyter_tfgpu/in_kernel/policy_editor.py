@@ -58,6 +58,11 @@ class _FieldControl:
             layout=widgets.Layout(flex=f"1 1 {HINT_WIDTH}", min_width=f"min({HINT_WIDTH}, 100%)")
         )
         self.gpus: list[widgets.Checkbox] = []
+        # Each box's GPU: its index and UUID, so a policy may name it either way.
+        self._gpu_names: list[tuple[int, str | None]] = [(g["index"], g.get("uuid")) for g in gpus]
+        # The devices last shown, and which boxes that ticked: read back as they were while the
+        # user leaves the boxes alone (a MIG slice has no box).
+        self._shown: tuple[list[Any], list[bool]] | None = None
         labelled = {
             "description": field.title,
             "tooltip": field.description,
@@ -113,7 +118,15 @@ class _FieldControl:
                 return []
             if value == "auto":
                 return "auto"
-            return [int(box.description.split()[-1]) for box in self.gpus if box.value]
+            ticked = [box.value for box in self.gpus]
+            if self._shown is not None and ticked == self._shown[1]:
+                return list(self._shown[0])
+            by_uuid = self._shown is not None and all(isinstance(d, str) for d in self._shown[0])
+            return [
+                uuid if by_uuid and uuid else index
+                for (index, uuid), box in zip(self._gpu_names, self.gpus)
+                if box.value
+            ]
         return self.field.parse(value)
 
     def set(self, value: Any) -> None:
@@ -133,8 +146,10 @@ class _FieldControl:
                 else "these GPUs"
             )
             chosen = {str(v) for v in value} if isinstance(value, list) else set()
-            for box in self.gpus:
-                box.value = box.description.split()[-1] in chosen
+            for (index, uuid), box in zip(self._gpu_names, self.gpus):
+                box.value = str(index) in chosen or uuid in chosen
+            shown = list(value) if isinstance(value, list) and value else None
+            self._shown = (shown, [box.value for box in self.gpus]) if shown else None
         else:
             self.input.value = "" if value is None else self.field.format(value).replace(" ", "")
 
