@@ -145,7 +145,7 @@ def bench_collector(kernels: int, scrapes: int) -> dict[str, Any]:
 
     from jupyter_tfgpu._version import __version__
     from jupyter_tfgpu.gpu.nvml import NvmlBackend
-    from jupyter_tfgpu.server.api.metrics import ServerIdentity, SnapshotCollector
+    from jupyter_tfgpu.server.metrics import ServerIdentity, SnapshotCollector
     from jupyter_tfgpu.server.kernels.usage import KernelUsage
     from jupyter_tfgpu.server.sampling.sampler import Sampler
 

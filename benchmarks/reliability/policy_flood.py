@@ -13,7 +13,7 @@ from typing import Any
 
 from _harness import FakeServer, call, execute, start_session
 from _streams import StreamClients
-from jupyter_tfgpu.server.api.stream import PUSH_INTERVAL
+from jupyter_tfgpu.server.stream import PUSH_INTERVAL
 from jupyter_tfgpu.server.kernels.channel import CHANNEL_LIMITS
 
 from .plumbing import Poller

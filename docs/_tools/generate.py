@@ -21,7 +21,7 @@ for the README's settings table, which is the same table as in the settings refe
 - ``policy-fields``: the policy fields, from ``policy.schema.json``, with their ``%tfgpu policy``
   options;
 - ``event-fields``: the enforcement event's fields, from its event schema;
-- ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/api/metrics.py``;
+- ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/metrics.py``;
 - ``example FILE``: the file ``docs/examples/FILE`` whole, in a code block. The example files are
   what ``tests/project/test_docs_run.py`` runs and what the site offers for download; the copy in
   the page is what an admin reading the repository sees.
@@ -165,7 +165,7 @@ def event_fields_table() -> str:
 def metrics_table() -> str:
     """Every Prometheus series, from the catalogue the collector builds them from."""
     _on_path()
-    from jupyter_tfgpu.server.api.metrics import SERIES
+    from jupyter_tfgpu.server.metrics import SERIES
 
     rows = ["| series | type | labels | what |", "|---|---|---|---|"]
     for series in SERIES:

@@ -13,7 +13,7 @@ from traitlets import Instance
 
 from jupyter_tfgpu._version import __version__
 from jupyter_tfgpu.policy import PolicyError, StoreUnavailable, normalize_notebook_path
-from jupyter_tfgpu.server.api import metrics
+from jupyter_tfgpu.server import metrics
 from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU

@@ -18,8 +18,8 @@ from jupyter_tfgpu.gpu import make_backend
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
 from jupyter_tfgpu.policy.environment import STARTING_CONTEXT_MB
 from jupyter_tfgpu.policy.placement import Placement
-from jupyter_tfgpu.server.api import metrics
-from jupyter_tfgpu.server.api.stream import StreamMessages
+from jupyter_tfgpu.server import metrics
+from jupyter_tfgpu.server.stream import StreamMessages
 from jupyter_tfgpu.server.kernels.usage import KernelUsage
 from jupyter_tfgpu.server.caps_watcher import CapsFile
 from jupyter_tfgpu.server.config import TFGPU

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jupyter_tfgpu.server.api.metrics import SERIES
+from jupyter_tfgpu.server.metrics import SERIES
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "jupyter_tfgpu" / "prometheus"

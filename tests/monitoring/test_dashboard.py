@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from jupyter_tfgpu.server.api.metrics import SERIES
+from jupyter_tfgpu.server.metrics import SERIES
 from tests.monitoring import promql
 
 DASHBOARD = json.loads(promql.DASHBOARD.read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jupyter_tfgpu.server.api.metrics import SERIES
+from jupyter_tfgpu.server.metrics import SERIES
 from tests.monitoring import promql
 
 UNIT_TESTS = Path(__file__).with_name("rules_test.yaml")

@@ -365,7 +365,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
 
 def test_metrics_leave_out_a_kernel_whose_row_is_bad_and_say_so_once(caplog):
     """A figure a float cannot hold drops that kernel's gauge, not the whole scrape."""
-    from jupyter_tfgpu.server.api.metrics import SnapshotCollector
+    from jupyter_tfgpu.server.metrics import SnapshotCollector
 
     # Given one kernel row with an absurd figure and one sound row
     def row(kernel_id, used):

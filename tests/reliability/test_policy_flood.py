@@ -18,7 +18,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from jupyter_tfgpu.policy.changes import PolicyChanges
-from jupyter_tfgpu.server.api.stream import PUSH_INTERVAL, StreamMessages
+from jupyter_tfgpu.server.stream import PUSH_INTERVAL, StreamMessages
 from jupyter_tfgpu.server.kernels.channel import CHANNEL_LIMITS
 from tests.kernel_helpers import kernel_headers, kernel_token, poll, run_json, start_session
 

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_tfgpu.gpu.readings import GpuReading
-from jupyter_tfgpu.server.api.metrics import SERIES
+from jupyter_tfgpu.server.metrics import SERIES
 from jupyter_tfgpu.server.kernels.usage import MAX_STEP_SECONDS, KernelUsage
 from tests.kernel_helpers import poll, run_code, start_session
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from jupyter_tfgpu.policy import AdminPolicy
 from jupyter_tfgpu.policy.changes import PolicyChanges
-from jupyter_tfgpu.server.api.stream import StreamMessages
+from jupyter_tfgpu.server.stream import StreamMessages
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.kernels.enforcement import Rules
 from jupyter_tfgpu.server.services import SAMPLING

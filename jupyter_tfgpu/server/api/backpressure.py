@@ -16,6 +16,8 @@ from typing import Any
 
 from tornado.websocket import WebSocketClosedError
 
+from jupyter_tfgpu.server.stream import ClientOutputs
+
 # How long one message may stay unwritten before the client counts as gone. A slow but live
 # client writes a stream message (tens of KiB with 64 GPUs) within seconds; jupyter_server's own
 # ping timeout (90 s by default) comes later and only closes clients that stopped answering.
@@ -94,36 +96,6 @@ class ClientOutput:
         due, self._due = self._due, None
         if due is not None and self.closed_because is None:
             self._send_now(due)
-
-
-class ClientOutputs:
-    """Every open client's output (for accounting); their stall clock, which tests replace."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._outputs: set[ClientOutput] = set()
-
-    def now(self) -> float:
-        """The clock's time (read through here, so a replaced clock reaches open clients)."""
-        return self.clock()
-
-    def add(self, output: ClientOutput) -> None:
-        """A client opened."""
-        self._outputs.add(output)
-
-    def discard(self, output: ClientOutput) -> None:
-        """A client closed."""
-        self._outputs.discard(output)
-
-    def __iter__(self):
-        return iter(list(self._outputs))
-
-    def __len__(self) -> int:
-        return len(self._outputs)
-
-    def pending_bytes(self) -> int:
-        """Bytes written to every client and not yet on their sockets."""
-        return sum(output.pending_bytes for output in list(self._outputs))
 
 
 class BoundedOutputMixin:

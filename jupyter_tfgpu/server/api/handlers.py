@@ -14,7 +14,8 @@ from tornado import web
 from tornado.websocket import WebSocketHandler
 
 from jupyter_tfgpu._version import __version__
-from jupyter_tfgpu.server.api.backpressure import BoundedOutputMixin, ClientOutputs
+from jupyter_tfgpu.server.api.backpressure import BoundedOutputMixin
+from jupyter_tfgpu.server.stream import ClientOutputs
 from jupyter_tfgpu.policy import CapExceeded, PolicyError, StoreUnavailable
 from jupyter_tfgpu.server.kernels.registry import KernelGone
 

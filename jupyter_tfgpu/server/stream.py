@@ -1,14 +1,19 @@
-"""The websocket stream's message: a snapshot's GPU JSON plus the kernel summary, made once."""
+"""The websocket stream's message: a snapshot's GPU JSON plus the kernel summary, made once;
+policy pushes coalesced; the open clients' output, counted (the handler bounds each one's, in
+``api/backpressure.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from jupyter_tfgpu.policy.changes import PolicyChanges
-from jupyter_tfgpu.server.api.backpressure import ClientOutputs
+
+if TYPE_CHECKING:
+    from jupyter_tfgpu.server.api.backpressure import ClientOutput
 
 # A few recent snapshots: a client that opens sends the latest one, which the others were
 # usually sent already.
@@ -17,6 +22,36 @@ CACHED_SNAPSHOTS = 4
 # policy, a script writing many) reaches each view at most 4 times a second, and the last push
 # of a burst always carries the latest revision. Views need the latest revision, not every one.
 PUSH_INTERVAL = 0.25
+
+
+class ClientOutputs:
+    """Every open client's output (for accounting); their stall clock, which tests replace."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._outputs: set[ClientOutput] = set()
+
+    def now(self) -> float:
+        """The clock's time (read through here, so a replaced clock reaches open clients)."""
+        return self.clock()
+
+    def add(self, output: ClientOutput) -> None:
+        """A client opened."""
+        self._outputs.add(output)
+
+    def discard(self, output: ClientOutput) -> None:
+        """A client closed."""
+        self._outputs.discard(output)
+
+    def __iter__(self):
+        return iter(list(self._outputs))
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def pending_bytes(self) -> int:
+        """Bytes written to every client and not yet on their sockets."""
+        return sum(output.pending_bytes for output in list(self._outputs))
 
 
 class StreamMessages:
