@@ -44,7 +44,7 @@ from _harness import machine  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jupyter_tfgpu.server.kernels.channel import REPORT_TTL  # noqa: E402
 from jupyter_tfgpu.policy.store import LOCK_TIMEOUT  # noqa: E402
-from jupyter_tfgpu.server.sampling.sampler import LOST_RETRY_SECONDS  # noqa: E402
+from jupyter_tfgpu.server.sampling.opening import LOST_RETRY_SECONDS  # noqa: E402
 from reliability.churn import section_churn  # noqa: E402
 from reliability.faults import section_faults  # noqa: E402
 from reliability.flood import section_flood  # noqa: E402

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from _harness import FakeServer, call
-from jupyter_tfgpu.server.sampling.sampler import LOST_RETRY_SECONDS
+from jupyter_tfgpu.server.sampling.opening import LOST_RETRY_SECONDS
 
 # (name, the fault on one GPU from before the server starts)
 LOST_AT_OPEN = {

@@ -22,7 +22,6 @@ from jupyter_tfgpu.server.sampling.gpu_state import GpuState
 from jupyter_tfgpu.server.sampling.groups import FAST, PROCESSES, SAMPLING_GROUPS
 from jupyter_tfgpu.server.sampling.history import History
 from jupyter_tfgpu.server.sampling.opening import BackendOpening, log_opened
-from jupyter_tfgpu.server.sampling.opening import LOST_RETRY_SECONDS  # noqa: F401 - benchmarks
 from jupyter_tfgpu.server.sampling.reading import FailureLog, read_round
 from jupyter_tfgpu.server.sampling.schedule import Schedule, Watchers, run_rounds
 from jupyter_tfgpu.server.sampling.snapshot import (
