@@ -91,6 +91,14 @@ RULES = (
         forbidden=("jupyter_tfgpu.server.app",),
         type_only_ok=True,  # a type annotation is no dependency at run time
     ),
+    Rule(
+        "only the app imports the HTTP edge",
+        files=("server/**/*.py",),
+        excluded=("server/api/*.py", "server/app.py"),
+        why="api/ is handlers, routes and the spec; the services beside it know nothing of HTTP",
+        forbidden=("jupyter_tfgpu.server.api",),
+        type_only_ok=True,
+    ),
 )
 
 
@@ -233,6 +241,10 @@ BAD = {
     "API handlers do not import the app": (
         "server/api/handlers.py",
         "import importlib\n\napp = importlib.import_module('jupyter_tfgpu.server.app')\n",
+    ),
+    "only the app imports the HTTP edge": (
+        "server/services.py",
+        "from jupyter_tfgpu.server.api.handlers import SERVICES_KEY\n",
     ),
 }
 
