@@ -7,7 +7,8 @@ import sys
 
 from traitlets import TraitType
 
-from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU, JSONDict, JSONList
+from jupyter_tfgpu.server.config import ENVIRONMENT_VARIABLES, TFGPU
+from jupyter_tfgpu.server.config_traits import JSONDict, JSONList
 
 HEADER = """jupyter-tfgpu settings: the traits of the TFGPU configurable.
 

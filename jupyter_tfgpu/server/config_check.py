@@ -78,7 +78,7 @@ def setting_problems(
 def last_if_single(name: str, value: Any) -> Any:
     """A single-valued setting given several times on the command line takes the last value.
 
-    (A list or dict setting given several times takes each as items, see config.JSONList.)
+    (A list or dict setting given several times takes each as items, see config_traits.JSONList.)
     """
     trait = TFGPU.class_traits(config=True).get(name)
     if isinstance(value, DeferredConfigList) and value and not isinstance(trait, (Container, Dict)):
