@@ -30,8 +30,6 @@ ARGUED = re.compile(r"(?:^|[.!?]\s)Its size:\s*\S")
 FIRST_COMMENT = re.compile(
     r"\A\s*(?:/\*(?P<block>.*?)\*/|(?P<lines>(?://[^\n]*(?:\n|\Z)\s*)+))", re.S
 )
-# Over the limit when this test was written; each is being split, or is to be looked at.
-STILL_OVER = ("jupyter_tfgpu/server/config.py",)
 
 
 def sources() -> list[Path]:
@@ -91,10 +89,6 @@ def test_the_folders_hold_sources():
     assert not [name for name in found if "__tests__" in name]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=f"still over {LIMIT} lines, being split or to be looked at: {', '.join(STILL_OVER)}",
-)
 def test_no_source_file_is_over_the_limit_unless_it_argues_its_size():
     """Every source file is at most 400 lines, or its docstring says why it is longer."""
     over = over_the_limit()
