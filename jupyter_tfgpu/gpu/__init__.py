@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from jupyter_tfgpu.gpu.backend import Backend, BackendUnavailable, DeviceInfo, GpuLost, MigInstance
+from jupyter_tfgpu.gpu.backend import (
+    Backend,
+    BackendUnavailable,
+    DeviceInfo,
+    GiB,
+    GpuLost,
+    MiB,
+    MigInstance,
+)
 from jupyter_tfgpu.gpu.nvml import NvmlBackend
 from jupyter_tfgpu.gpu.simulated import SimulatedBackend
 
@@ -12,7 +20,9 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "DeviceInfo",
+    "GiB",
     "GpuLost",
+    "MiB",
     "MigInstance",
     "NvmlBackend",
     "SimulatedBackend",

@@ -9,6 +9,11 @@ if TYPE_CHECKING:
     from jupyter_tfgpu.gpu.group_readings import FastReading, InterconnectReading, SlowReading
     from jupyter_tfgpu.gpu.readings import ProcessReading
 
+# GPU memory is counted in bytes on the server side; caps and policies are in MiB. Defined once
+# for the server side (the kernel side has its own, in_kernel/units.py).
+MiB = 2**20
+GiB = 2**30
+
 
 class BackendUnavailable(Exception):
     """The backend cannot run here; ``reason`` says why in words a user can act on."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from jupyter_tfgpu.gpu.backend import DeviceInfo
+from jupyter_tfgpu.gpu.backend import DeviceInfo, GiB, MiB
 from jupyter_tfgpu.gpu.group_readings import (
     ClockSpeeds,
     FastReading,
@@ -35,7 +35,7 @@ from jupyter_tfgpu.gpu.readings import (
 
 _NAMESPACE = uuidlib.UUID("6b1d3f0e-3c55-4f43-9d5e-1f1f0a7a6a11")
 # Memory the "driver" holds on an idle simulated GPU, like a real context-free GPU shows.
-_BASELINE_USED = 300 * 2**20
+_BASELINE_USED = 300 * MiB
 _POWER_LIMIT_W = 300.0
 _MAX_SM_MHZ = 1980
 _MAX_MEM_MHZ = 1593
@@ -54,7 +54,7 @@ def expand_gpu_list(spec: list[dict[str, Any]]) -> list[DeviceInfo]:
     devices: list[DeviceInfo] = []
     for entry in spec:
         name = entry.get("name", "Simulated GPU")
-        total = int(float(entry.get("memory_gb", 16)) * 2**30)
+        total = int(float(entry.get("memory_gb", 16)) * GiB)
         for _ in range(int(entry.get("count", 1))):
             index = len(devices)
             devices.append(

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from jupyter_tfgpu.in_kernel.units import GiB, MiB
+
 LABELS = {"tensorflow": "TensorFlow", "torch": "PyTorch", "jax": "JAX"}
 # Per framework: its packages, and the names of its out-of-memory classes in them; any class
 # along the error's MRO may match.
@@ -45,7 +47,7 @@ _CPU = re.compile(r"/device:CPU:\d+|\bon device cpu\b|\bTFRT_CPU_\d+\b", re.IGNO
 _TORCH_ASKED = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) ([KMGT]iB|B)\b")
 _XLA_ASKED = re.compile(r"allocate (?:request for [^(]*\()?(\d+) ?(?:B|bytes)\b")
 _TF_ASKED = re.compile(r"tensor with shape\[([\d,\s]*)\] and type (\w+)")
-_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_UNITS = {"B": 1, "KiB": 1024, "MiB": MiB, "GiB": GiB, "TiB": 1024 * GiB}
 _DTYPE_BYTES = {
     "float": 4, "double": 8, "half": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int16": 2,
     "int32": 4, "int64": 8, "bool": 1, "complex64": 8, "complex128": 16,

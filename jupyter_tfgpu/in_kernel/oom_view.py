@@ -15,11 +15,9 @@ from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.notices import launch_of
 from jupyter_tfgpu.in_kernel.oom import OutOfMemory, free_bytes, locate
 from jupyter_tfgpu.in_kernel.policy_fields import field_named, requested
-from jupyter_tfgpu.in_kernel.units import format_bytes
+from jupyter_tfgpu.in_kernel.units import GiB, MiB, format_bytes
 from jupyter_tfgpu.in_kernel.views import MUTED, WARN, View, memory_bar_html
 
-GIB = 2**30
-MIB = 2**20
 RESTART = "Kernel > Restart Kernel"
 # What each framework does with GPU memory when memory growth is off.
 WITHOUT_GROWTH = {
@@ -79,7 +77,7 @@ class OutOfMemoryView(View):
             ]
             for h in self.holders
         ]
-        if self.unlisted >= 64 * MIB:
+        if self.unlisted >= 64 * MiB:
             cells.append([format_bytes(self.unlisted), "–", "no listed process (driver)", ""])
         return cells
 
@@ -152,9 +150,9 @@ def duration(seconds: float) -> str:
 
 def size_option(nbytes: int) -> str:
     """A size as ``--limit`` takes it, rounded down: ``7GiB``, ``768MiB``."""
-    if nbytes >= GIB:
-        return f"{nbytes // GIB}GiB"
-    return f"{max(1, nbytes // MIB)}MiB"
+    if nbytes >= GiB:
+        return f"{nbytes // GiB}GiB"
+    return f"{max(1, nbytes // MiB)}MiB"
 
 
 # -- the explanation --------------------------------------------------------------------------
@@ -246,20 +244,20 @@ def _actions(
     fits = oom.requested is None or oom.requested <= room  # else no limit makes it fit here
     limit = running.get("memory_limit_mb")
     sources = ((status.get("kernel") or {}).get("policy") or {}).get("sources") or {}
-    if limit is None and room >= GIB and fits:
+    if limit is None and room >= GiB and fits:
         why = f"take at most what GPU {row.index} has room for now, and leave the rest to others"
         actions.append(Action(f"%tfgpu policy --limit {size_option(room)}", why))
     elif (
-        limit is not None and room >= limit * MIB + GIB and sources.get("memory_limit_mb") != "cap"
+        limit is not None and room >= limit * MiB + GiB and sources.get("memory_limit_mb") != "cap"
     ):
         why = (
-            f"this kernel's limit is {format_bytes(limit * MIB)}; GPU {row.index} has room for "
+            f"this kernel's limit is {format_bytes(limit * MiB)}; GPU {row.index} has room for "
             f"{format_bytes(room)} now"
         )
         actions.append(Action(f"%tfgpu policy --limit {size_option(room)}", why))
     emptiest = _emptiest_other(status, gpu)
     # Another GPU, if it has at least 1 GiB more for this kernel than this one.
-    if emptiest is not None and free_bytes(emptiest) >= room + GIB:
+    if emptiest is not None and free_bytes(emptiest) >= room + GiB:
         auto = "auto" in (running.get("devices"), saved.get("devices"))
         again = "; already set: a restart picks again" if auto else ""
         why = (
@@ -285,7 +283,7 @@ def _reaping(status: dict[str, Any], holders: list[Holder]) -> str | None:
     if not isinstance(rules, dict) or not rules.get("timeout"):
         return None
     timeout, action = float(rules["timeout"]), str(rules.get("action"))
-    least = int(rules.get("min_memory_mb") or 0) * MIB
+    least = int(rules.get("min_memory_mb") or 0) * MiB
     policy = (
         f"The server {REAPING.get(action, action)} kernels idle for {duration(timeout)} that hold "
         f"at least {format_bytes(least)} of GPU memory"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-MIB = 2**20
+MiB = 2**20  # defined once for the kernel side (the server side has its own)
+GiB = 2**30
 # Every unit is binary, as docker's --memory and nvidia-smi count: 4G = 4GB = 4GiB = 4096 MiB.
 _FACTORS_MIB = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)

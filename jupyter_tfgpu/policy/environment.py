@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.gpu import DeviceInfo, MiB
 from jupyter_tfgpu.policy.model import policy_field_names, resolve_device
 
 # Every variable a policy may set; a kernel's inherited values for these are replaced, so
@@ -101,7 +101,7 @@ def memory_fraction(
     ]
     if not totals:
         return None
-    return round(min(1.0, limit * 2**20 / min(totals)), 4)
+    return round(min(1.0, limit * MiB / min(totals)), 4)
 
 
 def framework_limit(policy: dict[str, Any], reserve: ContextReserve | None) -> int | None:

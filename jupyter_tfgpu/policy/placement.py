@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from jupyter_tfgpu.gpu import MiB
 from jupyter_tfgpu.gpu.readings import GpuReading
 
 STRATEGIES = ("most_free_memory", "fewest_kernels", "pack")
@@ -90,7 +91,7 @@ class Placement:
             now = time.monotonic()
             candidates = self.candidates(allowed)
             self._expire(now, candidates)
-            memory = memory_limit_mb * 2**20 if memory_limit_mb else None
+            memory = memory_limit_mb * MiB if memory_limit_mb else None
             for other, reservation in self._reserved.items():
                 if other == kernel_id:
                     continue

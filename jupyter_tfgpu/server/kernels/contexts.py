@@ -32,15 +32,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.gpu import DeviceInfo, GiB, MiB
 from jupyter_tfgpu.gpu.keys import gpu_keys
 from jupyter_tfgpu.gpu.readings import GpuReading
 from jupyter_tfgpu.policy.environment import STARTING_CONTEXT_MB, ContextReserve
 
-MiB = 2**20
 # Far above any CUDA context seen (about 0.3 to 0.6 GiB with lazily loaded modules; the H200
 # run measured 518 MiB for torch, 550 MiB for JAX), and a bound on what a lying report can do.
-MAX_CONTEXT_BYTES = 2 * 2**30
+MAX_CONTEXT_BYTES = 2 * GiB
 KERNELS_KEPT = 16  # per GPU model and driver
 MODELS_KEPT = 32  # GPU model and driver pairs
 # The frameworks whose report is what their allocator reserved (see tfgpu_report's probes).

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
+from jupyter_tfgpu.gpu import MiB
+
 ACTIONS = ("warn", "interrupt", "restart", "shutdown")
 PAST = {"interrupt": "interrupted", "restart": "restarted", "shutdown": "shut down"}
-MiB = 2**20
 
 
 @dataclass(frozen=True)

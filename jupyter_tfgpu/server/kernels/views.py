@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from jupyter_tfgpu.gpu import MiB
 from jupyter_tfgpu.policy import PolicyService
 from jupyter_tfgpu.policy.environment import framework_limit_mb
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
 from jupyter_tfgpu.server.kernels.memory import KernelMemory
-
-MiB = 2**20
 
 
 @dataclass(frozen=True)
