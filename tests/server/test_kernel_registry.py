@@ -70,15 +70,15 @@ async def test_a_kernel_that_stops_during_its_record_read_is_a_404(jp_fetch, jp_
     # Given a running kernel whose record read (in a worker thread) waits for the test
     kernel_id = (await start_session(jp_fetch, "slow-record.ipynb"))["kernel"]["id"]
     kernels = registry(jp_serverapp)
-    read = kernels.report
+    read = kernels.record
     entered, release = threading.Event(), threading.Event()
 
-    def held_report(kernel, pid):
+    def held_record(kernel, pid):
         entered.set()
         release.wait(30)
         return read(kernel, pid)
 
-    kernels.report = held_report
+    kernels.record = held_record
     try:
         # When the kernel stops while GET kernels/{id} reads its record
         request = asyncio.ensure_future(
@@ -89,7 +89,7 @@ async def test_a_kernel_that_stops_during_its_record_read_is_a_404(jp_fetch, jp_
         release.set()
         code, body = await asyncio.wait_for(request, 30)
     finally:
-        kernels.report = read
+        kernels.record = read
         release.set()
 
     # Then it is a 404, as for any kernel that is not running
@@ -152,15 +152,15 @@ async def test_the_kernels_list_leaves_out_a_kernel_that_stopped(jp_fetch, jp_se
     keep = (await start_session(jp_fetch, "keep.ipynb"))["kernel"]["id"]
     stop = (await start_session(jp_fetch, "stop.ipynb"))["kernel"]["id"]
     kernels = registry(jp_serverapp)
-    read = kernels.report
+    read = kernels.record
     entered, release = threading.Event(), threading.Event()
 
-    def held_report(kernel, pid):
+    def held_record(kernel, pid):
         entered.set()
         release.wait(30)
         return read(kernel, pid)
 
-    kernels.report = held_report
+    kernels.record = held_record
     try:
         request = asyncio.ensure_future(fetch_status(jp_fetch("tfgpu", "api", "kernels")))
         await poll(lambda: asyncio.sleep(0, entered.is_set()), timeout=30)
@@ -168,7 +168,7 @@ async def test_the_kernels_list_leaves_out_a_kernel_that_stopped(jp_fetch, jp_se
         release.set()
         code, body = await asyncio.wait_for(request, 30)
     finally:
-        kernels.report = read
+        kernels.record = read
         release.set()
 
     # Then the list has the running kernel only
