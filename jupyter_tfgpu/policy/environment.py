@@ -2,7 +2,7 @@
 
 Environment variables are what every framework (and every process the kernel starts) reads
 before touching the GPU; the knobs that exist only in-process are applied by the kernel
-bootstrap from ``TFGPU_POLICY``.
+bootstrap from ``TFGPU_POLICY``, the launch document (``launch.py``).
 
 What a cap means: ``memory_limit_mb`` is what NVML (and ``nvidia-smi``) shows for the kernel's
 process on a GPU, the figure admins and users read and the enforcer compares. A process holds
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo, MiB
-from jupyter_tfgpu.policy.model import policy_field_names, resolve_device
+from jupyter_tfgpu.policy.model import resolve_device
 
 # Every variable a policy may set; a kernel's inherited values for these are replaced, so
 # the server's own environment cannot leak a different policy into a kernel.
@@ -72,7 +72,7 @@ def limit_note(cap_mb: int, reserve: ContextReserve) -> str | None:
     )
 
 
-def visible_devices(policy: dict[str, Any], devices: list[DeviceInfo]) -> list[str] | None:
+def visible_devices(policy: Mapping[str, Any], devices: list[DeviceInfo]) -> list[str] | None:
     """CUDA_VISIBLE_DEVICES entries: UUIDs where known (stable across reboots), else as given.
 
     ``"auto"`` must have been resolved by placement before a policy is rendered.
@@ -104,7 +104,7 @@ def memory_fraction(
     return round(min(1.0, limit * MiB / min(totals)), 4)
 
 
-def framework_limit(policy: dict[str, Any], reserve: ContextReserve | None) -> int | None:
+def framework_limit(policy: Mapping[str, Any], reserve: ContextReserve | None) -> int | None:
     """The framework limit for a policy and the reserve of its GPUs; None without a cap, without
     a reserve, or on the CPU only."""
     cap = policy.get("memory_limit_mb")
@@ -164,36 +164,6 @@ def runtime_env(policy: dict[str, Any], inherited: Mapping[str, str]) -> dict[st
     elif tf32 is True:
         env["JAX_DEFAULT_MATMUL_PRECISION"] = "tensorfloat32"
     return env
-
-
-def policy_document(
-    policy: dict[str, Any],
-    devices: list[DeviceInfo],
-    reserve: ContextReserve | None = None,
-    **context: Any,
-) -> dict[str, Any]:
-    """The JSON put in ``TFGPU_POLICY`` for the kernel bootstrap: fields, UUIDs, context.
-
-    With ``reserve`` and a cap on GPUs, it also carries what the bootstrap applies: the
-    framework limit, the reserve it leaves and where that figure comes from, and a note when
-    the cap leaves no room at all.
-    """
-    document = {name: policy.get(name) for name in policy_field_names()}
-    if policy.get("devices") != "auto":
-        document["devices"] = visible_devices(policy, devices)
-    limit = framework_limit(policy, reserve)
-    if limit is not None and reserve is not None:
-        document.update(
-            framework_limit_mb=limit,
-            context_reserve_mb=reserve.mb,
-            context_reserve_source=reserve.source,
-            context_reserve_measured_on=reserve.measured_on,
-        )
-        note = limit_note(int(policy["memory_limit_mb"]), reserve)
-        if note:
-            document["memory_limit_note"] = note
-    document.update(context)
-    return document
 
 
 def encode(document: dict[str, Any]) -> str:

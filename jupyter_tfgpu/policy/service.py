@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
@@ -19,10 +20,10 @@ from jupyter_tfgpu.policy.environment import (
     STARTING_CONTEXT_MB,
     ContextReserve,
     encode,
-    policy_document,
     render_env,
     visible_devices,
 )
+from jupyter_tfgpu.policy.launch import Launch
 from jupyter_tfgpu.policy.store import PolicyStore
 
 
@@ -62,12 +63,10 @@ class PolicyService:
         self.root_dir = literal
         # (strategy, outcome) -> how many "devices: auto" launches were decided so
         self.placements: collections.Counter[tuple[str, str]] = collections.Counter()
-        # kernel id -> the policy document its process was started with
-        self.applied: dict[str, dict[str, Any]] = {}
+        # kernel id -> what its process was started with
+        self.applied: dict[str, Launch] = {}
         self._applied_lock = threading.Lock()
         self._logged: set[tuple[str | None, str]] = set()
-        # kernel id -> the notebook's own policy when it could not be applied at launch
-        self._failed_with: dict[str, dict[str, Any] | None] = {}
 
     @property
     def devices(self) -> list[DeviceInfo]:
@@ -207,25 +206,27 @@ class PolicyService:
         kernel_id: str | None,
         session_name: str | None,
         inherited: Mapping[str, str] | None = None,
-    ) -> tuple[dict[str, str | None], dict[str, Any]]:
-        """The environment for a kernel about to start, and the document it records.
+    ) -> tuple[dict[str, str | None], Launch]:
+        """The environment for a kernel about to start, and its launch.
 
         ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets.
         """
         key = self.key_for_session(session_name)
-        if kernel_id:
-            self._failed_with.pop(kernel_id, None)
         try:
             return self._launch(kernel_id, key, lambda: self.effective(key), inherited)
         except Exception as err:  # noqa: BLE001 - no policy may stop a kernel from starting
             why = f"its notebook's policy could not be applied ({type(err).__name__}: {err})"
-        if kernel_id:
-            self._failed_with[kernel_id] = self.own(key) if key else None
+        refused = self.own(key) if kernel_id and key else None
         error = f"{why}; it started with the admin default policy"
         self._log_once(key, f"the kernel of {key or 'a session without a notebook'}: {error}")
         try:
             return self._launch(
-                kernel_id, key, lambda: self.admin.effective(None, self.devices), inherited, error
+                kernel_id,
+                key,
+                lambda: self.admin.effective(None, self.devices),
+                inherited,
+                error=error,
+                refused=refused,
             )
         except Exception as err:  # noqa: BLE001
             error = (
@@ -233,7 +234,7 @@ class PolicyService:
                 "it started without a policy"
             )
         self._log_once(key, f"the kernel of {key or 'a session without a notebook'}: {error}")
-        return self._launch(kernel_id, key, empty_policy, inherited, error)
+        return self._launch(kernel_id, key, empty_policy, inherited, error=error, refused=refused)
 
     def _launch(
         self,
@@ -241,9 +242,10 @@ class PolicyService:
         key: str | None,
         resolve: Callable[[], dict[str, Any]],
         inherited: Mapping[str, str] | None,
-        error: str | None = None,
-    ) -> tuple[dict[str, str | None], dict[str, Any]]:
-        """Resolve, place and render one policy; releases the placement if anything fails."""
+        **fallback: Any,
+    ) -> tuple[dict[str, str | None], Launch]:
+        """Resolve, place and render one policy; releases the placement if anything fails.
+        ``fallback``: the launch's error and refused policy when it is not the notebook's."""
         try:
             effective = resolve()
             placement = None
@@ -251,29 +253,26 @@ class PolicyService:
                 placement = self._place(kernel_id, effective)
                 effective = {**effective, "devices": placement["chosen"]}
             reserve = self.context_reserve(visible_devices(effective, self.devices))
-            document = policy_document(
+            launch = Launch.render(
                 effective,
                 self.devices,
                 reserve,
                 notebook=key,
                 kernel_id=kernel_id,
                 started=time.time(),
+                placement=placement,
+                **fallback,
             )
-            if placement is not None:
-                document["devices_requested"] = "auto"
-                document["placement"] = placement
-            if error is not None:
-                document["error"] = error
             env = render_env(effective, self.devices, inherited, reserve)
-            env[POLICY_ENV] = encode(document)
+            env[POLICY_ENV] = encode(launch.to_json())
         except Exception:
             if kernel_id and self.placement is not None:
                 self.placement.release(kernel_id)
             raise
         if kernel_id:
             with self._applied_lock:
-                self.applied[kernel_id] = document
-        return env, document
+                self.applied[kernel_id] = launch
+        return env, launch
 
     def _place(self, kernel_id: str | None, effective: dict[str, Any]) -> dict[str, Any]:
         count = effective.get("gpu_count") or 1
@@ -304,52 +303,58 @@ class PolicyService:
             self._log_once(None, f"no measured CUDA context size ({type(err).__name__}: {err})")
             return ContextReserve(STARTING_CONTEXT_MB, "starting value")
 
-    def _reserve_in(self, kernel_id: str, effective: dict[str, Any]) -> ContextReserve:
+    def _reserve_in(self, started: Launch | None, effective: dict[str, Any]) -> ContextReserve:
         """The context reserve on the GPUs a running kernel applies ``effective`` on: the ones
         it was placed on at start when the policy still says ``auto``."""
-        started = self.applied.get(kernel_id) or {}
         if effective.get("devices") == "auto":
-            return self.context_reserve(started.get("devices"))
+            return self.context_reserve(started.devices if started is not None else None)
         return self.context_reserve(visible_devices(effective, self.devices))
 
     def next_start(self, kernel_id: str, key: str | None) -> dict[str, Any]:
         """What a kernel gets to apply its notebook's current policy in-process: the
-        environment and the policy document, with the framework limit a start would give it."""
+        environment and the launch document, with the framework limit a start would give it."""
         effective = self.effective(key)
-        reserve = self._reserve_in(kernel_id, effective)
-        document = policy_document(
-            effective, self.devices, reserve, notebook=key, kernel_id=kernel_id
-        )
-        return {"env": render_env(effective, self.devices, reserve=reserve), "policy": document}
+        reserve = self._reserve_in(self.applied.get(kernel_id), effective)
+        launch = Launch.render(effective, self.devices, reserve, notebook=key, kernel_id=kernel_id)
+        return {"env": render_env(effective, self.devices, reserve=reserve), "policy": launch.to_json()}
 
-    def applied_in_process(self, kernel_id: str, key: str | None) -> dict[str, Any]:
+    def in_process(self, kernel_id: str, key: str | None, started: Launch | None) -> Launch:
+        """The notebook's current policy rendered for a running kernel that started with
+        ``started``, to apply in-process: GPUs it was placed on stay its GPUs while the policy
+        still says "auto"."""
+        effective = self.effective(key)
+        if effective.get("devices") == "auto" and started is not None and started.placement is not None:
+            effective = {**effective, "devices": started.devices or []}
+        reserve = self._reserve_in(started, effective)
+        return Launch.render(effective, self.devices, reserve, notebook=key, kernel_id=kernel_id)
+
+    def rendered(self, key: str | None) -> Launch:
+        """The notebook's effective policy now, its GPUs named as a launch names them (no
+        kernel, no framework limit): what a kernel's launch is compared with."""
+        return Launch.render(self.effective(key), self.devices)
+
+    def applied_in_process(self, kernel_id: str, key: str | None) -> Launch:
         """A kernel applied its notebook's current policy in-process (no restart).
 
         What is recorded is the server's own rendering of the current policy, never what the
         kernel claims; GPUs it was placed on at start stay as they were.
         """
-        started = self.applied.get(kernel_id) or {}
-        effective = self.effective(key)
-        if effective.get("devices") == "auto" and started.get("devices_requested") == "auto":
-            effective = {**effective, "devices": started.get("devices") or []}
-        reserve = self._reserve_in(kernel_id, effective)
-        document = policy_document(
-            effective, self.devices, reserve, notebook=key, kernel_id=kernel_id
+        started = self.applied.get(kernel_id)
+        now = self.in_process(kernel_id, key, started)
+        at = time.time()
+        launch = (
+            started.applied_in_process(now, at)
+            if started is not None
+            else replace(now, in_process_at=at)
         )
-        for name in ("devices_requested", "placement"):
-            if name in started and effective.get("devices") is not None:
-                document[name] = started[name]
-        document["started"] = started.get("started")
-        document["applied_in_process"] = time.time()
         with self._applied_lock:
-            self.applied[kernel_id] = document
-        return document
+            self.applied[kernel_id] = launch
+        return launch
 
     def forget_kernel(self, kernel_id: str) -> None:
         """A kernel is gone."""
         with self._applied_lock:
             self.applied.pop(kernel_id, None)
-        self._failed_with.pop(kernel_id, None)
         if self.placement is not None:
             self.placement.release(kernel_id)
 
@@ -358,11 +363,4 @@ class PolicyService:
         started = self.applied.get(kernel_id)
         if started is None:
             return False
-        if started.get("error"):
-            # It started with a fallback: a restart would fall back again unless the notebook's
-            # policy changed since (then it may apply).
-            return self.own(key) != self._failed_with.get(kernel_id)
-        now = policy_document(self.effective(key), self.devices)
-        was = {**started, "devices": started.get("devices_requested", started.get("devices"))}
-        return any(was.get(name) != value for name, value in now.items())
-
+        return started.restart_required(self.rendered(key), self.own(key))

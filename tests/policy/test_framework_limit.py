@@ -13,9 +13,9 @@ from jupyter_tfgpu.policy.environment import (
     STARTING_CONTEXT_MB,
     ContextReserve,
     framework_limit_mb,
-    policy_document,
     render_env,
 )
+from jupyter_tfgpu.policy.launch import Launch
 from jupyter_tfgpu.protocol import POLICY_ENV
 
 GIB = 2**30
@@ -42,7 +42,7 @@ def test_the_launch_document_carries_the_framework_limit_and_where_the_reserve_c
     # Given a 4096 MiB cap on GPU 0, whose context was measured at 400 MiB
     policy = {"memory_limit_mb": 4096, "devices": [0]}
     # When it is rendered for a launch
-    document = policy_document(policy, DEVICES, MEASURED, kernel_id="k1")
+    document = Launch.render(policy, DEVICES, MEASURED, kernel_id="k1").to_json()
     env = render_env(policy, DEVICES, reserve=MEASURED)
     # Then
     assert document["memory_limit_mb"] == 4096
@@ -57,7 +57,7 @@ def test_the_launch_document_carries_the_framework_limit_and_where_the_reserve_c
 def test_a_cap_that_leaves_no_room_for_the_context_is_said_plainly():
     """A cap at or below the context: the frameworks get the cap, and the note says any GPU use
     passes it."""
-    document = policy_document({"memory_limit_mb": 300}, DEVICES, MEASURED)
+    document = Launch.render({"memory_limit_mb": 300}, DEVICES, MEASURED).to_json()
     assert document["framework_limit_mb"] == 300
     assert document["memory_limit_note"] == (
         "memory_limit_mb 300 is at or below the 400 MiB this GPU needs for the CUDA context and "
@@ -70,14 +70,14 @@ def test_a_cap_that_leaves_no_room_for_the_context_is_said_plainly():
 )
 def test_no_framework_limit_without_a_cap_on_a_gpu(policy):
     """No cap, or the CPU only: nothing to leave room in."""
-    document = policy_document(policy, DEVICES, MEASURED)
+    document = Launch.render(policy, DEVICES, MEASURED).to_json()
     assert "framework_limit_mb" not in document and "context_reserve_mb" not in document
 
 
 def test_without_a_reserve_the_document_and_fraction_are_as_before():
     """Callers that pass no reserve (restart_required's comparison) see the cap only."""
     policy = {"memory_limit_mb": 4096, "devices": [0]}
-    assert "framework_limit_mb" not in policy_document(policy, DEVICES)
+    assert "framework_limit_mb" not in Launch.render(policy, DEVICES).to_json()
     assert render_env(policy, DEVICES)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.25"
 
 
@@ -104,13 +104,14 @@ def test_a_launch_asks_for_the_reserve_of_the_kernels_own_gpus(tmp_path):
     policies = service(tmp_path, reserve)
     policies.set("nb.ipynb", {"memory_limit_mb": 2048, "devices": [1]})
     # When its kernel starts
-    env, document = policies.launch("k1", "nb.ipynb")
+    env, launch = policies.launch("k1", "nb.ipynb")
+    document = launch.to_json()
     # Then the reserve was asked for GPU 1 only, and the kernel starts with 2048 - 300 MiB
     assert asked == [[GPU1]]
     assert document["framework_limit_mb"] == 1748
     assert json.loads(env[POLICY_ENV])["framework_limit_mb"] == 1748
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == str(round(1748 / (8 * 1024), 4))
-    assert policies.applied["k1"]["context_reserve_source"] == "measured"
+    assert policies.applied["k1"].framework_limit.reserve.source == "measured"
     # And what an in-process change would apply carries the same framework limit
     nxt = policies.next_start("k1", "nb.ipynb")
     assert nxt["policy"]["framework_limit_mb"] == 1748
@@ -123,7 +124,7 @@ def test_without_a_measurement_the_starting_value_is_used(tmp_path):
     """A service without a measured table uses the documented starting value."""
     policies = service(tmp_path)
     policies.set("nb.ipynb", {"memory_limit_mb": 4096})
-    _, document = policies.launch("k1", "nb.ipynb")
+    document = policies.launch("k1", "nb.ipynb")[1].to_json()
     assert document["context_reserve_mb"] == STARTING_CONTEXT_MB
     assert document["context_reserve_source"] == "starting value"
     assert document["framework_limit_mb"] == 4096 - STARTING_CONTEXT_MB
@@ -136,7 +137,7 @@ def test_a_reserve_that_fails_never_stops_a_launch(tmp_path, caplog):
 
     policies = service(tmp_path, broken)
     policies.set("nb.ipynb", {"memory_limit_mb": 4096})
-    _, document = policies.launch("k1", "nb.ipynb")
+    document = policies.launch("k1", "nb.ipynb")[1].to_json()
     assert document["context_reserve_source"] == "starting value"
     assert "error" not in document
     assert "table gone" in caplog.text

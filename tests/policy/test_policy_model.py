@@ -688,8 +688,9 @@ def test_a_policy_that_cannot_be_applied_starts_the_kernel_with_the_admin_defaul
 
     # When its kernel starts, twice
     with caplog.at_level(logging.ERROR):
-        env, document = service.launch("k1", str(tmp_path / "nb.ipynb"))
+        env, launch = service.launch("k1", str(tmp_path / "nb.ipynb"))
         service.launch("k1", str(tmp_path / "nb.ipynb"))
+    document = launch.to_json()
 
     # Then it starts with the admin default, and the document says why
     assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
@@ -699,7 +700,7 @@ def test_a_policy_that_cannot_be_applied_starts_the_kernel_with_the_admin_defaul
     assert document["gpu_count"] is None
     assert "RuntimeError: no snapshot yet" in document["error"]
     assert "admin default" in document["error"]
-    assert service.applied["k1"]["error"] == document["error"]
+    assert service.applied["k1"].error == document["error"]
     assert placement.released == ["k1", "k1"]
     assert len([r for r in caplog.records if "no snapshot yet" in r.getMessage()]) == 1
     # and no restart is asked for while a restart would fall back the same way
@@ -717,7 +718,8 @@ def test_without_an_applicable_admin_default_the_kernel_starts_without_a_policy(
     )
 
     # When a kernel starts
-    env, document = service.launch("k1", str(tmp_path / "nb.ipynb"))
+    env, launch = service.launch("k1", str(tmp_path / "nb.ipynb"))
+    document = launch.to_json()
 
     # Then it starts with no policy variables, and the document says why
     assert {name: env[name] for name in POLICY_VARIABLES} == dict.fromkeys(POLICY_VARIABLES)

@@ -20,7 +20,8 @@ import pytest
 
 from jupyter_tfgpu.gpu import DeviceInfo
 from jupyter_tfgpu.in_kernel.policy_fields import PolicyField, field_named
-from jupyter_tfgpu.policy.environment import ContextReserve, policy_document
+from jupyter_tfgpu.policy.environment import ContextReserve
+from jupyter_tfgpu.policy.launch import Launch
 from jupyter_tfgpu.policy.model import policy_field_names, policy_schema, validate_policy
 from tests.bootstrap_helpers import last_json, run_python
 
@@ -110,7 +111,7 @@ def launch_document(policy: dict[str, Any]) -> dict[str, Any]:
     if policy.get("devices") == "auto":
         # Placement picks the GPUs before the document is made: the kernel never sees "auto".
         policy = {**policy, "devices": [DEVICES[0].index]}
-    return policy_document(policy, DEVICES, RESERVE, notebook="nb.ipynb", kernel_id="k1")
+    return Launch.render(policy, DEVICES, RESERVE, notebook="nb.ipynb", kernel_id="k1").to_json()
 
 
 def bootstrap_reads(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -181,8 +181,9 @@ class KernelRegistry:
         except KernelGone:
             return None
 
-    def _applied_notebook(self, kernel_id: str) -> str | None:
-        return (self.policies.applied.get(kernel_id) or {}).get("notebook")
+    def _launched_notebook(self, kernel_id: str) -> str | None:
+        launch = self.policies.applied.get(kernel_id)
+        return launch.notebook if launch is not None else None
 
     def has(self, kernel_id: str) -> bool:
         """Whether the kernel runs on this server."""
@@ -190,7 +191,7 @@ class KernelRegistry:
 
     def notebook_of(self, kernel_id: str) -> str | None:
         """The notebook a kernel was started for, if any."""
-        return self._notebooks.get(kernel_id) or self._applied_notebook(kernel_id)
+        return self._notebooks.get(kernel_id) or self._launched_notebook(kernel_id)
 
     def forget(self, kernel_id: str) -> None:
         """A kernel shut down: drop what it started with, its token and what it reported."""
@@ -228,7 +229,7 @@ class KernelRegistry:
         """One kernel now, as every view is made from it (KernelGone if it is gone)."""
         kernel = self._kernel(kernel_id)
         provisioner = getattr(kernel, "provisioner", None)
-        applied = self.policies.applied.get(kernel_id)
+        launch = self.policies.applied.get(kernel_id)
         return KernelRow(
             kernel_id=kernel_id,
             name=getattr(kernel, "kernel_name", None),
@@ -237,8 +238,8 @@ class KernelRegistry:
             last_activity=getattr(kernel, "last_activity", None),
             pid=getattr(provisioner, "pid", None),
             provisioner=type(provisioner).__name__ if provisioner is not None else None,
-            applied=applied,
-            memory=self.memory.of(kernel_id, views.gpus_of(applied)),
+            launch=launch,
+            memory=self.memory.of(kernel_id, launch.gpus if launch is not None else None),
         )
 
     async def describe(self, kernel_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from jupyter_tfgpu.gpu import MiB
 from jupyter_tfgpu.policy import PolicyService
 from jupyter_tfgpu.policy.environment import framework_limit_mb
+from jupyter_tfgpu.policy.launch import Launch
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
 from jupyter_tfgpu.server.kernels.memory import KernelMemory
 
@@ -25,21 +26,13 @@ class KernelRow:
     last_activity: Any  # a datetime, as the kernel manager keeps it
     pid: int | None
     provisioner: str | None  # its class name
-    applied: dict[str, Any] | None  # the policy document it started with
+    launch: Launch | None  # what it started with; None when it started without a policy
     memory: KernelMemory
 
-    def applied_value(self, name: str) -> Any:
-        """One field of the policy it started with; None if it started with none."""
-        return (self.applied or {}).get(name)
-
-
-def gpus_of(applied: dict[str, Any] | None) -> list[str] | None:
-    """The GPUs a kernel may use, as its start named them (UUIDs, or indices where no UUID was
-    known); None when it may use any (no policy, or one without ``devices``)."""
-    devices = (applied or {}).get("devices")
-    if not isinstance(devices, list):
-        return None
-    return [str(device) for device in devices]
+    @property
+    def memory_limit_mb(self) -> int | None:
+        """The cap it started with (MiB per GPU); None without one."""
+        return self.launch.memory_limit_mb if self.launch is not None else None
 
 
 def describe(
@@ -56,7 +49,7 @@ def describe(
         "provisioner": row.provisioner,
         "gpu_memory": row.memory.as_dict(),
         "policy": policies.effective(row.notebook),
-        "applied": row.applied,
+        "applied": row.launch.to_json() if row.launch is not None else None,
         "restart_required": policies.restart_required(row.kernel_id, row.notebook),
         "framework": framework,
     }
@@ -66,9 +59,9 @@ def cap_mb(row: KernelRow, policies: PolicyService) -> int | None:
     """A kernel's cap (MiB per GPU, as NVML shows its processes): the tighter of what it started
     with and what is in force now; None without one."""
     limits = [
-        doc.get("memory_limit_mb")
-        for doc in (row.applied or {}, policies.effective(row.notebook))
-        if doc.get("memory_limit_mb")
+        limit
+        for limit in (row.memory_limit_mb, policies.effective(row.notebook).get("memory_limit_mb"))
+        if limit
     ]
     return min(limits) if limits else None
 
@@ -83,7 +76,7 @@ def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts
     """
     memory = row.memory
     cap = cap_mb(row, policies)
-    reserve = (row.applied or {}).get("context_reserve_mb") or 0
+    reserve = (row.launch.context_reserve_mb if row.launch is not None else None) or 0
     limits = {"nvml": cap, "kernel_report": framework_limit_mb(cap, reserve) if cap else None}
     known = [g for g in memory.per_gpu if g.used_memory is not None]
     if cap is None:
@@ -119,7 +112,7 @@ def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
         "gpu_memory": row.memory.total,
         "gpu_memory_source": row.memory.source,
         "gpu_memory_unknown": row.memory.unknown,
-        "memory_limit_mb": row.applied_value("memory_limit_mb"),
+        "memory_limit_mb": row.memory_limit_mb,
         "restart_required": policies.restart_required(row.kernel_id, row.notebook),
     }
 
