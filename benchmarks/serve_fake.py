@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             """Per place (public accessors only), the kernel ids held there."""
             app = self.settings.get("tfgpu_services")
             places = {
-                "policies.applied": lambda: set(app.policies.applied),
+                "launches": lambda: app.kernels.launches.kernel_ids(),
                 "tokens": lambda: app.tokens.kernel_ids(),
                 "reports": lambda: app.reports.kernel_ids(),
                 "placement reservations": lambda: set(app.policies.placement.reserved()),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import threading
 import time
-from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
@@ -28,7 +25,8 @@ from jupyter_tfgpu.policy.store import PolicyStore
 
 
 class PolicyService:
-    """One per server: the store, the admin's rules, and what each kernel started with."""
+    """One per server: the store, the admin's rules, and the launches they render (the server's
+    kernels keep them: ``server/kernels/launches.py``)."""
 
     def __init__(
         self,
@@ -61,11 +59,6 @@ class PolicyService:
         literal = os.path.normpath(os.path.abspath(root_dir))
         self.roots = tuple(dict.fromkeys([literal, os.path.realpath(root_dir)]))
         self.root_dir = literal
-        # (strategy, outcome) -> how many "devices: auto" launches were decided so
-        self.placements: collections.Counter[tuple[str, str]] = collections.Counter()
-        # kernel id -> what its process was started with
-        self.applied: dict[str, Launch] = {}
-        self._applied_lock = threading.Lock()
         self._logged: set[tuple[str | None, str]] = set()
 
     @property
@@ -206,14 +199,16 @@ class PolicyService:
         kernel_id: str | None,
         session_name: str | None,
         inherited: Mapping[str, str] | None = None,
+        placed: Callable[[str, str], None] = lambda strategy, outcome: None,
     ) -> tuple[dict[str, str | None], Launch]:
         """The environment for a kernel about to start, and its launch.
 
-        ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets.
+        ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets;
+        ``placed(strategy, outcome)`` is told of each placement decided.
         """
         key = self.key_for_session(session_name)
         try:
-            return self._launch(kernel_id, key, lambda: self.effective(key), inherited)
+            return self._launch(kernel_id, key, lambda: self.effective(key), inherited, placed)
         except Exception as err:  # noqa: BLE001 - no policy may stop a kernel from starting
             why = f"its notebook's policy could not be applied ({type(err).__name__}: {err})"
         refused = self.own(key) if kernel_id and key else None
@@ -225,6 +220,7 @@ class PolicyService:
                 key,
                 lambda: self.admin.effective(None, self.devices),
                 inherited,
+                placed,
                 error=error,
                 refused=refused,
             )
@@ -234,7 +230,9 @@ class PolicyService:
                 "it started without a policy"
             )
         self._log_once(key, f"the kernel of {key or 'a session without a notebook'}: {error}")
-        return self._launch(kernel_id, key, empty_policy, inherited, error=error, refused=refused)
+        return self._launch(
+            kernel_id, key, empty_policy, inherited, placed, error=error, refused=refused
+        )
 
     def _launch(
         self,
@@ -242,6 +240,7 @@ class PolicyService:
         key: str | None,
         resolve: Callable[[], dict[str, Any]],
         inherited: Mapping[str, str] | None,
+        placed: Callable[[str, str], None],
         **fallback: Any,
     ) -> tuple[dict[str, str | None], Launch]:
         """Resolve, place and render one policy; releases the placement if anything fails.
@@ -250,7 +249,7 @@ class PolicyService:
             effective = resolve()
             placement = None
             if effective.get("devices") == "auto":
-                placement = self._place(kernel_id, effective)
+                placement = self._place(kernel_id, effective, placed)
                 effective = {**effective, "devices": placement["chosen"]}
             reserve = self.context_reserve(visible_devices(effective, self.devices))
             launch = Launch.render(
@@ -269,12 +268,14 @@ class PolicyService:
             if kernel_id and self.placement is not None:
                 self.placement.release(kernel_id)
             raise
-        if kernel_id:
-            with self._applied_lock:
-                self.applied[kernel_id] = launch
         return env, launch
 
-    def _place(self, kernel_id: str | None, effective: dict[str, Any]) -> dict[str, Any]:
+    def _place(
+        self,
+        kernel_id: str | None,
+        effective: dict[str, Any],
+        placed: Callable[[str, str], None],
+    ) -> dict[str, Any]:
         count = effective.get("gpu_count") or 1
         if self.placement is None or not self._devices_known():
             why = self._monitoring_reason()
@@ -290,8 +291,7 @@ class PolicyService:
             )
         chosen = len(decision["chosen"])
         outcome = "placed" if chosen >= count else "partial" if chosen else "cpu_only"
-        with self._applied_lock:
-            self.placements[(decision["strategy"] or "none", outcome)] += 1
+        placed(decision["strategy"] or "none", outcome)
         return decision
 
     def context_reserve(self, gpus: list[str] | None) -> ContextReserve:
@@ -310,20 +310,25 @@ class PolicyService:
             return self.context_reserve(started.devices if started is not None else None)
         return self.context_reserve(visible_devices(effective, self.devices))
 
-    def next_start(self, kernel_id: str, key: str | None) -> dict[str, Any]:
-        """What a kernel gets to apply its notebook's current policy in-process: the
-        environment and the launch document, with the framework limit a start would give it."""
+    def next_start(
+        self, kernel_id: str, key: str | None, started: Launch | None
+    ) -> dict[str, Any]:
+        """What a running kernel (started with ``started``) gets to apply its notebook's current
+        policy in-process: the environment and the launch document, with the framework limit a
+        start would give it."""
         effective = self.effective(key)
-        reserve = self._reserve_in(self.applied.get(kernel_id), effective)
+        reserve = self._reserve_in(started, effective)
         launch = Launch.render(effective, self.devices, reserve, notebook=key, kernel_id=kernel_id)
-        return {"env": render_env(effective, self.devices, reserve=reserve), "policy": launch.to_json()}
+        env = render_env(effective, self.devices, reserve=reserve)
+        return {"env": env, "policy": launch.to_json()}
 
     def in_process(self, kernel_id: str, key: str | None, started: Launch | None) -> Launch:
         """The notebook's current policy rendered for a running kernel that started with
         ``started``, to apply in-process: GPUs it was placed on stay its GPUs while the policy
         still says "auto"."""
         effective = self.effective(key)
-        if effective.get("devices") == "auto" and started is not None and started.placement is not None:
+        placed = started is not None and started.placement is not None
+        if effective.get("devices") == "auto" and placed:
             effective = {**effective, "devices": started.devices or []}
         reserve = self._reserve_in(started, effective)
         return Launch.render(effective, self.devices, reserve, notebook=key, kernel_id=kernel_id)
@@ -333,34 +338,7 @@ class PolicyService:
         kernel, no framework limit): what a kernel's launch is compared with."""
         return Launch.render(self.effective(key), self.devices)
 
-    def applied_in_process(self, kernel_id: str, key: str | None) -> Launch:
-        """A kernel applied its notebook's current policy in-process (no restart).
-
-        What is recorded is the server's own rendering of the current policy, never what the
-        kernel claims; GPUs it was placed on at start stay as they were.
-        """
-        started = self.applied.get(kernel_id)
-        now = self.in_process(kernel_id, key, started)
-        at = time.time()
-        launch = (
-            started.applied_in_process(now, at)
-            if started is not None
-            else replace(now, in_process_at=at)
-        )
-        with self._applied_lock:
-            self.applied[kernel_id] = launch
-        return launch
-
-    def forget_kernel(self, kernel_id: str) -> None:
-        """A kernel is gone."""
-        with self._applied_lock:
-            self.applied.pop(kernel_id, None)
+    def release(self, kernel_id: str) -> None:
+        """A kernel is gone: the GPUs placement reserved for it are free again."""
         if self.placement is not None:
             self.placement.release(kernel_id)
-
-    def restart_required(self, kernel_id: str, key: str | None) -> bool:
-        """Whether the kernel runs with a different policy than its notebook now has."""
-        started = self.applied.get(kernel_id)
-        if started is None:
-            return False
-        return started.restart_required(self.rendered(key), self.own(key))

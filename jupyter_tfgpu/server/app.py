@@ -70,7 +70,7 @@ class TFGPUApp(ExtensionApp):
                 sampler_stats=sampler.describe,
                 identity=metrics.ServerIdentity.from_environment(),
                 usage=services.usage.totals,
-                placements=lambda: dict(services.policies.placements),
+                placements=services.kernels.launches.placements,
                 version=__version__,
                 log=self.log,
             )
@@ -127,8 +127,8 @@ class TFGPUApp(ExtensionApp):
             self._unregister_metrics = None
         if services is None:
             return
-        if TFGPUProvisioner.policies is services.policies:
-            TFGPUProvisioner.policies = None
+        if TFGPUProvisioner.launches is services.kernels.launches:
+            TFGPUProvisioner.launches = None
         await services.kernels.stop()
         await asyncio.get_running_loop().run_in_executor(None, services.sampler.stop)
 

@@ -168,7 +168,7 @@ def build_services(
         reports=reports,
         log=log,
     )
-    provisioner = install_provisioner(settings, policies, tokens, record_root, serverapp, log)
+    provisioner = install_provisioner(settings, kernels, tokens, record_root, serverapp, log)
     return Services(
         settings=settings,
         sampler=sampler,
@@ -210,7 +210,7 @@ def make_enforcer(
 
 def install_provisioner(
     settings: dict[str, Any],
-    policies: PolicyService,
+    kernels: KernelRegistry,
     tokens: KernelTokens,
     record_root: str,
     serverapp: Any,
@@ -222,7 +222,7 @@ def install_provisioner(
     builds this singleton without config when it lists kernelspecs. So the extension sets
     the trait on the instance.
     """
-    TFGPUProvisioner.policies = policies
+    TFGPUProvisioner.launches = kernels.launches
     TFGPUProvisioner.record_root = record_root
     TFGPUProvisioner.tokens = tokens
     TFGPUProvisioner.server_url = local_url(serverapp)

@@ -111,13 +111,13 @@ def test_a_launch_asks_for_the_reserve_of_the_kernels_own_gpus(tmp_path):
     assert document["framework_limit_mb"] == 1748
     assert json.loads(env[POLICY_ENV])["framework_limit_mb"] == 1748
     assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == str(round(1748 / (8 * 1024), 4))
-    assert policies.applied["k1"].framework_limit.reserve.source == "measured"
+    assert launch.framework_limit.reserve.source == "measured"
     # And what an in-process change would apply carries the same framework limit
-    nxt = policies.next_start("k1", "nb.ipynb")
+    nxt = policies.next_start("k1", "nb.ipynb", launch)
     assert nxt["policy"]["framework_limit_mb"] == 1748
     assert nxt["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
     # And a kernel that started so is not "restart required" for it
-    assert policies.restart_required("k1", "nb.ipynb") is False
+    assert launch.restart_required(policies.rendered("nb.ipynb"), policies.own("nb.ipynb")) is False
 
 
 def test_without_a_measurement_the_starting_value_is_used(tmp_path):

@@ -337,7 +337,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
     vanished = "0f0f0f0f-dead-4bad-8bad-000000000000"
     os.makedirs(os.path.join(registry.record_root, vanished))
     tfgpu.reports.put(vanished, json.loads(report("GPU-0", GIB)))
-    held = tfgpu.tokens.kernel_ids() | set(tfgpu.policies.applied) | tfgpu.reports.kernel_ids()
+    held = tfgpu.tokens.kernel_ids() | tfgpu.kernels.launches.kernel_ids() | tfgpu.reports.kernel_ids()
     strays = held - {live_id}
     assert len(strays) >= 2  # the failed start's token and document, and the vanished one
 
@@ -353,7 +353,7 @@ async def test_state_of_failed_and_vanished_kernels_is_pruned(
 
     # Then nothing is kept for them, and the live kernel keeps its token and document
     assert tfgpu.tokens.kernel_ids() == {live_id}
-    assert set(tfgpu.policies.applied) == {live_id}
+    assert tfgpu.kernels.launches.kernel_ids() == {live_id}
     assert tfgpu.reports.kernel_ids() <= {live_id}
     assert vanished not in os.listdir(registry.record_root)
     assert (await send(jp_fetch, live_token, route="status")).code == 200

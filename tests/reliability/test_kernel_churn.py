@@ -15,7 +15,6 @@ import time
 import psutil
 import pytest
 
-from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from tests.kernel_helpers import run_code, start_session
 
 KERNELS = 50
@@ -46,9 +45,9 @@ def tfgpu_config():
 
 def kernel_state(app) -> dict[str, set[str]]:
     """Kernel ids the server keeps something for, per place it keeps it."""
-    record_root = TFGPUProvisioner.record_root
+    record_root = app.kernels.record_root
     state = {
-        "policies.applied": set(app.policies.applied),
+        "launches": app.kernels.launches.kernel_ids(),
         "tokens": app.tokens.kernel_ids(),
         "reports": app.reports.kernel_ids(),
         "placement reservations": set(app.policies.placement.reserved()),
@@ -115,5 +114,5 @@ async def test_fifty_kernels_started_and_stopped_leave_nothing_behind(jp_fetch, 
     assert running(processes) == set()
     assert {place: ids for place, ids in kernel_state(app).items() if ids} == {}
     # And the check looked at state that was really there while the kernels ran
-    assert all(state["policies.applied"] and state["tokens"] for state in seen_while_running)
+    assert all(state["launches"] and state["tokens"] for state in seen_while_running)
     assert all(state["reports"] and state["record folders"] for state in seen_while_running)

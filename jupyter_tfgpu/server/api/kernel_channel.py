@@ -171,7 +171,7 @@ class KernelChannelHandler(TFGPUAPIHandler):
         policies = self.policies
         view["own"] = policies.own(notebook) if notebook else None
         # With the framework limit a start would apply (the cap less the CUDA context reserve).
-        view["next_start"] = policies.next_start(self.kernel_id, notebook)
+        view["next_start"] = self.kernels.launches.next_start(self.kernel_id, notebook)
         return view
 
     def notebook(self) -> str:
@@ -298,7 +298,7 @@ class KernelAppliedHandler(KernelChannelHandler):
     @authorized
     async def post(self) -> None:
         """Record the server's own rendering of the current policy as what the kernel runs."""
-        self.policies.applied_in_process(self.kernel_id, self.notebook())
+        self.kernels.launches.applied_in_process(self.kernel_id, self.notebook())
         self.write_json(await self.view())
 
 

@@ -28,7 +28,7 @@ from jupyter_tfgpu.protocol import KERNEL_ID_ENV, KERNEL_TOKEN_ENV, RECORD_DIR_E
 
 if TYPE_CHECKING:
     from jupyter_tfgpu.server.kernels.channel import KernelTokens
-    from jupyter_tfgpu.policy import PolicyService
+    from jupyter_tfgpu.server.kernels.launches import KernelLaunches
 
 PROVISIONER_NAME = "tfgpu-provisioner"
 # The IPython extension that loads %tfgpu; it lives in the bootstrap folder, so an ipykernel in
@@ -71,7 +71,7 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     # Set by the server extension when it loads; without it the provisioner is a plain
     # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
-    policies: PolicyService | None = None
+    launches: KernelLaunches | None = None
     tokens: KernelTokens | None = None
     record_root: str | None = None
     server_url: str | None = None
@@ -88,16 +88,16 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
         """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs["env"]
-        # Before anything else, even without a policy service: the kernel runs untrusted code.
+        # Before anything else, even without a server's launches: the kernel runs untrusted code.
         self.strip_credentials(env)
         kernel_id = self.kernel_id or kwargs.get("kernel_id")
         env.pop(KERNEL_ID_ENV, None)  # never inherited from the server's own environment
         if kernel_id:
             env[KERNEL_ID_ENV] = kernel_id
-        service = type(self).policies
-        if service is None:
+        launches = type(self).launches
+        if launches is None:
             return kwargs
-        policy_env, _ = service.launch(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
+        policy_env = launches.start(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
         for name, value in policy_env.items():
             if value is None:
                 env.pop(name, None)

@@ -19,6 +19,7 @@ from jupyter_tfgpu.server.kernels import views
 from jupyter_tfgpu.server.kernels.attribution import Attribution, KernelProcess, start_times
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
+from jupyter_tfgpu.server.kernels.launches import KernelLaunches
 from jupyter_tfgpu.server.kernels.memory import KernelMemoryReader
 from jupyter_tfgpu.server.kernels.records import read_record
 from jupyter_tfgpu.server.kernels.views import KernelRow
@@ -54,6 +55,8 @@ class KernelRegistry:
         self.kernel_manager = kernel_manager
         self.session_manager = session_manager
         self.policies = policies
+        # What each kernel started with: kept from its start until it is forgotten here.
+        self.launches = KernelLaunches(policies)
         self.sampler = sampler
         self.attribution = attribution
         self.record_root = record_root
@@ -143,13 +146,13 @@ class KernelRegistry:
         return live
 
     async def prune(self) -> None:
-        """Forget everything kept for kernels that are gone, or whose start failed (their policy
-        documents and placements, tokens, reports and record folders)."""
+        """Forget everything kept for kernels that are gone, or whose start failed (their
+        launches and placements, tokens, reports and record folders)."""
         # The folder is listed too: a kernel's detached child can write its record after the
         # kernel was forgotten. Off the event loop, as anything a kernel can grow.
         folders = await asyncio.to_thread(self._record_folders)
         held = (
-            set(self.policies.applied)
+            self.launches.kernel_ids()
             | self.tokens.kernel_ids()
             | self.reports.kernel_ids()
             | self.memory.kernel_ids()
@@ -182,7 +185,7 @@ class KernelRegistry:
             return None
 
     def _launched_notebook(self, kernel_id: str) -> str | None:
-        launch = self.policies.applied.get(kernel_id)
+        launch = self.launches.of(kernel_id)
         return launch.notebook if launch is not None else None
 
     def has(self, kernel_id: str) -> bool:
@@ -196,7 +199,7 @@ class KernelRegistry:
     def forget(self, kernel_id: str) -> None:
         """A kernel shut down: drop what it started with, its token and what it reported."""
         self._failing.discard(kernel_id)
-        self.policies.forget_kernel(kernel_id)
+        self.launches.forget(kernel_id)
         self.tokens.revoke(kernel_id)
         self.reports.forget(kernel_id)
         self.memory.forget(kernel_id)
@@ -229,7 +232,7 @@ class KernelRegistry:
         """One kernel now, as every view is made from it (KernelGone if it is gone)."""
         kernel = self._kernel(kernel_id)
         provisioner = getattr(kernel, "provisioner", None)
-        launch = self.policies.applied.get(kernel_id)
+        launch = self.launches.of(kernel_id)
         return KernelRow(
             kernel_id=kernel_id,
             name=getattr(kernel, "kernel_name", None),

@@ -50,9 +50,16 @@ def describe(
         "gpu_memory": row.memory.as_dict(),
         "policy": policies.effective(row.notebook),
         "applied": row.launch.to_json() if row.launch is not None else None,
-        "restart_required": policies.restart_required(row.kernel_id, row.notebook),
+        "restart_required": restart_required(row, policies),
         "framework": framework,
     }
+
+
+def restart_required(row: KernelRow, policies: PolicyService) -> bool:
+    """Whether the kernel runs with another policy than its notebook has now."""
+    if row.launch is None:
+        return False
+    return row.launch.restart_required(policies.rendered(row.notebook), policies.own(row.notebook))
 
 
 def cap_mb(row: KernelRow, policies: PolicyService) -> int | None:
@@ -113,7 +120,7 @@ def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
         "gpu_memory_source": row.memory.source,
         "gpu_memory_unknown": row.memory.unknown,
         "memory_limit_mb": row.memory_limit_mb,
-        "restart_required": policies.restart_required(row.kernel_id, row.notebook),
+        "restart_required": restart_required(row, policies),
     }
 
 
