@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -12,7 +11,8 @@ from jupyter_tfgpu.protocol import POLICY_ENV
 from jupyter_tfgpu.policy.admin import AdminPolicy
 from jupyter_tfgpu.policy.changes import PolicyChanges
 from jupyter_tfgpu.policy.placement import Placement
-from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, normalize_notebook_path, validate_policy
+from jupyter_tfgpu.policy.model import CapExceeded, PolicyError, empty_policy, validate_policy
+from jupyter_tfgpu.policy.keys import NotebookKeys
 from jupyter_tfgpu.policy.environment import (
     STARTING_CONTEXT_MB,
     ContextReserve,
@@ -54,11 +54,8 @@ class PolicyService:
         self._devices = devices
         self._devices_known = devices_known
         self._monitoring_reason = monitoring_reason
-        # jupyter_server keeps its root_dir as given (symlinks and all) and so does the path
-        # it gives kernels; the resolved root is tried too, for a root that is itself a link.
-        literal = os.path.normpath(os.path.abspath(root_dir))
-        self.roots = tuple(dict.fromkeys([literal, os.path.realpath(root_dir)]))
-        self.root_dir = literal
+        # How a notebook is named: by the API, by a kernel's session, in the store.
+        self.keys = NotebookKeys(root_dir)
         self._logged: set[tuple[str | None, str]] = set()
 
     @property
@@ -74,60 +71,11 @@ class PolicyService:
             self.placement.strategy = admin.placement_strategy
         self.changes.start_over()
 
-    # -- keys --------------------------------------------------------------------------------
-
-    def key(self, path: str) -> str:
-        """A notebook path from the API, normalized (raises PolicyError)."""
-        return normalize_notebook_path(path)
-
-    def key_for_session(self, session_name: str | None) -> str | None:
-        """The key for a kernel's JPY_SESSION_NAME, or None when it names no notebook under the
-        root (the kernel then gets the admin default). Never raises: it runs inside a launch."""
-        if not session_name:
-            return None
-        # jupyter_server sets it to the notebook's folder joined with the session's "name",
-        # which a client chooses: "", "." or ".." name a folder or leave it, not a notebook.
-        parts = session_name.replace(os.sep, "/").split("/")
-        if parts[-1] in ("", ".", "..") or ".." in parts:
-            return None
-        try:
-            relative = (
-                self._under_root(session_name) if os.path.isabs(session_name) else session_name
-            )
-        except ValueError:  # Windows: on another drive than the root
-            return None
-        if relative is None:
-            return None
-        try:
-            # The OS's separator becomes '/'; on POSIX a backslash stays part of the name.
-            return normalize_notebook_path(relative, sep=os.sep)
-        except PolicyError:
-            return None
-
-    def _under_root(self, path: str) -> str | None:
-        """``path`` relative to the server root, symlinks kept: the path the user opened
-        (``link/nb.ipynb``), as the session, the API and the enforcer name it."""
-        path = os.path.normpath(path)
-        for root in self.roots:
-            relative = os.path.relpath(path, root)
-            if relative != ".." and not relative.startswith(".." + os.sep):
-                return relative
-        return None
-
-    def canonical(self, key: str | None) -> str | None:
-        """A key from any caller (a session path, the API) in the store's one spelling."""
-        if key is None:
-            return None
-        try:
-            return normalize_notebook_path(key)
-        except PolicyError:
-            return None
-
     # -- policies ----------------------------------------------------------------------------
 
     def own(self, key: str) -> dict[str, Any] | None:
         """The notebook's own stored policy."""
-        key = self.canonical(key)
+        key = self.keys.canonical(key)
         return self.store.get(key) if key else None
 
     def effective(self, key: str | None) -> dict[str, Any]:
@@ -156,7 +104,7 @@ class PolicyService:
         devices = self.devices if self._devices_known() else None
         policy = validate_policy(data, devices)
         self.admin.check(policy, self.devices)
-        self.store.put(self.key(key), policy)
+        self.store.put(self.keys.key(key), policy)
         return policy
 
     def reset(self, key: str) -> bool:
@@ -166,7 +114,7 @@ class PolicyService:
             raise CapExceeded(
                 "allow_user_policies", "the admin does not allow per-notebook policies"
             )
-        return self.store.delete(self.key(key))
+        return self.store.delete(self.keys.key(key))
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every stored notebook policy, by notebook."""
@@ -206,7 +154,7 @@ class PolicyService:
         ``devices: "auto"`` is resolved here, by placement, into the GPUs this kernel gets;
         ``placed(strategy, outcome)`` is told of each placement decided.
         """
-        key = self.key_for_session(session_name)
+        key = self.keys.key_for_session(session_name)
         try:
             return self._launch(kernel_id, key, lambda: self.effective(key), inherited, placed)
         except Exception as err:  # noqa: BLE001 - no policy may stop a kernel from starting

@@ -580,7 +580,7 @@ def test_a_session_name_that_names_no_notebook_has_no_key(tmp_path, name):
     folder.mkdir()
 
     # When a session's name is empty, '.', or climbs with '..'
-    key = service.key_for_session(os.path.join(str(folder), name))
+    key = service.keys.key_for_session(os.path.join(str(folder), name))
 
     # Then the kernel has no notebook key (it gets the admin default), and nothing raised
     assert key is None
@@ -594,8 +594,8 @@ def test_a_notebook_in_a_symlinked_folder_keeps_the_path_it_was_opened_by(tmp_pa
     service = make_service(tmp_path)
 
     # When / Then
-    assert service.key_for_session(str(tmp_path / "link" / "nb.ipynb")) == "link/nb.ipynb"
-    assert service.key_for_session(str(tmp_path / "real" / "nb.ipynb")) == "real/nb.ipynb"
+    assert service.keys.key_for_session(str(tmp_path / "link" / "nb.ipynb")) == "link/nb.ipynb"
+    assert service.keys.key_for_session(str(tmp_path / "real" / "nb.ipynb")) == "real/nb.ipynb"
 
 
 @pytest.mark.parametrize("given", ["link", "real"])
@@ -609,34 +609,34 @@ def test_a_root_that_is_a_symlink_works_by_either_spelling(tmp_path, given):
     root = tmp_path / ("link-root" if given == "link" else "real-root")
 
     # When / Then
-    assert service.key_for_session(str(root / "dir" / "nb.ipynb")) == "dir/nb.ipynb"
-    assert service.key_for_session(str(tmp_path / "elsewhere.ipynb")) is None
+    assert service.keys.key_for_session(str(root / "dir" / "nb.ipynb")) == "dir/nb.ipynb"
+    assert service.keys.key_for_session(str(tmp_path / "elsewhere.ipynb")) is None
 
 
 def test_a_session_name_with_a_backslash_is_one_file_on_posix(tmp_path):
     """On POSIX 'd\\n.ipynb' is a notebook in the root, not n.ipynb in folder d."""
     # Given / When / Then
     service = make_service(tmp_path)
-    assert service.key_for_session(str(tmp_path / "d\\n.ipynb")) == "d\\n.ipynb"
-    assert service.key_for_session(str(tmp_path / "d" / "n.ipynb")) == "d/n.ipynb"
+    assert service.keys.key_for_session(str(tmp_path / "d\\n.ipynb")) == "d\\n.ipynb"
+    assert service.keys.key_for_session(str(tmp_path / "d" / "n.ipynb")) == "d/n.ipynb"
 
 
 def test_a_session_name_that_cannot_be_keyed_has_no_key(tmp_path):
     """A file name that is not UTF-8 on disk: the kernel gets the admin default, nothing raises."""
     # Given / When / Then
     service = make_service(tmp_path)
-    assert service.key_for_session(os.fsdecode(bytes(tmp_path) + b"/\xff.ipynb")) is None
+    assert service.keys.key_for_session(os.fsdecode(bytes(tmp_path) + b"/\xff.ipynb")) is None
 
 
 @pytest.fixture
 def windows_paths(monkeypatch):
-    """The policy service sees Windows paths (ntpath, a backslash separator)."""
+    """The notebook keys see Windows paths (ntpath, a backslash separator)."""
     import ntpath
     import types
 
-    import jupyter_tfgpu.policy.service as service_module
+    import jupyter_tfgpu.policy.keys as keys_module
 
-    monkeypatch.setattr(service_module, "os", types.SimpleNamespace(sep="\\", path=ntpath))
+    monkeypatch.setattr(keys_module, "os", types.SimpleNamespace(sep="\\", path=ntpath))
 
 
 @pytest.mark.parametrize(
@@ -655,7 +655,7 @@ def test_on_windows_a_session_path_is_keyed_with_slashes(tmp_path, windows_paths
     service = make_service(tmp_path, root="C:\\srv")
 
     # When / Then
-    assert service.key_for_session(session) == key
+    assert service.keys.key_for_session(session) == key
 
 
 def test_a_bad_stored_policy_is_logged_once(tmp_path, caplog):

@@ -253,7 +253,7 @@ class PolicyHandler(TFGPUAPIHandler):
 
     def _key(self, path: str) -> str:
         try:
-            return self.policies.key(path)
+            return self.policies.keys.key(path)
         except PolicyError as err:
             raise self.domain_error(err) from None
 

@@ -97,7 +97,7 @@ class KernelRegistry:
             for session in await self.session_manager.list_sessions():
                 kernel = session.get("kernel") or {}
                 # The store's one spelling of the path, so every view names it alike.
-                key = self.policies.canonical(session.get("path"))
+                key = self.policies.keys.canonical(session.get("path"))
                 if kernel.get("id") and key:
                     notebooks[kernel["id"]] = key
         except Exception:  # noqa: BLE001 - a session store hiccup must not stop attribution
