@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 from jupyter_tfgpu.gpu.simulated import expand_gpu_list  # noqa: E402
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore  # noqa: E402
 from jupyter_tfgpu.server.kernels.launches import KernelLaunches  # noqa: E402
-from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner  # noqa: E402
+from jupyter_tfgpu.server.kernels.provisioner import (  # noqa: E402
+    PROVISIONER_NAME,
+    ProvisionerContext,
+    TFGPUProvisioner,
+)
 
 
 async def start_once(provisioner: str, notebook: Path) -> float:
@@ -66,7 +70,7 @@ async def main() -> None:
             root_dir=str(root),
         )
         service.set("nb.ipynb", {"memory_growth": True, "memory_limit_mb": 4096, "devices": [0]})
-        TFGPUProvisioner.launches = KernelLaunches(service)
+        TFGPUProvisioner.serve(ProvisionerContext(KernelLaunches(service)))
         times: dict[str, list[float]] = {"local-provisioner": [], PROVISIONER_NAME: []}
         await start_once("local-provisioner", notebook)  # warm the file cache
         for _ in range(runs):

@@ -1,19 +1,24 @@
 """The extension's services, built once per server from the admin's ``TFGPU`` settings.
 
-``build_services`` makes them and wires them to each other; the extension app starts and stops
-them and hands them to the handlers, which reach each one through a short property.
+``build_services`` makes them and wires them to each other; ``Services.start`` starts what runs
+while the server serves, each with its undo, and ``Services.stop`` undoes all of it in one step.
+The extension app calls both and hands the services to the handlers, which reach each one
+through a short property.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_core.paths import jupyter_runtime_dir
+from tornado.ioloop import PeriodicCallback
 
+from jupyter_tfgpu._version import __version__
 from jupyter_tfgpu.gpu import make_backend
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
 from jupyter_tfgpu.policy.environment import STARTING_CONTEXT_MB
@@ -29,9 +34,13 @@ from jupyter_tfgpu.server.kernels.attribution import Attribution
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
 from jupyter_tfgpu.server.kernels.contexts import ContextSizes
 from jupyter_tfgpu.server.kernels.enforcement import Decision, Enforcer, Rules, act_on_kernel
-from jupyter_tfgpu.server.kernels.provisioner import PROVISIONER_NAME, TFGPUProvisioner
+from jupyter_tfgpu.server.kernels.provisioner import (
+    PROVISIONER_NAME,
+    ProvisionerContext,
+    TFGPUProvisioner,
+)
 from jupyter_tfgpu.server.kernels.registry import KernelRegistry
-from jupyter_tfgpu.server.sampling.groups import SAMPLING_GROUPS
+from jupyter_tfgpu.server.sampling.groups import PROCESSES, SAMPLING_GROUPS
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 
@@ -59,12 +68,89 @@ class Services:
     enforcer: Enforcer
     stream: StreamMessages
     provisioner: dict[str, Any]  # whether the tfgpu provisioner is the default, and why not
+    # What the provisioner needs of this server, handed to it while the services run.
+    provisioner_context: ProvisionerContext
     problems: list[Problem] = field(default_factory=list)  # settings that do not apply
     # Each kernel's GPU memory-seconds and busy seconds, counted per snapshot (for metrics).
     usage: KernelUsage = field(default_factory=KernelUsage)
     # The CUDA context each GPU model and driver needs, measured (framework limits leave it).
     contexts: ContextSizes | None = None
     caps_file: CapsFile | None = None  # TFGPU.caps_file, when the admin named one
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
+    # What start() and keep_kernels_fresh() started, each as its undo, in the order started.
+    _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Start what runs while the server serves, on the server's event ``loop``: the policy
+        store's refresher, the provisioner's context, the snapshot subscribers (usage counts and
+        the enforcer), the metrics collector, the sampler, the policy pushes to the stream and
+        the caps file's watcher."""
+        # A worker thread checks the store's folder and reads its file, waited for a few seconds
+        # at most: a slow or stuck file system must not keep the server from listening (the
+        # caps hold without the store). Problems go to the log and to GET policies; reads
+        # answer from memory, and the thread goes on looking for other processes' writes.
+        store = self.policies.store
+        store.start_refreshing()
+        self._undo.append(store.stop_refreshing)
+        context = self.provisioner_context
+        TFGPUProvisioner.serve(context)
+        self._undo.append(lambda: TFGPUProvisioner.stop_serving(context))
+        self._undo.append(self.sampler.subscribe(self._on_snapshot))
+        self._undo.append(
+            metrics.register(
+                metrics.SnapshotCollector(
+                    snapshot=lambda: self.sampler.latest.gpus,
+                    kernel_rows=self.kernels.metrics_rows,
+                    sampler_stats=self.sampler.describe,
+                    identity=metrics.ServerIdentity.from_environment(),
+                    usage=self.usage.totals,
+                    placements=self.kernels.launches.placements,
+                    version=__version__,
+                    log=self.log,
+                )
+            )
+        )
+        self.sampler.start(loop=loop)
+        self._undo.append(
+            self.policies.changes.subscribe(
+                lambda: call_on_loop(loop, self.stream.policies_changed)
+            )
+        )
+        caps_file = self.caps_file
+        if caps_file is not None:
+            # Read in the watcher's thread; put in force (or refused) on the loop, in one step.
+            caps_file.start_watching(
+                lambda read: call_on_loop(loop, lambda: caps_file.receive(read, self.apply_caps))
+            )
+            self._undo.append(caps_file.stop_watching)
+
+    def keep_kernels_fresh(self) -> None:
+        """Refresh kernel attribution, and forget kernels that are gone, as often as process
+        lists are read (at least a second apart), on the running event loop."""
+        interval_ms = max(1000, int(self.settings[PROCESSES.setting] * 1000))
+        refresher = PeriodicCallback(self.kernels.refresh_and_prune, interval_ms)
+        refresher.start()
+        self._undo.append(refresher.stop)
+
+    async def stop(self) -> None:
+        """Undo what start() and keep_kernels_fresh() started, the latest first; then stop the
+        kernel registry (its record folder removed) and the sampler (NVML shut down)."""
+        while self._undo:
+            self._undo.pop()()
+        await self.kernels.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
+
+    def _on_snapshot(self, snapshot: Any) -> None:
+        try:
+            self.usage.add(snapshot.timestamp, snapshot.gpus, self.kernels.metrics_rows())
+        except Exception:  # noqa: BLE001 - usage totals must not stop enforcement
+            self.log.exception("jupyter-tfgpu: counting GPU usage failed")
+        if self.enforcer.enabled:
+            asyncio.ensure_future(self.enforcer.enforce())
+
+    # -- views -----------------------------------------------------------------------------------
 
     def context_reserve_json(self) -> dict[str, Any]:
         """What the frameworks leave of a cap for the CUDA context, as ``GET status`` shows it:
@@ -168,7 +254,6 @@ def build_services(
         reports=reports,
         log=log,
     )
-    provisioner = install_provisioner(settings, kernels, tokens, record_root, serverapp, log)
     return Services(
         settings=settings,
         sampler=sampler,
@@ -179,10 +264,18 @@ def build_services(
         reports=reports,
         enforcer=make_enforcer(settings, kernels, serverapp, log),
         stream=StreamMessages(kernels.summary, policies.changes),
-        provisioner=provisioner,
+        provisioner=install_provisioner(settings, log),
+        provisioner_context=ProvisionerContext(
+            kernels.launches,
+            tokens=tokens,
+            record_root=record_root,
+            server_url=local_url(serverapp),
+            keep_hub_token=settings["keep_hub_token_in_kernels"],
+        ),
         problems=problems if problems is not None else [],
         contexts=contexts,
         caps_file=caps_file,
+        log=log,
     )
 
 
@@ -208,25 +301,13 @@ def make_enforcer(
     )
 
 
-def install_provisioner(
-    settings: dict[str, Any],
-    kernels: KernelRegistry,
-    tokens: KernelTokens,
-    record_root: str,
-    serverapp: Any,
-    log: logging.Logger,
-) -> dict[str, Any]:
+def install_provisioner(settings: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
     """Make the tfgpu provisioner the default one, unless an admin chose another; say which.
 
     Setting ``default_provisioner_name`` in a config file has no effect: jupyter_client
     builds this singleton without config when it lists kernelspecs. So the extension sets
     the trait on the instance.
     """
-    TFGPUProvisioner.launches = kernels.launches
-    TFGPUProvisioner.record_root = record_root
-    TFGPUProvisioner.tokens = tokens
-    TFGPUProvisioner.server_url = local_url(serverapp)
-    TFGPUProvisioner.keep_hub_token = settings["keep_hub_token_in_kernels"]
     factory = KernelProvisionerFactory.instance()
     current = factory.default_provisioner_name
     state = {"name": PROVISIONER_NAME, "default": False, "reason": None}
@@ -253,3 +334,13 @@ def local_url(app: Any) -> str | None:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{scheme}://{host}:{app.port}{app.base_url}"
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop | None, callback: Callable[[], Any]) -> None:
+    """Run ``callback`` on the server's loop, from whichever thread made the change."""
+    if loop is None or loop.is_closed():
+        return
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass  # the loop is closing with the server

@@ -12,15 +12,19 @@ that processes the kernel detaches are still attributed to it.
 
 A kernelspec that names another provisioner keeps it: that kernel gets no policy, and
 ``GET kernels`` shows ``applied: null`` for it.
+
+What it needs of the server (its launches, tokens, record folder, URL) is one
+``ProvisionerContext``, set when the server's services start and cleared when they stop.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib.resources import files
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jupyter_client.provisioning import LocalProvisioner
 
@@ -66,38 +70,56 @@ def with_magic(cmd: list[str]) -> list[str]:
     return [*cmd, flag]
 
 
+@dataclass(frozen=True)
+class ProvisionerContext:
+    """What the provisioner needs of the server that runs it."""
+
+    launches: KernelLaunches  # starts each kernel's launch and keeps it
+    tokens: KernelTokens | None = None  # the kernel channel's tokens; None: no channel
+    record_root: str | None = None  # where each kernel's bootstrap writes its record
+    server_url: str | None = None  # the server as a kernel reaches it (None: a unix socket)
+    keep_hub_token: bool = False  # TFGPU.keep_hub_token_in_kernels
+
+
+def strip_credentials(env: dict[str, str], keep_hub_token: bool = False) -> None:
+    """Remove the server's own credentials (and, unless kept, the hub's) from ``env``."""
+    for name in SERVER_TOKEN_ENV if keep_hub_token else SERVER_TOKEN_ENV + HUB_TOKEN_ENV:
+        env.pop(name, None)
+
+
 class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
     """A LocalProvisioner that applies the notebook's GPU policy at every (re)start."""
 
-    # Set by the server extension when it loads; without it the provisioner is a plain
-    # LocalProvisioner (e.g. in a process that is not a jupyter-tfgpu server).
-    launches: KernelLaunches | None = None
-    tokens: KernelTokens | None = None
-    record_root: str | None = None
-    server_url: str | None = None
-    keep_hub_token: bool = False
+    # The server's, while its services run; without it the provisioner is a plain
+    # LocalProvisioner that still strips the server's credentials (e.g. in a process that is not
+    # a jupyter-tfgpu server, or after the server's services stopped).
+    context: ClassVar[ProvisionerContext | None] = None
 
     @classmethod
-    def strip_credentials(cls, env: dict[str, str]) -> None:
-        """Remove the server's own credentials (and, unless kept, the hub's) from ``env``."""
-        names = SERVER_TOKEN_ENV if cls.keep_hub_token else SERVER_TOKEN_ENV + HUB_TOKEN_ENV
-        for name in names:
-            env.pop(name, None)
+    def serve(cls, context: ProvisionerContext) -> None:
+        """Start kernels with this server's context (its services started)."""
+        cls.context = context
+
+    @classmethod
+    def stop_serving(cls, context: ProvisionerContext) -> None:
+        """Stop using ``context`` (its services stopped), unless another server's replaced it."""
+        if cls.context is context:
+            cls.context = None
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Let LocalProvisioner prepare the launch, then add the policy to the environment."""
         kwargs = await super().pre_launch(**kwargs)
         env = kwargs["env"]
-        # Before anything else, even without a server's launches: the kernel runs untrusted code.
-        self.strip_credentials(env)
+        context = type(self).context
+        # Before anything else, even without a context: the kernel runs untrusted code.
+        strip_credentials(env, keep_hub_token=context is not None and context.keep_hub_token)
         kernel_id = self.kernel_id or kwargs.get("kernel_id")
         env.pop(KERNEL_ID_ENV, None)  # never inherited from the server's own environment
         if kernel_id:
             env[KERNEL_ID_ENV] = kernel_id
-        launches = type(self).launches
-        if launches is None:
+        if context is None:
             return kwargs
-        policy_env = launches.start(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
+        policy_env = context.launches.start(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
         for name, value in policy_env.items():
             if value is None:
                 env.pop(name, None)
@@ -108,12 +130,11 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
         )
         if kwargs.get("cmd"):
             kwargs["cmd"] = with_magic(kwargs["cmd"])
-        cls = type(self)
-        if cls.record_root and kernel_id:
-            env[RECORD_DIR_ENV] = os.path.join(cls.record_root, kernel_id)
+        if context.record_root and kernel_id:
+            env[RECORD_DIR_ENV] = os.path.join(context.record_root, kernel_id)
         # The kernel channel: a token for this kernel alone, never the server's own token.
         env.pop(KERNEL_TOKEN_ENV, None)
-        if cls.tokens is not None and cls.server_url and kernel_id:
-            env[SERVER_URL_ENV] = cls.server_url
-            env[KERNEL_TOKEN_ENV] = cls.tokens.issue(kernel_id)
+        if context.tokens is not None and context.server_url and kernel_id:
+            env[SERVER_URL_ENV] = context.server_url
+            env[KERNEL_TOKEN_ENV] = context.tokens.issue(kernel_id)
         return kwargs
