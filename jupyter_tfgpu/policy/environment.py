@@ -34,6 +34,8 @@ POLICY_VARIABLES = (
     "PYTORCH_ALLOC_CONF",
     "PYTORCH_CUDA_ALLOC_CONF",
 )
+# The MPS client's share of each GPU's SMs, in percent (NVIDIA's MPS environment variables).
+THREAD_PERCENTAGE_ENV = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 # CUDA stops at the first invalid entry, so this hides every GPU from CUDA, TF, torch and JAX.
 CPU_ONLY = "-1"
 # The context reserve before the server has measured one on a GPU model and driver, in MiB.
@@ -142,7 +144,27 @@ def render_env(
         # PyTorch reads PYTORCH_ALLOC_CONF since 2.9 and the older name before it.
         env["PYTORCH_ALLOC_CONF"] = env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
     env.update(runtime_env(policy, inherited or {}))
+    env.update(mps_env(policy, inherited or {}))
     return env
+
+
+def mps_env(policy: Mapping[str, Any], inherited: Mapping[str, str]) -> dict[str, str]:
+    """The compute share an MPS client reads (``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``), when the
+    policy sets one; CUDA ignores it outside MPS.
+
+    A share already in the server's environment (an admin's or a platform's) stays a ceiling:
+    the kernel gets the lower of the two, since a client's value only lowers MPS's own.
+    """
+    share = policy.get("compute_percent")
+    if share is None:
+        return {}
+    try:
+        ceiling = int(float(inherited.get(THREAD_PERCENTAGE_ENV, "")))
+    except (ValueError, OverflowError):  # not a number, nan, inf
+        ceiling = None
+    if ceiling is not None and 1 <= ceiling < share:
+        share = ceiling
+    return {THREAD_PERCENTAGE_ENV: str(share)}
 
 
 def runtime_env(policy: dict[str, Any], inherited: Mapping[str, str]) -> dict[str, str]:

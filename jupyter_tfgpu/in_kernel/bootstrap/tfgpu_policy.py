@@ -13,9 +13,10 @@ from tfgpu_protocol import POLICY_ENV
 
 # The policy's fields no concern here checks or applies: the server acts on them alone, by
 # placement or through environment variables it sets (gpu_count: how many GPUs placement picks;
-# the process gets the outcome as devices). Every other field of the policy schema is a
-# concern's (tfgpu_memory.MEMORY_FIELDS, tfgpu_runtime.RUNTIME_FIELDS).
-SERVER_SIDE_FIELDS = ("gpu_count",)
+# the process gets the outcome as devices; compute_percent: CUDA's MPS client reads it from
+# CUDA_MPS_ACTIVE_THREAD_PERCENTAGE). Every other field of the policy schema is a concern's
+# (tfgpu_memory.MEMORY_FIELDS, tfgpu_runtime.RUNTIME_FIELDS).
+SERVER_SIDE_FIELDS = ("gpu_count", "compute_percent")
 
 
 def load_policy(raw: str | None) -> tuple[dict | None, list[str]]:
