@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pynvml as real
 
+from tests.fake_nvml_limits import FakeMemoryLimits
+
 # NVML reports "no MIG instance" as 0xFFFFFFFF in process records.
 NO_INSTANCE = real.NVML_VALUE_NOT_AVAILABLE_uint.value
 _ERR = real.NVMLError
@@ -143,7 +145,7 @@ _DEVICE_FIELDS = {
 }
 
 
-class FakeNvml:
+class FakeNvml(FakeMemoryLimits):
     """Simulated NVML: build it, then install `.module` as sys.modules["pynvml"]."""
 
     def __init__(
@@ -156,6 +158,7 @@ class FakeNvml:
         cuda_driver_version: int = 12040,
         sleep: Callable[[float], None] = time.sleep,
         timer: Callable[[], float] = time.perf_counter,
+        privileged: bool | None = None,  # memory limits: the caller is root (None: its euid)
     ):
         self.gpus = [FakeGpu()] if gpus is None else list(gpus)
         self.init_error = init_error
@@ -175,6 +178,7 @@ class FakeNvml:
         self._loaded = False  # the real binding keeps libnvidia-ml loaded after nvmlShutdown
         self._lock = threading.Lock()
         self._tls = threading.local()
+        self._init_memory_limits(privileged)
         for i, gpu in enumerate(self.gpus):
             self._name(i, gpu)
         self.module = self._build_module()
