@@ -21,7 +21,7 @@ _ERR = real.NVMLError
 
 _PROCESS_LISTS = [
     f"nvmlDeviceGet{kind}RunningProcesses{v}"
-    for kind in ("Compute", "Graphics")
+    for kind in ("Compute", "Graphics", "MPSCompute")
     for v in ("_v2", "_v3")
 ]
 # Functions that answer on a MIG device handle; the rest return NOT_SUPPORTED there, as NVML does
@@ -94,6 +94,9 @@ class FakeGpu:
     nvlink: list[FakeLink] = field(default_factory=list)  # empty: no NVLink (NOT_SUPPORTED)
     processes: list[FakeProcess] = field(default_factory=list)
     graphics_processes: list[FakeProcess] = field(default_factory=list)
+    # MPS clients, as nvmlDeviceGetMPSComputeRunningProcesses lists them; under MPS NVML's compute
+    # list names the MPS server instead, so a test puts the server's PID in ``processes``.
+    mps_processes: list[FakeProcess] = field(default_factory=list)
     process_utilization: list[tuple[int, int, int]] = field(default_factory=list)
     mig_enabled: bool = False
     mig_devices: list[FakeMig | None] = field(default_factory=list)  # None marks an empty slot
@@ -352,7 +355,11 @@ class FakeNvml(FakeMemoryLimits):
             if mig is None and gpu.mig_enabled and gpu.mig_parent_lists_privileged:
                 raise _ERR(real.NVML_ERROR_NO_PERMISSION)
             out = []
-            for p in list(gpu.graphics_processes if "Graphics" in name else gpu.processes):
+            if "Graphics" in name:
+                listed = gpu.graphics_processes
+            else:
+                listed = gpu.mps_processes if "MPS" in name else gpu.processes
+            for p in list(listed):
                 ids = (p.gpu_instance_id, p.compute_instance_id)
                 if mig is not None and ids != (mig.gpu_instance_id, mig.compute_instance_id):
                     continue  # a MIG handle sees only the processes in its own instance
@@ -547,6 +554,10 @@ class FakeNvml(FakeMemoryLimits):
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
         return self._alias(handle, "nvmlDeviceGetGraphicsRunningProcesses")
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle):
+        # The binding's plain name calls _v3 itself, with no version-mismatch wrapper.
+        return self.module.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)
 
     def nvmlDeviceGetProcessUtilization(self, handle, timeStamp):
         gpu, _ = self._device(handle, "nvmlDeviceGetProcessUtilization")

@@ -1,8 +1,18 @@
-"""The processes on each NVIDIA GPU, read through NVML: one row per PID, on its MIG instance."""
+"""The processes on each NVIDIA GPU, read through NVML: one row per PID, on its MIG instance.
+
+Under NVIDIA MPS, NVML's compute list names the MPS server in place of its clients; the clients
+are in its MPS list (``nvmlDeviceGetMPSComputeRunningProcesses``, "all of the memory used by the
+application" per client). That list is read only on a GPU whose compute list holds an MPS server,
+found by its process name, so a GPU without MPS costs no extra call. An MPS server whose process
+this server cannot see (another PID namespace, as in a Kubernetes pod) is not found: its clients
+are then not listed, and kernels are matched by their own reports as before.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import psutil
 
 from jupyter_tfgpu.gpu.backend import GpuLost
 from jupyter_tfgpu.gpu.nvml_calls import LOST, UNAVAILABLE, NvmlCalls
@@ -21,7 +31,10 @@ class ProcessLists:
         self.readers: dict[str, list[Callable[[Any], Any]]] = {
             "compute": calls.versioned("nvmlDeviceGetComputeRunningProcesses"),
             "graphics": calls.versioned("nvmlDeviceGetGraphicsRunningProcesses"),
+            "mps": calls.versioned("nvmlDeviceGetMPSComputeRunningProcesses"),
         }
+        # Per GPU: PID -> whether it is an MPS server, for the compute PIDs of its last round
+        self._mps_servers: dict[int, dict[int, bool]] = {}
         # Per GPU: the timestamp of the last utilization sample read (the next read asks since).
         self._util_since: dict[int, int] = {}
         # Where a MIG GPU's processes are listed: "parent" (one list with instance ids, for a
@@ -39,6 +52,7 @@ class ProcessLists:
             self._read_mig(index, handle, by_pid)
         else:
             self._collect(index, handle, by_pid, lambda proc: None)
+            self._collect_mps(index, handle, by_pid)
         utilization = self._utilization(index, handle)
         return tuple(row._replace(utilization=utilization.get(pid)) for pid, row in by_pid.items())
 
@@ -141,6 +155,27 @@ class ProcessLists:
                 by_pid[proc.pid] = row
         return answered
 
+    def _collect_mps(self, index: int, handle: Any, by_pid: dict[int, ProcessReading]) -> None:
+        """Mark the MPS server among the compute processes and add its clients' rows."""
+        known, seen = self._mps_servers.get(index, {}), {}
+        self._mps_servers[index] = seen
+        servers = []
+        for pid, row in by_pid.items():
+            if row.type in ("compute", "compute+graphics"):
+                is_server = known[pid] if pid in known else _is_mps_server(pid)
+                seen[pid] = is_server
+                if is_server:
+                    servers.append(pid)
+        if not servers:
+            return
+        for pid in servers:
+            by_pid[pid] = by_pid[pid]._replace(mps="server")
+        for proc in self._list(index, "mps", handle) or ():
+            # A client some drivers list in the compute list too is one row: the MPS list's.
+            row = by_pid.get(proc.pid) or ProcessReading(proc.pid, None, "compute")
+            used = proc.usedGpuMemory if proc.usedGpuMemory is not None else row.used_memory
+            by_pid[proc.pid] = row._replace(used_memory=used, mps="client")
+
     def _utilization(self, index: int, handle: Any) -> dict[int, ProcessUtilization]:
         calls = self.calls
         fn = getattr(calls.nvml, "nvmlDeviceGetProcessUtilization", None)
@@ -160,3 +195,16 @@ class ProcessLists:
         if latest:
             self._util_since[index] = max(s.timeStamp for s in latest.values())
         return {pid: ProcessUtilization(s.smUtil, s.memUtil) for pid, s in latest.items()}
+
+
+# NVIDIA's MPS server binary; Linux keeps the first 15 characters of a process's name.
+MPS_SERVER_NAME = "nvidia-cuda-mps-server"
+
+
+def _is_mps_server(pid: int) -> bool:
+    """Whether a process is NVIDIA's MPS server, by its name; False where it cannot be seen."""
+    try:
+        name = psutil.Process(pid).name()
+    except (psutil.Error, OSError):
+        return False
+    return name.startswith(MPS_SERVER_NAME[:15])

@@ -132,6 +132,9 @@ class ProcessReading(NamedTuple):
     kernel_id: str | None = None
     notebook: str | None = None
     attributed_by: str | None = None  # "pid" or "kernel_report"
+    # Under NVIDIA MPS: "server" (the MPS server, which NVML's compute list names in place of
+    # its clients) or "client" (a process NVML's MPS list names); None otherwise
+    mps: str | None = None
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> ProcessReading:
@@ -146,19 +149,20 @@ class ProcessReading(NamedTuple):
             row.get("kernel_id"),
             row.get("notebook"),
             row.get("attributed_by"),
+            row.get("mps"),
         )
 
     def owned_by(self, kernel_id: str, notebook: str | None, how: str) -> ProcessReading:
         """A copy that names its kernel (``how``: "pid" or "kernel_report")."""
         return ProcessReading(
             self.pid, self.used_memory, self.type, self.mig, self.utilization,
-            kernel_id, notebook, how,
+            kernel_id, notebook, how, self.mps,
         )
 
     def to_json(self) -> dict[str, Any]:
         """As the API shows it."""
         util = self.utilization
-        return {
+        row = {
             "kernel_id": self.kernel_id,
             "notebook": self.notebook,
             "attributed_by": self.attributed_by,
@@ -168,6 +172,9 @@ class ProcessReading(NamedTuple):
             "mig": self.mig,
             "utilization": None if util is None else util.to_json(),
         }
+        if self.mps is not None:  # only under MPS: every other row reads as it always did
+            row["mps"] = self.mps
+        return row
 
 
 @dataclass(frozen=True, slots=True)

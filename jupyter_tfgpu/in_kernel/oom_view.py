@@ -16,7 +16,7 @@ from jupyter_tfgpu.in_kernel.notices import launch_of
 from jupyter_tfgpu.in_kernel.oom import OutOfMemory, free_bytes, locate
 from jupyter_tfgpu.in_kernel.policy_fields import field_named, requested
 from jupyter_tfgpu.in_kernel.units import GiB, MiB, format_bytes
-from jupyter_tfgpu.in_kernel.views import MUTED, WARN, View, memory_bar_html
+from jupyter_tfgpu.in_kernel.views import MPS_SERVER, MUTED, WARN, View, memory_bar_html
 
 RESTART = "Kernel > Restart Kernel"
 # What each framework does with GPU memory when memory growth is off.
@@ -167,6 +167,8 @@ def _holders(gpu: dict[str, Any], status: dict[str, Any]) -> list[Holder]:
             who = f"this kernel ({notebook})" if notebook else "this kernel"
         elif process.get("attributed_by") or process.get("kernel_id"):
             who = "another notebook's kernel on this server"
+        elif process.get("mps") == "server":
+            kernel, who = False, MPS_SERVER
         else:
             kernel = False
             who = "another process" if status.get("local") else "a process outside this server"

@@ -27,6 +27,8 @@ TRACK = "var(--jp-layout-color2, #eeeeee)"
 MUTED = "color: var(--jp-ui-font-color2, #757575)"
 WARN = "color: var(--jp-warn-color1, #e65100)"
 NOTHING_SET = "Policy: nothing set (the frameworks' own behaviour)."
+# NVIDIA's MPS server, which NVML lists in place of its clients (the kernels' GPU work runs in it)
+MPS_SERVER = "the MPS server (NVIDIA MPS: kernels' GPU work runs through it)"
 
 
 def _pct(part: float | None, whole: float | None) -> float:
@@ -311,6 +313,8 @@ class KernelsView(View):
             return f"this kernel ({notebook})" if notebook else "this kernel"
         if process.get("attributed_by") or process.get("kernel_id"):
             return "another kernel of this server"
+        if process.get("mps") == "server":
+            return MPS_SERVER
         return "a process outside this server" if not self.data.get("local") else "another process"
 
     def _cells(self) -> list[list[str]]:

@@ -18,6 +18,8 @@ export interface IHolder {
   gpus: { index: number; used: number; ownReport?: boolean }[];
   /** Why the kernel's GPU memory is unknown now (its figures are the last known); else absent. */
   unknown?: string;
+  /** Present on the NVIDIA MPS server's process (a holder of no kernel). */
+  mpsServer?: true;
 }
 
 /** The holders of a snapshot: kernels (largest first), other processes, and unknown kernels. */
@@ -50,7 +52,8 @@ export function groupHolders(
           notebook: null,
           pids: [p.pid],
           total: used,
-          gpus: [{ index: gpu.index, used }]
+          gpus: [{ index: gpu.index, used }],
+          ...(p.mps === 'server' ? { mpsServer: true as const } : {})
         });
         continue;
       }

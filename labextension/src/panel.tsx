@@ -155,11 +155,13 @@ export class GpuPanel extends ReactWidget {
 
   private _holders(): React.ReactNode {
     const { stream, kernels, openNotebook, kernelAction } = this._options;
-    const { kernels: held, others, unknown } = groupHolders(stream.snapshot, kernels.kernels);
+    const { kernels: held, others: all, unknown } = groupHolders(stream.snapshot, kernels.kernels);
+    const mpsServers = all.filter(h => h.mpsServer);
+    const others = all.filter(h => !h.mpsServer);
     return (
       <section className="jp-tfgpu-Section" aria-labelledby="jp-tfgpu-holders">
         <h3 id="jp-tfgpu-holders">GPU memory by notebook</h3>
-        {!held.length && !others.length && !unknown.length && (
+        {!held.length && !all.length && !unknown.length && (
           <p className="jp-tfgpu-Muted">No process holds GPU memory.</p>
         )}
         <ul className="jp-tfgpu-Holders">
@@ -173,6 +175,18 @@ export class GpuPanel extends ReactWidget {
             />
           ))}
           <UnknownKernels kernels={unknown} />
+          {mpsServers.map(h => (
+            <li className="jp-tfgpu-Holder" key={`mps-${h.pids[0]}`}>
+              <div className="jp-tfgpu-Holder-head">
+                <span className="jp-tfgpu-Holder-name">MPS server</span>
+                <span>{formatBytes(h.total)}</span>
+              </div>
+              <div className="jp-tfgpu-Muted">
+                NVIDIA MPS on GPU {h.gpus[0].index} (PID {h.pids[0]}): kernels run their GPU work
+                through it; its figure may include theirs.
+              </div>
+            </li>
+          ))}
           {others.length > 0 && (
             <li className="jp-tfgpu-Holder">
               <div className="jp-tfgpu-Holder-head">

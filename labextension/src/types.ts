@@ -59,6 +59,8 @@ export interface IGpuProcess {
   kernel_id: string | null;
   notebook: string | null;
   attributed_by?: 'pid' | 'kernel_report' | null;
+  /** Under NVIDIA MPS only: the MPS server, or a client NVML's MPS list names. */
+  mps?: 'server' | 'client';
 }
 
 /** One GPU in a snapshot; a field the GPU does not support is null. */

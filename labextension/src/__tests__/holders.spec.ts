@@ -36,6 +36,24 @@ describe('groupHolders', () => {
     ]);
   });
 
+  it('marks the NVIDIA MPS server among the processes of no kernel', () => {
+    const snap = snapshot(1, [
+      gpu(0, [
+        [7, 900 * MiB, null, null],
+        [10, 100 * MiB, 'k1', 'a.ipynb'],
+        [99, 30 * MiB, null, null]
+      ])
+    ]);
+    snap.gpus[0].processes[0].mps = 'server';
+    snap.gpus[0].processes[1].mps = 'client';
+    const { kernels, others } = groupHolders(snap);
+    expect(kernels.map(h => h.kernelId)).toEqual(['k1']);
+    expect(others.map(h => [h.pids[0], h.mpsServer])).toEqual([
+      [7, true],
+      [99, undefined]
+    ]);
+  });
+
   it('copes with no snapshot and unknown memory', () => {
     expect(groupHolders(null)).toEqual({ kernels: [], others: [], unknown: [] });
     const { kernels } = groupHolders(snapshot(1, [gpu(0, [[1, null, 'k', null]])]));
