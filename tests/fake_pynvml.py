@@ -99,6 +99,8 @@ class FakeGpu:
     mps_processes: list[FakeProcess] = field(default_factory=list)
     process_utilization: list[tuple[int, int, int]] = field(default_factory=list)
     mig_enabled: bool = False
+    compute_capability: tuple[int, int] = (8, 0)  # an A100's
+    compute_mode: int = 0  # NVML_COMPUTEMODE_DEFAULT (3: exclusive process, 2: prohibited)
     mig_devices: list[FakeMig | None] = field(default_factory=list)  # None marks an empty slot
     max_mig_devices: int = 7
     # NVML lists every instance's processes on the parent handle only for a privileged caller;
@@ -568,6 +570,14 @@ class FakeNvml(FakeMemoryLimits):
             real.c_nvmlProcessUtilizationSample_t(pid=pid, timeStamp=now_us, smUtil=sm, memUtil=mem)
             for pid, sm, mem in list(gpu.process_utilization)
         ]
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle):
+        gpu, _ = self._device(handle, "nvmlDeviceGetCudaComputeCapability")
+        return tuple(gpu.compute_capability)
+
+    def nvmlDeviceGetComputeMode(self, handle):
+        gpu, _ = self._device(handle, "nvmlDeviceGetComputeMode")
+        return gpu.compute_mode
 
     def nvmlDeviceGetMigMode(self, device):
         gpu, _ = self._device(device, "nvmlDeviceGetMigMode")
