@@ -6,7 +6,8 @@ notebook's policy could not be applied, and when it started (or applied a policy
 It is made once per start (``Launch.render``), kept per kernel by the server, and read by its
 attributes. ``to_json()`` is both the ``applied`` object of ``GET kernels/{id}`` (the OpenAPI
 spec) and the ``TFGPU_POLICY`` document the kernel's bootstrap reads. Each part with JSON of its
-own (``FrameworkLimit``) is a typed member that writes its own keys.
+own (``FrameworkLimit``, ``CapEnforcement``: how the cap is enforced) is a typed member that
+writes its own keys.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from jupyter_tfgpu.gpu import DeviceInfo
+from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement
 from jupyter_tfgpu.policy.environment import (
     ContextReserve,
     framework_limit,
@@ -74,6 +76,9 @@ class Launch:
     # a restart may apply the notebook's policy now)
     refused: Mapping[str, Any] | None = None
     in_process_at: float | None = None  # when the kernel applied its policy in-process
+    # How its cap is enforced, per GPU; decided by the server's hard-caps mechanism as the
+    # kernel starts (None in a rendering no kernel started with)
+    enforcement: CapEnforcement | None = None
 
     @classmethod
     def render(
@@ -161,4 +166,6 @@ class Launch:
             document["applied_in_process"] = self.in_process_at
         if self.error is not None:
             document["error"] = self.error
+        if self.enforcement is not None:
+            document["enforcement"] = self.enforcement.to_json()
         return document

@@ -14,7 +14,12 @@ from jupyter_tfgpu.server.api.handlers import SERVICES_KEY
 from jupyter_tfgpu.server.api.routes import route_patterns
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import check_devices
-from jupyter_tfgpu.server.config_loading import caps_in_force, check_settings, stop_unless_warned
+from jupyter_tfgpu.server.config_loading import (
+    caps_in_force,
+    check_settings,
+    refuse_hard_caps,
+    stop_unless_warned,
+)
 from jupyter_tfgpu.server.services import Services, build_services
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
@@ -48,8 +53,15 @@ class TFGPUApp(ExtensionApp):
         cfg, problems, caps_file = check_settings(self.serverapp, self.log)
         self.services = services = build_services(cfg, self.serverapp, self.log, problems, caps_file)
         services.start(self._event_loop())
+        if services.hard_caps.problem:  # a mode the admin named that cannot be used here
+            refuse_hard_caps(self.serverapp, self.log, services.hard_caps.problem, services.problems)
         check_devices(cfg, services.sampler, services.problems, self.log)
-        self.log.info("%s", caps_in_force(services.settings, services.provisioner, caps_file))
+        self.log.info(
+            "%s",
+            caps_in_force(
+                services.settings, services.provisioner, caps_file, services.hard_caps.describe()
+            ),
+        )
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
         self.settings[SERVICES_KEY] = services

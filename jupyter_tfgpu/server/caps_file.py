@@ -36,6 +36,13 @@ CAPS_FILE_SETTINGS: tuple[str, ...] = (
     *AdminPolicy.settings(),
     *(f.metadata.get("setting", f.name) for f in fields(Rules)),
 )
+# Settings a caps file must not hold, beyond "it takes effect only at start", and why.
+START_ONLY_WHY: dict[str, str] = {
+    "hard_caps": (
+        "it starts or stops the driver mechanism (an MPS daemon, the kernels' cgroups) that "
+        "running kernels are held by"
+    ),
+}
 # A caps file is a few hundred bytes; anything near this is not one.
 MAX_CAPS_FILE_BYTES = 64 * 1024
 # The file, a policy, its list of devices: 3 levels; deeper is not a caps file, and deep enough
@@ -183,9 +190,11 @@ def parse_caps(raw: bytes, path: str) -> tuple[dict[str, Any] | None, list[Probl
 
 
 def _only_at_start(name: str) -> str:
+    why = f" ({START_ONLY_WHY[name]})" if name in START_ONLY_WHY else ""
     return (
-        f"not read from the caps file: {name} takes effect only when the server starts; set it in "
-        f"a config file or on the command line. A caps file holds {', '.join(CAPS_FILE_SETTINGS)}"
+        f"not read from the caps file: {name} takes effect only when the server starts{why}; set "
+        f"it in a config file or on the command line. A caps file holds "
+        f"{', '.join(CAPS_FILE_SETTINGS)}"
     )
 
 

@@ -11,6 +11,7 @@ from traitlets.config import Configurable
 
 from jupyter_tfgpu.policy.model import PolicyError, validate_policy
 from jupyter_tfgpu.server.config_traits import JSONDict, JSONList
+from jupyter_tfgpu.server.hardcaps import modes as hard_caps_modes
 
 DEFAULT_SIMULATED_GPUS = [{"name": "Simulated GPU 16GB", "memory_gb": 16, "count": 2}]
 
@@ -326,6 +327,21 @@ class TFGPU(Configurable):
         missing stops the server at start (see on_config_error); while the server runs, the
         caps in force then stay as they were, and the problem is logged and listed in GET
         config until the file is fixed. None (the default): no caps file.""",
+    ).tag(config=True)
+
+    hard_caps = Enum(
+        list(hard_caps_modes.SETTING_VALUES),
+        default_value="off",
+        help=f"""Whether the NVIDIA driver, and not only the frameworks, holds each kernel at
+        its GPU memory cap (its effective memory_limit_mb). {hard_caps_modes.manual()} 'auto':
+        the first mode this machine allows and that starts, in the order
+        {hard_caps_modes.AUTO_ORDER}, else off.
+        GET status (hard_caps) says which mode is in force, why not the one asked for, and
+        what this machine lacks for each; GET kernels/{{id}} says how each kernel's cap is
+        held (level driver, framework or none, per GPU, with the reason it is not driver).
+        A mode named here that cannot be used is a start-up problem: the server stops, or
+        with on_config_error = 'warn' runs with 'off' and lists it in GET config. Read at
+        start only (not from the caps file).""",
     ).tag(config=True)
 
     # -- start-up ----------------------------------------------------------------------------

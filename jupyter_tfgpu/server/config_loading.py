@@ -20,6 +20,7 @@ from jupyter_tfgpu.server.caps_file import read_within
 from jupyter_tfgpu.server.caps_watcher import CapsFile
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import (
+    SECTION,
     Problem,
     combination_problems,
     environment_problems,
@@ -84,11 +85,27 @@ def check_settings(serverapp: Any, log: logging.Logger) -> tuple[TFGPU, list[Pro
     return settings, problems, caps
 
 
+def refuse_hard_caps(serverapp: Any, log: logging.Logger, why: str, problems: list[Problem]) -> None:
+    """The hard-caps mode the admin named cannot be used (``why``): stop the server, or with
+    TFGPU.on_config_error = 'warn' run with hard caps off and list it in GET config."""
+    problem = Problem(f"{SECTION}.hard_caps", why)
+    if on_config_error(given_settings(serverapp).config) == "stop":
+        log.critical("jupyter-tfgpu: %s", problem)
+        log.critical(STOPS)
+        serverapp.exit(1)
+    log.error("jupyter-tfgpu: %s (TFGPU.on_config_error = 'warn')", problem)
+    problems.append(problem)
+
+
 def caps_in_force(
-    settings: Mapping[str, Any], provisioner: Mapping[str, Any], caps_file: CapsFile | None = None
+    settings: Mapping[str, Any],
+    provisioner: Mapping[str, Any],
+    caps_file: CapsFile | None = None,
+    hard_caps: str | None = None,
 ) -> str:
     """One line for the start-up log: the caps, policies and enforcement this server runs with,
-    and which of them the caps file gave."""
+    how the caps are held (``hard_caps``, said by the hard caps in force), and which of them the
+    caps file gave."""
 
     def shown(value: Any) -> str:
         return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
@@ -125,6 +142,8 @@ def caps_in_force(
         else f"policies not applied to kernels: {provisioner.get('reason')}"
     )
     line = f"jupyter-tfgpu: caps in force: {caps}; {enforcement}; {idle}; {applied}"
+    if hard_caps:
+        line = f"{line}; {hard_caps}"
     if caps_file is None:
         return line
     if caps_file.applied_at is None:

@@ -63,9 +63,12 @@ SERIES = (
     Series("tfgpu_kernel_gpu_memory_bytes", "gauge", (*KERNEL_LABELS, "gpu", "UUID", "source"),
            "GPU memory held by a kernel's processes, per GPU; source says how it was found "
            "(nvml, or the kernel's own report)."),
-    Series("tfgpu_kernel_memory_limit_bytes", "gauge", KERNEL_LABELS,
+    Series("tfgpu_kernel_memory_limit_bytes", "gauge", (*KERNEL_LABELS, "enforcement"),
            "The GPU memory cap the kernel runs under (the tighter of its start and the policy in "
-           "force); absent when it has none."),
+           "force); absent when it has none. enforcement says how it is held: driver (the "
+           "driver refuses allocations past it), framework (settings the kernel's code could "
+           "undo) or none (no setting reaches the kernel); compare it with other series "
+           "ignoring (enforcement)."),
     Series("tfgpu_kernel_idle_seconds", "gauge", KERNEL_LABELS,
            "Seconds since the kernel last ran code; absent while it is busy."),
     Series("tfgpu_kernel_gpu_memory_byte_seconds_total", "counter",
@@ -214,6 +217,7 @@ class SnapshotCollector(Collector):
                     if gpu["used_memory"] is not None
                 ]  # fmt: skip
                 cap = row.get("limit_bytes")
+                held = str(row.get("enforcement") or "none")
                 idle_seconds = row.get("idle_seconds")
                 cap = None if cap is None else float(cap)
                 idle_seconds = None if idle_seconds is None else float(idle_seconds)
@@ -228,7 +232,7 @@ class SnapshotCollector(Collector):
             for labels, value in samples:
                 memory.add_metric(labels, value)
             if cap is not None:
-                limit.add_metric(kernel, cap)
+                limit.add_metric([*kernel, held], cap)
             if idle_seconds is not None:
                 idle.add_metric(kernel, idle_seconds)
         self._failing &= {row.get("kernel_id") for row in rows}

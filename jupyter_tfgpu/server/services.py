@@ -30,6 +30,7 @@ from jupyter_tfgpu.server.caps_watcher import CapsFile
 from jupyter_tfgpu.server.config import TFGPU
 from jupyter_tfgpu.server.config_check import Problem
 from jupyter_tfgpu.server.events import ENFORCEMENT_EVENT, ENFORCEMENT_SCHEMA
+from jupyter_tfgpu.server.hardcaps.service import HardCaps
 from jupyter_tfgpu.server.kernels.attribution import Attribution
 from jupyter_tfgpu.server.kernels.channel import KernelReports, KernelTokens
 from jupyter_tfgpu.server.kernels.contexts import ContextSizes
@@ -76,6 +77,8 @@ class Services:
     # The CUDA context each GPU model and driver needs, measured (framework limits leave it).
     contexts: ContextSizes | None = None
     caps_file: CapsFile | None = None  # TFGPU.caps_file, when the admin named one
+    # TFGPU.hard_caps: the mode in force and its mechanism ("off" unless given)
+    hard_caps: HardCaps = field(default_factory=lambda: HardCaps("off"))
     log: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
     # What start() and keep_kernels_fresh() started, each as its undo, in the order started.
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -83,10 +86,13 @@ class Services:
     # -- running ---------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        """Start what runs while the server serves, on the server's event ``loop``: the policy
-        store's refresher, the provisioner's context, the snapshot subscribers (usage counts and
-        the enforcer), the metrics collector, the sampler, the policy pushes to the stream and
-        the caps file's watcher."""
+        """Start what runs while the server serves, on the server's event ``loop``: the hard
+        caps' mode (its mechanism started, waited for: the server does not serve yet), the
+        policy store's refresher, the provisioner's context, the snapshot subscribers (usage
+        counts and the enforcer), the metrics collector, the sampler, the policy pushes to the
+        stream and the caps file's watcher."""
+        # Before the provisioner may start a kernel: each start is prepared by the mode in force.
+        self.hard_caps.start()
         # A worker thread checks the store's folder and reads its file, waited for a few seconds
         # at most: a slow or stuck file system must not keep the server from listening (the
         # caps hold without the store). Problems go to the log and to GET policies; reads
@@ -136,11 +142,28 @@ class Services:
 
     async def stop(self) -> None:
         """Undo what start() and keep_kernels_fresh() started, the latest first; then stop the
-        kernel registry (its record folder removed) and the sampler (NVML shut down)."""
+        kernel registry (its record folder removed), the sampler (NVML shut down) and the hard
+        caps' mechanism. With a driver mechanism in force, the kernels are shut down first (the
+        server would right after), so each one's hard cap is released while it can be."""
+        if self.hard_caps.driver_mode:
+            await self._shut_down_kernels()
         while self._undo:
             self._undo.pop()()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.hard_caps.stop)
         await self.kernels.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self.sampler.stop)
+        await loop.run_in_executor(None, self.sampler.stop)
+
+    async def _shut_down_kernels(self) -> None:
+        manager = self.kernels.kernel_manager
+        if not list(manager.list_kernel_ids()):
+            return
+        try:
+            result = manager.shutdown_all()
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                await result
+        except Exception:  # noqa: BLE001 - the server's own shutdown tries again
+            self.log.exception("jupyter-tfgpu: shutting the kernels down before the hard caps failed")
 
     def _on_snapshot(self, snapshot: Any) -> None:
         try:
@@ -177,6 +200,7 @@ class Services:
             "provisioner": self.provisioner,
             "enforcement": self.enforcer.rules.to_json(),
             "caps_file": self.caps_file.to_json() if self.caps_file is not None else None,
+            "hard_caps": self.settings["hard_caps"],
             # Admin settings that do not apply (with TFGPU.on_config_error = 'warn'), and why
             # the caps file as it is now is not used.
             "problems": [problem.to_json() for problem in self.problems + self._caps_file_problems],
@@ -209,6 +233,7 @@ def build_services(
 ) -> Services:
     """Build every service from the checked settings; nothing is started yet."""
     settings = {name: getattr(config, name) for name in config.trait_names(config=True)}
+    record_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
     tokens = KernelTokens()
     reports = KernelReports()
     attribution = Attribution(reports=reports.current)
@@ -242,7 +267,7 @@ def build_services(
         placement=Placement(lambda: sampler.latest.gpus, settings["placement_strategy"]),
         context_reserve=contexts.reserve,
     )
-    record_root = os.path.join(jupyter_runtime_dir(), f"tfgpu-{os.getpid()}")
+    hard_caps = HardCaps(settings["hard_caps"], admin=lambda: policies.admin, log=log)
     kernels = KernelRegistry(
         serverapp.kernel_manager,
         serverapp.session_manager,
@@ -253,6 +278,7 @@ def build_services(
         tokens=tokens,
         reports=reports,
         log=log,
+        hard_caps=hard_caps,
     )
     return Services(
         settings=settings,
@@ -275,6 +301,7 @@ def build_services(
         problems=problems if problems is not None else [],
         contexts=contexts,
         caps_file=caps_file,
+        hard_caps=hard_caps,
         log=log,
     )
 

@@ -50,6 +50,82 @@ export interface IStatus {
       kernels_measured: number;
     }[];
   };
+  /** `TFGPU.hard_caps`: the mode asked for, the mode in force and why. */
+  hard_caps: IHardCapsStatus;
+}
+
+/**
+ * How a cap is enforced: 'driver' ("hard cap": the driver refuses allocations past it),
+ * 'framework' ("cooperative": settings the kernel's own code could undo), 'none' ("no cap").
+ */
+export type EnforcementLevel = 'driver' | 'framework' | 'none';
+
+/** What holds a cap; null when nothing does. */
+export type EnforcementMechanism = 'nvml_memory_limit' | 'mps' | 'framework_settings' | null;
+
+/** How a kernel's cap is enforced, overall (the weakest of its GPUs). */
+export interface IKernelEnforcement {
+  level: EnforcementLevel;
+  mechanism: EnforcementMechanism;
+  /** Why the level is not 'driver'; null when it is. */
+  reason: string | null;
+}
+
+/** How a kernel's cap is enforced, overall and per GPU, as decided when it started. */
+export interface ICapEnforcement {
+  level: EnforcementLevel;
+  mechanism: EnforcementMechanism;
+  reason: string | null;
+  gpus: {
+    /** The GPU's UUID (its index where none was known). */
+    gpu: string;
+    level: EnforcementLevel;
+    mechanism: EnforcementMechanism;
+    reason: string | null;
+  }[];
+}
+
+/** GET `status`'s `hard_caps`: TFGPU.hard_caps in this server. */
+export interface IHardCapsStatus {
+  asked: 'off' | 'nvml' | 'mps' | 'auto';
+  in_force: 'off' | 'nvml' | 'mps';
+  /** Why the mode in force is not the one asked for; null when it is. */
+  reason: string | null;
+  mechanism: {
+    name: 'off' | 'nvml' | 'mps';
+    state: 'running' | 'starting' | 'restarting' | 'failed' | 'stopped';
+    detail: string | null;
+    facts: Record<string, string | number | boolean | null>;
+  };
+  /** Each mode with a driver mechanism; `missing` is null when not looked at. */
+  modes: { name: 'nvml' | 'mps'; implemented: boolean; missing: string[] | null }[];
+  host: IHardCapsHost | null;
+}
+
+/** What the machine offers the hard-caps mechanisms, found as the server started. */
+export interface IHardCapsHost {
+  checked_at: number;
+  driver: string | null;
+  gpus: {
+    index: number;
+    uuid: string;
+    name: string;
+    compute_capability: string | null;
+    mig: boolean | null;
+    compute_mode: 'default' | 'exclusive_thread' | 'prohibited' | 'exclusive_process' | null;
+  }[];
+  nvml_error: string | null;
+  mps_control: string | null;
+  external_mps: { pipe_directory: string; control: 'socket' | 'file' | null } | null;
+  euid: number | null;
+  cgroup: {
+    root: string;
+    v2: boolean;
+    own: string | null;
+    dmem: boolean;
+    controllers: string[];
+  } | null;
+  memory_limits: { bindings: boolean; driver: boolean | null; detail: string | null };
 }
 
 /** One process holding memory on a GPU. */
@@ -123,6 +199,8 @@ export interface IStreamKernel {
   /** The limit the kernel started with. */
   memory_limit_mb: number | null;
   restart_required: boolean;
+  /** `enforcement.level` of GET kernels: how its cap is enforced. */
+  enforcement: EnforcementLevel;
 }
 
 /** NVLink: read only while a client watches the interconnect; rates in bytes/s. */
@@ -239,9 +317,13 @@ export interface IKernel {
         context_reserve_measured_on?: string | null;
         /** Present when the cap leaves no room for the context: any GPU use passes it. */
         memory_limit_note?: string;
+        /** How its cap is enforced, per GPU, as decided when it started. */
+        enforcement?: ICapEnforcement;
       })
     | null;
   restart_required: boolean;
+  /** How its cap in force is enforced now, overall. */
+  enforcement: IKernelEnforcement;
 }
 
 /**
@@ -282,6 +364,8 @@ export interface IConfig {
     /** Also on the command line, which wins: the file's value is not used. */
     overridden: string[];
   } | null;
+  /** TFGPU.hard_caps as the admin set it (GET status says which mode is in force). */
+  hard_caps: 'off' | 'nvml' | 'mps' | 'auto';
   problems: { setting: string | null; message: string; file: string | null }[];
 }
 
@@ -294,6 +378,8 @@ export interface IEnforcementEvent {
   dry_run?: boolean;
   reason: string;
   status?: 'done' | 'failed' | 'skipped';
+  /** How the kernel's cap was enforced when this was decided. */
+  enforcement?: EnforcementLevel | null;
 }
 
 /** The two calls every model needs; bound to the server settings by `serverApi` (request.ts). */

@@ -11,6 +11,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from jupyter_tfgpu.gpu import DeviceInfo, GiB
+from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement, GpuEnforcement
 from jupyter_tfgpu.policy.environment import ContextReserve
 from jupyter_tfgpu.policy.launch import FrameworkLimit, Launch
 from jupyter_tfgpu.policy.model import policy_field_names
@@ -23,6 +24,9 @@ DEVICES = [
 ]
 RESERVE = ContextReserve(400, "measured", "NVIDIA H200, driver 580.159.04")
 PLACEMENT = {"strategy": "least_used", "requested": 1, "chosen": [GPU1], "reason": "most free"}
+COOPERATIVE = CapEnforcement.of(
+    [GpuEnforcement(GPU1, "framework", "framework_settings", "code in the kernel can undo them")]
+)
 FIELDS = list(policy_field_names())
 
 
@@ -82,6 +86,28 @@ def test_what_a_start_would_apply_carries_no_start_time():
     assert launch.framework_limit == FrameworkLimit(300, RESERVE, document["memory_limit_note"])
 
 
+def test_how_its_cap_is_enforced_is_written_last_per_gpu_and_overall():
+    """The enforcement the hard-caps mechanism decided at start: after every key sent before
+    it, overall (the weakest GPU's level, mechanism and reason) and per GPU."""
+    launch = dataclasses.replace(placed_start(), enforcement=COOPERATIVE)
+    document = launch.to_json()
+    assert list(document)[-1] == "enforcement"
+    assert document["enforcement"] == {
+        "level": "framework",
+        "mechanism": "framework_settings",
+        "reason": "code in the kernel can undo them",
+        "gpus": [
+            {
+                "gpu": GPU1,
+                "level": "framework",
+                "mechanism": "framework_settings",
+                "reason": "code in the kernel can undo them",
+            }
+        ],
+    }
+    assert "enforcement" not in placed_start().to_json()  # a rendering no kernel started with
+
+
 def test_a_launch_is_frozen_and_read_by_attributes():
     """No member or field changes after the launch is made."""
     launch = placed_start()
@@ -132,6 +158,7 @@ def test_the_json_is_the_openapi_applied_schema():
     schema = applied_schema()
     launches = [
         placed_start(error="could not"),
+        placed_start(enforcement=COOPERATIVE),
         placed_start().applied_in_process(Launch.render({}, DEVICES, kernel_id="k1"), 200.0),
         Launch.render({"memory_limit_mb": 300, "devices": [0]}, DEVICES, RESERVE, kernel_id="k"),
     ]

@@ -47,6 +47,12 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "EffectivePolicy": ("EffectivePolicy",),
     "Policy": ("Policy",),
     "IPlacement": ("Placement",),
+    "EnforcementLevel": ("EnforcementLevel",),
+    "EnforcementMechanism": ("EnforcementMechanism",),
+    "IKernelEnforcement": ("KernelEnforcement",),
+    "ICapEnforcement": ("CapEnforcement",),
+    "IHardCapsStatus": ("HardCapsStatus",),
+    "IHardCapsHost": ("HardCapsHost",),
 }
 # Names in types.ts that mirror no schema, and why.
 NOT_MIRRORED = {

@@ -98,6 +98,7 @@ def test_a_valid_file_gives_its_values_as_the_traits_hold_them(folder):
         ('{"backend": "nvml"}', "TFGPU.backend", "takes effect only when the server starts"),
         ('{"sample_interval": 2}', "TFGPU.sample_interval", "takes effect only when the server starts"),
         ('{"caps_file": "/tmp/other.json"}', "TFGPU.caps_file", "takes effect only when the server starts"),
+        ('{"hard_caps": "mps"}', "TFGPU.hard_caps", "the driver mechanism (an MPS daemon"),
         ('{"max_memory_mb": 1, "max_memory_mb": 2}', None, "max_memory_mb given more than once"),
         ("\xff", None, "not a JSON object"),
     ],

@@ -56,6 +56,7 @@ VALUES = {
     "idle_action": "shutdown",
     "max_actions_per_hour": 5,
     "caps_file": "/etc/jupyter/tfgpu-caps.json",
+    "hard_caps": "auto",
     "on_config_error": "warn",
 }
 # The parsers a --TFGPU.x=... argument meets: jupyter_server's (jupyter server, jupyter lab,

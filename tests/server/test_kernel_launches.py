@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 from jupyter_tfgpu.gpu import DeviceInfo, GiB
 from jupyter_tfgpu.policy import AdminPolicy, PolicyService, PolicyStore
+from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement
+from jupyter_tfgpu.server.hardcaps.service import HardCaps
 from jupyter_tfgpu.server.kernels.launches import KernelLaunches
+from tests.server.hardcaps_helpers import (
+    WRAPPED_ENV,
+    RecordingMechanism,
+    probe,
+    reset_recording,
+    with_mechanism,
+)
 
 GPU0 = "GPU-00000000-1111-2222-3333-444444444444"
 GPU1 = "GPU-11111111-2222-3333-4444-555555555555"
@@ -54,13 +65,13 @@ def ledger(tmp_path) -> tuple[KernelLaunches, OnePlacement]:
     return KernelLaunches(policies, clock=Clock()), placement
 
 
-def test_a_start_keeps_the_launch_and_counts_its_placement(tmp_path):
+async def test_a_start_keeps_the_launch_and_counts_its_placement(tmp_path):
     """The environment goes to the kernel; the launch stays with the ledger, read back whole."""
     # Given a ledger
     launches, _ = ledger(tmp_path)
     # When a kernel starts for the notebook, and another one without a kernel id
-    env = launches.start("k1", str(tmp_path / "nb.ipynb"))
-    launches.start(None, str(tmp_path / "nb.ipynb"))
+    env = (await launches.start("k1", str(tmp_path / "nb.ipynb"))).env
+    await launches.start(None, str(tmp_path / "nb.ipynb"))
     # Then the kernel's launch is kept, with what it got, and both placements are counted
     launch = launches.of("k1")
     assert env["CUDA_VISIBLE_DEVICES"] == GPU1
@@ -69,11 +80,11 @@ def test_a_start_keeps_the_launch_and_counts_its_placement(tmp_path):
     assert launches.placements() == {("least_used", "placed"): 2}
 
 
-def test_a_policy_applied_in_process_becomes_the_launch_at_the_ledgers_time(tmp_path):
+async def test_a_policy_applied_in_process_becomes_the_launch_at_the_ledgers_time(tmp_path):
     """The server's rendering of the notebook's policy, its start time and placement kept."""
     # Given a kernel placed at start, and the notebook's policy changed since
     launches, _ = ledger(tmp_path)
-    launches.start("k1", str(tmp_path / "nb.ipynb"))
+    await launches.start("k1", str(tmp_path / "nb.ipynb"))
     started = launches.of("k1")
     launches.policies.set("nb.ipynb", {"devices": "auto", "gpu_count": 1, "memory_growth": True})
     # When it applies the policy in-process
@@ -94,10 +105,90 @@ def test_a_kernel_not_started_here_that_applies_a_policy_has_no_start_time(tmp_p
     assert "placement" not in document
 
 
-def test_a_forgotten_kernel_leaves_nothing_and_frees_its_gpus(tmp_path):
+async def test_a_forgotten_kernel_leaves_nothing_and_frees_its_gpus(tmp_path):
     """Forgetting drops the launch and releases the kernel's placement."""
     launches, placement = ledger(tmp_path)
-    launches.start("k1", str(tmp_path / "nb.ipynb"))
+    await launches.start("k1", str(tmp_path / "nb.ipynb"))
     launches.forget("k1")
     assert launches.of("k1") is None and launches.kernel_ids() == set()
     assert placement.released == ["k1"]
+
+
+# -- how each kernel's cap is enforced -------------------------------------------------------------
+
+
+async def test_a_start_says_how_the_kernels_cap_is_enforced_and_tells_the_kernel(tmp_path):
+    """With hard caps off: framework settings per GPU, in the launch and in its TFGPU_POLICY."""
+    launches, _ = ledger(tmp_path)
+    launches.policies.set("nb.ipynb", {"devices": "auto", "gpu_count": 1, "memory_limit_mb": 4096})
+    start = await launches.start("k1", str(tmp_path / "nb.ipynb"), language="python")
+    enforcement = launches.of("k1").enforcement
+    assert (enforcement.level, [g.gpu for g in enforcement.gpus]) == ("framework", [GPU1])
+    assert json.loads(start.env["TFGPU_POLICY"])["enforcement"] == enforcement.to_json()
+    assert start.wrapper == ()
+
+
+async def test_a_non_python_kernels_cap_is_reached_by_no_setting(tmp_path):
+    launches, _ = ledger(tmp_path)
+    launches.policies.set("nb.ipynb", {"devices": "auto", "gpu_count": 1, "memory_limit_mb": 4096})
+    await launches.start("k1", str(tmp_path / "nb.ipynb"), language="R")
+    enforcement = launches.of("k1").enforcement
+    assert enforcement.level == "none" and enforcement.reason.startswith("a R kernel")
+
+
+def recording_ledger(tmp_path, monkeypatch) -> tuple[KernelLaunches, RecordingMechanism]:
+    """A ledger whose hard caps run the recording mechanism in mode mps."""
+    reset_recording()
+    with_mechanism(monkeypatch, "mps")
+    caps = HardCaps("mps", tmp_path / "runtime", probe=probe(tmp_path))
+    caps.start()
+    launches, _ = ledger(tmp_path)
+    launches = KernelLaunches(launches.policies, clock=Clock(), hard_caps=caps)
+    return launches, RecordingMechanism.made[-1]
+
+
+async def test_what_the_mechanism_prepares_reaches_the_kernels_start(tmp_path, monkeypatch):
+    """Its variables, its wrapper, and its enforcement in the launch and TFGPU_POLICY."""
+    launches, mechanism = recording_ledger(tmp_path, monkeypatch)
+    RecordingMechanism.wrapper = ("cgexec", "--")
+    launches.policies.set("nb.ipynb", {"devices": "auto", "gpu_count": 1, "memory_limit_mb": 4096})
+    start = await launches.start("k1", str(tmp_path / "nb.ipynb"), language="python")
+    assert start.env[WRAPPED_ENV] == "limit=4096" and start.wrapper == ("cgexec", "--")
+    assert launches.of("k1").enforcement.mechanism == "mps"
+    assert json.loads(start.env["TFGPU_POLICY"])["enforcement"]["mechanism"] == "mps"
+    assert mechanism.calls[-1] == ("prepare", "k1", "python", (GPU1,))
+    # A start without a kernel id (nothing could release it): framework settings, no mechanism
+    anonymous = await launches.start(None, str(tmp_path / "nb.ipynb"))
+    assert WRAPPED_ENV not in anonymous.env and mechanism.names().count("prepare") == 1
+
+
+async def test_a_kernels_hard_cap_is_released_and_told_before_its_signals(tmp_path, monkeypatch):
+    launches, mechanism = recording_ledger(tmp_path, monkeypatch)
+    await launches.start("k1", str(tmp_path / "nb.ipynb"))
+    await launches.before_signal("k1", 4242)
+    await launches.release("k1")
+    launches.forget("k1")  # released once more, in the worker: harmless
+    await launches.release("k1")
+    assert mechanism.names() == ["start", "prepare", "before_signal", "release", "release", "release"]
+    assert mechanism.calls[2][:2] == ("before_signal", "k1")
+
+
+async def test_a_mechanism_that_reports_a_running_kernel_changes_its_launch(tmp_path, monkeypatch):
+    launches, mechanism = recording_ledger(tmp_path, monkeypatch)
+    await launches.start("k1", str(tmp_path / "nb.ipynb"))
+    started = launches.of("k1")
+    dead = CapEnforcement.without_gpus("framework", "mps", "its MPS daemon died")
+    mechanism.context.report("k1", dead)
+    mechanism.context.report("k9", dead)  # a kernel not kept here: nothing
+    assert launches.of("k1").enforcement is dead
+    assert launches.of("k1").fields == started.fields
+    assert launches.kernel_ids() == {"k1"}
+
+
+async def test_a_policy_applied_in_process_says_how_its_cap_is_held(tmp_path):
+    launches, _ = ledger(tmp_path)
+    await launches.start("k1", str(tmp_path / "nb.ipynb"))
+    launches.policies.set("nb.ipynb", {"devices": "auto", "gpu_count": 1, "memory_limit_mb": 2048})
+    applied = launches.applied_in_process("k1", "nb.ipynb")
+    assert applied.enforcement.level == "framework"
+    assert applied.to_json()["enforcement"]["gpus"][0]["gpu"] == GPU1

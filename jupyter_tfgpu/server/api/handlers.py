@@ -131,6 +131,7 @@ class StatusHandler(TFGPUAPIHandler):
                 "versions": {"extension": __version__, **sampler.versions},
                 "sampler": sampler.describe(),
                 "context_reserve": self.services.context_reserve_json(),
+                "hard_caps": self.services.hard_caps.to_json(),
             }
         )
 

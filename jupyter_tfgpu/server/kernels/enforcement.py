@@ -69,6 +69,8 @@ class KernelFacts:
     memory_source: str | None = None  # of total_gpu_bytes
     unknown: str | None = None  # why its GPU memory is unknown now (None: it is known)
     cap_bytes: int | None = None  # the cap itself, when limit_bytes is the framework limit
+    # How its cap is enforced now: "driver", "framework" or "none" (policy.cap_enforcement)
+    enforcement: str | None = None
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Decision:
     seconds: float | None
     dry_run: bool = False
     status: str = "done"
+    enforcement: str | None = None  # how the kernel's cap was enforced as this was decided
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def to_event(self) -> dict[str, Any]:
@@ -259,6 +262,7 @@ class Enforcer:
             limit_bytes=facts.limit_bytes,
             seconds=round(held if rule == "memory_cap" else facts.idle_seconds or 0, 1),
             dry_run=action == "warn",
+            enforcement=facts.enforcement,
         )
 
     # -- acting ------------------------------------------------------------------------------

@@ -2,49 +2,111 @@
 registry forgets it, and how many "devices: auto" launches were placed so (for metrics).
 
 The provisioner starts a kernel through ``start``: the policy service renders the launch, the
-ledger keeps it. A kernel that applies its notebook's policy in-process gets the server's own
-rendering of it as its launch. Launches are read on the event loop and in the metrics' and
-sampler's threads: a lock guards the table.
+server's hard caps (``server/hardcaps/``) prepare it and say how its cap is enforced, the ledger
+keeps it; it tells the hard caps before the kernel's processes are signalled
+(``before_signal``) and once they are gone (``release``). A kernel that applies its notebook's
+policy in-process gets the server's own rendering of it as its launch. Launches are read on the
+event loop and in the metrics', sampler's and hard caps' threads: a lock guards the table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from jupyter_tfgpu.policy import PolicyService
+from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement
+from jupyter_tfgpu.policy.environment import encode
 from jupyter_tfgpu.policy.launch import Launch
+from jupyter_tfgpu.protocol import POLICY_ENV
+from jupyter_tfgpu.server.hardcaps.framework import framework_enforcement
+from jupyter_tfgpu.server.hardcaps.mechanism import Prepared, StartingKernel
+from jupyter_tfgpu.server.hardcaps.service import HardCaps
+
+# How long a kernel's stop waits for its hard cap to be released before it goes on.
+RELEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class KernelStart:
+    """What a kernel's process starts with: its environment's policy variables (None removes
+    one) and what goes before its command (empty: nothing)."""
+
+    env: dict[str, str | None]
+    wrapper: tuple[str, ...] = ()
 
 
 class KernelLaunches:
     """Each kernel's launch, by kernel id; owned by the kernel registry."""
 
-    def __init__(self, policies: PolicyService, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        policies: PolicyService,
+        clock: Callable[[], float] = time.time,
+        hard_caps: HardCaps | None = None,
+    ) -> None:
         self.policies = policies
         self.clock = clock  # when a policy is applied in-process
+        # TFGPU.hard_caps' mode and mechanism; "off" (framework settings only) unless given
+        self.hard_caps = hard_caps or HardCaps("off", admin=lambda: policies.admin)
+        self.hard_caps.on_report = self.report
         self._lock = threading.Lock()
         self._launches: dict[str, Launch] = {}
         # (strategy, outcome) -> how many "devices: auto" launches were decided so
         self._placements: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def start(
+    async def start(
         self,
         kernel_id: str | None,
         session_name: str | None,
         inherited: Mapping[str, str] | None = None,
-    ) -> dict[str, str | None]:
-        """The environment for a kernel about to start (``None``: remove the variable); its
-        launch is kept under its id."""
+        language: str | None = None,
+    ) -> KernelStart:
+        """What a kernel about to start gets (its kernelspec's ``language``: whether in-process
+        settings reach it); its launch, with how its cap is enforced, is kept under its id."""
         env, launch = self.policies.launch(
             kernel_id, session_name, inherited, placed=self._count_placement
         )
+        starting = StartingKernel(kernel_id or "", launch, language, tuple(self.policies.devices))
+        if kernel_id:
+            prepared = await self.hard_caps.prepare(starting)
+        else:  # nothing to release it by: framework settings only
+            prepared = Prepared(framework_enforcement(starting))
+        launch = replace(launch, enforcement=prepared.enforcement)
+        env = {**env, **prepared.env, POLICY_ENV: encode(launch.to_json())}
         if kernel_id:
             with self._lock:
                 self._launches[kernel_id] = launch
-        return env
+        return KernelStart(env, tuple(prepared.wrapper))
+
+    async def before_signal(self, kernel_id: str, pid: int | None) -> None:
+        """The kernel's processes are about to get SIGTERM or SIGKILL: its hard cap first."""
+        await self.hard_caps.before_signal(kernel_id, pid)
+
+    async def release(self, kernel_id: str) -> None:
+        """The kernel's process is gone (it stopped, restarts, or failed to start): what its
+        hard cap set is undone before this returns (``RELEASE_SECONDS`` at most)."""
+        future = self.hard_caps.release(kernel_id)
+        if future is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), RELEASE_SECONDS)
+        except asyncio.TimeoutError:
+            self.hard_caps.log.error(
+                "jupyter-tfgpu: kernel %s: its hard cap was not released within %g s",
+                kernel_id, RELEASE_SECONDS,
+            )  # fmt: skip
+
+    def report(self, kernel_id: str, enforcement: CapEnforcement) -> None:
+        """The hard caps say a running kernel's cap is held otherwise now: its launch says so."""
+        with self._lock:
+            launch = self._launches.get(kernel_id)
+            if launch is not None:
+                self._launches[kernel_id] = replace(launch, enforcement=enforcement)
 
     def _count_placement(self, strategy: str, outcome: str) -> None:
         with self._lock:
@@ -82,12 +144,16 @@ class KernelLaunches:
             if started is not None
             else replace(now, in_process_at=at)
         )
+        enforcement = self.hard_caps.in_process(started, launch, tuple(self.policies.devices))
+        launch = replace(launch, enforcement=enforcement)
         with self._lock:
             self._launches[kernel_id] = launch
         return launch
 
     def forget(self, kernel_id: str) -> None:
-        """The kernel is gone: its launch, and the GPUs placement reserved for it."""
+        """The kernel is gone: its launch, the GPUs placement reserved for it, and its hard cap
+        (released in the hard caps' worker, not waited for)."""
         with self._lock:
             self._launches.pop(kernel_id, None)
         self.policies.release(kernel_id)
+        self.hard_caps.release(kernel_id)

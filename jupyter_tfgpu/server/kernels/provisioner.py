@@ -15,11 +15,16 @@ A kernelspec that names another provisioner keeps it: that kernel gets no policy
 
 What it needs of the server (its launches, tokens, record folder, URL) is one
 ``ProvisionerContext``, set when the server's services start and cleared when they stop.
+
+The server's hard caps (``TFGPU.hard_caps``) reach the kernel through its launch: what they add
+to its environment and put before its command. They are told before the kernel's processes get
+SIGTERM or SIGKILL, and once its process is gone (stopped, restarting, or a start that failed).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from importlib.resources import files
 from itertools import pairwise
@@ -44,6 +49,9 @@ SERVER_TOKEN_ENV = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
 # JupyterHub's token of the single-user server (JPY_API_TOKEN is its older name): it opens this
 # server's every route too. Kept in kernels only with TFGPU.keep_hub_token_in_kernels.
 HUB_TOKEN_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
+# The signals that end a kernel's processes (kill and terminate send these): a hard-caps
+# mechanism may need to act first (MPS clients are ended through their daemon).
+ENDING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL})
 
 
 def bootstrap_dir() -> str:
@@ -119,8 +127,10 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
             env[KERNEL_ID_ENV] = kernel_id
         if context is None:
             return kwargs
-        policy_env = context.launches.start(kernel_id, env.get("JPY_SESSION_NAME"), inherited=env)
-        for name, value in policy_env.items():
+        start = await context.launches.start(
+            kernel_id, env.get("JPY_SESSION_NAME"), inherited=env, language=self._language()
+        )
+        for name, value in start.env.items():
             if value is None:
                 env.pop(name, None)
             else:
@@ -129,7 +139,7 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
             p for p in (bootstrap_dir(), env.get("PYTHONPATH", "")) if p
         )
         if kwargs.get("cmd"):
-            kwargs["cmd"] = with_magic(kwargs["cmd"])
+            kwargs["cmd"] = [*start.wrapper, *with_magic(kwargs["cmd"])]
         if context.record_root and kernel_id:
             env[RECORD_DIR_ENV] = os.path.join(context.record_root, kernel_id)
         # The kernel channel: a token for this kernel alone, never the server's own token.
@@ -138,3 +148,32 @@ class TFGPUProvisioner(LocalProvisioner):  # type: ignore[misc]
             env[SERVER_URL_ENV] = context.server_url
             env[KERNEL_TOKEN_ENV] = context.tokens.issue(kernel_id)
         return kwargs
+
+    def _language(self) -> str | None:
+        """The kernelspec's language ("python"), None when it names none."""
+        return getattr(getattr(self, "kernel_spec", None), "language", None) or None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        """Start the kernel's process; a start that fails releases its hard cap."""
+        try:
+            return await super().launch_kernel(cmd, **kwargs)
+        except BaseException:
+            await self._release()
+            raise
+
+    async def send_signal(self, signum: int) -> None:
+        """Signal the kernel's processes; before one that ends them, its hard cap acts."""
+        context = type(self).context
+        if signum in ENDING_SIGNALS and context is not None and self.kernel_id and self.process:
+            await context.launches.before_signal(self.kernel_id, self.pid)
+        await super().send_signal(signum)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """The kernel's process is gone (it stopped, or restarts): release its hard cap."""
+        await super().cleanup(restart)
+        await self._release()
+
+    async def _release(self) -> None:
+        context = type(self).context
+        if context is not None and self.kernel_id:
+            await context.launches.release(self.kernel_id)

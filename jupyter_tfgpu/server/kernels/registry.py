@@ -23,6 +23,7 @@ from jupyter_tfgpu.server.kernels.launches import KernelLaunches
 from jupyter_tfgpu.server.kernels.memory import KernelMemoryReader
 from jupyter_tfgpu.server.kernels.records import read_record
 from jupyter_tfgpu.server.kernels.views import KernelRow
+from jupyter_tfgpu.server.hardcaps.service import HardCaps
 from jupyter_tfgpu.server.sampling.sampler import Sampler
 
 View = TypeVar("View")
@@ -49,14 +50,16 @@ class KernelRegistry:
         tokens: KernelTokens | None = None,
         reports: KernelReports | None = None,
         log: logging.Logger | None = None,
+        hard_caps: HardCaps | None = None,
     ) -> None:
         self.tokens = tokens or KernelTokens()
         self.reports = reports or KernelReports()
         self.kernel_manager = kernel_manager
         self.session_manager = session_manager
         self.policies = policies
-        # What each kernel started with: kept from its start until it is forgotten here.
-        self.launches = KernelLaunches(policies)
+        # What each kernel started with: kept from its start until it is forgotten here (how
+        # its cap is enforced included: the server's hard caps prepare each start).
+        self.launches = KernelLaunches(policies, hard_caps=hard_caps)
         self.sampler = sampler
         self.attribution = attribution
         self.record_root = record_root

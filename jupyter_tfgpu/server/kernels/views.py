@@ -9,6 +9,7 @@ from typing import Any
 
 from jupyter_tfgpu.gpu import MiB
 from jupyter_tfgpu.policy import PolicyService
+from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement
 from jupyter_tfgpu.policy.environment import framework_limit_mb
 from jupyter_tfgpu.policy.launch import Launch
 from jupyter_tfgpu.server.kernels.enforcement import KernelFacts
@@ -52,6 +53,7 @@ def describe(
         "applied": row.launch.to_json() if row.launch is not None else None,
         "restart_required": restart_required(row, policies),
         "framework": framework,
+        "enforcement": enforcement(row, policies).summary_json(),
     }
 
 
@@ -60,6 +62,31 @@ def restart_required(row: KernelRow, policies: PolicyService) -> bool:
     if row.launch is None:
         return False
     return row.launch.restart_required(policies.rendered(row.notebook), policies.own(row.notebook))
+
+
+def enforcement(row: KernelRow, policies: PolicyService) -> CapEnforcement:
+    """How the kernel's cap in force is enforced now: as its launch says, unless a driver limit
+    set at its start is above the cap in force now (a caps file lowered it), or it started
+    without a launch of this server (then no setting reaches it)."""
+    launch = row.launch
+    if launch is None or launch.enforcement is None:
+        started_by = row.provisioner or "no provisioner"
+        why = (
+            f"started without a policy from this server (by {started_by}): no setting reaches it"
+            if launch is None
+            else "it started before this server said how caps are enforced"
+        )
+        return CapEnforcement.without_gpus("none", None, why)
+    held = launch.enforcement
+    cap, started = cap_mb(row, policies), launch.memory_limit_mb
+    if held.level == "driver" and cap is not None and started is not None and cap < started:
+        return CapEnforcement.without_gpus(
+            "framework",
+            held.mechanism,
+            f"its cap was lowered to {cap} MiB while it ran; the driver holds the {started} MiB "
+            "it started with, the enforcer the new cap",
+        )
+    return held
 
 
 def cap_mb(row: KernelRow, policies: PolicyService) -> int | None:
@@ -107,6 +134,7 @@ def facts(row: KernelRow, policies: PolicyService, now: datetime) -> KernelFacts
         memory_source=memory.source,
         unknown=memory.unknown,
         cap_bytes=cap * MiB if cap else None,
+        enforcement=enforcement(row, policies).level,
     )
 
 
@@ -121,6 +149,7 @@ def summary(row: KernelRow, policies: PolicyService) -> dict[str, Any]:
         "gpu_memory_unknown": row.memory.unknown,
         "memory_limit_mb": row.memory_limit_mb,
         "restart_required": restart_required(row, policies),
+        "enforcement": enforcement(row, policies).level,
     }
 
 
@@ -132,6 +161,7 @@ def metrics_row(row: KernelRow, policies: PolicyService, now: datetime) -> dict[
         "notebook": row.notebook,
         "idle_seconds": known.idle_seconds,
         "limit_bytes": known.cap_bytes,
+        "enforcement": known.enforcement,
         **row.memory.as_dict(),
     }
 

@@ -1,6 +1,6 @@
 import { describeAvailability } from '../availability';
 import { IStatus } from '../types';
-import { CONTEXT_RESERVE, SAMPLER } from './fixtures';
+import { CONTEXT_RESERVE, HARD_CAPS_OFF, SAMPLER } from './fixtures';
 
 const status = (extra: Partial<IStatus>): IStatus => ({
   backend: 'none',
@@ -14,6 +14,7 @@ const status = (extra: Partial<IStatus>): IStatus => ({
   sampler: SAMPLER,
   versions: {},
   context_reserve: CONTEXT_RESERVE,
+  hard_caps: HARD_CAPS_OFF,
   ...extra
 });
 

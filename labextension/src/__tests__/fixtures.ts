@@ -58,6 +58,16 @@ export const SAMPLER: IStatus['sampler'] = {
 /** What GET status says of the CUDA context reserve before any kernel was measured. */
 export const CONTEXT_RESERVE: IStatus['context_reserve'] = { starting_mb: 550, measured: [] };
 
+/** What GET status says of TFGPU.hard_caps when it is off (the default). */
+export const HARD_CAPS_OFF: IStatus['hard_caps'] = {
+  asked: 'off',
+  in_force: 'off',
+  reason: null,
+  mechanism: { name: 'off', state: 'running', detail: null, facts: {} },
+  modes: [],
+  host: null
+};
+
 /** A snapshot taken at `timestamp`. */
 export function snapshot(timestamp: number | null, gpus: IGpu[]): ISnapshot {
   return { timestamp, simulated: true, gpus };
@@ -74,6 +84,7 @@ export function kernel(id: string, extra: Partial<IKernel> = {}): IKernel {
     policy: { sources: {} },
     applied: null,
     restart_required: false,
+    enforcement: { level: 'none', mechanism: null, reason: 'no memory cap' },
     ...extra
   };
 }

@@ -119,6 +119,7 @@ describe("KernelsModel following the stream's kernel summary", () => {
     gpu_memory_unknown: null,
     memory_limit_mb: null,
     restart_required: false,
+    enforcement: 'none',
     ...extra
   });
 

@@ -27,6 +27,7 @@ const CONFIG: IConfig = {
   nvml_budget: 0.02,
   policy_store_path: '/srv/jupyter/tfgpu/policies.json',
   provisioner: { name: 'tfgpu-provisioner', default: true, reason: null },
+  hard_caps: 'off',
   enforcement: {
     action: 'off',
     grace: 30,

@@ -1,7 +1,16 @@
 import { GiB, MiB } from '../format';
 import { statusLine, IStatusInput } from '../statustext';
 import { IStatus } from '../types';
-import { CONTEXT_RESERVE, gpu, kernel, kernelHolding, perGpu, SAMPLER, snapshot } from './fixtures';
+import {
+  CONTEXT_RESERVE,
+  HARD_CAPS_OFF,
+  gpu,
+  kernel,
+  kernelHolding,
+  perGpu,
+  SAMPLER,
+  snapshot
+} from './fixtures';
 
 const available: IStatus = {
   backend: 'simulated',
@@ -13,7 +22,8 @@ const available: IStatus = {
   sample_interval: 1,
   sampler: SAMPLER,
   versions: {},
-  context_reserve: CONTEXT_RESERVE
+  context_reserve: CONTEXT_RESERVE,
+  hard_caps: HARD_CAPS_OFF
 };
 
 /** Two 16 GiB GPUs with 1 GiB used each; kernel k1 holds 1.2 GiB on GPU 0. */
