@@ -65,18 +65,26 @@ def test_off_looks_at_nothing_and_holds_caps_by_framework_settings(tmp_path):
     assert caps.describe() == "hard caps off: framework settings and the enforcer hold caps, no driver limit"
 
 
-def test_a_named_mode_this_machine_cannot_run_is_a_start_up_problem(tmp_path):
-    """mps here: no binary on PATH, and this version has no mps mechanism; off is in force."""
+def test_a_named_mode_this_machine_cannot_run_is_a_start_up_problem(tmp_path, monkeypatch):
+    """mps lacking its binary here: off is in force, and the admin's choice is a problem."""
+    with_mechanism(monkeypatch, "mps", missing=lambda host: ["nvidia-cuda-mps-control is not on PATH"])
     caps = hard_caps(tmp_path, "mps")
     caps.start()
-    assert caps.mode.name == "off"
-    assert caps.problem.startswith("'mps' cannot be used here, so hard caps are off: mps: this "
-                                   "version of jupyter-tfgpu has no 'mps' mechanism yet; "
-                                   "nvidia-cuda-mps-control is not on the server's PATH")  # fmt: skip
+    assert caps.mode.name == "off" and RecordingMechanism.made == []
+    assert caps.problem == ("'mps' cannot be used here, so hard caps are off: mps: "
+                            "nvidia-cuda-mps-control is not on PATH")  # fmt: skip
     state = caps.to_json()
     Draft202012Validator(status_schema()).validate(state)
     assert state["in_force"] == "off" and state["reason"] == caps.reason
     assert state["host"]["driver"] == "615.71.09"
+
+
+def test_a_mode_this_version_has_no_mechanism_for_lacks_that_first(tmp_path, monkeypatch):
+    with_mechanism(monkeypatch, "mps", make=None, missing=lambda host: ["no binary"])
+    caps = hard_caps(tmp_path, "mps")
+    caps.start()
+    assert caps.lacks["mps"] == ["this version of jupyter-tfgpu has no 'mps' mechanism yet", "no binary"]
+    assert [m["implemented"] for m in caps.to_json()["modes"] if m["name"] == "mps"] == [False]
 
 
 def test_a_named_mode_whose_needs_are_met_starts_its_mechanism_in_the_workers_thread(tmp_path, monkeypatch):
