@@ -22,6 +22,8 @@ for the README's settings table, which is the same table as in the settings refe
   options;
 - ``event-fields``: the enforcement event's fields, from its event schema;
 - ``metrics``: every Prometheus series, from ``SERIES`` in ``jupyter_tfgpu/server/metrics.py``;
+- ``enforcement-levels``: what each level of "how a cap is enforced" means, stops and does not
+  stop, from ``LEVELS`` in ``jupyter_tfgpu/policy/cap_enforcement.py``;
 - ``example FILE``: the file ``docs/examples/FILE`` whole, in a code block. The example files are
   what ``tests/project/test_docs_run.py`` runs and what the site offers for download; the copy in
   the page is what an admin reading the repository sees.
@@ -174,6 +176,23 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
+def enforcement_levels_table() -> str:
+    """What each enforcement level means, stops and does not stop, from its one definition."""
+    _on_path()
+    from jupyter_tfgpu.policy.cap_enforcement import LEVELS
+
+    rows = [
+        "| level | shown as | what it means | what it stops | what it does not stop |",
+        "|---|---|---|---|---|",
+    ]
+    for level in LEVELS:
+        rows.append(
+            f"| `{level.name}` | {_cell(level.label)} | {_cell(level.meaning)} | "
+            f"{_cell(level.stops)} | {_cell(level.does_not_stop)} |"
+        )
+    return "\n".join(rows)
+
+
 def example(name: str) -> str:
     """One file of docs/examples/, whole, in a fenced code block."""
     path = EXAMPLES / name
@@ -190,6 +209,7 @@ GENERATED: dict[str, Callable[..., str]] = {
     "policy-fields": policy_fields_table,
     "event-fields": event_fields_table,
     "metrics": metrics_table,
+    "enforcement-levels": enforcement_levels_table,
     "example": example,
 }
 # The blocks that take an argument (a file name); the others take none.
