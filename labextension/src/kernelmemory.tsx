@@ -1,13 +1,13 @@
 /**
  * What the panel says of a kernel's GPU memory beyond its bytes: where the figure comes from,
- * when it is unknown, and what the kernel's cap leaves its frameworks.
+ * when it is unknown, what the kernel's cap leaves its frameworks, and how the cap is enforced.
  */
 
 import * as React from 'react';
 
 import { basename, formatBytes, MiB } from './format';
 import { IHolder } from './holders';
-import { IKernel } from './types';
+import { EnforcementLevel, IKernel, IKernelEnforcement } from './types';
 
 /** What a figure that is the kernel's own report is (the "own report" tag's tooltip). */
 export const OWN_REPORT =
@@ -31,6 +31,80 @@ const RESERVE_SOURCES: Record<string, string> = {
     'The room left is the starting value (or a larger figure measured here): these GPUs have ' +
     'not all been measured on this server yet.'
 };
+
+/** Each level in the UI's words (the server's LEVELS labels, policy/cap_enforcement.py). */
+const LEVEL_LABELS: Record<EnforcementLevel, string> = {
+  driver: 'hard cap',
+  framework: 'cooperative',
+  none: 'no cap'
+};
+
+/** What holds a cap, in a sentence ("held by ..."), by the API's mechanism name. */
+const MECHANISM_WORDS: Record<string, string> = {
+  nvml_memory_limit: "an NVML memory limit on the kernel's cgroup, set in the driver",
+  mps: 'an MPS memory limit, set in the driver',
+  framework_settings: 'the framework settings (TensorFlow, PyTorch, JAX)'
+};
+
+/** What holds a cap, in a few words (the status bar's first line). */
+export const MECHANISM_SHORT: Record<string, string> = {
+  nvml_memory_limit: 'NVML memory limit',
+  mps: 'MPS',
+  framework_settings: 'framework settings'
+};
+
+/** A level in the UI's words, and a sentence saying what holds the cap and why it is not hard. */
+export interface IEnforcementWords {
+  label: string;
+  why: string;
+}
+
+/** How a kernel's cap is enforced, as the tag's label and its tooltip and description say it. */
+export function describeEnforcement(enforcement: IKernelEnforcement): IEnforcementWords {
+  const { level, mechanism, reason } = enforcement;
+  const label = LEVEL_LABELS[level] ?? level;
+  const held = mechanism ? (MECHANISM_WORDS[mechanism] ?? mechanism) : null;
+  if (level === 'driver') {
+    return {
+      label,
+      why:
+        `Hard cap, held by ${held ?? 'the driver'}: the driver refuses any allocation past ` +
+        'it, whatever the framework.'
+    };
+  }
+  if (level === 'none') {
+    // The server's reason may start by saying there is no cap: not said twice.
+    const why = (reason ?? 'nothing limits its allocations').replace(/^no (memory )?cap: /i, '');
+    return { label, why: `No cap: ${why}.` };
+  }
+  const not = reason ? ` Not a hard cap: ${reason}.` : ' Not a hard cap.';
+  return { label, why: `Cooperative cap, held by ${held ?? 'nothing'}.${not}` };
+}
+
+/**
+ * The level as a tag: sighted users read its label and hover for the sentence; a screen reader
+ * reads the sentence, which starts with the level. `id` lets a control name it as its description.
+ */
+export function EnforcementTag(props: {
+  enforcement: IKernelEnforcement;
+  id?: string;
+}): JSX.Element {
+  const said = describeEnforcement(props.enforcement);
+  return (
+    <span
+      id={props.id}
+      className="jp-tfgpu-Tag jp-tfgpu-Enforcement"
+      data-level={props.enforcement.level}
+      title={said.why}
+    >
+      <span aria-hidden="true">{said.label}</span>
+      <span className="jp-tfgpu-VisuallyHidden">{said.why}</span>
+    </span>
+  );
+}
+
+/** The id of the running kernel's enforcement tag (the policy form's limit names it). */
+export const RUNNING_ENFORCEMENT_ID = 'jp-tfgpu-enforcement-running';
 
 /** MiB as people write them: `550 MiB`, `3.5 GiB`. */
 function mib(value: number): string {
@@ -158,16 +232,21 @@ export function describeCap(
   };
 }
 
-/** The cap line of the running kernel; nothing when it started without a cap. */
+/** The cap line of the running kernel and how its cap is enforced; "no cap" without one. */
 export function RunningCap(props: { kernel: IKernel }): JSX.Element | null {
+  const { enforcement } = props.kernel;
   const said = describeCap(props.kernel.applied);
+  const tag = enforcement && (
+    <EnforcementTag enforcement={enforcement} id={RUNNING_ENFORCEMENT_ID} />
+  );
   if (!said) {
-    return null;
+    return tag ? <p className="jp-tfgpu-Muted jp-tfgpu-Cap">Running kernel: {tag}</p> : null;
   }
   return (
     <>
-      <p className="jp-tfgpu-Muted jp-tfgpu-Cap" title={said.title}>
-        {said.text}
+      <p className="jp-tfgpu-Muted jp-tfgpu-Cap">
+        <span title={said.title}>{said.text}</span>
+        {tag && <> Enforcement: {tag}</>}
       </p>
       {said.warning && (
         <p className="jp-tfgpu-Note jp-mod-warning" role="status">

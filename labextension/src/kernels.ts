@@ -65,19 +65,27 @@ export class KernelsModel implements IDisposable {
 
   /**
    * Take each kernel's memory source and unknown state from the stream's latest message (null:
-   * no live stream, GET `kernels` alone). When a kernel's figure changes source, or a kernel
-   * GET did not list appears, the kernels are read again soon: the per-GPU figures (a kernel's
+   * no live stream, GET `kernels` alone). When a kernel's figure changes source or its cap's
+   * enforcement level, or a kernel GET did not list appears, the kernels are read again soon: the per-GPU figures (a kernel's
    * own report) are GET's alone. Only a change does that, so a difference that stays costs
    * one read.
    */
   follow(summary: readonly IStreamKernel[] | null): void {
-    const before = new Map((this._summary ?? []).map(s => [s.id, s.gpu_memory_source]));
+    const before = new Map((this._summary ?? []).map(s => [s.id, s]));
     this._summary = summary;
-    const changed = (s: IStreamKernel) =>
-      before.has(s.id)
-        ? before.get(s.id) !== s.gpu_memory_source
-        : !this._byId.has(s.id) ||
-          (this._byId.get(s.id)?.gpu_memory.source ?? null) !== s.gpu_memory_source;
+    // A new source, or a new enforcement level (whose mechanism and reason only GET has).
+    const changed = (s: IStreamKernel) => {
+      const was = before.get(s.id);
+      if (was) {
+        return was.gpu_memory_source !== s.gpu_memory_source || was.enforcement !== s.enforcement;
+      }
+      const read = this._byId.get(s.id);
+      return (
+        !read ||
+        (read.gpu_memory.source ?? null) !== s.gpu_memory_source ||
+        (read.enforcement?.level ?? s.enforcement) !== s.enforcement
+      );
+    };
     if (this._read && summary?.some(changed)) {
       this.refreshSoon();
     }

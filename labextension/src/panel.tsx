@@ -10,10 +10,12 @@ import { GpuCard } from './gpucard';
 import { groupHolders, IHolder } from './holders';
 import { gpuIcon } from './icon';
 import {
+  EnforcementTag,
   HolderFigure,
   HolderGpus,
   OwnReportNote,
   RunningCap,
+  RUNNING_ENFORCEMENT_ID,
   UnknownKernels,
   UnknownNote
 } from './kernelmemory';
@@ -21,7 +23,7 @@ import { KernelsModel } from './kernels';
 import { IPolicyField, PolicyModel } from './policy';
 import { PolicyForm } from './policyform';
 import { GpuStreamModel } from './stream';
-import { IStatus, Policy } from './types';
+import { IKernelEnforcement, IStatus, Policy } from './types';
 
 /** What the panel's kernel buttons do (jupyter_server's own kernel API). */
 export type KernelAction = 'interrupt' | 'restart' | 'shutdown';
@@ -170,6 +172,7 @@ export class GpuPanel extends ReactWidget {
               key={holder.kernelId}
               holder={holder}
               state={this._kernelState(holder.kernelId as string)}
+              enforcement={kernels.find(holder.kernelId)?.enforcement}
               onOpen={openNotebook}
               onAction={kernelAction}
             />
@@ -258,6 +261,7 @@ export class GpuPanel extends ReactWidget {
             description={description}
             config={policy.config}
             gpus={stream.snapshot?.gpus ?? []}
+            enforcementId={kernel?.enforcement ? RUNNING_ENFORCEMENT_ID : undefined}
             error={policy.error}
             onSave={async (draft: Policy) => {
               if (await policy.save(draft)) {
@@ -332,15 +336,17 @@ function Unavailable(props: { status: IStatus }): JSX.Element {
   );
 }
 
-/** One kernel's memory, its notebook (a link), and its kernel buttons. */
+/** One kernel's memory, its notebook (a link), how its cap is enforced, and its kernel buttons. */
 function Holder(props: {
   holder: IHolder;
   state: string | null;
+  enforcement: IKernelEnforcement | undefined;
   onOpen: (path: string) => void;
   onAction: (action: KernelAction, kernelId: string, notebook: string | null) => void;
 }): JSX.Element {
-  const { holder, state, onOpen, onAction } = props;
+  const { holder, state, enforcement, onOpen, onAction } = props;
   const id = holder.kernelId as string;
+  const tagId = enforcement ? `jp-tfgpu-enforcement-${id}` : undefined;
   const button = (action: KernelAction, icon: LabIcon, label: string) => (
     <button
       className="jp-tfgpu-IconButton"
@@ -359,6 +365,7 @@ function Holder(props: {
             className="jp-tfgpu-Link jp-tfgpu-Holder-name"
             title={`Open ${holder.notebook}`}
             aria-label={`Open ${holder.notebook}`}
+            aria-describedby={tagId}
             onClick={() => onOpen(holder.notebook as string)}
           >
             {basename(holder.notebook)}
@@ -373,6 +380,12 @@ function Holder(props: {
         <span className="jp-tfgpu-Muted">
           <HolderGpus holder={holder} />
           {state && ` \u00b7 ${state}`}
+          {enforcement && (
+            <>
+              {' \u00b7 '}
+              <EnforcementTag enforcement={enforcement} id={tagId} />
+            </>
+          )}
         </span>
         <span className="jp-tfgpu-Holder-actions">
           {button('interrupt', stopIcon, 'Interrupt the kernel')}

@@ -24,6 +24,8 @@ export interface IPolicyFormProps {
   description: IPolicyDescription;
   config: IConfig | null;
   gpus: IGpu[];
+  /** The running kernel's enforcement tag: the memory limit's control names it. */
+  enforcementId?: string;
   error: string | null;
   onSave: (draft: Policy) => Promise<void>;
   onReset: () => Promise<void>;
@@ -62,6 +64,7 @@ export function PolicyForm(props: IPolicyFormProps): JSX.Element {
       effective={description.effective[f.name] ?? null}
       source={description.effective.sources?.[f.name] ?? null}
       gpus={props.gpus}
+      alsoDescribedBy={f.name === 'memory_limit_mb' ? props.enforcementId : undefined}
       onChange={value => setDraft({ ...draft, [f.name]: value })}
     />
   );
@@ -144,6 +147,8 @@ interface IFieldProps {
   effective: unknown;
   source: Source;
   gpus: IGpu[];
+  /** Another element whose text describes this control too (how the running cap is held). */
+  alsoDescribedBy?: string;
   onChange: (value: unknown) => void;
 }
 
@@ -156,7 +161,8 @@ function Field(props: IFieldProps): JSX.Element {
   const note = source === 'cap' ? undefined : limit.note;
   const hinted = Boolean(admin || note);
   // A screen reader reads the admin's hint with the control, as sighted users see it beside it.
-  const describedBy = hinted ? `${id}-hint` : undefined;
+  const describedBy =
+    [hinted ? `${id}-hint` : null, props.alsoDescribedBy].filter(Boolean).join(' ') || undefined;
   return (
     <div className="jp-tfgpu-Field" title={field.description}>
       {field.kind === 'devices' ? (

@@ -3,7 +3,7 @@
 import { describeAvailability } from './availability';
 import { DASH, describeGpu, formatBytes, formatMemory, statusText } from './format';
 import { groupHolders, IHolder, limitFor } from './holders';
-import { OWN_REPORT_NOTE } from './kernelmemory';
+import { describeEnforcement, MECHANISM_SHORT, OWN_REPORT_NOTE } from './kernelmemory';
 import { IKernel, ISnapshot, IStatus } from './types';
 
 /** Which GPUs the status bar shows (the extension's settings). */
@@ -48,20 +48,41 @@ const MACHINE = 'mean utilization \u00b7 memory used / total';
 function limitWords(kernel: IKernel | undefined, holder: IHolder | undefined): string {
   const cap = limitFor(kernel, false);
   if (cap === null) {
-    return '';
+    return kernel?.enforcement?.level === 'none' ? '; it has no cap' : '';
   }
   const own = limitFor(kernel, true) as number;
   const reports = holder?.gpus.filter(g => g.ownReport).length ?? 0;
+  const held = heldWords(kernel);
   if (!reports || own === cap) {
-    return `; its limit is ${formatBytes(cap)} per GPU`;
+    return `; its limit is ${formatBytes(cap)} per GPU${held}`;
   }
   if (reports === holder?.gpus.length) {
     return (
       `; its limit is ${formatBytes(own)} per GPU, what its frameworks get under its ` +
-      `${formatBytes(cap)} cap`
+      `${formatBytes(cap)} cap${held}`
     );
   }
-  return `; its limit is ${formatBytes(cap)} per GPU, ${formatBytes(own)} for its own report`;
+  return `; its limit is ${formatBytes(cap)} per GPU, ${formatBytes(own)} for its own report${held}`;
+}
+
+/** How the kernel's cap is enforced, in a few words: ", a cooperative cap (MPS)". */
+function heldWords(kernel: IKernel | undefined): string {
+  const enforcement = kernel?.enforcement;
+  if (!enforcement) {
+    return '';
+  }
+  const by = enforcement.mechanism ? MECHANISM_SHORT[enforcement.mechanism] : undefined;
+  const what = {
+    driver: 'a hard cap',
+    framework: 'a cooperative cap',
+    none: 'but nothing holds it'
+  }[enforcement.level];
+  return `, ${what}${by ? ` (${by})` : ''}`;
+}
+
+/** The sentence that says what holds the kernel's cap and why it is not hard, as a line. */
+function whyLine(kernel: IKernel | undefined): string {
+  return kernel?.enforcement ? `${describeEnforcement(kernel.enforcement).why}\n` : '';
 }
 
 /**
@@ -143,6 +164,6 @@ export function statusLine(input: IStatusInput): IStatusLine {
   return line(
     `GPU: ${figure}`,
     `This notebook's kernel holds ${formatBytes(held)} of GPU memory${where}` +
-      `${limitWords(kernel, holder)}.\n${own}${totals}\n${CLICK}`
+      `${limitWords(kernel, holder)}.\n${whyLine(kernel)}${own}${totals}\n${CLICK}`
   );
 }

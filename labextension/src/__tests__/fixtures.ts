@@ -73,8 +73,16 @@ export function snapshot(timestamp: number | null, gpus: IGpu[]): ISnapshot {
   return { timestamp, simulated: true, gpus };
 }
 
-/** A kernel as GET kernels shows it. */
+/** Why framework settings are not a hard cap, and why a kernel has no cap (the server's words). */
+export const HELD_BY_SETTINGS =
+  'the framework settings (TensorFlow, PyTorch, JAX) hold it: code in the kernel can undo ' +
+  'them, and allocators that read none of them (CuPy, Numba, raw CUDA) pass them';
+export const NO_CAP =
+  'no memory cap: its policy sets no memory_limit_mb, and the admin no max_memory_mb';
+
+/** A kernel as GET kernels shows it; with mode off, a cap it started with is cooperative. */
 export function kernel(id: string, extra: Partial<IKernel> = {}): IKernel {
+  const capped = typeof extra.applied?.memory_limit_mb === 'number';
   return {
     id,
     name: 'python3',
@@ -84,7 +92,9 @@ export function kernel(id: string, extra: Partial<IKernel> = {}): IKernel {
     policy: { sources: {} },
     applied: null,
     restart_required: false,
-    enforcement: { level: 'none', mechanism: null, reason: 'no memory cap' },
+    enforcement: capped
+      ? { level: 'framework', mechanism: 'framework_settings', reason: HELD_BY_SETTINGS }
+      : { level: 'none', mechanism: null, reason: NO_CAP },
     ...extra
   };
 }

@@ -44,7 +44,8 @@ describe('statusLine', () => {
     const line = statusLine(input({}));
     expect(line.text).toBe('GPU: 1.2 GiB');
     expect(line.tooltip.split('\n')).toEqual([
-      "This notebook's kernel holds 1.2 GiB of GPU memory (GPU 0: 1.2 GiB).",
+      "This notebook's kernel holds 1.2 GiB of GPU memory (GPU 0: 1.2 GiB); it has no cap.",
+      'No cap: its policy sets no memory_limit_mb, and the admin no max_memory_mb.',
       'GPU 0 Simulated GPU 16GB: 40% busy, memory 1.0 / 16.0 GiB, 50 \u00b0C',
       'GPU 1 Simulated GPU 16GB: 40% busy, memory 1.0 / 16.0 GiB, 50 \u00b0C',
       'Click for the GPU panel.'
@@ -95,9 +96,10 @@ describe('statusLine', () => {
     expect(line.text).toBe('GPU: 1.5 / 3.5 GiB limit');
     expect(line.tooltip.split('\n')[0]).toBe(
       "This notebook's kernel holds 1.5 GiB of GPU memory (GPU 1: 1.5 GiB, its own report); " +
-        'its limit is 3.5 GiB per GPU, what its frameworks get under its 4.0 GiB cap.'
+        'its limit is 3.5 GiB per GPU, what its frameworks get under its 4.0 GiB cap, a ' +
+        'cooperative cap (framework settings).'
     );
-    expect(line.tooltip.split('\n')[1]).toBe(
+    expect(line.tooltip.split('\n')[2]).toBe(
       "Own report: the kernel's frameworks' own figure, sent from inside the kernel; it " +
         'leaves out the CUDA context.'
     );
@@ -156,7 +158,8 @@ describe('statusLine', () => {
     const chosen = statusLine(input({ choice: { mode: 'kernel', indices: [1] } }));
     // Then the label is the text followed by the tooltip's first line, which explains it
     expect(kernelLine.label).toBe(
-      "GPU: 1.2 GiB. This notebook's kernel holds 1.2 GiB of GPU memory (GPU 0: 1.2 GiB)."
+      "GPU: 1.2 GiB. This notebook's kernel holds 1.2 GiB of GPU memory (GPU 0: 1.2 GiB); " +
+        'it has no cap.'
     );
     expect(all.tooltip.split('\n')[0]).toBe(
       'All GPUs: mean utilization \u00b7 memory used / total'
