@@ -1,15 +1,27 @@
 """What ``%tfgpu`` and the panel say beside the GPUs: why there is none (a GPU-less server, or a
-backend that failed), why placement found none, where this kernel's memory figure comes from, and
-what its cap leaves its frameworks (and a warning when it leaves no room for the CUDA context)."""
+backend that failed), why placement found none, where this kernel's memory figure comes from,
+what its cap leaves its frameworks (and a warning when it leaves no room for the CUDA context),
+and how its cap is enforced (hard cap, cooperative or no cap, and why it is not hard)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from jupyter_tfgpu.in_kernel.units import format_mib
 
 # Backends an admin can name; one named and failing is a fault, not a GPU-less server.
 BACKEND_NAMES = {"nvml": "NVML", "simulated": "the simulated backend"}
+# Each enforcement level in the UI's words: a copy of the server's LEVELS labels
+# (policy/cap_enforcement.py), which this side may not import; a test pins the two.
+LEVEL_LABELS = {"driver": "hard cap", "framework": "cooperative", "none": "no cap"}
+# What holds a cap, after "held by", by the API's mechanism name (its MECHANISMS).
+MECHANISM_WORDS = {
+    "nvml_memory_limit": "an NVML memory limit on the kernel's cgroup, set in the driver",
+    "mps": "an MPS memory limit, set in the driver",
+    "framework_settings": "the framework settings (TensorFlow, PyTorch, JAX)",
+}
+MAX_REASON = 1000  # characters of a reason shown; the server's are a sentence
 
 
 def availability(status: dict[str, Any]) -> tuple[str, bool] | None:
@@ -108,3 +120,55 @@ def cap_note(kernel: dict[str, Any] | None) -> str | None:
     """What to say when this kernel's cap leaves no room for the CUDA context; None otherwise."""
     note = launch_of(kernel).get("memory_limit_note")
     return f"This kernel's cap: {note}." if isinstance(note, str) and note else None
+
+
+def _enforcement(said: Any) -> dict[str, Any] | None:
+    """``said`` if it is an enforcement the server could have written, else None: the launch
+    in TFGPU_POLICY is the kernel's own to rewrite."""
+    if not isinstance(said, dict):
+        return None
+    level, mechanism, reason = said.get("level"), said.get("mechanism"), said.get("reason")
+    if level not in LEVEL_LABELS or (mechanism is not None and mechanism not in MECHANISM_WORDS):
+        return None
+    if level == "driver":
+        ok = reason is None
+    else:
+        ok = isinstance(reason, str) and 0 < len(reason) <= MAX_REASON
+    return {"level": level, "mechanism": mechanism, "reason": reason} if ok else None
+
+
+def enforcement_of(
+    kernel: dict[str, Any] | None, running: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """How this kernel's cap is enforced (level, mechanism, reason): as the server says it now,
+    else as the launch it started with says (the server's ``applied``, or ``running``: this
+    process's TFGPU_POLICY); None when none of them says it."""
+    for said in (
+        (kernel or {}).get("enforcement"),
+        launch_of(kernel).get("enforcement"),
+        (running or {}).get("enforcement"),
+    ):
+        if (found := _enforcement(said)) is not None:
+            return found
+    return None
+
+
+def enforcement_line(enforcement: dict[str, Any] | None) -> str | None:
+    """The level, what holds the cap and why it is not hard, as the lab's tooltip says it."""
+    if enforcement is None:
+        return None
+    level, mechanism, reason = (enforcement.get(k) for k in ("level", "mechanism", "reason"))
+    held = MECHANISM_WORDS.get(mechanism or "", "nothing")
+    if level == "driver":
+        held = held if mechanism else "the driver"
+        return (
+            f"Hard cap, held by {held}: the driver refuses any allocation past it, whatever the "
+            "framework."
+        )
+    if level == "none":
+        # The server's reason may start by saying there is no cap: not said twice.
+        why = re.sub(
+            r"^no (memory )?cap: ", "", reason or "nothing limits its allocations", flags=re.I
+        )
+        return f"No cap: {why}."
+    return f"Cooperative cap, held by {held}. Not a hard cap: {reason}."

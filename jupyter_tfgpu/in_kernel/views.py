@@ -13,6 +13,8 @@ from jupyter_tfgpu.in_kernel.notices import (
     availability,
     cap_line,
     cap_note,
+    enforcement_line,
+    enforcement_of,
     launch_of,
     memory_source_note,
     placement_note,
@@ -245,6 +247,8 @@ class StatusView(View):
             lines.append((line, False))
         if note := cap_note(self.data.get("kernel")):
             lines.append((note, True))
+        if held := enforcement_line(enforcement_of(self.data.get("kernel"), self.running)):
+            lines.append((held, False))
         return lines
 
     def text(self) -> str:

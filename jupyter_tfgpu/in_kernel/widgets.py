@@ -20,13 +20,15 @@ import ipywidgets as widgets
 from traitlets import Float, Unicode
 
 from jupyter_tfgpu.in_kernel.client import NotConfigured, ServerClient, ServerError, TokenRefused
-from jupyter_tfgpu.in_kernel.inprocess import restart_required
+from jupyter_tfgpu.in_kernel.inprocess import restart_required, running_policy
 from jupyter_tfgpu.in_kernel.local import local_status
 from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
 from jupyter_tfgpu.in_kernel.notices import (
     availability,
     cap_line,
     cap_note,
+    enforcement_line,
+    enforcement_of,
     memory_source_note,
     placement_note,
 )
@@ -320,6 +322,8 @@ class GPUPanel(widgets.VBox):
             parts.append(f'<div style="{MUTED}">{_e(line)}</div>')
         if cap := cap_note(kernel):
             parts.append(f'<div style="{WARN}">{_e(cap)}</div>')
+        if held := enforcement_line(enforcement_of(kernel, running_policy())):
+            parts.append(f'<div style="{MUTED}">{_e(held)}</div>')
         if restart_required(kernel):
             said = "This notebook's policy changed: restart the kernel to apply it."
             parts.append(f'<div style="{WARN}">{_e(said)}</div>')

@@ -33,6 +33,12 @@ async def test_status_without_load_ext_in_text_and_html(jp_fetch, jp_serverapp, 
         assert "Simulated GPU 16GB" in text
         assert NOTEBOOK in text
         assert "runs with its notebook's policy" in text
+        # And how its cap (the admin's) is enforced: the server's level, in the lab's words
+        assert (
+            "Cooperative cap, held by the framework settings (TensorFlow, PyTorch, JAX). Not a "
+            "hard cap: the framework settings (TensorFlow, PyTorch, JAX) hold it: code in the "
+            "kernel can undo them" in text
+        )
     assert "<table>" in status["text/html"]
     assert "GPU  name" in status["text/plain"]
     assert not status["error"] and not status["stderr"]
