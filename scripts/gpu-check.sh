@@ -6,13 +6,14 @@
 # set). Exit code: gpu_check.py's (0 = every check passed).
 #   on the GPU machine, in a copy of this repository with .whl/ beside it: bash scripts/gpu-check.sh
 #   dry run on a machine without a GPU: PYTHON=python3.12 bash scripts/gpu-check.sh --backend simulated
+#   first, in seconds, what hard caps need there: bash scripts/gpu-check.sh --probe
 # Extra arguments go to gpu_check.py.
 set -uo pipefail  # no -e: every failure still ends in one JSON report
 cd "$(dirname "$0")/.." || exit 2
 
 python=${PYTHON:-python3}
 site=${TFGPU_CHECK_SITE:-/tmp/tfgpu-site}
-limit_s=${TFGPU_CHECK_TIMEOUT:-285}
+limit_s=${TFGPU_CHECK_TIMEOUT:-465}
 context=$(mktemp -d /tmp/tfgpu-check-context.XXXXXX)
 scratch=$(mktemp -d /tmp/tfgpu-check-home.XXXXXX)
 trap 'rm -rf "$context" "$scratch"' EXIT

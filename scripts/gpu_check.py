@@ -4,7 +4,9 @@ Run on the GPU machine by scripts/gpu-check.sh (``--backend nvml``), and here as
 (``--backend simulated``): the server, sessions, policies, provisioner and attribution really
 run; the checks that need JAX or PyTorch report ``skipped`` with the reason where the kernel's
 Python lacks them, and the simulated backend (which reports a process's real resident memory as
-its GPU memory) stands in for NVML in the attribution checks.
+its GPU memory) stands in for NVML in the attribution checks. The hard-caps servers (mps, nvml)
+start too, and their checks report ``skipped`` with the server's reason where the machine cannot
+run the mode. ``--probe`` only prints what hard caps need on the machine.
 
 Stdlib only, plus jupyter_client to talk to the kernels; HTTP goes through urllib. Every wait is
 bounded, and kernels and server are shut down at the end, also on failure or SIGTERM. Prints one
@@ -25,6 +27,8 @@ from typing import Any
 
 # Run as a script (python3 scripts/gpu_check.py), so scripts/ is sys.path[0] for these.
 from gpu_check_runner.checks import DEFAULT_MARGIN_MIB
+from gpu_check_runner.phases import PHASE_NAMES
+from gpu_check_runner.probe import probe_host
 from gpu_check_runner.run import GpuCheck, Interrupted
 from gpu_check_runner.wheels import plan_wheels
 
@@ -38,12 +42,22 @@ def main(argv: list[str] | None = None) -> int:
         default="nvml",
         help="nvml on the GPU machine; simulated for the dry run",
     )
-    parser.add_argument("--budget", type=float, default=240, help="seconds for the whole check")
+    parser.add_argument("--budget", type=float, default=420, help="seconds for the whole check")
     parser.add_argument(
         "--margin-mib",
         type=int,
         default=DEFAULT_MARGIN_MIB,
-        help="MiB NVML may show beyond a kernel's cap (CUDA context, libraries)",
+        help="only recorded: a kernel's frameworks get its cap less the CUDA context",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASE_NAMES),
+        help=f"the servers to run, comma-separated, of {', '.join(PHASE_NAMES)} (default: all)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="print what hard caps need on this machine (seconds: no server, no kernel), then exit",
     )
     parser.add_argument(
         "--context", help="folder where gpu-check.sh left nvidia-smi's and pip's records"
@@ -55,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         "--plan-out", metavar="FILE", help="with --plan-wheels: write the decisions here"
     )
     args = parser.parse_args(argv)
+    unknown = set(args.phases.split(",")) - set(PHASE_NAMES)
+    if unknown:
+        parser.error(f"--phases: no phase {', '.join(sorted(unknown))}")
+    if args.probe:
+        print(json.dumps(probe_host(), indent=1))
+        return 0
     if args.plan_wheels:
         install, decisions = plan_wheels(args.plan_wheels)
         if args.plan_out:

@@ -1,4 +1,4 @@
-"""Run in every kernel first: its pid, Python, environment, policy and frameworks."""
+"""Run in every kernel first: its pid, cgroup, Python, environment, policy and frameworks."""
 
 import importlib.util
 import json
@@ -13,8 +13,14 @@ def probe(env_names):
         policy = json.loads(os.environ.get("TFGPU_POLICY") or "null")
     except ValueError as exc:
         policy = {"unreadable": str(exc)}
+    try:  # cgroup v2's line; under TFGPU.hard_caps nvml, the kernel's own leaf
+        lines = open("/proc/self/cgroup").read().splitlines()
+        cgroup = next((line[3:] for line in lines if line.startswith("0::")), None)
+    except OSError:
+        cgroup = None
     return {
         "pid": os.getpid(),
+        "cgroup": cgroup,
         "python": sys.version.split()[0],
         "executable": sys.executable,
         "env": env,

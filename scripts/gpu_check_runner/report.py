@@ -21,6 +21,7 @@ ORDER = (
     "server",
     "kernel_python",
     "baseline",
+    "hard_caps",
     "checks",
     "cleanup",
     "duration_s",

@@ -15,8 +15,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from gpu_check_runner.checks import CHECKS, CheckFunction
+from gpu_check_runner.checks import CheckFunction
 from gpu_check_runner.kernels import Kernel, kernel_code
+from gpu_check_runner.phases import PHASES, numbered, run_phase
+from gpu_check_runner.probe import probe_host
 from gpu_check_runner.report import Check, conclude, machine_info, mib
 from gpu_check_runner.server import Server
 
@@ -33,7 +35,11 @@ ENV_NAMES = (
     "PYTORCH_ALLOC_CONF",
     "PYTORCH_CUDA_ALLOC_CONF",
     "JPY_SESSION_NAME",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
 )
+ADMIN_MB_UNKNOWN_GPU = 16384  # the hard-caps servers' admin cap where no GPU size is known
 
 
 class Interrupted(BaseException):
@@ -52,11 +58,24 @@ class GpuCheck:
         self.simulated = args.backend == "simulated"
         self.deadline = time.monotonic() + args.budget
         self.workdir = Path(tempfile.mkdtemp(prefix="tfgpu-gpu-check-"))
-        self.server = Server(self.workdir, args.backend)
+        wanted = args.phases.split(",") if getattr(args, "phases", None) else None
+        self.phases = [phase for phase in PHASES if wanted is None or phase.name in wanted]
+        self.servers: list[Server] = []  # one per phase, the running one last
+        self.server = Server(self.workdir / "none", args.backend)  # replaced by each phase's
         self.kernels: list[Kernel] = []  # live ones
         self.all_pids: dict[int, str] = {}  # every kernel pid seen -> kernel id, for cleanup
         self.observations: list[dict[str, Any]] = []
         self.gpu_total = 0
+        self.gpu_uuids: list[str] = []  # the current server's GPUs, by index
+        # The current phase: GET status' hard_caps as its server started and before it stopped,
+        # its admin cap, where its observations start, its server's pid and how it stopped.
+        self.hard_caps: dict[str, Any] = {}
+        self.hard_caps_end: dict[str, Any] = {}
+        self.admin_mb = ADMIN_MB_UNKNOWN_GPU
+        self.phase_observations = 0
+        self.phase_server_pid: int | None = None
+        self.phase_stop: str | None = None
+        self.start_costs: dict[str, dict[str, float]] = {}  # per mode, check 9's medians
         self.server_log_tail: list[str] = []
         self.report: dict[str, Any] = {
             "check": "jupyter-tfgpu gpu-check",
@@ -213,6 +232,7 @@ class GpuCheck:
                     "used_mib": mib(r.get("used_memory")),
                     "kernel_id": r.get("kernel_id"),
                     "notebook": r.get("notebook"),
+                    "mps": r.get("mps"),
                     "ours": r["pid"] in ours,
                     "expected_kernel_id": ours[r["pid"]].id if r["pid"] in ours else None,
                     "expected_notebook": ours[r["pid"]].notebook if r["pid"] in ours else None,
@@ -228,6 +248,7 @@ class GpuCheck:
                 "kernel_id": kernel.id,
                 "pid": kernel.pid,
                 "on_gpu": least is not None,
+                "listed": bool(mine),
                 "nvml_used": sum(row.get("used_memory") or 0 for row in mine) if mine else 0,
                 "api_total": (view.get("gpu_memory") or {}).get("total"),
                 "api_notebook": view.get("notebook"),
@@ -243,47 +264,30 @@ class GpuCheck:
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Start the server, run every check, stop everything, return the report."""
+        """Record the probe, run each phase's server and checks, stop everything, report."""
         report = self.report
         report["checks"] = []
+        report["hard_caps"] = {"probe": probe_host()}
         errors: list[str] = []
         t0 = time.monotonic()
         try:
-            self.server.start()
-            status = self.server.wait_ready(self.within(90))
-            status.pop("sampler", None)  # its first round only; sampler_after says more
-            snapshot = self.wait_for_gpus()
-            config = self.server.api("GET", "tfgpu/api/config")
-            report["server"] = {"status": status, "provisioner": config.get("provisioner")}
-            report["baseline"] = {
-                "gpus": [
-                    {
-                        "index": g["index"],
-                        "name": g.get("name"),
-                        "uuid": g.get("uuid"),
-                        "used_mib": mib(g["memory"]["used"]),
-                        "total_mib": mib(g["memory"]["total"]),
-                        "processes": len(g.get("processes") or []),
-                    }
-                    for g in snapshot["gpus"]
-                ],
-            }
-            self.gpu_total = snapshot["gpus"][0]["memory"]["total"]
-            for number, check in enumerate(CHECKS, 1):
-                self.run_check(number, check)
-            report["server"]["sampler_after"] = self.server.api("GET", "tfgpu/api/status").get(
-                "sampler"
-            )
+            for phase in self.phases:
+                try:
+                    run_phase(self, phase)
+                except Exception as err:  # noqa: BLE001 - the next server's checks still run
+                    errors.append(f"{phase.name}: {type(err).__name__}: {err}")
         except (Exception, Interrupted) as err:  # noqa: BLE001 - the report must still be printed
             errors.append(f"{type(err).__name__}: {err}")
         finally:
             report["cleanup"] = self.cleanup()
         done = {entry["id"] for entry in report["checks"]}
-        for number, check in enumerate(CHECKS, 1):
-            if number not in done:
-                entry = Check(number, check).finish(0)
-                entry["error"] = "not run: " + (errors[0] if errors else "unknown")
-                report["checks"].append(entry)
+        for phase in self.phases:
+            for number, check, _ in numbered(phase):
+                if number not in done:
+                    entry = Check(number, check).finish(0)
+                    entry["error"] = "not run: " + (errors[0] if errors else "unknown")
+                    report["checks"].append(entry)
+        report["checks"].sort(key=lambda entry: entry["id"])
         return conclude(report, errors, self.simulated, time.monotonic() - t0, self.server_log_tail)
 
     def wait_for_gpus(self) -> dict[str, Any]:
@@ -326,7 +330,7 @@ class GpuCheck:
         """Sessions, then the server, then any kernel process of ours still alive."""
         for kernel in list(self.kernels):
             self.end_session(kernel, 15)
-        outcome: dict[str, Any] = {"server": self.server.stop()}
+        outcome: dict[str, Any] = {"server": [server.stop() for server in self.servers]}
         killed = []
         for pid, kernel_id in self.all_pids.items():
             try:
@@ -341,11 +345,11 @@ class GpuCheck:
                     pass
         outcome["kernels_killed"] = killed
         out = os.environ.get("OUT")
-        if out and self.server.log_path.exists():
-            log = self.server.log_path.read_text(errors="replace").replace(
-                self.server.token, "<token>"
-            )
-            Path(out, "gpu-check-server.log").write_text(log)
+        for server in self.servers if out else ():
+            if server.log_path.exists():
+                log = server.log_path.read_text(errors="replace").replace(server.token, "<token>")
+                suffix = "" if server is self.servers[0] else f"-{server.dir.name}"
+                Path(out, f"gpu-check-server{suffix}.log").write_text(log)
         self.server_log_tail = self.server.log_tail(25)
         shutil.rmtree(self.workdir, ignore_errors=True)
         return outcome

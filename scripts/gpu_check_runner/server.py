@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 BASE_URL = "/tfgpu-check/"
-# Caps are enforced for the whole run, with restarts: check (8) holds a capped kernel past this
-# grace period and expects it left alone, and every capped kernel of checks (2) and (3) stays
-# within its cap too (a kernel restarted under a check fails it).
+# Caps are enforced for the first server's whole run, with restarts: check (8) holds a capped
+# kernel past this grace period and expects it left alone, and every capped kernel of checks (2)
+# and (3) stays within its cap too (a kernel restarted under a check fails it).
 ENFORCEMENT = "restart"
 ENFORCEMENT_GRACE_S = 10.0
+ENFORCED = (
+    f"--TFGPU.enforcement={ENFORCEMENT}",
+    f"--TFGPU.enforcement_grace={ENFORCEMENT_GRACE_S:g}",
+)
 
 
 class ApiError(RuntimeError):
@@ -34,9 +38,10 @@ class ApiError(RuntimeError):
 class Server:
     """A `python -m jupyter_server` subprocess with jupyter-tfgpu, in throw-away folders."""
 
-    def __init__(self, workdir: Path, backend: str):
+    def __init__(self, workdir: Path, backend: str, settings: tuple[str, ...] = ()):
         self.dir = workdir
         self.backend = backend
+        self.settings = settings  # more command-line settings (a hard-caps mode, an admin cap)
         self.root = workdir / "root"
         self.runtime = workdir / "runtime"
         self.log_path = workdir / "server.log"
@@ -92,8 +97,7 @@ class Server:
             f"--TFGPU.backend={self.backend}",
             "--TFGPU.sample_interval=0.5",
             "--TFGPU.process_interval=1.0",
-            f"--TFGPU.enforcement={ENFORCEMENT}",
-            f"--TFGPU.enforcement_grace={ENFORCEMENT_GRACE_S:g}",
+            *self.settings,
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(
