@@ -26,7 +26,11 @@ def check_mps_daemon_gone(run: GpuCheck, c: Check) -> None:
     and so are their pipe and log folders."""
     facts = (run.hard_caps_end.get("mechanism") or {}).get("facts") or {}
     pids = {facts.get("pid"), *(int(p) for p in str(facts.get("servers") or "").split(",") if p)}
-    pids = {p for p in pids | run.mps_server_pids if p}
+    observations = run.observations[run.phase_observations :]
+    shown = {
+        row["pid"] for obs in observations for row in obs["rows"] if row.get("mps") == "server"
+    }
+    pids = {p for p in pids | shown if p}
     folders = [f for f in (facts.get("pipe_directory"), facts.get("log_directory")) if f]
     c.measured.update(stop=run.phase_stop, pids=sorted(pids), folders=folders)
     c.expect("the server shut down", run.phase_stop == "shut down", stop=run.phase_stop)
