@@ -3,6 +3,7 @@ item is reached by Tab, named, and shows its focus."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,9 +56,16 @@ def test_every_panel_control_is_reached_by_tab_named_and_shows_focus(
     ):
         assert f'"{name}"' in snapshot, snapshot
     assert '- region "GPU panel"' in page.locator("#jp-tfgpu-panel").aria_snapshot(depth=1)
-    # And the admin's hint beside a field is read with its control
+    # And the admin's hint beside a field is read with its control, and with the memory
+    # limit how the running kernel's cap is held (the admin's cap: cooperative)
     expect(panel.get_by_label("Memory limit (MiB)")).to_have_accessible_description(
-        "Admin cap: 8192 MiB"
+        re.compile(r"^Admin cap: 8192 MiB Cooperative cap, held by the framework settings")
+    )
+    # And its row's link is read with the same sentence, the tag's tooltip
+    tag = panel.locator(".jp-tfgpu-Holder .jp-tfgpu-Enforcement")
+    expect(tag.locator("[aria-hidden]")).to_have_text("cooperative")
+    expect(panel.get_by_role("button", name="Open keys.ipynb")).to_have_accessible_description(
+        tag.get_attribute("title")
     )
 
     # When a keyboard user tabs through the panel

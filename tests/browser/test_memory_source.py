@@ -64,7 +64,7 @@ def test_a_kernels_own_report_is_its_figure_tagged_so(browser: Any, lab: Lab, co
     row = panel.locator(".jp-tfgpu-Holder", has=page.locator("button", has_text="boxed.ipynb"))
     row.wait_for(timeout=30_000)
     expect(row.locator(".jp-tfgpu-Holder-memory")).to_have_text("2.0 GiB", timeout=20_000)
-    tag = row.locator(".jp-tfgpu-Tag")
+    tag = row.locator(".jp-tfgpu-Tag:not(.jp-tfgpu-Enforcement)")
     expect(tag).to_have_text("own report")
     assert tag.get_attribute("title") == OWN_REPORT
     assert row.locator(".jp-tfgpu-Holder-foot").inner_text().startswith("GPU 0 own report")
@@ -86,15 +86,21 @@ def test_a_kernels_own_report_is_its_figure_tagged_so(browser: Any, lab: Lab, co
     )
     assert cards.nth(0).locator(".jp-tfgpu-Gpu-stale").count() == 0
 
-    # And the policy section says the running kernel's cap and what its frameworks get
-    expect(panel.locator(".jp-tfgpu-Cap")).to_have_text(
+    # And the policy section says the running kernel's cap, what its frameworks get, and that
+    # the cap is cooperative (the tag after it)
+    cap = panel.locator(".jp-tfgpu-Cap")
+    expect(cap.locator("span[title]").first).to_have_text(
         "Running kernel: cap 4.0 GiB per GPU (frameworks get 3.5 GiB; 550 MiB left for the CUDA "
         "context, starting value)."
     )
+    expect(cap.locator(".jp-tfgpu-Enforcement [aria-hidden]")).to_have_text("cooperative")
+    # And so does its row
+    expect(row.locator(".jp-tfgpu-Enforcement [aria-hidden]")).to_have_text("cooperative")
     # And the status bar holds the report to the limit its frameworks got, and says what it is
     item = page.locator(".jp-tfgpu-StatusItem")
     expect(item.locator(".jp-tfgpu-StatusItem-text")).to_have_text("GPU: 2.0 / 3.5 GiB limit")
     assert "(GPU 0: 2.0 GiB, its own report)" in item.get_attribute("title")
+    assert "a cooperative cap (framework settings)." in item.get_attribute("title")
     page.context.close()
     assert console.errors == []
 
@@ -123,7 +129,9 @@ def test_unknown_memory_is_a_warning_with_the_reason(browser: Any, lab: Lab, con
     assert unnamed_controls(snapshot) == [], snapshot
 
     # And the policy section warns that the cap leaves no room for the CUDA context
-    expect(panel.locator(".jp-tfgpu-Cap")).to_have_text("Running kernel: cap 300 MiB per GPU.")
+    expect(panel.locator(".jp-tfgpu-Cap span[title]").first).to_have_text(
+        "Running kernel: cap 300 MiB per GPU."
+    )
     expect(panel.locator(".jp-tfgpu-Note.jp-mod-warning")).to_have_text(
         re.compile(
             r"^The running kernel's cap: memory_limit_mb 300 is at or below the 550 MiB .*"

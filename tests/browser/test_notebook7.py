@@ -103,6 +103,10 @@ def test_toolbar_item_shows_the_kernels_memory_and_opens_the_panel(
     holder = panel.locator(".jp-tfgpu-Holder", has=page.locator("button", has_text="share.ipynb"))
     holder.wait_for(timeout=15_000)
     assert mib(holder.locator(".jp-tfgpu-Holder-head > span").inner_text()) >= 300
+    # And its row says how its cap is enforced (it has none), why in the tag's tooltip
+    tag = holder.locator(".jp-tfgpu-Enforcement")
+    assert tag.locator("[aria-hidden]").inner_text() == "no cap"
+    assert tag.get_attribute("title").startswith("No cap: ")
     page.context.close()
     assert errors(console) == []
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.labserver import (
     REPO,
@@ -25,6 +26,7 @@ from tests.browser.labserver import (
 
 pytestmark = pytest.mark.browser
 
+NO_CAP = "No cap: its policy sets no memory_limit_mb, and the admin no max_memory_mb."
 ALLOCATE = (
     "import numpy as np\n"
     "block = np.ones(300 * 2**20 // 8)  # ~300 MiB, touched so it is resident\n"
@@ -113,6 +115,13 @@ def test_notebook_memory_shows_under_that_notebook(browser: Any, lab: Lab, conso
     assert mib(memory.inner_text()) >= 300
     for label in ("Interrupt the kernel", "Restart the kernel", "Shut down the kernel"):
         assert holder.locator(f'button[title="{label}"]').is_visible()
+    # And its row says it has no cap, why in the tag's tooltip and read with the notebook's link
+    tag = holder.locator(".jp-tfgpu-Enforcement")
+    expect(tag.locator("[aria-hidden]")).to_have_text("no cap")
+    assert tag.get_attribute("title") == NO_CAP
+    expect(holder.get_by_role("button", name="Open alloc.ipynb")).to_have_accessible_description(
+        NO_CAP
+    )
     # And the status bar shows the memory that notebook's kernel holds, the GPUs' totals in
     # its tooltip
     item = page.locator(".jp-tfgpu-StatusItem")
@@ -126,6 +135,10 @@ def test_notebook_memory_shows_under_that_notebook(browser: Any, lab: Lab, conso
     tooltip = item.get_attribute("title")
     assert tooltip.startswith("This notebook's kernel holds "), tooltip
     assert "GPU 0 Simulated GPU 16GB" in tooltip and "GPU 1 Simulated GPU 16GB" in tooltip
+    # And that it has no cap, and why
+    first, second = tooltip.splitlines()[:2]
+    assert first.endswith("; it has no cap."), tooltip
+    assert second == NO_CAP, tooltip
     page.context.close()
     assert console.errors == []
 
@@ -139,6 +152,9 @@ def test_policy_from_the_panel_needs_a_restart_then_applies(
     panel = open_panel(page)
     panel.get_by_role("heading", name="GPU policy of policy.ipynb").wait_for()
     limit = panel.locator("#jp-tfgpu-field-memory_limit_mb")
+    # (it runs with no cap, and the policy section says so)
+    cap = panel.locator(".jp-tfgpu-Cap")
+    expect(cap.locator(".jp-tfgpu-Enforcement [aria-hidden]")).to_have_text("no cap")
 
     # When the user saves a value the server refuses, the server's words are shown
     console.expect(r"status of 400 \(invalid memory_limit_mb\)")
@@ -169,6 +185,16 @@ def test_policy_from_the_panel_needs_a_restart_then_applies(
     kernel = lab.api("GET", f"tfgpu/api/kernels/{kernel_id}")
     assert kernel["applied"]["memory_limit_mb"] == 1024
     assert kernel["restart_required"] is False
+    # And the policy section says its cap is cooperative, held by the framework settings, and
+    # why that is not hard, also to a screen reader on the memory limit's control
+    expect(cap).to_have_text(re.compile(r"^Running kernel: cap 1\.0 GiB per GPU.* Enforcement: "))
+    expect(cap.locator(".jp-tfgpu-Enforcement [aria-hidden]")).to_have_text("cooperative")
+    held = re.compile(
+        r"Cooperative cap, held by the framework settings \(TensorFlow, PyTorch, JAX\)\. Not a "
+        r"hard cap: .*code in the kernel can undo them"
+    )
+    expect(cap.locator(".jp-tfgpu-Enforcement")).to_have_attribute("title", held)
+    expect(limit).to_have_accessible_description(held)
     page.context.close()
     assert console.errors == []
 
