@@ -1,14 +1,16 @@
 """What ``%tfgpu`` and the panel say beside the GPUs: why there is none (a GPU-less server, or a
 backend that failed), why placement found none, where this kernel's memory figure comes from,
 what its cap leaves its frameworks (and a warning when it leaves no room for the CUDA context),
-and how its cap is enforced (hard cap, cooperative or no cap, and why it is not hard)."""
+how its cap is enforced (hard cap, cooperative or no cap, and why it is not hard), and, below an
+out-of-memory error, which limit it hit on that GPU and where that limit is set."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from jupyter_tfgpu.in_kernel.units import format_mib
+from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow
+from jupyter_tfgpu.in_kernel.units import MiB, format_bytes, format_mib
 
 # Backends an admin can name; one named and failing is a fault, not a GPU-less server.
 BACKEND_NAMES = {"nvml": "NVML", "simulated": "the simulated backend"}
@@ -21,6 +23,8 @@ MECHANISM_WORDS = {
     "mps": "an MPS memory limit, set in the driver",
     "framework_settings": "the framework settings (TensorFlow, PyTorch, JAX)",
 }
+# The mechanisms that set a limit in the driver, as a sentence names them.
+DRIVER_LIMITS = {"mps": "MPS", "nvml_memory_limit": "NVML"}
 MAX_REASON = 1000  # characters of a reason shown; the server's are a sentence
 
 
@@ -172,3 +176,63 @@ def enforcement_line(enforcement: dict[str, Any] | None) -> str | None:
         )
         return f"No cap: {why}."
     return f"Cooperative cap, held by {held}. Not a hard cap: {reason}."
+
+
+def _gpu_enforcement(
+    kernel: dict[str, Any] | None, running: dict[str, Any] | None, row: GpuRow
+) -> dict[str, Any] | None:
+    """How the cap was enforced on this GPU as the kernel started (the launch's row for it, by
+    UUID or index), else the kernel's overall enforcement."""
+    for launch in (launch_of(kernel), running or {}):
+        for gpu in (launch.get("enforcement") or {}).get("gpus") or ():
+            if isinstance(gpu, dict) and gpu.get("gpu") in (row.uuid, str(row.index)):
+                return _enforcement(gpu)
+    return enforcement_of(kernel, running)
+
+
+def limit_line(
+    kernel: dict[str, Any] | None,
+    running: dict[str, Any] | None,
+    row: GpuRow,
+    requested: int | None,
+    framework: str,
+) -> str | None:
+    """Below ``framework``'s out-of-memory error on ``row``'s GPU: whether this kernel hit the
+    limit it started with there, and where that limit is set (the driver, or the framework's
+    own setting); None without a limit on that GPU, or when the figures explain nothing."""
+    launch = launch_of(kernel) or running or {}
+    cap, own = launch.get("memory_limit_mb"), launch.get("framework_limit_mb")
+    held = _gpu_enforcement(kernel, running, row)
+    if not _mib(cap) or held is None or held["mechanism"] is None:
+        return None
+    where = f"on GPU {row.index}"
+    if held["mechanism"] in DRIVER_LIMITS:
+        what, how = "limit", f"set in the driver ({DRIVER_LIMITS[held['mechanism']]})"
+        reaches = cap * MiB  # the driver counts all of the kernel's memory, as NVML does
+    else:
+        gets = f" ({framework} gets {format_mib(own)} of it)" if _mib(own) and own != cap else ""
+        what = "cap"
+        how = f"held by {framework}'s own limit{gets}, a framework setting, not a driver limit"
+        # The frameworks' own report leaves out the CUDA context: it meets their limit
+        own_figure = row.mine_source == "kernel_report" and _mib(own)
+        reaches = (own if own_figure else cap) * MiB
+    if row.mine is None or requested is None:
+        if what == "cap":
+            return f"This kernel's {format_mib(cap)} cap {where} is {how}."
+        return (
+            f"This kernel's {format_mib(cap)} limit {where} is {how}: an allocation that would "
+            "take it past the limit fails there, whatever the framework."
+        )
+    holds = format_bytes(row.mine)
+    if row.mine + requested > reaches:
+        return (
+            f"This kernel hit its {format_mib(cap)} {what} {where}, {how}: it holds {holds} there "
+            f"and the allocation asked for {format_bytes(requested)} more."
+        )
+    free = None if row.total is None or row.used is None else row.total - row.used
+    if free is not None and free < requested:
+        return (
+            f"This kernel was within its {format_mib(cap)} {what} {where}, {how}, holding "
+            f"{holds} there: the GPU itself ran out."
+        )
+    return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_tfgpu.in_kernel.gpu_rows import GpuRow, gpu_rows
-from jupyter_tfgpu.in_kernel.notices import launch_of
+from jupyter_tfgpu.in_kernel.notices import launch_of, limit_line
 from jupyter_tfgpu.in_kernel.oom import OutOfMemory, free_bytes, locate
 from jupyter_tfgpu.in_kernel.policy_fields import field_named, requested
 from jupyter_tfgpu.in_kernel.units import GiB, MiB, format_bytes
@@ -59,6 +59,7 @@ class OutOfMemoryView(View):
     """The explanation shown below an out-of-memory traceback."""
 
     headline: str
+    limit: str | None = None  # which limit of this kernel's it hit there, and where it is set
     gpu: GpuRow | None = None
     holders: list[Holder] = field(default_factory=list)
     unlisted: int = 0  # bytes in use on the GPU that no listed process holds
@@ -83,7 +84,7 @@ class OutOfMemoryView(View):
 
     def text(self) -> str:
         """Plain text, as the ``%tfgpu`` views write it."""
-        lines = [f"jupyter-tfgpu: {self.headline}"]
+        lines = [f"jupyter-tfgpu: {self.headline}", *([self.limit] if self.limit else [])]
         cells = self._holder_cells()
         if cells:
             head = ["memory", "PID", "held by", ""]
@@ -107,6 +108,7 @@ class OutOfMemoryView(View):
         """Compact HTML for the notebook."""
         e = html.escape
         parts = [f'<div style="{WARN}"><b>jupyter-tfgpu:</b> {e(self.headline)}</div>']
+        parts += [f"<div>{e(self.limit)}</div>"] if self.limit else []
         if self.gpu is not None and self.gpu.total:
             parts.append(memory_bar_html(self.gpu))
         cells = self._holder_cells()
@@ -350,6 +352,8 @@ def explain(
     if remark:
         view.notes.append(remark)
     kernel = status.get("kernel")
+    if row is not None:
+        view.limit = limit_line(kernel, running, row, oom.requested, oom.label)
     if kernel:
         view.policy = _policy_line(kernel, running)
     if note:
