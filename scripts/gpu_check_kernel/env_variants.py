@@ -28,11 +28,13 @@ print(json.dumps({"allocated_mib": allocated, "refused": refused}))
 """
 
 
-def env_variants(variants, chunk_mib, ceiling_mib, timeout_s=120):
-    """variants: name -> {variable: value, or None to remove it}; one child each, in turn."""
+def env_variants(variants, chunk_mib, ceiling_mib, given=None, timeout_s=60):
+    """variants: name -> {variable: value, or None to remove it}, each applied to this kernel's
+    environment with ``given`` (the variables as the kernel was given them, where it has taken
+    them out since) put back first; one child each, in turn."""
     out = {}
     for name, changes in variants.items():
-        env = dict(os.environ)
+        env = {**os.environ, **(given or {})}
         for variable, value in changes.items():
             if value is None:
                 env.pop(variable, None)

@@ -28,6 +28,7 @@ def torch_alloc(chunk_mib, ceiling_mib, drop_env=(), framework_limit_off=True, k
     out.update(free_mib=free // 2**20, total_mib=total // 2**20, refused=None)
     chunks = []
     allocated = 0
+    block = None
     while allocated + chunk_mib <= ceiling_mib:
         try:
             block = torch.empty(chunk_mib * 2**20, dtype=torch.uint8, device="cuda:0")
@@ -40,7 +41,7 @@ def torch_alloc(chunk_mib, ceiling_mib, drop_env=(), framework_limit_off=True, k
         allocated += chunk_mib
     out["allocated_mib"] = allocated
     _tfgpu_hold = chunks[: keep_mib // chunk_mib]
-    del chunks
+    chunks = block = None  # what is not kept goes back to the driver
     torch.cuda.empty_cache()
     out["kept_mib"] = len(_tfgpu_hold) * chunk_mib
     return out

@@ -122,19 +122,23 @@ def deleted_variables(run: GpuCheck, c: Check, mode: str) -> None:
         expect_refused(c, out, admin, "the admin's cap (max_memory_mb, the daemon's default)")
         # Whether it lifted its own cap by that is what the level's reason says; measured.
         c.measured["own_cap_lifted"] = (out.get("allocated_mib") or 0) > CAP_MIB
-        c.measured["environment_variants"] = mps_variants(run, k, admin)
+        given = {name: value for name, value in dropped.items() if value is not None}
+        c.measured["environment_variants"] = mps_variants(run, k, admin, given)
     else:
         expect_refused(c, out, CAP_MIB, "its own cap, set on its cgroup")
         child = k.run(kernel_code("env_variants", variants={"child": {}}, chunk_mib=CHUNK_MIB,
                                   ceiling_mib=admin), run.within(180))  # fmt: skip
         c.measured["child"] = child
-        c.expect("a process the kernel starts is held at the kernel's cap too",
-                 (child["child"].get("allocated_mib") or 0) <= CAP_MIB, child=child["child"])  # fmt: skip
+        held = (
+            child["child"].get("refused") and (child["child"].get("allocated_mib") or 0) <= CAP_MIB
+        )
+        c.expect("a process the kernel starts is refused within the kernel's cap too", held,
+                 child=child["child"])  # fmt: skip
 
 
-def mps_variants(run: GpuCheck, k: Kernel, admin: int) -> dict[str, Any]:
+def mps_variants(run: GpuCheck, k: Kernel, admin: int, given: dict[str, str]) -> dict[str, Any]:
     """Measured, not expected: what a child of the kernel gets with its MPS variables changed
-    (the findings the level's reason rests on)."""
+    from those it was given (the findings the level's reason rests on)."""
     uuids = run.gpu_uuids
     own = f"{uuids[0]}={CAP_MIB}M"
     # A GPU the child cannot see: the second GPU hidden from it, or on one GPU a UUID of none.
@@ -150,7 +154,7 @@ def mps_variants(run: GpuCheck, k: Kernel, admin: int) -> dict[str, Any]:
         "pipe_removed": {PIPE_ENV: None},
     }
     code = kernel_code("env_variants", variants=variants, chunk_mib=CHUNK_MIB,
-                       ceiling_mib=admin + 2 * GiB // MiB)  # fmt: skip
+                       ceiling_mib=admin + 2 * GiB // MiB, given=given)  # fmt: skip
     return k.run(code, run.within(300))
 
 
