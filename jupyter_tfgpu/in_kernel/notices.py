@@ -23,6 +23,13 @@ MECHANISM_WORDS = {
     "mps": "an MPS memory limit, set in the driver",
     "framework_settings": "the framework settings (TensorFlow, PyTorch, JAX)",
 }
+# What holds a cap, in a word or two (the per-GPU note).
+MECHANISM_SHORT: dict[str | None, str] = {
+    "nvml_memory_limit": "NVML memory limit",
+    "mps": "MPS",
+    "framework_settings": "framework settings",
+    None: "nothing",
+}
 # The mechanisms that set a limit in the driver, as a sentence names them.
 DRIVER_LIMITS = {"mps": "MPS", "nvml_memory_limit": "NVML"}
 MAX_REASON = 1000  # characters of a reason shown; the server's are a sentence
@@ -176,6 +183,27 @@ def enforcement_line(enforcement: dict[str, Any] | None) -> str | None:
         )
         return f"No cap: {why}."
     return f"Cooperative cap, held by {held}. Not a hard cap: {reason}."
+
+
+def per_gpu_note(
+    kernel: dict[str, Any] | None, running: dict[str, Any] | None, rows: list[GpuRow]
+) -> str | None:
+    """How each GPU holds the cap, when the kernel's GPUs are not all held alike (its overall
+    level is the weakest of theirs); None when they are."""
+    launch = launch_of(kernel)
+    if not launch.get("enforcement"):
+        launch = running or {}
+    named = {row.uuid: row.index for row in rows} | {str(row.index): row.index for row in rows}
+    said = []
+    for gpu in (launch.get("enforcement") or {}).get("gpus") or ():
+        held = _enforcement(gpu)
+        if held is not None and isinstance(gpu.get("gpu"), str):
+            index = named.get(gpu["gpu"], gpu["gpu"])
+            label = LEVEL_LABELS[held["level"]]
+            said.append((f"GPU {index}", f"{label} ({MECHANISM_SHORT[held['mechanism']]})"))
+    if len({how for _, how in said}) < 2:
+        return None
+    return "Per GPU: " + ", ".join(f"{gpu} {how}" for gpu, how in said) + "."
 
 
 def _gpu_enforcement(

@@ -17,6 +17,7 @@ from jupyter_tfgpu.in_kernel.notices import (
     enforcement_of,
     launch_of,
     memory_source_note,
+    per_gpu_note,
     placement_note,
 )
 from jupyter_tfgpu.in_kernel.policy_fields import policy_fields, requested
@@ -247,8 +248,11 @@ class StatusView(View):
             lines.append((line, False))
         if note := cap_note(self.data.get("kernel")):
             lines.append((note, True))
-        if held := enforcement_line(enforcement_of(self.data.get("kernel"), self.running)):
+        kernel = self.data.get("kernel")
+        if held := enforcement_line(enforcement_of(kernel, self.running)):
             lines.append((held, False))
+        if each := per_gpu_note(kernel, self.running, self.rows):
+            lines.append((each, False))
         return lines
 
     def text(self) -> str:

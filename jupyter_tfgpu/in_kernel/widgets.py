@@ -30,6 +30,7 @@ from jupyter_tfgpu.in_kernel.notices import (
     enforcement_line,
     enforcement_of,
     memory_source_note,
+    per_gpu_note,
     placement_note,
 )
 from jupyter_tfgpu.in_kernel.views import (
@@ -324,6 +325,8 @@ class GPUPanel(widgets.VBox):
             parts.append(f'<div style="{WARN}">{_e(cap)}</div>')
         if held := enforcement_line(enforcement_of(kernel, running_policy())):
             parts.append(f'<div style="{MUTED}">{_e(held)}</div>')
+        if each := per_gpu_note(kernel, running_policy(), rows):
+            parts.append(f'<div style="{MUTED}">{_e(each)}</div>')
         if restart_required(kernel):
             said = "This notebook's policy changed: restart the kernel to apply it."
             parts.append(f'<div style="{WARN}">{_e(said)}</div>')

@@ -152,3 +152,22 @@ def test_a_kernel_with_no_cap_is_said_to_have_none():
     """Level none: "No cap" and why, also without a cap line."""
     view = StatusView(status_with({"applied": {}, "enforcement": NONE}), restart_required=False)
     assert enforcement_line(NONE) in view.text()
+
+
+def test_gpus_held_differently_are_each_said():
+    """Per GPU, when the kernel's GPUs are not all held alike (the overall level is the weakest)."""
+    # Given a kernel whose GPU 0 has an MPS limit and whose GPU 1 only framework settings
+    gpus = [
+        {"gpu": "GPU-test", **MPS},
+        {"gpu": "1", **COOPERATIVE},
+    ]
+    launch = {"memory_limit_mb": 4096, "enforcement": {**MPS, "gpus": gpus}}
+    status = status_with({"applied": launch, "enforcement": MPS})
+    # Then %tfgpu says how each is held, GPUs by their index
+    text = StatusView(status, restart_required=False).text()
+    assert "Per GPU: GPU 0 cooperative (MPS), GPU 1 cooperative (framework settings)." in text
+    # And alike, nothing more is said
+    same = {"memory_limit_mb": 4096, "enforcement": {**MPS, "gpus": gpus[:1]}}
+    assert (
+        "Per GPU" not in StatusView(status_with({"applied": same}), restart_required=False).text()
+    )
