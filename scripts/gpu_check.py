@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--phases: no phase {', '.join(sorted(unknown))}")
     if args.probe:
-        print(json.dumps(probe_host(), indent=1))
+        probe = json.dumps(probe_host(), indent=1)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "gpu-check-probe.json").write_text(probe + "\n")
+        print(probe)
         return 0
     if args.plan_wheels:
         install, decisions = plan_wheels(args.plan_wheels)
