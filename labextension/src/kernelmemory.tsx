@@ -7,7 +7,7 @@ import * as React from 'react';
 
 import { basename, formatBytes, MiB } from './format';
 import { IHolder } from './holders';
-import { EnforcementLevel, IKernel, IKernelEnforcement } from './types';
+import { EnforcementLevel, IGpu, IKernel, IKernelEnforcement } from './types';
 
 /** What a figure that is the kernel's own report is (the "own report" tag's tooltip). */
 export const OWN_REPORT =
@@ -82,14 +82,34 @@ export function describeEnforcement(enforcement: IKernelEnforcement): IEnforceme
 }
 
 /**
+ * How each GPU holds a kernel's cap, by GPU index, when its GPUs are not all held alike (its
+ * overall level is the weakest of theirs): "Per GPU: GPU 0 cooperative (MPS), ..."; else ''.
+ */
+export function perGpuWords(kernel: IKernel, gpus: readonly IGpu[]): string {
+  const held = kernel.applied?.enforcement?.gpus ?? [];
+  const said = held.map(g => {
+    const known = gpus.find(gpu => gpu.uuid === g.gpu || String(gpu.index) === g.gpu);
+    const by = g.mechanism ? (MECHANISM_SHORT[g.mechanism] ?? g.mechanism) : 'nothing';
+    return { gpu: `GPU ${known?.index ?? g.gpu}`, how: `${LEVEL_LABELS[g.level]} (${by})` };
+  });
+  if (new Set(said.map(s => s.how)).size < 2) {
+    return '';
+  }
+  return `Per GPU: ${said.map(s => `${s.gpu} ${s.how}`).join(', ')}.`;
+}
+
+/**
  * The level as a tag: sighted users read its label and hover for the sentence; a screen reader
- * reads the sentence, which starts with the level. `id` lets a control name it as its description.
+ * reads the sentence, which starts with the level. `id` lets a control name it as its description;
+ * `perGpu` (from `perGpuWords`) ends the sentence.
  */
 export function EnforcementTag(props: {
   enforcement: IKernelEnforcement;
   id?: string;
+  perGpu?: string;
 }): JSX.Element {
-  const said = describeEnforcement(props.enforcement);
+  const described = describeEnforcement(props.enforcement);
+  const said = props.perGpu ? { ...described, why: `${described.why} ${props.perGpu}` } : described;
   return (
     <span
       id={props.id}
@@ -100,6 +120,32 @@ export function EnforcementTag(props: {
       <span aria-hidden="true">{said.label}</span>
       <span className="jp-tfgpu-VisuallyHidden">{said.why}</span>
     </span>
+  );
+}
+
+/** The id of a kernel's row's enforcement tag (the row's link names it as its description). */
+export function rowEnforcementId(kernelId: string): string {
+  return `jp-tfgpu-enforcement-${kernelId}`;
+}
+
+/** A kernel's row's enforcement tag, after a separator; nothing before GET kernels read it. */
+export function RowEnforcement(props: {
+  kernel: IKernel | undefined;
+  gpus: readonly IGpu[];
+}): JSX.Element | null {
+  const { kernel } = props;
+  if (!kernel?.enforcement) {
+    return null;
+  }
+  return (
+    <>
+      {' \u00b7 '}
+      <EnforcementTag
+        enforcement={kernel.enforcement}
+        id={rowEnforcementId(kernel.id)}
+        perGpu={perGpuWords(kernel, props.gpus)}
+      />
+    </>
   );
 }
 
@@ -233,11 +279,15 @@ export function describeCap(
 }
 
 /** The cap line of the running kernel and how its cap is enforced; "no cap" without one. */
-export function RunningCap(props: { kernel: IKernel }): JSX.Element | null {
+export function RunningCap(props: { kernel: IKernel; gpus?: readonly IGpu[] }): JSX.Element | null {
   const { enforcement } = props.kernel;
   const said = describeCap(props.kernel.applied);
   const tag = enforcement && (
-    <EnforcementTag enforcement={enforcement} id={RUNNING_ENFORCEMENT_ID} />
+    <EnforcementTag
+      enforcement={enforcement}
+      id={RUNNING_ENFORCEMENT_ID}
+      perGpu={perGpuWords(props.kernel, props.gpus ?? [])}
+    />
   );
   if (!said) {
     return tag ? <p className="jp-tfgpu-Muted jp-tfgpu-Cap">Running kernel: {tag}</p> : null;

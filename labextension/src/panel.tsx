@@ -10,10 +10,11 @@ import { GpuCard } from './gpucard';
 import { groupHolders, IHolder } from './holders';
 import { gpuIcon } from './icon';
 import {
-  EnforcementTag,
   HolderFigure,
   HolderGpus,
   OwnReportNote,
+  rowEnforcementId,
+  RowEnforcement,
   RunningCap,
   RUNNING_ENFORCEMENT_ID,
   UnknownKernels,
@@ -23,7 +24,7 @@ import { KernelsModel } from './kernels';
 import { IPolicyField, PolicyModel } from './policy';
 import { PolicyForm } from './policyform';
 import { GpuStreamModel } from './stream';
-import { IKernelEnforcement, IStatus, Policy } from './types';
+import { IGpu, IKernel, IStatus, Policy } from './types';
 
 /** What the panel's kernel buttons do (jupyter_server's own kernel API). */
 export type KernelAction = 'interrupt' | 'restart' | 'shutdown';
@@ -172,7 +173,8 @@ export class GpuPanel extends ReactWidget {
               key={holder.kernelId}
               holder={holder}
               state={this._kernelState(holder.kernelId as string)}
-              enforcement={kernels.find(holder.kernelId)?.enforcement}
+              kernel={kernels.find(holder.kernelId)}
+              gpus={stream.snapshot?.gpus ?? []}
               onOpen={openNotebook}
               onAction={kernelAction}
             />
@@ -253,7 +255,7 @@ export class GpuPanel extends ReactWidget {
             The running kernel uses this policy.
           </p>
         )}
-        {kernel && <RunningCap kernel={kernel} />}
+        {kernel && <RunningCap kernel={kernel} gpus={stream.snapshot?.gpus ?? []} />}
         {path && description && (
           <PolicyForm
             key={path}
@@ -340,13 +342,14 @@ function Unavailable(props: { status: IStatus }): JSX.Element {
 function Holder(props: {
   holder: IHolder;
   state: string | null;
-  enforcement: IKernelEnforcement | undefined;
+  kernel: IKernel | undefined;
+  gpus: IGpu[];
   onOpen: (path: string) => void;
   onAction: (action: KernelAction, kernelId: string, notebook: string | null) => void;
 }): JSX.Element {
-  const { holder, state, enforcement, onOpen, onAction } = props;
+  const { holder, state, kernel, gpus, onOpen, onAction } = props;
   const id = holder.kernelId as string;
-  const tagId = enforcement ? `jp-tfgpu-enforcement-${id}` : undefined;
+  const tagId = kernel?.enforcement ? rowEnforcementId(id) : undefined;
   const button = (action: KernelAction, icon: LabIcon, label: string) => (
     <button
       className="jp-tfgpu-IconButton"
@@ -380,12 +383,7 @@ function Holder(props: {
         <span className="jp-tfgpu-Muted">
           <HolderGpus holder={holder} />
           {state && ` \u00b7 ${state}`}
-          {enforcement && (
-            <>
-              {' \u00b7 '}
-              <EnforcementTag enforcement={enforcement} id={tagId} />
-            </>
-          )}
+          <RowEnforcement kernel={kernel} gpus={gpus} />
         </span>
         <span className="jp-tfgpu-Holder-actions">
           {button('interrupt', stopIcon, 'Interrupt the kernel')}

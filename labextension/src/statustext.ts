@@ -3,8 +3,8 @@
 import { describeAvailability } from './availability';
 import { DASH, describeGpu, formatBytes, formatMemory, statusText } from './format';
 import { groupHolders, IHolder, limitFor } from './holders';
-import { describeEnforcement, MECHANISM_SHORT, OWN_REPORT_NOTE } from './kernelmemory';
-import { IKernel, ISnapshot, IStatus } from './types';
+import { describeEnforcement, MECHANISM_SHORT, OWN_REPORT_NOTE, perGpuWords } from './kernelmemory';
+import { IGpu, IKernel, ISnapshot, IStatus } from './types';
 
 /** Which GPUs the status bar shows (the extension's settings). */
 export interface IStatusChoice {
@@ -81,8 +81,12 @@ function heldWords(kernel: IKernel | undefined): string {
 }
 
 /** The sentence that says what holds the kernel's cap and why it is not hard, as a line. */
-function whyLine(kernel: IKernel | undefined): string {
-  return kernel?.enforcement ? `${describeEnforcement(kernel.enforcement).why}\n` : '';
+function whyLine(kernel: IKernel | undefined, gpus: readonly IGpu[]): string {
+  if (!kernel?.enforcement) {
+    return '';
+  }
+  const perGpu = perGpuWords(kernel, gpus);
+  return `${describeEnforcement(kernel.enforcement).why}${perGpu ? ` ${perGpu}` : ''}\n`;
 }
 
 /**
@@ -164,6 +168,6 @@ export function statusLine(input: IStatusInput): IStatusLine {
   return line(
     `GPU: ${figure}`,
     `This notebook's kernel holds ${formatBytes(held)} of GPU memory${where}` +
-      `${limitWords(kernel, holder)}.\n${whyLine(kernel)}${own}${totals}\n${CLICK}`
+      `${limitWords(kernel, holder)}.\n${whyLine(kernel, all)}${own}${totals}\n${CLICK}`
   );
 }

@@ -1,7 +1,7 @@
 import * as React from 'react';
 
 import { GiB } from '../format';
-import { describeEnforcement, EnforcementTag, RunningCap } from '../kernelmemory';
+import { describeEnforcement, EnforcementTag, perGpuWords, RunningCap } from '../kernelmemory';
 import { FOLLOW_INTERVAL, followStream, KernelsModel } from '../kernels';
 import { statusLine } from '../statustext';
 import { GpuStreamModel } from '../stream';
@@ -201,5 +201,42 @@ describe('the kernels model following a change of level on the stream', () => {
     });
     await jest.advanceTimersByTimeAsync(FOLLOW_INTERVAL + 10);
     expect(reads()).toBe(before + 1);
+  });
+});
+
+describe('a kernel whose GPUs hold its cap differently', () => {
+  it('says how each GPU holds it, by index, after the sentence', () => {
+    // Given GPU 0 under an MPS limit and GPU 1 under framework settings only
+    const k = kernel('k1', {
+      applied: {
+        memory_limit_mb: 4096,
+        enforcement: {
+          ...MPS,
+          gpus: [
+            { gpu: 'GPU-0', ...MPS },
+            { gpu: '1', ...COOPERATIVE }
+          ]
+        }
+      },
+      enforcement: MPS
+    });
+    const gpus = [gpu(0), gpu(1)];
+    // Then the per-GPU words name each GPU by its index
+    expect(perGpuWords(k, gpus)).toBe(
+      'Per GPU: GPU 0 cooperative (MPS), GPU 1 cooperative (framework settings).'
+    );
+    // And the tag's tooltip ends with them
+    const markup = renderToStaticMarkup(
+      React.createElement(EnforcementTag, { enforcement: MPS, perGpu: perGpuWords(k, gpus) })
+    );
+    expect(text(markup.match(/title="([^"]*)"/)?.[1] ?? '')).toBe(
+      `${describeEnforcement(MPS).why} Per GPU: GPU 0 cooperative (MPS), GPU 1 cooperative ` +
+        '(framework settings).'
+    );
+    // And GPUs held alike add nothing
+    const alike = kernel('k2', {
+      applied: { memory_limit_mb: 4096, enforcement: { ...MPS, gpus: [{ gpu: 'GPU-0', ...MPS }] } }
+    });
+    expect(perGpuWords(alike, gpus)).toBe('');
   });
 });
