@@ -155,15 +155,27 @@ class Services:
         await loop.run_in_executor(None, self.sampler.stop)
 
     async def _shut_down_kernels(self) -> None:
+        # One by one, each awaited to its end: shutdown_all() gives up at the first kernel that
+        # fails (one whose start failed is "not found"), leaving the others still running as
+        # the mechanism stops under them.
         manager = self.kernels.kernel_manager
-        if not list(manager.list_kernel_ids()):
+        kernel_ids = list(manager.list_kernel_ids())
+        if not kernel_ids:
             return
-        try:
-            result = manager.shutdown_all()
+
+        async def shut_down(kernel_id: str) -> None:
+            result = manager.shutdown_kernel(kernel_id)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 await result
-        except Exception:  # noqa: BLE001 - the server's own shutdown tries again
-            self.log.exception("jupyter-tfgpu: shutting the kernels down before the hard caps failed")
+
+        results = await asyncio.gather(*map(shut_down, kernel_ids), return_exceptions=True)
+        for kernel_id, result in zip(kernel_ids, results):
+            if isinstance(result, Exception):  # the server's own shutdown tries again
+                self.log.warning(
+                    "jupyter-tfgpu: shutting kernel %s down before the hard caps failed: %s",
+                    kernel_id,
+                    result,
+                )
 
     def _on_snapshot(self, snapshot: Any) -> None:
         try:
