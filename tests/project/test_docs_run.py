@@ -53,6 +53,7 @@ BIN = Path(sys.executable).parent
 SHOWN_ONLY = {
     "repo2docker .": "builds a Docker image of the repository; needs Docker",
     "nvidia-smi -L": "lists the machine's NVIDIA GPUs; needs a GPU and its driver",
+    "nvidia-smi -i '<gpu>' -c EXCLUSIVE_PROCESS": "sets a GPU's compute mode; needs root and a GPU",
     "python -c pass": "benchmarks: the interpreter start-up being measured, not an instruction",
     'python -c "import tensorflow"': "benchmarks: the import time being measured",
     "python -X importtime": "benchmarks: names the interpreter option used for the measurement",

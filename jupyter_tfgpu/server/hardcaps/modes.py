@@ -16,6 +16,7 @@ from typing import Callable
 from jupyter_tfgpu.server.hardcaps.framework import FrameworkSettings
 from jupyter_tfgpu.server.hardcaps.host import MPS_CONTROL, HostFacts
 from jupyter_tfgpu.server.hardcaps.mechanism import Mechanism, MechanismContext
+from jupyter_tfgpu.server.hardcaps.mps import make_mps
 from jupyter_tfgpu.server.hardcaps.verified import driver_branch
 
 AUTO = "auto"
@@ -127,18 +128,22 @@ MODES: tuple[Mode, ...] = (
     Mode(
         "mps",
         "mps",
-        "'mps': the server runs an MPS control daemon and each kernel is its client, with its "
-        "effective memory_limit_mb as a pinned device memory limit on each of its GPUs. Code in "
-        "the kernel can lift an MPS limit through its own environment before CUDA starts, so "
-        "its level stays 'framework'; what it adds is that every allocator is held at the cap "
-        "at once, not after the enforcer's grace period. Needs nvidia-cuda-mps-control on PATH, "
-        "Volta or newer GPUs, no MIG. Costs: a fatal GPU fault in one kernel ends the GPU work "
-        "of every kernel on that GPU, and no new kernel uses it until they all exit; one MPS "
-        "server per user; cudaMemGetInfo shows the limit as free memory but the whole GPU as "
-        f"total. {NOT_ON_A_GPU} This version has no mps mechanism yet: naming it is a "
-        "start-up problem.",
+        "'mps': the server runs an MPS control daemon (started with it, watched, restarted "
+        "when it dies, stopped with it), with max_memory_mb as each GPU's default limit, and "
+        "each kernel is its client, with its effective memory_limit_mb as a pinned device "
+        "memory limit on each of its GPUs and its compute_percent as its share of the SMs; "
+        "where the server's environment names a running MPS daemon (the Kubernetes device "
+        "plugin's), that one is used and none started. An MPS limit holds each CUDA process of "
+        "a kernel, not the kernel as a whole. Code in the kernel can lift an MPS limit through "
+        "its own environment before CUDA starts, so its level stays 'framework'; what it adds "
+        "is that every allocator is held at the cap at once, not after the enforcer's grace "
+        "period. A new max_memory_mb applies to CUDA processes that connect after the change. "
+        "Needs nvidia-cuda-mps-control on PATH, Volta or newer GPUs, no MIG. Costs: a fatal GPU "
+        "fault in one kernel ends the GPU work of every kernel on that GPU, and no new kernel "
+        "uses it until they all exit; one MPS server per user; cudaMemGetInfo shows the limit "
+        f"as free memory but the whole GPU as total. {NOT_ON_A_GPU}",
         mps_missing,
-        None,
+        make_mps,
     ),
     Mode(
         "off",
