@@ -110,7 +110,7 @@ def test_auto_takes_the_first_mode_that_can_run_and_says_why_not_the_ones_before
     caps = hard_caps(tmp_path, "auto")
     caps.start()
     assert caps.mode.name == "mps" and caps.problem is None
-    assert caps.reason.startswith("nvml: this version of jupyter-tfgpu has no 'nvml' mechanism yet")
+    assert caps.reason.startswith("nvml: no cgroup v2 hierarchy at ")
     assert "does not run as root (uid 1000)" in caps.reason
     assert caps.lacks["mps"] == [] and caps.lacks["nvml"]
 

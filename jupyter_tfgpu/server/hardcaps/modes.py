@@ -17,6 +17,7 @@ from jupyter_tfgpu.server.hardcaps.framework import FrameworkSettings
 from jupyter_tfgpu.server.hardcaps.host import MPS_CONTROL, HostFacts
 from jupyter_tfgpu.server.hardcaps.mechanism import Mechanism, MechanismContext
 from jupyter_tfgpu.server.hardcaps.mps import make_mps
+from jupyter_tfgpu.server.hardcaps.nvml_limits import NvmlMemoryLimits
 from jupyter_tfgpu.server.hardcaps.verified import driver_branch
 
 AUTO = "auto"
@@ -115,15 +116,20 @@ MODES: tuple[Mode, ...] = (
     Mode(
         "nvml",
         "nvml_memory_limit",
-        "'nvml': each kernel runs in a cgroup of its own, and the server sets NVML memory "
-        "limits for that cgroup on the kernel's GPUs (its effective memory_limit_mb), so the "
-        "driver refuses allocations past it whatever allocates them. Needs driver R615 or "
-        "newer, nvidia-ml-py 13.615.71 or newer, cgroup v2 at /sys/fs/cgroup with the dmem "
-        "controller, a server running as root, no MIG. Costs: the server runs as root. "
-        f"{NOT_ON_A_GPU} This version has no nvml mechanism yet: naming it is a start-up "
-        "problem.",
+        "'nvml': each kernel runs in a cgroup of its own, joined before any of its code runs, "
+        "and the server sets NVML memory limits for that cgroup on the kernel's GPUs (its "
+        "effective memory_limit_mb), so the driver refuses allocations past it whatever "
+        "allocates them, in the kernel and in every process it starts, Python or not. The "
+        "kernel runs as root, as the server must, so its own code can leave its cgroup or clear "
+        "the limit: the level stays 'framework'; what it adds is that every allocator is held "
+        "at the cap at once, not after the enforcer's grace period. A cap changed in the caps "
+        "file reaches a running kernel's limit at its restart. Needs driver R615 or newer, "
+        "nvidia-ml-py 13.615.71 or newer, cgroup v2 at /sys/fs/cgroup with the dmem controller "
+        "enabled for the server's cgroup, the server running as root and as the only process "
+        "of its cgroup (it moves itself into a cgroup below it), no MIG. Costs: the server and "
+        f"its kernels run as root. {NOT_ON_A_GPU}",
         nvml_missing,
-        None,
+        NvmlMemoryLimits,
     ),
     Mode(
         "mps",
