@@ -464,3 +464,27 @@ def test_a_drift_is_found(edit, found):
     problems = unexpected(problems_of(text.replace(old, new)))
     # Then that difference is reported, and nothing else
     assert problems and all(p.startswith(found + ":") for p in problems), problems
+
+
+def _record(source: str, name: str) -> dict[str, str]:
+    """The string entries of ``const NAME: Record<..., string> = {...}`` in a TypeScript file."""
+    body = re.search(rf"const {name}: Record<[^>]+> = \{{(.*?)\}};", source, re.S)
+    assert body, f"no {name} in kernelmemory.tsx"
+    pairs = re.findall(r"(\w+): ['\"](.*?)['\"],?\s*$", body[1], re.M)
+    return dict(pairs)
+
+
+def test_the_labs_words_for_levels_and_mechanisms_are_the_servers():
+    """The lab's copy of each level's label and of the mechanism names (kernelmemory.tsx) is
+    the server's (policy/cap_enforcement.py), as are types.ts's unions of them."""
+    from jupyter_tfgpu.policy.cap_enforcement import LEVELS, MECHANISMS
+
+    source = (ROOT / "labextension" / "src" / "kernelmemory.tsx").read_text(encoding="utf-8")
+    assert _record(source, "LEVEL_LABELS") == {level.name: level.label for level in LEVELS}
+    assert set(_record(source, "MECHANISM_WORDS")) == set(MECHANISMS)
+    assert set(_record(source, "MECHANISM_SHORT")) == set(MECHANISMS)
+    types = TYPES_TS.read_text(encoding="utf-8")
+    levels = re.search(r"export type EnforcementLevel = ([^;]+);", types)[1]
+    assert set(re.findall(r"'(\w+)'", levels)) == {level.name for level in LEVELS}
+    mechanisms = re.search(r"export type EnforcementMechanism = ([^;]+);", types)[1]
+    assert set(re.findall(r"'(\w+)'", mechanisms)) == set(MECHANISMS)
