@@ -65,10 +65,8 @@ class TFGPUApp(ExtensionApp):
         # The app itself is under settings["jupyter_tfgpu"] (jupyter_server puts it there);
         # handlers see only the services.
         self.settings[SERVICES_KEY] = services
-        event_logger = getattr(self.serverapp, "event_logger", None)
-        if event_logger is not None:
-            event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
-            event_logger.add_listener(schema_id=CONTENTS_ACTIONS, listener=self._on_contents_action)
+        for schema_id, listener in self._listeners():
+            self.serverapp.event_logger.add_listener(schema_id=schema_id, listener=listener)
         # The sampler logs "jupyter-tfgpu: backend X, N GPU(s)" once its worker has opened
         # the backend: nothing is known about the GPUs here.
 
@@ -82,10 +80,23 @@ class TFGPUApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Stop everything the services started, sampling included (NVML shut down)."""
+        # No kernel or contents event reaches services that are stopping or stopped.
+        for schema_id, listener in self._listeners():
+            self.serverapp.event_logger.remove_listener(schema_id=schema_id, listener=listener)
         if self.services is not None:
             await self.services.stop()
 
     # -- events ------------------------------------------------------------------------------
+
+    def _listeners(self) -> list[tuple[str, Any]]:
+        """The server's events the extension follows, with their listeners (none without an
+        event logger)."""
+        if getattr(self.serverapp, "event_logger", None) is None:
+            return []
+        return [
+            (KERNEL_ACTIONS, self._on_kernel_action),
+            (CONTENTS_ACTIONS, self._on_contents_action),
+        ]
 
     def _event_loop(self) -> asyncio.AbstractEventLoop | None:
         io_loop = getattr(self.serverapp, "io_loop", None)

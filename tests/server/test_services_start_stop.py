@@ -10,6 +10,7 @@ import threading
 import pytest
 from prometheus_client import REGISTRY
 
+from jupyter_tfgpu.server.app import CONTENTS_ACTIONS, KERNEL_ACTIONS
 from jupyter_tfgpu.server.kernels.provisioner import TFGPUProvisioner
 from tests.kernel_helpers import poll
 
@@ -65,6 +66,8 @@ async def test_what_the_services_start_they_stop_in_one_step(jp_serverapp):
     sampler, changes = services.sampler, services.policies.changes
     assert TFGPUProvisioner.context is services.provisioner_context
     assert sampler._subscribers and changes._listeners  # no public count of either
+    events = jp_serverapp.event_logger
+    assert app._on_kernel_action in events._modified_listeners[KERNEL_ACTIONS]
     assert tfgpu_series()
     assert await poll(all_running, timeout=10)
 
@@ -75,6 +78,9 @@ async def test_what_the_services_start_they_stop_in_one_step(jp_serverapp):
     # theirs, and their threads end
     assert TFGPUProvisioner.context is None
     assert sampler._subscribers == [] and changes._listeners == []
+    # and no kernel or contents event reaches them (jupyter_events has no public listing)
+    assert app._on_kernel_action not in events._modified_listeners[KERNEL_ACTIONS]
+    assert app._on_contents_action not in events._modified_listeners[CONTENTS_ACTIONS]
     assert tfgpu_series() == set()
     assert await poll(none_running, timeout=10)
     # And a second stop (the server's own, at the end of the test) finds nothing left to undo
