@@ -424,3 +424,23 @@ def test_the_platforms_limits_without_the_binary_are_said_unread(platform, short
     mechanism = make_mps(context(short, caps, reports, clock, external_mps=external, mps_control=None))
     mechanism.start()
     assert "not on the server's PATH" in mechanism.status().facts["limits"]
+
+
+def test_a_daemon_that_keeps_its_output_open_does_not_hold_the_start(tmp_path):
+    """``-d`` returns once the daemon listens; a daemon that keeps the output it inherited open
+    (as one that does not close its stdio could) must not make the start wait for it."""
+    # Given a binary whose daemon keeps stdout and stderr open for a minute after -d returns
+    binary = tmp_path / "nvidia-cuda-mps-control"
+    pid_file = tmp_path / "daemon.pid"
+    binary.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pid_file}\necho started\nexit 0\n")
+    binary.chmod(0o755)
+    control = MpsControl(str(binary), str(tmp_path), str(tmp_path))
+    try:
+        # When the server starts it, allowing 5 s: it returns, without waiting for the daemon
+        control.start_daemon([], timeout=5)
+    finally:
+        os.kill(int(pid_file.read_text()), 9)
+    # And a -d that fails says what it printed
+    binary.write_text("#!/bin/sh\necho 'no GPU found' >&2\nexit 3\n")
+    with pytest.raises(MechanismError, match="-d exited with 3: no GPU found"):
+        control.start_daemon([], timeout=5)

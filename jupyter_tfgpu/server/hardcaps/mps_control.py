@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -97,17 +98,22 @@ class MpsControl:
     def start_daemon(self, visible: list[str], timeout: float = 30.0) -> None:
         """``-d``: start the daemon on the GPUs ``visible`` (UUIDs); returns once it listens."""
         env = self.env(CUDA_VISIBLE_DEVICES=",".join(visible))
-        try:
-            done = subprocess.run(
-                [self.binary, "-d"], env=env, capture_output=True, text=True, timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as err:
-            raise MechanismError(f"{self.binary} -d did not return within {timeout:g} s") from err
-        except OSError as err:
-            raise MechanismError(f"{self.binary} could not be run: {err}") from err
+        # Its output goes to a file, not a pipe: the daemon it leaves running could keep a pipe
+        # open, and waiting for the pipe's end would then never end. In a session of its own,
+        # so a signal to the server's process group does not reach it.
+        with tempfile.TemporaryFile() as output:
+            try:
+                done = subprocess.run(
+                    [self.binary, "-d"], env=env, stdin=subprocess.DEVNULL, stdout=output,
+                    stderr=subprocess.STDOUT, timeout=timeout, start_new_session=True,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired as err:
+                raise MechanismError(f"{self.binary} -d did not return within {timeout:g} s") from err
+            except OSError as err:
+                raise MechanismError(f"{self.binary} could not be run: {err}") from err
+            output.seek(0)
+            said = output.read(4096).decode("utf-8", "replace").strip() or "no message"
         if done.returncode != 0:
-            said = (done.stderr or done.stdout).strip() or "no message"
             raise MechanismError(f"{self.binary} -d exited with {done.returncode}: {said}")
 
     def daemon_pid(self) -> int | None:
