@@ -7,7 +7,14 @@ import * as React from 'react';
 
 import { basename, formatBytes, MiB } from './format';
 import { IHolder } from './holders';
-import { EnforcementLevel, IGpu, IKernel, IKernelEnforcement } from './types';
+import {
+  EnforcementLevel,
+  IConfig,
+  IGpu,
+  IHardCapsStatus,
+  IKernel,
+  IKernelEnforcement
+} from './types';
 
 /** What a figure that is the kernel's own report is (the "own report" tag's tooltip). */
 export const OWN_REPORT =
@@ -45,6 +52,64 @@ const MECHANISM_WORDS: Record<string, string> = {
   mps: 'an MPS memory limit, set in the driver',
   framework_settings: 'the framework settings (TensorFlow, PyTorch, JAX)'
 };
+
+/** The driver limit each hard-caps mode sets, in a few words. */
+const MODE_LIMITS: Record<string, string> = {
+  mps: 'an MPS memory limit',
+  nvml: "an NVML memory limit on the kernel's cgroup"
+};
+
+/** Each hard-caps mode by name. */
+const MODE_NAMES: Record<string, string> = { mps: 'MPS', nvml: 'NVML' };
+
+/** What the admin's enforcer does to a kernel past its cap. */
+const ENFORCER_ACTS: Record<string, string> = {
+  warn: 'warns',
+  interrupt: 'interrupts the kernel',
+  restart: 'restarts the kernel',
+  shutdown: 'shuts the kernel down'
+};
+
+/**
+ * How this server would hold a memory limit set in the policy form, from GET status's
+ * `hard_caps` (and the enforcer's rules, when known): always "cooperative", as GET status reports
+ * no level; only a running kernel's enforcement can say 'driver'. Null before status is read.
+ */
+export function describeLimitHolding(
+  hardCaps: IHardCapsStatus | undefined,
+  enforcement?: IConfig['enforcement']
+): string | null {
+  if (!hardCaps) {
+    return null;
+  }
+  const { asked, in_force: mode, reason, mechanism, host } = hardCaps;
+  const enforcer = !enforcement
+    ? ''
+    : enforcement.action === 'off'
+      ? ' (the enforcer is off)'
+      : ` (past it${enforcement.grace > 0 ? `, after ${enforcement.grace} s,` : ','} the enforcer ` +
+        `${ENFORCER_ACTS[enforcement.action] ?? enforcement.action})`;
+  const start = `On this server a memory limit is ${LEVEL_LABELS.framework}: the kernel's framework settings hold it`;
+  const asWhy = reason && asked !== mode ? ` Hard caps asked for: ${asked} (${reason}).` : '';
+  const limit = MODE_LIMITS[mode];
+  if (!limit) {
+    return `${start}${enforcer}.${asWhy}`;
+  }
+  const name = MODE_NAMES[mode] ?? mode;
+  if (mechanism.state !== 'running') {
+    const detail = mechanism.detail ? ` (${mechanism.detail})` : '';
+    return (
+      `${start}${enforcer}; the ${name} mechanism that would set ${limit} is ` +
+      `${mechanism.state}${detail}, so a kernel started now may have the framework settings alone.${asWhy}`
+    );
+  }
+  const root =
+    mode === 'nvml' && host?.euid === 0 ? ' Here kernels run as root, so they can lift it.' : '';
+  return (
+    `${start}, and the driver too (${limit})${enforcer}. It is not said to be a hard cap until ` +
+    `a GPU run has shown that limit holding on this driver and the kernel cannot lift it.${root}${asWhy}`
+  );
+}
 
 /** What holds a cap, in a few words (the status bar's first line). */
 export const MECHANISM_SHORT: Record<string, string> = {

@@ -264,6 +264,7 @@ export class GpuPanel extends ReactWidget {
             config={policy.config}
             gpus={stream.snapshot?.gpus ?? []}
             enforcementId={kernel?.enforcement ? RUNNING_ENFORCEMENT_ID : undefined}
+            hardCaps={stream.status?.hard_caps}
             error={policy.error}
             onSave={async (draft: Policy) => {
               if (await policy.save(draft)) {

@@ -1,5 +1,6 @@
 import * as React from 'react';
 
+import { describeLimitHolding } from './kernelmemory';
 import {
   DEVICE_MODES,
   describeValue,
@@ -10,7 +11,7 @@ import {
   policyBody,
   PRIMARY_FIELDS
 } from './policy';
-import { IConfig, IGpu, IPolicyDescription, Policy, Source } from './types';
+import { IConfig, IGpu, IHardCapsStatus, IPolicyDescription, Policy, Source } from './types';
 
 /** Hints for values the admin set: where the value in force came from. */
 const SOURCES: Record<string, string> = {
@@ -26,6 +27,8 @@ export interface IPolicyFormProps {
   gpus: IGpu[];
   /** The running kernel's enforcement tag: the memory limit's control names it. */
   enforcementId?: string;
+  /** GET status's `hard_caps`: without a running kernel, the limit says how it would be held. */
+  hardCaps?: IHardCapsStatus;
   error: string | null;
   onSave: (draft: Policy) => Promise<void>;
   onReset: () => Promise<void>;
@@ -54,6 +57,9 @@ export function PolicyForm(props: IPolicyFormProps): JSX.Element {
       adopt(); // nothing of the user's to lose: show the saved policy
     }
   }, [ownText]);
+  const held = props.enforcementId
+    ? null
+    : describeLimitHolding(props.hardCaps, config?.enforcement);
   const more = fields.filter(f => !PRIMARY_FIELDS.includes(f.name));
   const field = (f: IPolicyField) => (
     <Field
@@ -65,6 +71,7 @@ export function PolicyForm(props: IPolicyFormProps): JSX.Element {
       source={description.effective.sources?.[f.name] ?? null}
       gpus={props.gpus}
       alsoDescribedBy={f.name === 'memory_limit_mb' ? props.enforcementId : undefined}
+      held={f.name === 'memory_limit_mb' ? held : null}
       onChange={value => setDraft({ ...draft, [f.name]: value })}
     />
   );
@@ -149,6 +156,8 @@ interface IFieldProps {
   gpus: IGpu[];
   /** Another element whose text describes this control too (how the running cap is held). */
   alsoDescribedBy?: string;
+  /** How this server would hold the field's value (the memory limit, no kernel running). */
+  held?: string | null;
   onChange: (value: unknown) => void;
 }
 
@@ -162,7 +171,9 @@ function Field(props: IFieldProps): JSX.Element {
   const hinted = Boolean(admin || note);
   // A screen reader reads the admin's hint with the control, as sighted users see it beside it.
   const describedBy =
-    [hinted ? `${id}-hint` : null, props.alsoDescribedBy].filter(Boolean).join(' ') || undefined;
+    [hinted ? `${id}-hint` : null, props.held ? `${id}-held` : null, props.alsoDescribedBy]
+      .filter(Boolean)
+      .join(' ') || undefined;
   return (
     <div className="jp-tfgpu-Field" title={field.description}>
       {field.kind === 'devices' ? (
@@ -178,6 +189,11 @@ function Field(props: IFieldProps): JSX.Element {
           {admin && `${admin}: ${describeValue(field, effective)}`}
           {admin && note && ' \u00b7 '}
           {note}
+        </div>
+      )}
+      {props.held && (
+        <div className="jp-tfgpu-Hint jp-tfgpu-Held" id={`${id}-held`}>
+          {props.held}
         </div>
       )}
     </div>

@@ -155,6 +155,8 @@ def test_policy_from_the_panel_needs_a_restart_then_applies(
     # (it runs with no cap, and the policy section says so)
     cap = panel.locator(".jp-tfgpu-Cap")
     expect(cap.locator(".jp-tfgpu-Enforcement [aria-hidden]")).to_have_text("no cap")
+    # (and the running kernel's tag, not the server's line, describes the memory limit)
+    expect(panel.locator(".jp-tfgpu-Held")).to_have_count(0)
 
     # When the user saves a value the server refuses, the server's words are shown
     console.expect(r"status of 400 \(invalid memory_limit_mb\)")
@@ -195,6 +197,26 @@ def test_policy_from_the_panel_needs_a_restart_then_applies(
     )
     expect(cap.locator(".jp-tfgpu-Enforcement")).to_have_attribute("title", held)
     expect(limit).to_have_accessible_description(held)
+
+    # When the notebook's kernel is shut down, once no request to it is in flight (JupyterLab
+    # throws a request that a shutdown cancels, such as a comm's subshell, uncaught)
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel._futures.size"
+        " === 0",
+        timeout=30_000,
+    )
+    page.get_by_role("menuitem", name="Kernel").click()
+    # (JupyterLab's Kernel menu shuts it down without asking)
+    page.get_by_role("menuitem", name=re.compile(r"^Shut Down Kernel")).click()
+    # Then the memory limit says how this server would hold it (GET status: hard caps off; the
+    # enforcer warns at once), never a hard cap, also to a screen reader
+    would = (
+        "On this server a memory limit is cooperative: the kernel's framework settings hold it "
+        "(past it, the enforcer warns)."
+    )
+    expect(panel.locator(".jp-tfgpu-Held")).to_have_text(would, timeout=30_000)
+    expect(limit).to_have_accessible_description(re.compile(re.escape(would)))
+    expect(cap).to_have_count(0)
     page.context.close()
     assert console.errors == []
 
