@@ -4,7 +4,8 @@ Kernels started together must not all pick "the emptiest" GPU from the same snap
 pick is recorded as a reservation (its kernel and the memory it may use) that the following
 picks count, until the sampler sees the kernel on its GPU or the kernel goes away. A kernel
 without a memory limit may use the whole GPU, so its reservation claims all the free memory
-there.
+there, and keeps claiming it while the kernel runs there (seen using little so far, it may
+still take the GPU whole).
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ class Placement:
                 if other == kernel_id:
                     continue
                 for cand in candidates:
-                    if cand.uuid in reservation.uuids and other not in cand.kernels:
-                        cand.kernels.add(other)
-                        if reservation.memory is None:
-                            cand.free = min(cand.free, 0)
-                        else:
-                            cand.free -= reservation.memory
+                    if cand.uuid not in reservation.uuids:
+                        continue
+                    seen = other in cand.kernels
+                    cand.kernels.add(other)
+                    if reservation.memory is None:  # it may take the GPU whole, seen or not
+                        cand.free = min(cand.free, 0)
+                    elif not seen:  # once seen, the snapshot's free memory counts it
+                        cand.free -= reservation.memory
             ranked = sorted(candidates, key=self._rank(memory or 0))
             chosen = [c.uuid for c in ranked[:count]]
             self._reserved[kernel_id] = Reservation(tuple(chosen), memory, now)
@@ -133,9 +136,14 @@ class Placement:
         return rank
 
     def _expire(self, now: float, candidates: list[Candidate]) -> None:
+        # A kernel without a limit keeps its claim while the snapshots show it on its GPU (it
+        # may use little yet, and take the GPU whole later), until it goes (release()).
         seen = {k for c in candidates for k in c.kernels}
         for kernel_id, reservation in list(self._reserved.items()):
-            if kernel_id in seen or now - reservation.made > RESERVATION_SECONDS:
+            if kernel_id in seen:
+                if reservation.memory is not None:
+                    del self._reserved[kernel_id]
+            elif now - reservation.made > RESERVATION_SECONDS:
                 del self._reserved[kernel_id]
 
     def reserved(self) -> list[str]:

@@ -113,6 +113,23 @@ def test_most_free_memory_places_a_limited_kernel_beside_an_unlimited_one():
     assert result["chosen"] == ["GPU-1"]
 
 
+def test_an_unlimited_kernel_seen_on_its_gpu_still_claims_it():
+    """A kernel without a limit may take its GPU whole later, though the snapshot shows it using
+    little yet: once the sampler sees it there, the next pick still counts that GPU as full."""
+    # Given a kernel without a limit placed on the larger GPU
+    snapshot = [gpu(0, free_gib=16), gpu(1, free_gib=10)]
+    placement = Placement(lambda: snapshot, "most_free_memory")
+    assert placement.choose("big", 1, None)["chosen"] == ["GPU-0"]
+    # When the sampler shows it on that GPU, holding 1 GiB so far
+    snapshot[0] = gpu(0, free_gib=15, kernels=["big"])
+    # Then another kernel without a limit goes to the other GPU
+    assert placement.choose("next", 1, None)["chosen"] == ["GPU-1"]
+    # And once the first is gone, its GPU is free for the next
+    placement.release("big")
+    snapshot[0] = gpu(0, free_gib=16)
+    assert placement.choose("third", 1, None)["chosen"] == ["GPU-0"]
+
+
 def test_pack_keeps_a_gpu_reserved_by_an_unlimited_kernel_for_it():
     """pack puts an unlimited kernel on the fullest GPU in use, then nothing else there."""
     # Given a GPU in use by kernel x with 6 GiB free, and an empty GPU
