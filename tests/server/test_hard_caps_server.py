@@ -10,31 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from importlib.resources import files
 
 import pytest
-import yaml
 from jsonschema import Draft202012Validator
-from openapi_core import OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 
 from tests.kernel_helpers import poll, run_json, start_session
 from tests.server.hardcaps_helpers import WRAPPED_ENV, RecordingMechanism, reset_recording, with_mechanism
+from tests.server.spec_helpers import SPEC
+from tests.server.spec_helpers import get_checked as get
 
-SPEC = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 READ_ENV = f"""
 import json, os
 print(json.dumps({{n: os.environ.get(n) for n in ("{WRAPPED_ENV}", "TFGPU_TEST_WRAPPER", "TFGPU_POLICY")}}))
 """
-
-
-async def get(jp_fetch, *path: str) -> dict:
-    """GET a route, its answer checked against the spec."""
-    response = await jp_fetch("tfgpu", "api", *path)
-    request = MockRequest("http://localhost", "get", "/tfgpu/api/" + "/".join(path))
-    body = MockResponse(response.body, status_code=response.code, content_type="application/json")
-    OpenAPI.from_dict(SPEC).validate_response(request, body)
-    return json.loads(response.body)
 
 
 async def capped_kernel(jp_fetch, notebook: str = "capped.ipynb", limit: int = 2048) -> str:

@@ -13,18 +13,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
-from importlib.resources import files
-from openapi_core import OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 
 from jupyter_tfgpu.server.hardcaps import mps
 from jupyter_tfgpu.server.hardcaps.mps_control import MpsControl
 from tests.fake_mps import CONNECT_FROM_KERNEL, CONTROL, FakeMpsDaemon, alive, fake_mps_processes, put_on_path
 from tests.fake_pynvml import FakeGpu, FakeNvml, FakeProcess
 from tests.kernel_helpers import poll, run_json, start_session
+from tests.server.spec_helpers import get_checked as get
 
-SPEC = yaml.safe_load(files("jupyter_tfgpu.server.api").joinpath("openapi.yaml").read_text())
 READ_ENV = """
 import json, os
 names = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
@@ -68,15 +64,6 @@ def tfgpu_config(request):
         "max_memory_mb": 8192,
         "on_config_error": "warn",
     }
-
-
-async def get(jp_fetch, *path: str) -> dict:
-    """GET a route, its answer checked against the spec."""
-    response = await jp_fetch("tfgpu", "api", *path)
-    request = MockRequest("http://localhost", "get", "/tfgpu/api/" + "/".join(path))
-    body = MockResponse(response.body, status_code=response.code, content_type="application/json")
-    OpenAPI.from_dict(SPEC).validate_response(request, body)
-    return json.loads(response.body)
 
 
 async def capped_kernel(jp_fetch, notebook="capped.ipynb", limit=2048, **policy) -> str:
