@@ -278,6 +278,23 @@ export function OwnReportNote(): JSX.Element {
   return <p className="jp-tfgpu-Muted jp-tfgpu-Footnote">{OWN_REPORT_NOTE}</p>;
 }
 
+/** The NVIDIA MPS server's process: its bytes, GPU and PID, and why kernels' work shows there. */
+export function MpsServerHolder(props: { holder: IHolder }): JSX.Element {
+  const h = props.holder;
+  return (
+    <li className="jp-tfgpu-Holder">
+      <div className="jp-tfgpu-Holder-head">
+        <span className="jp-tfgpu-Holder-name">MPS server</span>
+        <span>{formatBytes(h.total)}</span>
+      </div>
+      <div className="jp-tfgpu-Muted">
+        NVIDIA MPS on GPU {h.gpus[0].index} (PID {h.pids[0]}): kernels run their GPU work through
+        it; its figure may include theirs.
+      </div>
+    </li>
+  );
+}
+
 /** Kernels whose GPU memory is unknown now and that have no figure at all: one item for all. */
 export function UnknownKernels(props: { kernels: readonly IKernel[] }): JSX.Element | null {
   const { kernels } = props;

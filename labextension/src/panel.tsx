@@ -12,6 +12,7 @@ import { gpuIcon } from './icon';
 import {
   HolderFigure,
   HolderGpus,
+  MpsServerHolder,
   OwnReportNote,
   rowEnforcementId,
   RowEnforcement,
@@ -181,16 +182,7 @@ export class GpuPanel extends ReactWidget {
           ))}
           <UnknownKernels kernels={unknown} />
           {mpsServers.map(h => (
-            <li className="jp-tfgpu-Holder" key={`mps-${h.pids[0]}`}>
-              <div className="jp-tfgpu-Holder-head">
-                <span className="jp-tfgpu-Holder-name">MPS server</span>
-                <span>{formatBytes(h.total)}</span>
-              </div>
-              <div className="jp-tfgpu-Muted">
-                NVIDIA MPS on GPU {h.gpus[0].index} (PID {h.pids[0]}): kernels run their GPU work
-                through it; its figure may include theirs.
-              </div>
-            </li>
+            <MpsServerHolder key={`mps-${h.pids[0]}`} holder={h} />
           ))}
           {others.length > 0 && (
             <li className="jp-tfgpu-Holder">

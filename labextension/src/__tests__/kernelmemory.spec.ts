@@ -7,6 +7,7 @@ import {
   describeCap,
   HolderFigure,
   HolderGpus,
+  MpsServerHolder,
   OWN_REPORT,
   RunningCap,
   UnknownKernels,
@@ -89,6 +90,14 @@ describe('a kernel row in the holders list', () => {
     const item = text(html(React.createElement(UnknownKernels, { kernels })));
     expect(item).toBe(`k2.ipynb, c.ipynb, Kernel k4GPU memory unknown${STALE}; ${silent}`);
     expect(html(React.createElement(UnknownKernels, { kernels: [] }))).toBe('');
+  });
+
+  it("names the MPS server's process, its GPU and PID, and says its figure may include the kernels'", () => {
+    const server = holder({ kernelId: null, notebook: null, pids: [7], mpsServer: true });
+    expect(text(html(React.createElement(MpsServerHolder, { holder: server })))).toBe(
+      'MPS server1.5 GiBNVIDIA MPS on GPU 0 (PID 7): kernels run their GPU work through it; ' +
+        'its figure may include theirs.'
+    );
   });
 });
 
