@@ -109,6 +109,39 @@ export function groupHolders(
 }
 
 /**
+ * `sorted` with the rows that `previous` (their keys) listed in its order, the rows it did not
+ * list after them in `sorted`'s order; rows gone are dropped; `sorted` as it is without one.
+ */
+export function keepOrder<T>(
+  sorted: readonly T[],
+  previous: readonly string[] | null,
+  keyOf: (row: T) => string
+): T[] {
+  if (!previous) {
+    return [...sorted];
+  }
+  const place = new Map(previous.map((key, i) => [key, i]));
+  const kept = sorted.filter(row => place.has(keyOf(row)));
+  kept.sort((a, b) => (place.get(keyOf(a)) as number) - (place.get(keyOf(b)) as number));
+  return [...kept, ...sorted.filter(row => !place.has(keyOf(row)))];
+}
+
+/** A list's rows in the order they were last shown, kept while asked to (see keepOrder). */
+export class RowOrder<T> {
+  /** Rows known by `keyOf`'s key. */
+  constructor(private _keyOf: (row: T) => string) {}
+
+  /** The rows to show now: in the order last shown while `hold`, else as sorted. */
+  next(sorted: readonly T[], hold: boolean): T[] {
+    const rows = keepOrder(sorted, hold ? this._shown : null, this._keyOf);
+    this._shown = rows.map(this._keyOf);
+    return rows;
+  }
+
+  private _shown: string[] = [];
+}
+
+/**
  * The per-GPU limit, in bytes, a kernel's figure is held to (as the enforcer holds it): NVML's
  * figure to the cap, its own report (no CUDA context in it) to the framework limit it started
  * with; null without a cap.

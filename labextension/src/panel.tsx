@@ -7,7 +7,7 @@ import { describeAvailability } from './availability';
 import { describeCadence } from './cadence';
 import { basename, formatBytes } from './format';
 import { GpuCard } from './gpucard';
-import { groupHolders, IHolder } from './holders';
+import { groupHolders, IHolder, RowOrder } from './holders';
 import { gpuIcon } from './icon';
 import {
   HolderFigure,
@@ -160,6 +160,9 @@ export class GpuPanel extends ReactWidget {
   private _holders(): React.ReactNode {
     const { stream, kernels, openNotebook, kernelAction } = this._options;
     const { kernels: held, others: all, unknown } = groupHolders(stream.snapshot, kernels.kernels);
+    // While the focus is in the list its rows stay put (a focused row moved may lose the focus).
+    const focused = !!this._list.current?.contains(document.activeElement);
+    const rows = this._rows.next(held, focused);
     const mpsServers = all.filter(h => h.mpsServer);
     const others = all.filter(h => !h.mpsServer);
     return (
@@ -168,8 +171,12 @@ export class GpuPanel extends ReactWidget {
         {!held.length && !all.length && !unknown.length && (
           <p className="jp-tfgpu-Muted">No process holds GPU memory.</p>
         )}
-        <ul className="jp-tfgpu-Holders">
-          {held.map(holder => (
+        <ul
+          className="jp-tfgpu-Holders"
+          ref={this._list}
+          onBlur={e => e.currentTarget.contains(e.relatedTarget) || this.update()}
+        >
+          {rows.map(holder => (
             <Holder
               key={holder.kernelId}
               holder={holder}
@@ -282,6 +289,8 @@ export class GpuPanel extends ReactWidget {
   }
 
   private _notebook: NotebookPanel | null = null;
+  private _list = React.createRef<HTMLUListElement>();
+  private _rows = new RowOrder<IHolder>(h => h.kernelId as string);
 }
 
 /** Options of `GpuPanel`. */

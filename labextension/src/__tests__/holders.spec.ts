@@ -1,5 +1,5 @@
 import { GiB, MiB } from '../format';
-import { groupHolders, nearCap } from '../holders';
+import { groupHolders, keepOrder, nearCap, RowOrder } from '../holders';
 import { gpu, kernel, kernelHolding, perGpu, snapshot } from './fixtures';
 
 const STALE = "GPU 1's process list could not be read (NVMLError_Timeout: Timeout)";
@@ -169,5 +169,48 @@ describe('nearCap', () => {
     const k2 = kernelHolding('k2', [perGpu(0, 3.3 * GiB, 'nvml')], null, { applied });
     const byPid = snapshot(1, [gpu(0, [[5, 3.3 * GiB, 'k2', 'k2.ipynb', 'pid']])]);
     expect(nearCap(byPid, [k2], 90)).toEqual([]);
+  });
+});
+
+describe('keepOrder', () => {
+  const key = (row: { id: string }) => row.id;
+  const rows = (...ids: string[]) => ids.map(id => ({ id }));
+
+  it('keeps the rows in the order they had, whatever their sorted order now', () => {
+    // Given rows shown as a, b, c, now sorted c, a, b
+    // When they keep their order / Then they stay a, b, c
+    expect(keepOrder(rows('c', 'a', 'b'), ['a', 'b', 'c'], key).map(key)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('puts the rows that appeared since after them, in their sorted order, and drops rows gone', () => {
+    // Given rows shown as a, b, c; b gone, and d and e new, now sorted e, c, d, a
+    const kept = keepOrder(rows('e', 'c', 'd', 'a'), ['a', 'b', 'c'], key);
+    // Then a and c keep their places, and e and d follow in their sorted order
+    expect(kept.map(key)).toEqual(['a', 'c', 'e', 'd']);
+  });
+
+  it('gives the sorted order as it is without an order to keep', () => {
+    const sorted = rows('c', 'a');
+    expect(keepOrder(sorted, null, key)).toEqual(sorted);
+    expect(keepOrder(rows('c', 'a'), [], key).map(key)).toEqual(['c', 'a']);
+  });
+});
+
+describe('RowOrder', () => {
+  const key = (row: { id: string }) => row.id;
+  const rows = (...ids: string[]) => ids.map(id => ({ id }));
+
+  it('keeps the rows in place while held, and sorts them again once let go', () => {
+    // Given rows shown sorted as a, b
+    const order = new RowOrder(key);
+    expect(order.next(rows('a', 'b'), false).map(key)).toEqual(['a', 'b']);
+    // When the focus comes in and b grows past a / Then a and b stay where they were
+    expect(order.next(rows('b', 'a'), true).map(key)).toEqual(['a', 'b']);
+    // When c appears at the top and d below it / Then they come after, in their sorted order
+    expect(order.next(rows('c', 'b', 'd', 'a'), true).map(key)).toEqual(['a', 'b', 'c', 'd']);
+    // When d grows past c while still held / Then the new rows too stay where they were shown
+    expect(order.next(rows('d', 'c', 'b', 'a'), true).map(key)).toEqual(['a', 'b', 'c', 'd']);
+    // When the focus leaves / Then the rows are sorted again
+    expect(order.next(rows('d', 'c', 'b', 'a'), false).map(key)).toEqual(['d', 'c', 'b', 'a']);
   });
 });
