@@ -167,10 +167,7 @@ def test_notifications_near_and_over_the_memory_limit(
 def test_keyboard_reaches_the_toolbar_item_and_the_panel(
     browser: Any, server: Lab, console: Console
 ) -> None:
-    # Given no kernel of the earlier tests (their rows change places as their memory changes,
-    # and a row moved while focused loses the focus) and a notebook in Notebook 7
-    for kernel in server.api("GET", "api/kernels"):
-        server.api("DELETE", f"api/kernels/{kernel['id']}")
+    # Given a notebook in Notebook 7
     page = open_notebook(browser, server, console, "keys7.ipynb", "x = 1")
     item = page.locator(ITEM)
     item.wait_for()
