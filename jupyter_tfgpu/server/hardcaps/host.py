@@ -146,16 +146,22 @@ def _external_mps(environ: Mapping[str, str]) -> ExternalMps | None:
     return ExternalMps(pipe, "socket" if stat.S_ISSOCK(mode) else "file")
 
 
+def cgroup_v2_path(proc_self_cgroup: str) -> str | None:
+    """A process's cgroup v2 path ("/a/b") from its /proc/<pid>/cgroup text; None when it has
+    none (cgroup v1 only)."""
+    for line in proc_self_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
 def read_cgroup(root: Path, proc_self_cgroup: Path) -> CgroupFacts:
     """The cgroup v2 hierarchy at ``root``, the server's own cgroup in it, and dmem."""
     v2 = (root / "cgroup.controllers").is_file()
-    own = None
     try:
-        for line in proc_self_cgroup.read_text().splitlines():
-            if line.startswith("0::"):
-                own = line[3:].strip() or "/"
+        own = cgroup_v2_path(proc_self_cgroup.read_text(encoding="utf-8"))
     except OSError:
-        pass
+        own = None
     controllers: tuple[str, ...] = ()
     if v2:
         where = root / own.lstrip("/") if own else root

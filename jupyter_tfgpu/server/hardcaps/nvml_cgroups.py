@@ -31,7 +31,9 @@ from typing import Callable
 
 import psutil
 
-MOUNT = Path("/sys/fs/cgroup")
+from jupyter_tfgpu.server.hardcaps.host import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_v2_path
+
+MOUNT = CGROUP_ROOT
 PROCS = "cgroup.procs"
 CONTROLLERS = "cgroup.controllers"
 SUBTREE = "cgroup.subtree_control"
@@ -73,10 +75,7 @@ class CgroupFiles:
     def own_cgroup(self) -> str | None:
         """This process's cgroup v2 path ("/a/b"), from /proc/self/cgroup; None when it has
         none (cgroup v1 only)."""
-        for line in Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines():
-            if line.startswith("0::"):
-                return line[3:]
-        return None
+        return cgroup_v2_path(PROC_SELF_CGROUP.read_text(encoding="utf-8"))
 
 
 class ServerCgroups:
