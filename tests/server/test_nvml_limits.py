@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -209,6 +210,26 @@ def test_a_launcher_that_could_not_join_makes_the_next_start_cooperative(setup):
         setup.mechanism.prepare(setup.kernel())
     # Then the start after it tries the limit again
     assert setup.mechanism.prepare(setup.kernel()).wrapper
+
+
+def test_a_fifo_or_huge_file_in_place_of_a_launchers_word_is_not_waited_on(setup):
+    # Given a kernel whose failure file was replaced by a FIFO no one writes to
+    setup.mechanism.prepare(setup.kernel())
+    leaf = setup.mechanism.cgroups.leaves()[0]
+    told = setup.mechanism.failures / f"{leaf.name}.failed"
+    os.mkfifo(told)
+    # When it is released, it is not waited on, and the next start says the join failed
+    setup.mechanism.release("k1")
+    with pytest.raises(MechanismError, match="^at its last start, it could not join$"):
+        setup.mechanism.prepare(setup.kernel())
+    # And a huge file there is read only for its first bytes
+    setup.mechanism.prepare(setup.kernel())
+    leaf = setup.mechanism.cgroups.leaves()[0]
+    (setup.mechanism.failures / f"{leaf.name}.failed").write_text("x" * 10_000_000)
+    setup.mechanism.release("k1")
+    with pytest.raises(MechanismError) as refused:
+        setup.mechanism.prepare(setup.kernel())
+    assert str(refused.value) == "at its last start, " + "x" * 500
 
 
 def test_stop_removes_everything_and_puts_the_server_back(tmp_path):
