@@ -444,3 +444,16 @@ def test_a_daemon_that_keeps_its_output_open_does_not_hold_the_start(tmp_path):
     binary.write_text("#!/bin/sh\necho 'no GPU found' >&2\nexit 3\n")
     with pytest.raises(MechanismError, match="-d exited with 3: no GPU found"):
         control.start_daemon([], timeout=5)
+
+
+def test_a_fifo_in_place_of_the_daemons_pid_file_is_not_waited_on(tmp_path):
+    """The pipe folder is in every kernel's environment: what is put at the pid file's place is
+    read without waiting, and only a number there is a PID."""
+    from jupyter_tfgpu.server.hardcaps.mps_control import PID_FILE
+
+    control = MpsControl(str(CONTROL), str(tmp_path))
+    os.mkfifo(tmp_path / PID_FILE)
+    assert control.daemon_pid() is None
+    (tmp_path / PID_FILE).unlink()
+    (tmp_path / PID_FILE).write_text("4242\n")
+    assert control.daemon_pid() == 4242

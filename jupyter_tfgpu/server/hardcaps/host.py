@@ -146,6 +146,19 @@ def _external_mps(environ: Mapping[str, str]) -> ExternalMps | None:
     return ExternalMps(pipe, "socket" if stat.S_ISSOCK(mode) else "file")
 
 
+def read_small(path: Path | str, most: int) -> str:
+    """The first ``most`` bytes of a file the server's user (so a kernel) could have replaced,
+    read without waiting: a FIFO or anything but a regular file, or a link, reads as nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as small:
+        if not stat.S_ISREG(os.fstat(small.fileno()).st_mode):
+            return ""
+        return small.read(most).decode("utf-8", "replace")
+
+
 def cgroup_v2_path(proc_self_cgroup: str) -> str | None:
     """A process's cgroup v2 path ("/a/b") from its /proc/<pid>/cgroup text; None when it has
     none (cgroup v1 only)."""

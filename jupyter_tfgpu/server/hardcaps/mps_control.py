@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from jupyter_tfgpu.gpu.backend import MiB
-from jupyter_tfgpu.server.hardcaps.host import MPS_PIPE_ENV
+from jupyter_tfgpu.server.hardcaps.host import MPS_PIPE_ENV, read_small
 from jupyter_tfgpu.server.hardcaps.mechanism import MechanismError
 
 LOG_ENV = "CUDA_MPS_LOG_DIRECTORY"
@@ -118,10 +118,10 @@ class MpsControl:
 
     def daemon_pid(self) -> int | None:
         """The daemon's PID from its pid file; None without one."""
+        # The pipe folder is in every client's environment: read its pid file without waiting
         try:
-            with open(os.path.join(self.pipe_dir, PID_FILE)) as pid_file:
-                return int(pid_file.read().strip())
-        except (OSError, ValueError):
+            return int(read_small(os.path.join(self.pipe_dir, PID_FILE), 32).strip())
+        except ValueError:
             return None
 
     def server_pids(self) -> list[int]:

@@ -22,7 +22,6 @@ its cgroup and clear a limit through NVML. Not yet run on a GPU.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from jupyter_tfgpu.gpu.backend import MiB
 from jupyter_tfgpu.policy.cap_enforcement import CapEnforcement, GpuEnforcement
 from jupyter_tfgpu.server.hardcaps import cgexec
 from jupyter_tfgpu.server.hardcaps.framework import framework_enforcement
+from jupyter_tfgpu.server.hardcaps.host import read_small
 from jupyter_tfgpu.server.hardcaps.mechanism import (
     MechanismContext,
     MechanismError,
@@ -199,7 +199,7 @@ class NvmlMemoryLimits:
             return
         told = self.failures / f"{held.leaf.name}.failed"
         if told.exists():
-            why = _read_told(told) or "it could not join"
+            why = read_small(told, 500) or "it could not join"
             told.unlink(missing_ok=True)
             self._cooperative[kernel_id] = why
             self.context.log.warning("jupyter-tfgpu: kernel %s: %s; it starts again with its "
@@ -264,16 +264,3 @@ class NvmlMemoryLimits:
                 self.context.log.error("jupyter-tfgpu: NVML limits: setting %s again on GPU %s: "
                                        "%s", held.leaf, gpu, self.calls.words(err))  # fmt: skip
 
-
-def _read_told(path: Path, most: int = 500) -> str:
-    """The first ``most`` bytes a launcher wrote in its failure file, read without waiting: the
-    kernel runs as the server's user and could put a FIFO or a huge file there; anything but a
-    regular file reads as nothing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as told:
-        if not stat.S_ISREG(os.fstat(told.fileno()).st_mode):
-            return ""
-        return told.read(most).decode("utf-8", "replace")
